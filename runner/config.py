@@ -1,0 +1,48 @@
+"""Defaults (with their units) and the settings of one run.
+
+Precedence everywhere: command-line flag > environment variable > manifest > default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_CONCURRENCY = 4  # in-flight requests per provider
+DEFAULT_MAX_ATTEMPTS = 5  # HTTP attempts per job, the first included
+DEFAULT_BACKOFF_BASE_S = 1.0  # first backoff step; doubles per attempt, fully jittered
+DEFAULT_BACKOFF_CAP_S = 60.0  # ceiling of the jittered backoff
+DEFAULT_MAX_WAIT_S = 300.0  # ceiling of any wait, server hints included
+DEFAULT_MAX_TIMEOUT_RESENDS = 1  # a timed-out request may have been billed: re-send it once only
+DEFAULT_CONNECT_TIMEOUT_S = 15.0
+DEFAULT_READ_TIMEOUT_S = 600.0  # edits are slow; providers advise 300-600 s
+DEFAULT_LEASE_S = 120.0  # a claimed job's lease; renewed while the runner lives
+DEFAULT_POLL_S = 5.0  # how often to look again while other runners hold this manifest's jobs
+# "-{index}" is put before the extension when a job returns several images and the
+# template does not place {index} itself.
+DEFAULT_OUTPUT_NAME = "{stem}-{key8}.{ext}"
+
+# Per-file limits applied before anything is sent (PROVIDERS.md §4.3).
+OPENAI_MAX_IMAGE_BYTES = 25 * 1024 * 1024  # CometAPI's cautious figure (OpenAI allows 50 MB)
+OPENAI_MAX_MASK_BYTES = 4 * 1024 * 1024
+OPENAI_MAX_PROMPT_CHARS = 32_000
+OPENAI_IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
+OPENAI_MAX_N = 10
+
+ENV_DB = "RUNNER_DB"
+ENV_MAX_ATTEMPTS = "RUNNER_MAX_ATTEMPTS"
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
+    backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S
+    max_wait_s: float = DEFAULT_MAX_WAIT_S
+    max_timeout_resends: int = DEFAULT_MAX_TIMEOUT_RESENDS
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    retry: RetrySettings = RetrySettings()
+    lease_s: float = DEFAULT_LEASE_S
+    poll_s: float = DEFAULT_POLL_S

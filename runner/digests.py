@@ -1,0 +1,72 @@
+"""Content digests of input files, cached by (path, size, mtime) so a re-read manifest of
+thousands of images only hashes the files that changed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+_CHUNK = 1024 * 1024
+_HASH_THREADS = 4  # hashlib releases the GIL on large buffers, so threads overlap disk and CPU
+
+
+@dataclass(frozen=True, slots=True)
+class DigestEntry:
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Digester:
+    """Hashes files, reusing `known` entries whose size and mtime still match."""
+
+    def __init__(self, known: Mapping[str, DigestEntry] | None = None) -> None:
+        self._known = dict(known or {})
+        self.fresh: list[DigestEntry] = []  # entries hashed now, for the caller to persist
+
+    def digest_many(self, paths: Iterable[Path]) -> dict[Path, str | None]:
+        """sha256 per path; None where the file is missing or unreadable (the job fails later,
+        with the precise reason, at pre-flight)."""
+        unique = list(dict.fromkeys(paths))
+        results: dict[Path, str | None] = {}
+        to_hash: list[tuple[Path, os.stat_result]] = []
+        for path in unique:
+            try:
+                stat = path.stat()
+            except OSError:
+                results[path] = None
+                continue
+            cached = self._known.get(str(path))
+            if cached and cached.size == stat.st_size and cached.mtime_ns == stat.st_mtime_ns:
+                results[path] = cached.sha256
+            else:
+                to_hash.append((path, stat))
+        with ThreadPoolExecutor(max_workers=_HASH_THREADS) as executor:
+            hashed = executor.map(self._hash_one, to_hash)
+            for (path, _), digest in zip(to_hash, hashed, strict=True):
+                results[path] = digest
+        return results
+
+    def _hash_one(self, item: tuple[Path, os.stat_result]) -> str | None:
+        path, stat = item
+        try:
+            digest = sha256_file(path)
+        except OSError:
+            return None
+        entry = DigestEntry(str(path), stat.st_size, stat.st_mtime_ns, digest)
+        self._known[entry.path] = entry
+        self.fresh.append(entry)  # list.append is atomic under the GIL
+        return digest

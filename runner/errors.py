@@ -1,0 +1,151 @@
+"""The one exception tree of the runner.
+
+    RunnerError
+     ├── ManifestError          bad manifest or settings: exit 2, nothing sent
+     ├── InputError             one job's inputs are unusable: the job fails, nothing sent
+     ├── OutputError            an output file could not be written
+     ├── Stopped                the run is stopping: put the job back, untouched
+     └── ProviderError          anything a provider answered (or failed to answer)
+          ├── RetryableError    worth another attempt (429, 5xx, resets, bad 200 bodies)
+          │    └── AttemptTimeout   no answer in time: the provider may still have charged
+          ├── PermanentJobError this job will never succeed as it is (400, 413, moderation)
+          └── ProviderStop      stop every request to this provider
+               ├── PaymentRequired  402, insufficient quota or balance: exit 3
+               └── AuthRejected     401/403 credentials or access: exit 4
+
+Foreign errors (httpx, sqlite, Pillow) are translated at the boundary that meets them,
+with `raise ... from exc`, so callers only ever catch these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import Usage
+
+
+class RunnerError(Exception):
+    """Base of every error the runner raises on purpose."""
+
+
+class ManifestError(RunnerError):
+    """The manifest (or a setting) is unusable; the message names file, job and field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        job: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file = file
+        self.job = job
+        self.field = field
+        self.reason = message
+        super().__init__(self._one_line())
+
+    def _one_line(self) -> str:
+        """`jobs.yaml: jobs[3].mask: file not found` — file, job index and field on one line."""
+        location = ".".join(
+            part
+            for part in (f"jobs[{self.job}]" if self.job is not None else None, self.field)
+            if part
+        )
+        parts = [part for part in (self.file, location) if part]
+        return ": ".join([*parts, self.reason])
+
+
+class InputError(RunnerError):
+    """A job's own input is bad (missing file, not an image, wrong mask); never sent."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.reason = message
+        super().__init__(f"{field}: {message}")
+
+
+class OutputError(RunnerError):
+    """An output file could not be written (disk full, permissions)."""
+
+
+class Stopped(RunnerError):
+    """The run (or this job's provider) is stopping; the job goes back to pending."""
+
+
+class ProviderError(RunnerError):
+    """Something a provider answered, or failed to answer, for one request."""
+
+    outcome = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        provider_code: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        usage: Usage | None = None,
+    ) -> None:
+        self.message = message
+        self.usage = usage  # a reply can be billed and still unusable (no image in it)
+        self.status_code = status_code
+        self.provider_code = provider_code
+        self.request_id = request_id
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def describe(self) -> str:
+        """One line for status and export: 'HTTP 429 rate_limit_exceeded: slow down'."""
+        head = " ".join(
+            part
+            for part in (
+                f"HTTP {self.status_code}" if self.status_code else None,
+                self.provider_code,
+            )
+            if part
+        )
+        return f"{head}: {self.message}" if head else self.message
+
+
+class RetryableError(ProviderError):
+    outcome = "retryable"
+
+
+class AttemptTimeout(RetryableError):
+    """The provider did not answer in time; it may have done (and billed) the work."""
+
+    outcome = "timeout"
+
+
+class PermanentJobError(ProviderError):
+    outcome = "permanent"
+
+
+class ProviderStop(ProviderError):
+    """Stop sending to this provider; the job goes back to pending, attempt not counted."""
+
+    exit_code = 1
+
+
+class PaymentRequired(ProviderStop):
+    outcome = "payment"
+    exit_code = 3
+
+
+class AuthRejected(ProviderStop):
+    outcome = "auth"
+    exit_code = 4
+
+
+@dataclass(frozen=True, slots=True)
+class StopNotice:
+    """Why a provider was stopped, kept for the end-of-run message."""
+
+    provider: str
+    kind: str
+    message: str
+    exit_code: int

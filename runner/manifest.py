@@ -1,0 +1,359 @@
+"""YAML manifest → validated, expanded JobSpecs with content keys.
+
+Every problem becomes one ManifestError line naming the file, the job and the field.
+Missing input files are *not* manifest errors: those jobs fail at pre-flight, alone.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import dialects
+from .config import DEFAULT_CONCURRENCY, DEFAULT_OUTPUT_NAME, DEFAULT_READ_TIMEOUT_S
+from .digests import Digester
+from .errors import ManifestError
+from .models import JobSpec, ReplyImage
+
+KEY_VERSION = 1  # bump only if the key recipe changes: it would re-send every job
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderProfile:
+    name: str
+    dialect: str
+    base_url: str
+    api_key_env: str | None
+    concurrency: int
+    requests_per_minute: float | None
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    path: Path
+    providers: Mapping[str, ProviderProfile]
+    jobs: tuple[JobSpec, ...]
+    output_dir: Path
+    database: str | None  # as written: a path relative to the manifest, or a URL
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Profile(_Strict):
+    dialect: str
+    base_url: str
+    api_key_env: str | None = None
+    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=256)
+    requests_per_minute: float | None = Field(None, gt=0)
+    timeout_s: float = Field(DEFAULT_READ_TIMEOUT_S, gt=0)
+
+
+class _JobFields(_Strict):
+    image: str | None = None
+    prompt: str | None = None
+    mask: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    params: dict[str, Any] | None = None
+    output_name: str | None = None
+
+
+class _Document(_Strict):
+    providers: dict[str, _Profile] = Field(min_length=1)
+    defaults: _JobFields = _JobFields()
+    output_dir: str = "out"
+    database: str | None = None
+    jobs: list[_JobFields] = Field(min_length=1)
+
+
+class _NoDuplicatesLoader(yaml.SafeLoader):
+    """Safe loader that refuses duplicate keys, which plain YAML silently overwrites."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_document(path: Path) -> _Document:
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read manifest: {exc}", file=name) from exc
+    try:
+        raw = yaml.load(text, Loader=_NoDuplicatesLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ManifestError(f"{where}invalid YAML: {problem}", file=name) from exc
+    if not isinstance(raw, dict):
+        raise ManifestError("the manifest must be a mapping with providers: and jobs:", file=name)
+    try:
+        return _Document.model_validate(raw)
+    except ValidationError as exc:
+        raise _translate(exc, name) from None
+
+
+def _translate(exc: ValidationError, file: str) -> ManifestError:
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    job = int(loc[1]) if len(loc) > 1 and loc[0] == "jobs" and loc[1].isdigit() else None
+    field = ".".join(loc[2:] if job is not None else loc)
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see README 'Manifest')"
+    elif error["type"] == "missing":
+        message = "required"
+    else:
+        message = f"{error['msg']} (got {error.get('input')!r})"
+    more = exc.error_count() - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ManifestError(message, file=file, job=job, field=field)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedManifest:
+    """A validated manifest whose inputs are not hashed yet (hashing wants the database's
+    digest cache, and where the database is comes from the manifest)."""
+
+    path: Path
+    providers: Mapping[str, ProviderProfile]
+    output_dir: Path
+    database: str | None
+    drafts: tuple[_Draft, ...]
+
+    def resolve(self, digester: Digester | None = None) -> Manifest:
+        """Hash the inputs and make the job specs, keyed by content."""
+        digests = (digester or Digester()).digest_many(
+            [p for d in self.drafts for p in (d.image, d.mask) if p is not None]
+        )
+        jobs: dict[str, JobSpec] = {}
+        for draft in self.drafts:
+            spec = draft.spec(digests, self.output_dir)
+            jobs.setdefault(spec.key, spec)  # an identical entry twice is the same work once
+        specs = tuple(jobs.values())
+        _check_output_clashes(specs, str(self.path))
+        return Manifest(self.path, self.providers, specs, self.output_dir, self.database)
+
+
+def parse_manifest(path: Path) -> ParsedManifest:
+    """Read and validate a manifest and expand its globs; exit-2 material raises here."""
+    path = path.resolve()
+    doc = read_document(path)
+    base = path.parent
+    profiles = {name: _profile(name, p, str(path)) for name, p in doc.providers.items()}
+    drafts = tuple(
+        draft
+        for index, entry in enumerate(doc.jobs)
+        for draft in _expand(index, entry, doc, profiles, base, str(path))
+    )
+    return ParsedManifest(path, profiles, (base / doc.output_dir).resolve(), doc.database, drafts)
+
+
+def load_manifest(path: Path, digester: Digester | None = None) -> Manifest:
+    return parse_manifest(path).resolve(digester)
+
+
+def _profile(name: str, raw: _Profile, file: str) -> ProviderProfile:
+    field = f"providers.{name}"
+    if raw.dialect not in dialects.DIALECTS:
+        raise ManifestError(
+            f"unknown dialect {raw.dialect!r}; supported: {', '.join(dialects.DIALECTS)}",
+            file=file,
+            field=f"{field}.dialect",
+        )
+    if not raw.base_url.startswith(("http://", "https://")):
+        raise ManifestError(
+            "must start with http:// or https://", file=file, field=f"{field}.base_url"
+        )
+    return ProviderProfile(
+        name=name,
+        dialect=raw.dialect,
+        base_url=raw.base_url.rstrip("/"),
+        api_key_env=raw.api_key_env,
+        concurrency=raw.concurrency,
+        requests_per_minute=raw.requests_per_minute,
+        timeout_s=raw.timeout_s,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    entry: int
+    image: Path
+    mask: Path | None
+    prompt: str
+    provider: ProviderProfile
+    model: str
+    params: Mapping[str, Any]
+    output_name: str
+
+    def spec(self, digests: Mapping[Path, str | None], output_dir: Path) -> JobSpec:
+        image_sha = digests.get(self.image)
+        mask_sha = digests.get(self.mask) if self.mask else None
+        return JobSpec(
+            key=job_key(self, image_sha, mask_sha),
+            entry=self.entry,
+            image=self.image,
+            mask=self.mask,
+            prompt=self.prompt,
+            provider=self.provider.name,
+            model=self.model,
+            params=self.params,
+            output_dir=output_dir,
+            output_name=self.output_name,
+            image_sha256=image_sha,
+            mask_sha256=mask_sha,
+        )
+
+
+def job_key(draft: _Draft, image_sha: str | None, mask_sha: str | None) -> str:
+    """Content hash: the same inputs to the same provider profile are the same job.
+    An unreadable file is keyed by its path, so fixing the file makes a new job."""
+    payload = {
+        "v": KEY_VERSION,
+        "image": image_sha or f"unreadable:{draft.image}",
+        "mask": (mask_sha or f"unreadable:{draft.mask}") if draft.mask else None,
+        "prompt": draft.prompt,
+        "provider": draft.provider.name,
+        "model": draft.model,
+        "params": draft.params,
+    }
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _expand(
+    index: int,
+    entry: _JobFields,
+    doc: _Document,
+    profiles: Mapping[str, ProviderProfile],
+    base: Path,
+    file: str,
+) -> list[_Draft]:
+    merged = _merge(doc.defaults, entry)
+
+    def fail(field: str, message: str) -> ManifestError:
+        return ManifestError(message, file=file, job=index, field=field)
+
+    image = merged.get("image")
+    prompt = merged.get("prompt")
+    if not image:
+        raise fail("image", "required")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise fail("prompt", "required (the edit instruction)")
+    provider = _pick_provider(merged.get("provider"), profiles, fail)
+    model = merged.get("model") or dialects.DEFAULT_MODELS[provider.dialect]
+    if problem := dialects.check_model(provider.dialect, model):
+        raise fail("model", problem)
+    params = merged.get("params") or {}
+    if found := dialects.check_params(provider.dialect, params):
+        raise fail(f"params.{found[0]}", found[1])
+    output_name = merged.get("output_name") or DEFAULT_OUTPUT_NAME
+    if problem := _check_template(output_name):
+        raise fail("output_name", problem)
+    images = _image_paths(image, base, fail)
+    mask_template = merged.get("mask")
+    if mask_template and glob.has_magic(mask_template):
+        raise fail("mask", "cannot be a glob; use {stem} to pair each image with its mask")
+    return [
+        _Draft(
+            entry=index,
+            image=path,
+            mask=_mask_path(mask_template, path, base, fail) if mask_template else None,
+            prompt=prompt,
+            provider=provider,
+            model=model,
+            params=params,
+            output_name=output_name,
+        )
+        for path in images
+    ]
+
+
+def _merge(defaults: _JobFields, entry: _JobFields) -> dict[str, Any]:
+    """A job's own value wins; params merge key by key."""
+    merged = defaults.model_dump(exclude_none=True)
+    own = entry.model_dump(exclude_none=True)
+    params = {**merged.get("params", {}), **own.get("params", {})}
+    merged.update(own)
+    merged["params"] = params
+    return merged
+
+
+def _pick_provider(
+    name: Any, profiles: Mapping[str, ProviderProfile], fail: Any
+) -> ProviderProfile:
+    if name is None:
+        if len(profiles) == 1:
+            return next(iter(profiles.values()))
+        raise fail("provider", f"required when there are several providers ({', '.join(profiles)})")
+    if name not in profiles:
+        raise fail("provider", f"no provider profile named {name!r} (have: {', '.join(profiles)})")
+    return profiles[name]
+
+
+def _image_paths(pattern: str, base: Path, fail: Any) -> list[Path]:
+    full = base / Path(pattern).expanduser()
+    if not glob.has_magic(pattern):
+        return [full.resolve()]
+    # glob.glob, not Path.glob: it takes absolute patterns and '**' across the whole pattern.
+    matches = sorted(
+        Path(hit).resolve()
+        for hit in glob.glob(str(full), recursive=True)  # noqa: PTH207
+        if Path(hit).is_file()
+    )
+    if not matches:
+        raise fail("image", f"the glob {pattern!r} matched no file (searched from {base})")
+    return matches
+
+
+def _mask_path(template: str, image: Path, base: Path, fail: Any) -> Path:
+    try:
+        relative = template.format(stem=image.stem, name=image.name)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise fail("mask", f"only {{stem}} and {{name}} may appear in braces ({exc})") from exc
+    return (base / Path(relative).expanduser()).resolve()
+
+
+def _check_template(template: str) -> str | None:
+    from .outputs import check_output_template  # lazy: outputs is an I/O module
+
+    return check_output_template(template, Path("/output-dir-check"))
+
+
+def _check_output_clashes(specs: tuple[JobSpec, ...], file: str) -> None:
+    from .outputs import output_paths
+
+    owners: dict[Path, JobSpec] = {}
+    for spec in specs:
+        likely = ReplyImage(b"", dialects.expected_format(spec.params), 0, 0)
+        for name in output_paths(spec, [likely] * dialects.images_per_job(spec.params)):
+            other = owners.setdefault(name, spec)
+            if other is not spec:
+                raise ManifestError(
+                    f"writes the same output file {name} as jobs[{other.entry}] "
+                    f"({other.image.name}); add {{key8}} to output_name",
+                    file=file,
+                    job=spec.entry,
+                    field="output_name",
+                )

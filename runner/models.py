@@ -1,0 +1,171 @@
+"""Plain data passed between the layers: no I/O, no framework types."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Outcome(StrEnum):
+    """What one HTTP attempt came to, as recorded in the attempts table."""
+
+    IN_FLIGHT = "in_flight"  # sent, no answer recorded yet (a crash leaves this behind)
+    SUCCEEDED = "succeeded"
+    RETRYABLE = "retryable"
+    TIMEOUT = "timeout"
+    PERMANENT = "permanent"
+    PAYMENT = "payment"
+    AUTH = "auth"
+    OUTPUT_ERROR = "output_error"
+    ABANDONED = "abandoned"  # the runner that sent it died before recording an answer
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job as the manifest describes it; `key` is its content hash."""
+
+    key: str
+    entry: int  # index of the manifest's `jobs:` entry it came from (globs expand one entry)
+    image: Path
+    mask: Path | None
+    prompt: str
+    provider: str
+    model: str
+    params: Mapping[str, Any]
+    output_dir: Path
+    output_name: str
+    # sha256 of the inputs when the key was made; None where the file could not be read.
+    image_sha256: str | None = None
+    mask_sha256: str | None = None
+
+    @property
+    def key8(self) -> str:
+        return self.key[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job claimed for work: its spec plus what the store knows about it."""
+
+    spec: JobSpec
+    attempts: int  # counted attempts over the job's whole life
+    attempts_this_round: int  # counted attempts since the last `runner retry`
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EditRequest:
+    model: str
+    prompt: str
+    image: ImagePart
+    mask: ImagePart | None
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage as the provider reported it; `raw` keeps its JSON untouched."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    input_image_tokens: int | None = None
+    input_text_tokens: int | None = None
+    output_image_tokens: int | None = None
+    raw: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyImage:
+    """One image a provider returned, already checked to decode."""
+
+    data: bytes
+    format: str  # Pillow's name: PNG, JPEG, WEBP
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class EditResult:
+    """A successful reply: the images and its accounting."""
+
+    images: tuple[ReplyImage, ...]
+    usage: Usage | None
+    request_id: str | None
+    status_code: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRef:
+    index: int
+    path: Path
+    sha256: str
+    size: int
+    width: int
+    height: int
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """What the store keeps of one finished HTTP attempt."""
+
+    outcome: Outcome
+    latency_ms: int | None = None
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    request_id: str | None = None
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    counted: bool = True  # False for answers that must not use up an attempt (402)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """`runner status` in data form."""
+
+    counts: Mapping[str, int]
+    totals: Totals
+    last_run: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRow:
+    key: str
+    image: str
+    mask: str | None
+    prompt: str
+    provider: str
+    model: str
+    params: Mapping[str, Any]
+    status: str
+    attempts: int
+    error: str | None
+    usage: Totals
+    outputs: tuple[str, ...] = field(default_factory=tuple)

@@ -1,0 +1,248 @@
+"""Output files: named from the job's template, written whole or not at all.
+
+A reply has been paid for by the time it gets here, so a crash or a full disk must never
+leave a half-written file under the final name that a later run would take for a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePath
+from string import Formatter
+from typing import Any
+
+from runner.errors import OutputError
+from runner.models import JobSpec, OutputRef, ReplyImage
+
+TEMP_SUFFIX = ".runner-tmp"
+FIELDS = frozenset({"stem", "key", "key8", "index", "ext", "job"})
+_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+_TEMP_NAME = re.compile(r"\..+\.(\d+)-[0-9a-f]+" + re.escape(TEMP_SUFFIX))
+_STALE_AFTER_S = 24 * 3600
+_SAMPLE: dict[str, Any] = {
+    "stem": "image",
+    "key": "0" * 64,
+    "key8": "0" * 8,
+    "index": 1,
+    "ext": "png",
+    "job": 0,
+}
+
+
+def output_paths(spec: JobSpec, images: Sequence[ReplyImage]) -> list[Path]:
+    """The absolute file each image goes to, in order; OutputError for a bad template."""
+    template = _template_for(spec.output_name, len(images))
+    base = spec.output_dir.absolute()
+    fields: dict[str, Any] = {"stem": spec.image.stem, "key": spec.key, "key8": spec.key8}
+    fields["job"] = spec.entry
+    paths = []
+    for index, image in enumerate(images, start=1):
+        ext = _EXTENSIONS.get(image.format, image.format.lower())
+        try:
+            name = template.format(**fields, index=index, ext=ext)
+        except (ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise OutputError(f"output name {spec.output_name!r} is unusable: {exc}") from exc
+        problem = _escape_problem(name, base)
+        if problem is not None:
+            raise OutputError(f"output name {spec.output_name!r} {problem}; nothing written")
+        paths.append(base / name)
+    return paths
+
+
+def check_output_template(template: str, output_dir: Path) -> str | None:
+    """For manifest validation: what is wrong with `template`, or None if it is usable."""
+    try:
+        for count in (1, 2):
+            name = _template_for(template, count).format(**_SAMPLE)
+            problem = _escape_problem(name, output_dir.absolute())
+            if problem is not None:
+                return f"output name {template!r} {problem}"
+    except OutputError as exc:
+        return str(exc)
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        return f"output name {template!r} is unusable: {exc}"
+    return None
+
+
+def write_outputs(spec: JobSpec, images: Sequence[ReplyImage]) -> tuple[OutputRef, ...]:
+    """Write every image atomically and describe what was written."""
+    refs = []
+    for index, (image, path) in enumerate(zip(images, output_paths(spec, images), strict=True)):
+        _write_atomic(path, image.data)
+        refs.append(
+            OutputRef(
+                index=index + 1,
+                path=path,
+                sha256=hashlib.sha256(image.data).hexdigest(),
+                size=len(image.data),
+                width=image.width,
+                height=image.height,
+                format=image.format,
+            )
+        )
+    return tuple(refs)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (it may not be a runner)."""
+    if pid <= 0:
+        return False  # kill(0) or kill(-n) would probe a process group, not a process
+    if sys.platform == "win32":
+        return True  # os.kill(pid, 0) terminates the process there; keep until stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def sweep_temp_files(output_dir: Path, is_alive: Callable[[int], bool] = pid_alive) -> int:
+    """Remove temp files left by runners that died (or anything over a day old)."""
+    removed = 0
+    now = time.time()
+    for folder, _dirs, files in os.walk(output_dir):
+        for name in files:
+            match = _TEMP_NAME.fullmatch(name)
+            if match is None:
+                continue
+            path = Path(folder, name)
+            try:
+                stale = now - path.stat().st_mtime > _STALE_AFTER_S
+                if stale or not is_alive(int(match.group(1))):
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                # Gone already (another runner swept it) or not ours to remove: housekeeping
+                # must never stop a run.
+                continue
+    return removed
+
+
+def ensure_writable(output_dir: Path) -> None:
+    """Create the folder if needed and prove a file can be made in it; else OutputError."""
+    where = output_dir.absolute()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = _file_in_the_way(where)
+        reason = f"{blocker} is a file, not a folder" if blocker else _reason(exc)
+        raise OutputError(f"cannot create output folder {where}: {reason}") from exc
+    probe = where / f".write-test.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write in output folder {where}: {_reason(exc)}") from exc
+
+
+def _template_for(template: str, count: int) -> str:
+    """The template with "-{index}" added where several images would otherwise collide."""
+    try:
+        parts = list(Formatter().parse(template))
+    except ValueError as exc:
+        raise OutputError(f"output name {template!r} is not a valid template: {exc}") from exc
+    names = [field for _, field, _, _ in parts if field is not None]
+    unknown = sorted({n for n in names if n not in FIELDS})
+    if unknown:
+        known = ", ".join("{" + f + "}" for f in sorted(FIELDS))
+        shown = ", ".join("{" + n + "}" for n in unknown)
+        raise OutputError(f"output name {template!r} has unknown field {shown}; use {known}")
+    if count < 2 or "index" in names:
+        return template
+    chunks = [_chunk(*part) for part in parts]
+    # The "." of ".{ext}" ends the literal text that Formatter parses together with {ext}.
+    dotted = [i for i, part in enumerate(parts) if part[1] == "ext" and part[0].endswith(".")]
+    if not dotted:
+        return "".join(chunks) + "-{index}"
+    literal, field, spec, conversion = parts[dotted[-1]]
+    head = _chunk(literal[:-1], None, None, None)
+    chunks[dotted[-1]] = head + "-{index}." + _chunk("", field, spec, conversion)
+    return "".join(chunks)
+
+
+def _chunk(literal: str, field: str | None, spec: str | None, conversion: str | None) -> str:
+    """One parsed piece written back as template text, literal braces escaped again."""
+    text = literal.replace("{", "{{").replace("}", "}}")
+    if field is None:
+        return text
+    return (
+        text
+        + "{"
+        + field
+        + (f"!{conversion}" if conversion else "")
+        + (f":{spec}" if spec else "")
+        + "}"
+    )
+
+
+def _escape_problem(name: str, base: Path) -> str | None:
+    """Why `name` may not be written under `base`, or None if it stays inside."""
+    separators = {"/", os.sep, os.altsep or "/"}
+    pieces = re.split("|".join(re.escape(s) for s in separators), name)
+    if not name or "\0" in name:
+        return "gives an empty or invalid file name"
+    if PurePath(name).is_absolute() or PurePath(name).anchor:
+        return f"gives an absolute path ({name})"
+    if ".." in pieces:
+        return f"leads out of the output folder ({name})"
+    if pieces[-1] in ("", "."):
+        return f"does not end in a file name ({name})"
+    target = (base / name).resolve()
+    if not target.is_relative_to(base.resolve()):
+        return f"leads out of the output folder through a link ({name})"
+    return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with 0o666 leaves the permissions to the umask, as for any new file;
+        # tempfile would make them owner-only.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        temp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable where the platform allows opening a directory."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        # Some filesystems refuse fsync on a directory; the file's own data is synced anyway.
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    for parent in (path, *path.parents):
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

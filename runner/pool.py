@@ -1,0 +1,256 @@
+"""The worker pool: claims jobs, sends them with retries, writes results, records it all.
+
+Per provider profile, `concurrency` workers share one ProviderGate. A job's own failure is
+recorded on the job; a ProviderStop closes that provider's gate (in-flight requests
+finish, nobody sends again); an OutputError closes every gate (a full disk would make
+every following paid reply a loss). Anything unexpected cancels the whole task group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+import anyio
+import anyio.to_thread
+
+from .config import RunSettings
+from .errors import (
+    InputError,
+    OutputError,
+    PermanentJobError,
+    ProviderError,
+    ProviderStop,
+    StopNotice,
+    Stopped,
+)
+from .images import ImageLimits, prepare_request
+from .models import (
+    AttemptRecord,
+    EditRequest,
+    EditResult,
+    Job,
+    JobSpec,
+    Outcome,
+    OutputRef,
+    ReplyImage,
+)
+from .outputs import write_outputs
+from .providers.base import Provider
+from .ratelimit import Clock, ProviderGate, SystemClock
+from .retry import RetryPolicy
+from .store.base import Store
+
+log = logging.getLogger("runner")
+
+Prepare = Callable[[JobSpec, ImageLimits], EditRequest]
+WriteOutputs = Callable[[JobSpec, Sequence[ReplyImage]], tuple[OutputRef, ...]]
+
+
+@dataclass(slots=True)
+class PoolReport:
+    succeeded: int = 0
+    failed: int = 0
+    released: int = 0
+    stops: list[StopNotice] = field(default_factory=list)
+
+
+class Pool:
+    def __init__(
+        self,
+        store: Store,
+        providers: Mapping[str, Provider],
+        *,
+        manifest: str,
+        owner: str,
+        settings: RunSettings,
+        concurrency: Mapping[str, int],
+        gates: Mapping[str, ProviderGate],
+        clock: Clock | None = None,
+        wall_clock: Callable[[], datetime],
+        policy: RetryPolicy | None = None,
+        prepare: Prepare = prepare_request,
+        write: WriteOutputs = write_outputs,
+    ) -> None:
+        self._store = store
+        self._providers = providers
+        self._manifest = manifest
+        self._owner = owner
+        self._settings = settings
+        self._concurrency = concurrency
+        self._gates = gates
+        self._clock = clock or SystemClock()
+        self._wall_clock = wall_clock
+        self._policy = policy or RetryPolicy(settings.retry)
+        self._prepare = prepare
+        self._write = write
+        self.report = PoolReport()
+
+    async def run(self) -> PoolReport:
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._keep_leases)
+            async with anyio.create_task_group() as workers:
+                for name in self._providers:
+                    for _ in range(self._concurrency[name]):
+                        workers.start_soon(self._worker, name)
+            outer.cancel_scope.cancel()  # workers are done: stop renewing leases
+        return self.report
+
+    def _lease_until(self) -> datetime:
+        return self._wall_clock() + timedelta(seconds=self._settings.lease_s)
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await self._clock.sleep(self._settings.lease_s / 3)
+            await self._store.renew_leases(self._owner, self._lease_until())
+
+    async def _worker(self, provider: str) -> None:
+        gate = self._gates[provider]
+        while not gate.stopped:
+            job = await self._store.claim(
+                self._manifest, provider, self._owner, self._lease_until()
+            )
+            if job is None:
+                if gate.stopped or not await self._store.held_elsewhere(
+                    self._manifest, provider, self._owner
+                ):
+                    return
+                # Another runner holds some of this manifest's jobs: if it dies, its
+                # leases lapse and those jobs become ours to finish.
+                try:
+                    await gate.sleep(self._settings.poll_s)
+                except Stopped:
+                    return
+                continue
+            await self._process(job, gate)
+
+    async def _process(self, job: Job, gate: ProviderGate) -> None:
+        spec = job.spec
+        provider = self._providers[spec.provider]
+        try:
+            request = await anyio.to_thread.run_sync(self._prepare, spec, provider.limits)
+        except InputError as exc:
+            await self._fail(spec, f"{exc} (nothing was sent)")
+            return
+        attempts_left = self._settings.retry.max_attempts - job.attempts_this_round
+        if attempts_left <= 0:
+            await self._fail(spec, "no attempts left; `runner retry` gives it a new set")
+            return
+        try:
+            result, attempt_id, record = await self._send(
+                spec, request, provider, gate, attempts_left
+            )
+        except Stopped:
+            await self._release(spec)
+            return
+        except ProviderStop as exc:
+            await self._release(spec)
+            self._stop(gate, exc)
+            return
+        except ProviderError as exc:
+            prefix = "" if isinstance(exc, PermanentJobError) else "gave up after retries: "
+            await self._fail(spec, prefix + exc.describe())
+            return
+        await self._finish(spec, result, attempt_id, record)
+
+    async def _send(
+        self,
+        spec: JobSpec,
+        request: EditRequest,
+        provider: Provider,
+        gate: ProviderGate,
+        attempts_left: int,
+    ) -> tuple[EditResult, int, AttemptRecord]:
+        async for attempt in self._policy.retrying(attempts_left, gate.sleep):
+            with attempt:
+                return await self._attempt(spec, request, provider, gate)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _attempt(
+        self, spec: JobSpec, request: EditRequest, provider: Provider, gate: ProviderGate
+    ) -> tuple[EditResult, int, AttemptRecord]:
+        await gate.wait_turn()
+        attempt_id = await self._store.begin_attempt(
+            spec.key, self._owner, spec.provider, spec.model
+        )
+        started = time.monotonic()
+        try:
+            result = await provider.edit(request)
+        except ProviderError as exc:
+            if exc.retry_after:
+                gate.pause_for(exc.retry_after)
+            await self._store.finish_attempt(
+                attempt_id, _error_record(exc, spec, provider, _ms_since(started))
+            )
+            raise
+        record = AttemptRecord(
+            outcome=Outcome.SUCCEEDED,
+            latency_ms=_ms_since(started),
+            http_status=result.status_code,
+            request_id=result.request_id,
+            usage=result.usage,
+            cost_usd=provider.cost_usd(spec.model, result.usage),
+        )
+        return result, attempt_id, record
+
+    async def _finish(
+        self, spec: JobSpec, result: EditResult, attempt_id: int, record: AttemptRecord
+    ) -> None:
+        try:
+            outputs = await anyio.to_thread.run_sync(self._write, spec, result.images)
+        except OutputError as exc:
+            lost = replace(record, outcome=Outcome.OUTPUT_ERROR, error_message=str(exc))
+            await self._store.finish_attempt(attempt_id, lost)  # the usage was paid: keep it
+            await self._fail(spec, f"output not written: {exc}")
+            notice = StopNotice("*", "output", f"cannot write outputs: {exc}", 1)
+            for gate in self._gates.values():
+                gate.stop(notice)
+            self.report.stops.append(notice)
+            return
+        await self._store.complete(spec.key, self._owner, attempt_id, record, outputs)
+        self.report.succeeded += 1
+        log.debug("succeeded %s -> %s", spec.image.name, ", ".join(str(o.path) for o in outputs))
+
+    async def _fail(self, spec: JobSpec, reason: str) -> None:
+        await self._store.fail(spec.key, self._owner, reason)
+        self.report.failed += 1
+        log.warning(
+            "failed %s (jobs[%d], %s): %s", spec.image.name, spec.entry, spec.key[:8], reason
+        )
+
+    async def _release(self, spec: JobSpec) -> None:
+        await self._store.release(spec.key, self._owner)
+        self.report.released += 1
+
+    def _stop(self, gate: ProviderGate, exc: ProviderStop) -> None:
+        if gate.stopped:
+            return
+        notice = StopNotice(gate.name, exc.outcome, exc.describe(), exc.exit_code)
+        gate.stop(notice)
+        self.report.stops.append(notice)
+        log.error("stopped sending to %s: %s", gate.name, notice.message)
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _error_record(
+    exc: ProviderError, spec: JobSpec, provider: Provider, latency_ms: int
+) -> AttemptRecord:
+    return AttemptRecord(
+        outcome=Outcome(exc.outcome),
+        latency_ms=latency_ms,
+        http_status=exc.status_code,
+        error_code=exc.provider_code,
+        error_message=exc.message[:2000],
+        request_id=exc.request_id,
+        usage=exc.usage,
+        cost_usd=provider.cost_usd(spec.model, exc.usage),
+        # A stop (402, 401) is the provider refusing the account, not this job: the job
+        # keeps its attempts for when the account is fixed.
+        counted=not isinstance(exc, ProviderStop),
+    )

@@ -1,0 +1,185 @@
+"""The Provider protocol and what is common to reading providers' answers.
+
+A provider turns an EditRequest into an EditResult or raises one ProviderError subclass;
+deciding *which* subclass is this module's job (PROVIDERS.md §4.1): the body first, since
+gateways put quota errors behind 403s and 500s, then the status.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+
+from ..errors import (
+    AttemptTimeout,
+    AuthRejected,
+    PaymentRequired,
+    PermanentJobError,
+    ProviderError,
+    RetryableError,
+)
+from ..images import ImageLimits
+from ..models import EditRequest, EditResult, Usage
+
+
+class Provider(Protocol):
+    name: str
+    limits: ImageLimits
+
+    async def edit(self, request: EditRequest) -> EditResult: ...
+
+    def cost_usd(self, model: str, usage: Usage | None) -> float | None: ...
+
+
+# Codes that mean "no money left" whatever status carries them: OpenAI's 429 quota codes,
+# and the new-api gateway's (which CometAPI appears to run) user and key quota codes.
+PAYMENT_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "insufficient_user_quota",
+        "pre_consume_token_quota_failed",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+        "billing_hard_limit_reached",
+        "insufficient_balance",
+    }
+)
+PAYMENT_PHRASES = ("quota is not enough", "insufficient balance", "insufficient_quota")
+# A 500 that is really the client's fault (CometAPI): retrying sends the same bad request.
+PERMANENT_CODES = frozenset({"invalid_request", "moderation_blocked", "invalid_mask_image_format"})
+MODEL_GONE_PHRASES = ("no available channel",)
+_REQUEST_ID = re.compile(r"\(request id: ([^)]+)\)")
+REQUEST_ID_HEADERS = ("x-request-id", "x-oneapi-request-id", "request-id")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    message: str
+    code: str | None = None
+    type: str | None = None
+
+
+def parse_error_body(response: httpx.Response) -> ErrorBody:
+    """`{"error": {...}}` (OpenAI, CometAPI) or `{"error": "..."}` (Venice), or not JSON."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        return ErrorBody(message=f"non-JSON reply ({kind}, {len(response.content)} bytes)")
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        message = error.get("message") or json.dumps(error)[:300]
+        return ErrorBody(str(message), _text(error.get("code")), _text(error.get("type")))
+    if isinstance(error, str):
+        code = body.get("code") if isinstance(body, dict) else None
+        return ErrorBody(error, _text(code))
+    return ErrorBody(message=json.dumps(body)[:300])
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def request_id_of(response: httpx.Response, message: str = "") -> str | None:
+    for header in REQUEST_ID_HEADERS:
+        if value := response.headers.get(header):
+            return str(value)
+    found = _REQUEST_ID.search(message)
+    return found.group(1) if found else None
+
+
+def classify(response: httpx.Response, now: float) -> ProviderError:
+    """The error a non-success answer stands for; `now` is wall-clock epoch seconds."""
+    status = response.status_code
+    body = parse_error_body(response)
+    code = (body.code or "").lower()
+    request_id = request_id_of(response, body.message)
+    retry_after = retry_after_seconds(response.headers, now)
+
+    def make(kind: type[ProviderError], message: str = body.message) -> ProviderError:
+        return kind(
+            message,
+            status_code=status,
+            provider_code=body.code,
+            request_id=request_id,
+            retry_after=retry_after,
+        )
+
+    lowered = body.message.lower()
+    if (
+        status == 402
+        or code in PAYMENT_CODES
+        or (body.type or "").lower() == "insufficient_quota"
+        or any(phrase in lowered for phrase in PAYMENT_PHRASES)
+    ):
+        return make(PaymentRequired)
+    if status in (401, 403):
+        return make(AuthRejected)
+    if code in PERMANENT_CODES or any(p in lowered for p in MODEL_GONE_PHRASES):
+        return make(PermanentJobError)
+    should_retry = response.headers.get("x-should-retry")
+    if should_retry in ("true", "false"):
+        kind = RetryableError if should_retry == "true" else PermanentJobError
+        return make(kind)
+    if status in (408, 409, 425, 429) or status >= 500:
+        return make(RetryableError)
+    if 300 <= status < 400:
+        target = response.headers.get("location", "elsewhere")
+        return make(PermanentJobError, f"redirected to {target}: check base_url")
+    if status == 404 and body.code is None:
+        return make(PermanentJobError, f"{body.message}: check base_url and model")
+    return make(PermanentJobError)
+
+
+def translate_transport_error(exc: httpx.HTTPError) -> ProviderError:
+    """Network failures. A connect failure never reached the provider; a read timeout may
+    have been processed (and billed) upstream, hence its own class."""
+    name = type(exc).__name__
+    detail = str(exc) or name
+    if isinstance(exc, httpx.ReadTimeout):
+        return AttemptTimeout(f"no reply in time ({detail}); the provider may have billed it")
+    return RetryableError(f"network error: {name}: {detail}")
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_go_duration(value: str) -> float | None:
+    """OpenAI's reset headers: '17ms', '1s', '6m0s', '1h2m3.5s'."""
+    value = value.strip()
+    parts = _GO_DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
+    """The server's own wait hint, in seconds (PROVIDERS.md §4.2, in its order)."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    if (after := headers.get("retry-after")) is not None:
+        try:
+            return max(0.0, float(after))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(after) if after.strip() else None
+            if when is not None and when.tzinfo is not None:
+                return max(0.0, when.timestamp() - now)
+    resets = [
+        parse_go_duration(headers[name])
+        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+        if name in headers
+    ]
+    known = [value for value in resets if value is not None]
+    return max(known) if known else None

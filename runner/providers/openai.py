@@ -1,0 +1,173 @@
+"""The OpenAI dialect (CometAPI and other OpenAI-compatible gateways):
+multipart `POST {base_url}/images/edits`, JSON reply with `data[].b64_json` or `data[].url`.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+import httpx
+
+from ..errors import ProviderError, RetryableError
+from ..images import OPENAI_LIMITS, ImageLimits, read_image_info
+from ..models import EditRequest, EditResult, ReplyImage, Usage
+from ..pricing import openai_cost
+from .base import classify, request_id_of, translate_transport_error
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    images: tuple[ReplyImage, ...]
+    urls: tuple[str, ...]
+    usage: Usage | None
+
+
+class OpenAIProvider:
+    limits: ImageLimits = OPENAI_LIMITS
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str,
+        client: httpx.AsyncClient,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self._url = f"{base_url.rstrip('/')}/images/edits"
+        self._client = client
+        # Sent per request, never set on the client: image URLs in replies may point at
+        # other hosts, and those downloads must not carry the key.
+        self._auth = {"Authorization": f"Bearer {api_key}"}
+        self._wall_clock = wall_clock
+
+    async def edit(self, request: EditRequest) -> EditResult:
+        try:
+            response = await self._client.post(
+                self._url,
+                data=_form_fields(request),
+                files=_file_parts(request),
+                headers=self._auth,
+            )
+        except httpx.HTTPError as exc:
+            raise translate_transport_error(exc) from exc
+        if response.status_code != 200:
+            raise classify(response, self._wall_clock())
+        request_id = request_id_of(response)
+        # Parsing ~2 MB of JSON and base64 per reply would stall every other request on
+        # the event loop; a worker thread keeps the loop free for I/O.
+        parsed = await anyio.to_thread.run_sync(_parse_reply, response.content, request_id)
+        images = parsed.images + await self._download(parsed, request_id)
+        if not images:
+            raise RetryableError(
+                "reply has no image in data[]",
+                status_code=200,
+                request_id=request_id,
+                usage=parsed.usage,
+            )
+        return EditResult(images=images, usage=parsed.usage, request_id=request_id)
+
+    async def _download(self, parsed: _Parsed, request_id: str | None) -> tuple[ReplyImage, ...]:
+        """Fetch `data[].url` images (the provider deletes them after a while)."""
+        fetched = []
+        for url in parsed.urls:
+            try:
+                response = await self._client.get(url)
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise RetryableError(
+                    f"could not download the result image {url}: {exc}",
+                    request_id=request_id,
+                    usage=parsed.usage,
+                ) from exc
+            image = await anyio.to_thread.run_sync(read_image_info, response.content)
+            if image is None:
+                raise _bad_image(request_id, parsed.usage)
+            fetched.append(image)
+        return tuple(fetched)
+
+    def cost_usd(self, model: str, usage: Usage | None) -> float | None:
+        return openai_cost(model, usage)
+
+
+def _form_fields(request: EditRequest) -> dict[str, str]:
+    fields = {"prompt": request.prompt, "model": request.model}
+    for name, value in request.params.items():
+        fields[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return fields
+
+
+def _file_parts(request: EditRequest) -> list[tuple[str, tuple[str, bytes, str]]]:
+    parts = [("image", (request.image.filename, request.image.data, request.image.content_type))]
+    if request.mask is not None:
+        mask = request.mask
+        parts.append(("mask", (mask.filename, mask.data, mask.content_type)))
+    return parts
+
+
+def _bad_image(request_id: str | None, usage: Usage | None) -> ProviderError:
+    return RetryableError(
+        "reply image does not decode", status_code=200, request_id=request_id, usage=usage
+    )
+
+
+def _parse_reply(content: bytes, request_id: str | None) -> _Parsed:
+    try:
+        body = json.loads(content)
+    except ValueError as exc:
+        raise RetryableError(
+            f"reply is not JSON ({len(content)} bytes)", status_code=200, request_id=request_id
+        ) from exc
+    if not isinstance(body, dict):
+        raise RetryableError("reply is not a JSON object", status_code=200, request_id=request_id)
+    usage = parse_usage(body.get("usage"))
+    images: list[ReplyImage] = []
+    urls: list[str] = []
+    for item in body.get("data") or []:
+        if not isinstance(item, dict):
+            continue
+        if isinstance(encoded := item.get("b64_json"), str) and encoded:
+            try:
+                data = binascii.a2b_base64(encoded)
+            except binascii.Error as exc:
+                raise _bad_image(request_id, usage) from exc
+            image = read_image_info(data)
+            if image is None:
+                raise _bad_image(request_id, usage)
+            images.append(image)
+        elif isinstance(url := item.get("url"), str) and url.startswith(("http://", "https://")):
+            urls.append(url)
+    return _Parsed(tuple(images), tuple(urls), usage)
+
+
+def _int(mapping: Mapping[str, Any], name: str) -> int | None:
+    value = mapping.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _dict(mapping: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = mapping.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def parse_usage(raw: Any) -> Usage | None:
+    """Read what is there, whatever the gateway's shape (PROVIDERS.md §1: it varies)."""
+    if not isinstance(raw, dict):
+        return None
+    input_details = _dict(raw, "input_tokens_details")
+    output_details = _dict(raw, "output_tokens_details")
+    return Usage(
+        input_tokens=_int(raw, "input_tokens"),
+        output_tokens=_int(raw, "output_tokens"),
+        total_tokens=_int(raw, "total_tokens"),
+        input_image_tokens=_int(input_details, "image_tokens"),
+        input_text_tokens=_int(input_details, "text_tokens"),
+        output_image_tokens=_int(output_details, "image_tokens"),
+        raw=json.dumps(raw, separators=(",", ":"), sort_keys=True),
+    )

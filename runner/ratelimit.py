@@ -1,0 +1,83 @@
+"""Per-provider pacing and the provider's stop switch.
+
+One ProviderGate per provider profile, shared by all its workers, so that one 429's
+Retry-After slows the whole pool (not just the job that got it) and a 402 stops every
+worker before its next request. Clock and sleep are injected: tests record, not wait.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import anyio
+
+from .errors import StopNotice, Stopped
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+class ProviderGate:
+    def __init__(self, name: str, clock: Clock, requests_per_minute: float | None = None) -> None:
+        self.name = name
+        self._clock = clock
+        self._interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
+        self._next_slot = 0.0
+        self._paused_until = 0.0
+        self._lock = anyio.Lock()
+        self._sleepers: set[anyio.CancelScope] = set()
+        self.stop_notice: StopNotice | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_notice is not None
+
+    def stop(self, notice: StopNotice) -> None:
+        """No new request from now on; workers asleep here wake up and put their job back."""
+        if self.stop_notice is None:
+            self.stop_notice = notice
+        for scope in list(self._sleepers):
+            scope.cancel()
+
+    def pause_for(self, seconds: float) -> None:
+        """Hold every request to this provider for `seconds` (a server's wait hint)."""
+        self._paused_until = max(self._paused_until, self._clock.monotonic() + seconds)
+
+    async def wait_turn(self) -> None:
+        """Wait for this provider's next free request slot; raises Stopped if it stops."""
+        while True:
+            self._raise_if_stopped()
+            now = self._clock.monotonic()
+            async with self._lock:
+                start = max(now, self._next_slot, self._paused_until)
+                if start <= now:
+                    self._next_slot = now + self._interval
+                    return
+            await self.sleep(start - now)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep that ends early, with Stopped, if the provider is stopped meanwhile."""
+        self._raise_if_stopped()
+        with anyio.CancelScope() as scope:
+            self._sleepers.add(scope)
+            try:
+                await self._clock.sleep(seconds)
+            finally:
+                self._sleepers.discard(scope)
+        self._raise_if_stopped()
+
+    def _raise_if_stopped(self) -> None:
+        if self.stop_notice is not None:
+            raise Stopped(f"{self.name}: {self.stop_notice.message}")

@@ -1,0 +1,87 @@
+"""The Store protocol: everything the runner asks of its database, in domain verbs.
+
+`sql.SqlStore` implements it over SQLAlchemy; `memory.MemoryStore` is its in-memory twin
+for pool tests. Nothing outside `store/` writes SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from ..digests import DigestEntry
+from ..models import AttemptRecord, ExportRow, Job, JobSpec, OutputRef, Summary
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    id: str
+    manifest: str
+    host: str
+    pid: int
+    process_tag: str
+
+
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    # -- the manifest's jobs ------------------------------------------------------------
+    async def sync_manifest(self, manifest: str, specs: Sequence[JobSpec]) -> int:
+        """Add new jobs (pending), refresh where known jobs' inputs now live, and make
+        `specs` the manifest's job list. Returns how many jobs were new."""
+        ...
+
+    async def retry_failed(self, manifest: str, key: str | None = None) -> int: ...
+
+    # -- runs and leases ----------------------------------------------------------------
+    async def start_run(self, run: RunInfo) -> None: ...
+
+    async def end_run(self, run_id: str, exit_code: int, stop_reason: str | None) -> None: ...
+
+    async def reclaim_dead_runs(self, dead_run_ids: Iterable[str]) -> int:
+        """Close runs whose process is gone and release the jobs they held; their
+        unanswered attempts become `abandoned`. Returns how many jobs were released."""
+        ...
+
+    async def unfinished_runs(self, host: str) -> Sequence[RunInfo]: ...
+
+    async def claim(
+        self, manifest: str, provider: str, owner: str, lease_until: datetime
+    ) -> Job | None:
+        """Take one claimable job (pending, or running with an expired lease) of this
+        manifest and provider; no two callers ever get the same job."""
+        ...
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> None: ...
+
+    async def held_elsewhere(self, manifest: str, provider: str, owner: str) -> int:
+        """Jobs of this manifest and provider that other live runners hold."""
+        ...
+
+    # -- one job's life -----------------------------------------------------------------
+    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> int: ...
+
+    async def finish_attempt(self, attempt_id: int, record: AttemptRecord) -> None: ...
+
+    async def complete(
+        self, key: str, owner: str, attempt_id: int, record: AttemptRecord,
+        outputs: Sequence[OutputRef],
+    ) -> None: ...  # fmt: skip
+
+    async def fail(self, key: str, owner: str, reason: str) -> None: ...
+
+    async def release(self, key: str, owner: str) -> None: ...
+
+    # -- reading ------------------------------------------------------------------------
+    async def summary(self, manifest: str) -> Summary: ...
+
+    async def export_rows(self, manifest: str) -> Sequence[ExportRow]: ...
+
+    async def job_states(self, manifest: str) -> Mapping[str, str]: ...
+
+    # -- input digest cache -------------------------------------------------------------
+    async def load_digests(self) -> Mapping[str, DigestEntry]: ...
+
+    async def save_digests(self, entries: Sequence[DigestEntry]) -> None: ...

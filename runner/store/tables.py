@@ -1,0 +1,161 @@
+"""The database schema (SQLAlchemy Core). Alembic's migrations are written against this.
+
+Column names are meant to read well in a database browser: no abbreviations.
+Times are stored as UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, whatever the database keeps."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("image_path", Text, nullable=False),
+    Column("mask_path", Text),
+    Column("image_sha256", String(64)),
+    Column("mask_sha256", String(64)),
+    Column("prompt", Text, nullable=False),
+    Column("provider", String(100), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("params_json", Text, nullable=False),
+    Column("output_dir", Text, nullable=False),
+    Column("output_name", Text, nullable=False),
+    Column("manifest_entry", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),  # counted attempts, ever
+    # `attempts` as it stood at the last `runner retry`: the attempt budget restarts there.
+    Column("attempt_base", Integer, nullable=False, default=0),
+    Column("error", Text),  # last reason, one line; kept after success for the record
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+)
+Index("ix_jobs_provider_status", jobs.c.provider, jobs.c.status)
+
+manifest_jobs = Table(
+    "manifest_jobs",
+    metadata,
+    Column("manifest", Text, primary_key=True),  # absolute path of the manifest file
+    Column("job_key", String(64), ForeignKey("jobs.key"), primary_key=True),
+    Column("position", Integer, nullable=False),
+)
+Index("ix_manifest_jobs_job_key", manifest_jobs.c.job_key)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("manifest", Text, nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("process_tag", String(100), nullable=False),  # see procs.process_tag
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime),
+    Column("exit_code", Integer),
+    Column("stop_reason", Text),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_key", String(64), ForeignKey("jobs.key"), nullable=False),
+    Column("run_id", String(64), ForeignKey("runs.id"), nullable=False),
+    Column("provider", String(100), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("counted", Boolean, nullable=False, default=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("latency_ms", Integer),
+    Column("http_status", Integer),
+    Column("error_code", String(200)),
+    Column("error_message", Text),
+    Column("request_id", String(200)),
+    Column("input_tokens", BigInteger),
+    Column("input_image_tokens", BigInteger),
+    Column("input_text_tokens", BigInteger),
+    Column("output_tokens", BigInteger),
+    Column("output_image_tokens", BigInteger),
+    Column("total_tokens", BigInteger),
+    Column("usage_json", Text),
+    Column("cost_usd", Float),
+)
+Index("ix_attempts_job_key", attempts.c.job_key)
+
+outputs = Table(
+    "outputs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_key", String(64), ForeignKey("jobs.key"), nullable=False),
+    Column("attempt_id", Integer, ForeignKey("attempts.id"), nullable=False),
+    Column("image_index", Integer, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("format", String(16), nullable=False),
+)
+Index("ix_outputs_job_key", outputs.c.job_key)
+
+file_digests = Table(
+    "file_digests",
+    metadata,
+    Column("path", Text, primary_key=True),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
