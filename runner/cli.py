@@ -253,6 +253,7 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
+        force=True,
     )
     # Library chatter (httpx logs every request at INFO) is not the user's business.
     for noisy in ("httpx", "httpcore", "alembic", "aiosqlite", "asyncio"):

@@ -103,8 +103,9 @@ class Pool:
         return self._wall_clock() + timedelta(seconds=self._settings.lease_s)
 
     async def _keep_leases(self) -> None:
+        # Real time, not the injected clock: leases expire in real time.
         while True:
-            await self._clock.sleep(self._settings.lease_s / 3)
+            await anyio.sleep(self._settings.lease_s / 3)
             await self._store.renew_leases(self._owner, self._lease_until())
 
     async def _worker(self, provider: str) -> None:
@@ -120,10 +121,7 @@ class Pool:
                     return
                 # Another runner holds some of this manifest's jobs: if it dies, its
                 # leases lapse and those jobs become ours to finish.
-                try:
-                    await gate.sleep(self._settings.poll_s)
-                except Stopped:
-                    return
+                await anyio.sleep(self._settings.poll_s)
                 continue
             await self._process(job, gate)
 
@@ -181,7 +179,7 @@ class Pool:
             result = await provider.edit(request)
         except ProviderError as exc:
             if exc.retry_after:
-                gate.pause_for(exc.retry_after)
+                gate.pause_for(min(exc.retry_after, self._settings.retry.max_wait_s))
             await self._store.finish_attempt(
                 attempt_id, _error_record(exc, spec, provider, _ms_since(started))
             )

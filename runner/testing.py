@@ -17,6 +17,13 @@ Accounting choices worth knowing when writing assertions:
 * `latency` delays every edit reply, error replies (401, 400) included.
 * A normal reply is charged when the server commits to it, so a client that gave up
   before the answer arrived has still "paid", as with a real provider.
+* `payment_after=K` allows exactly K paid edits, concurrent requests included, then answers
+  402 until `top_up()`; `reset_counters()` starts the K over.
+
+An edit request is judged in this order: credentials (401), then the body (400 for bad
+multipart, a missing image or prompt, `n` outside 1..10, a mask of another size or an
+image Pillow cannot decode), then the fault. Rejected requests consume no script entry.
+Replies are always PNG whatever `output_format` asks for.
 """
 
 from __future__ import annotations
@@ -740,19 +747,25 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(
         self,
         status: int,
-        body: bytes,
+        body: bytes | list[bytes],
         content_type: str = "application/json",
         headers: Iterable[tuple[str, str]] = (),
         *,
-        send_bytes: int | None = None,
+        truncate: bool = False,
     ) -> None:
+        """Reply; a list body is written piece by piece, sparing a copy of 2 MB replies."""
+        chunks = [body] if isinstance(body, bytes) else body
+        length = sum(map(len, chunks))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body if send_bytes is None else body[:send_bytes])
+        if truncate:
+            chunks = [b"".join(chunks)[: length // 2]]
+        for chunk in chunks:
+            self.wfile.write(chunk)
 
     def _discard_body_or_close(self) -> None:
         try:
@@ -861,19 +874,18 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 record(0)
                 return
-            if problem is not None and fault != "auth":
+            if fault is not None and fault not in _SUCCESS_LIKE:
+                self._reply_fault(fault, request_id, record)
+            elif problem is not None:
                 record(400)
                 self._send(
                     400,
                     _envelope(problem, "invalid_request_error", "invalid_request"),
                     headers=[("x-request-id", request_id)],
                 )
-                return
-            assert image is not None and prompt is not None
-            if fault in (None, "slow", "truncate", "empty_200"):
-                self._reply_success(fault, request_id, image, image_digest, mask, prompt, n, record)
             else:
-                self._reply_fault(fault, request_id, record)
+                assert image is not None and prompt is not None  # no problem implies both
+                self._reply_success(fault, request_id, image, image_digest, mask, prompt, n, record)
         finally:
             if reserved:
                 # Only a bug gets here; its reservation must not block later edits.
@@ -919,26 +931,25 @@ class _Handler(BaseHTTPRequestHandler):
                 headers=headers,
             )
             return
-        if provider.reply == "url":
-            origin = provider.origin.encode()
-            items = [
-                b'{"url":"' + origin + b"/files/" + provider._store_file(e.png).encode() + b'.png"}'
-                for e in edits
-            ]
-        else:
-            items = [b'{"b64_json":"' + e.b64 + b'"}' for e in edits]
-        body = b"".join(
-            (b'{"created":', created, b',"data":[', b",".join(items), b'],"usage":', usage, b"}")
-        )
+        body = [b'{"created":', created, b',"data":[']
+        for index, e in enumerate(edits):
+            if index:
+                body.append(b",")
+            if provider.reply == "url":
+                url = f"{provider.origin}/files/{provider._store_file(e.png)}.png"
+                body.append(json.dumps({"url": url}).encode())
+            else:
+                body += (b'{"b64_json":"', e.b64, b'"}')
+        body += (b'],"usage":', usage, b"}")
         if fault == "truncate":
             record(200)
             self.close_connection = True
-            self._send(200, body, headers=headers, send_bytes=len(body) // 2)
+            self._send(200, body, headers=headers, truncate=True)
             return
         record(200, paid=fault is None)
         self._send(200, body, headers=headers)
 
-    def _reply_fault(self, fault: str | None, request_id: str, record: Callable[..., None]) -> None:
+    def _reply_fault(self, fault: str, request_id: str, record: Callable[..., None]) -> None:
         provider = self.server.provider
         headers = [("x-request-id", request_id)]
         if fault == "reset":
@@ -950,13 +961,17 @@ class _Handler(BaseHTTPRequestHandler):
             record(404)
             self._send(404, _HTML_404, "text/html; charset=utf-8", headers)
             return
-        status, message, type_, code = _FAULT_REPLIES[fault or ""]
+        if fault not in _FAULT_REPLIES:
+            # Only reachable through script.append(), which cannot validate its argument.
+            status, message, type_, code = 500, f"FakeProvider: unknown fault {fault!r}", "", ""
+        else:
+            status, message, type_, code = _FAULT_REPLIES[fault]
         if fault == "rate_limit" and provider.retry_after is not None:
             headers.append(("Retry-After", _format_seconds(provider.retry_after)))
         record(status)
         self._send(
             status,
-            _envelope(message.format(request_id=request_id), type_, code),
+            _envelope(message.replace("{request_id}", request_id), type_, code),
             headers=headers,
         )
 
@@ -970,6 +985,9 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+
+# Faults whose reply is (the start of) a normal success.
+_SUCCESS_LIKE = frozenset({"slow", "truncate", "empty_200"})
 
 _FAULT_REPLIES: dict[str, tuple[int, str, str, str]] = {
     "rate_limit": (

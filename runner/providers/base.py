@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -162,20 +163,37 @@ def parse_go_duration(value: str) -> float | None:
     return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
 
 
+def _seconds(text: str, scale: float = 1.0) -> float | None:
+    try:
+        value = float(text) * scale
+    except ValueError:
+        return None
+    return max(0.0, value) if math.isfinite(value) else None
+
+
+def _http_date_delay(text: str, now: float) -> float | None:
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
 def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
-    """The server's own wait hint, in seconds (PROVIDERS.md §4.2, in its order)."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
+    """The server's own wait hint, in seconds (PROVIDERS.md §4.2, in its order); a value
+    that does not parse counts as no hint. Callers cap it: a hint is not an order."""
+    if (ms := headers.get("retry-after-ms")) is not None and (
+        value := _seconds(ms, 1e-3)
+    ) is not None:
+        return value
     if (after := headers.get("retry-after")) is not None:
-        try:
-            return max(0.0, float(after))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(after) if after.strip() else None
-            if when is not None and when.tzinfo is not None:
-                return max(0.0, when.timestamp() - now)
+        value = _seconds(after)
+        if value is None and after.strip():
+            value = _http_date_delay(after, now)
+        if value is not None:
+            return value
     resets = [
         parse_go_duration(headers[name])
         for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")

@@ -78,9 +78,10 @@ class OpenAIProvider:
         fetched = []
         for url in parsed.urls:
             try:
-                response = await self._client.get(url)
+                # CDNs redirect; following is safe here because no credential is sent.
+                response = await self._client.get(url, follow_redirects=True)
                 response.raise_for_status()
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
                 raise RetryableError(
                     f"could not download the result image {url}: {exc}",
                     request_id=request_id,
@@ -129,10 +130,14 @@ def _parse_reply(content: bytes, request_id: str | None) -> _Parsed:
     usage = parse_usage(body.get("usage"))
     images: list[ReplyImage] = []
     urls: list[str] = []
-    for item in body.get("data") or []:
+    data_items = body.get("data")
+    for item in data_items if isinstance(data_items, list) else []:
         if not isinstance(item, dict):
             continue
         if isinstance(encoded := item.get("b64_json"), str) and encoded:
+            # Some gateways send a data URL; a2b_base64 would skip the prefix's bad
+            # characters and decode garbage.
+            encoded = encoded.split("base64,", 1)[-1] if encoded.startswith("data:") else encoded
             try:
                 data = binascii.a2b_base64(encoded)
             except binascii.Error as exc:

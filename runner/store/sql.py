@@ -592,7 +592,7 @@ class SqlStore:
             rows = await conn.execute(
                 select(t.jobs.c.key, t.jobs.c.status).where(self._in_manifest(manifest))
             )
-            return {str(key): str(status) for key, status in rows.tuples()}
+            return {str(key): str(status) for key, status in rows}
 
     # -- input digest cache -------------------------------------------------------------
     async def load_digests(self) -> Mapping[str, DigestEntry]:

@@ -294,6 +294,8 @@ def test_auth_is_enforced(fake: FakeProvider, client: httpx.Client) -> None:
         )
         assert response.status_code == 401
         assert error_of(response)["code"] == "invalid_api_key"
+    # Credentials are checked before the body is judged.
+    assert client.post("/images/edits", headers={"Authorization": "Bearer x"}).status_code == 401
     assert fake.paid == {}
     assert edit(client).status_code == 200
 
@@ -430,6 +432,12 @@ def test_script_and_fault_mix_names_are_validated(fake: FakeProvider) -> None:
         fake.fault_mix = {"teapot": 0.5}
     with pytest.raises(ValueError):
         FakeProvider(fault_mix={"rate_limit": 0.7, "server_error": 0.7})
+    # Appending bypasses validation; the fake then says what went wrong.
+    fake.script.append("teapot")
+    with make_client(fake) as client:
+        response = edit(client)
+    assert response.status_code == 500
+    assert "unknown fault 'teapot'" in error_of(response)["message"]
     assert set(FAULTS) >= {name for name, *_ in JSON_FAULTS}
 
 

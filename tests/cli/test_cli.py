@@ -1,0 +1,211 @@
+"""The `runner` command as a user (or cron) runs it: a real subprocess, real exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import API_KEY, KEY_ENV, Workspace
+
+from runner.testing import FakeProvider
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def runner(
+    *args: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k not in ("RUNNER_DB", KEY_ENV)}
+    environment.update(env if env is not None else {KEY_ENV: API_KEY})
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unknown_manifest_key_exits_2_naming_file_job_and_field(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    manifest = workspace.manifest(
+        [{"image": workspace.image("a.png"), "prompt": "x"},
+         {"image": workspace.image("b.png"), "prompt": "y", "promt": "typo"}]
+    )  # fmt: skip
+    result = runner("run", manifest)
+    assert_one_line_error(result, str(manifest), "jobs[1]", "promt", "unknown key")
+    assert fake.requests_total == 0
+    assert not (workspace.root / "jobs.db").exists()
+
+
+def test_glob_with_no_match_exits_2(workspace: Workspace, fake: FakeProvider) -> None:
+    manifest = workspace.manifest(
+        [{"image": workspace.image("a.png"), "prompt": "x"},
+         {"image": "photos/*.jpg", "prompt": "y"}]
+    )  # fmt: skip
+    result = runner("run", manifest)
+    assert_one_line_error(result, "jobs[1]", "image", "matched no file")
+    assert fake.requests_total == 0
+
+
+def test_missing_api_key_env_var_exits_2_with_the_variable_name(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    manifest = workspace.manifest([{"image": workspace.image("a.png"), "prompt": "x"}])
+    result = runner("run", manifest, env={})
+    assert_one_line_error(result, "providers.fake.api_key_env", KEY_ENV, "not set")
+    assert fake.requests_total == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("providers: {fake: {dialect: openai, base_url: http://x\n", ("invalid YAML", "line")),
+        ("- just\n- a list\n", ("must be a mapping",)),
+        (
+            "providers: {p: {dialect: openai, base_url: http://x}}\n"
+            "jobs: [{image: a.png, prompt: x, params: {n: 11}}]\n",
+            ("jobs[0]", "params.n", "1 to 10"),
+        ),
+        (
+            "providers: {p: {dialect: openai, base_url: http://x}}\n"
+            "jobs: [{image: a.png, prompt: x, provider: nope}]\n",
+            ("jobs[0]", "provider", "no provider profile named 'nope'"),
+        ),
+        (
+            "providers: {p: {dialect: openai, base_url: http://x}}\nproviders: {}\njobs: []\n",
+            ("duplicate key 'providers'",),
+        ),
+    ],
+)
+def test_bad_manifests_exit_2_in_one_line(tmp_path: Path, text: str, fragments: tuple[str]) -> None:
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(text)
+    for command in ("run", "validate", "status"):
+        assert_one_line_error(runner(command, manifest), "bad.yaml", *fragments)
+
+
+def test_status_json_export_and_retry(workspace: Workspace, fake: FakeProvider) -> None:
+    jobs = [
+        {"image": workspace.image("a.png"), "mask": workspace.mask("m.png"), "prompt": "ok"},
+        {"image": "gone.png", "prompt": "missing input"},
+        {"image": workspace.image("b.png"), "prompt": "refused"},
+    ]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 1})
+    fake.script = [None, "bad_request"]
+
+    run = runner("run", manifest)
+    assert run.returncode == 1, run.stderr
+    assert "some jobs failed" in run.stderr
+
+    status = json.loads(runner("status", manifest, "--json").stdout)
+    assert status["counts"] == {
+        "pending": 0, "running": 0, "succeeded": 1, "failed": 2, "cancelled": 0,
+    }  # fmt: skip
+    assert (
+        status["usage"]["total_tokens"]
+        == (status["usage"]["input_tokens"] + status["usage"]["output_tokens"])
+        > 0
+    )
+    assert status["cost_usd"] > 0
+
+    lines = runner("export", manifest, "--format", "jsonl").stdout.splitlines()
+    rows = {row["prompt"]: row for row in map(json.loads, lines)}
+    ok, bad = rows["ok"], rows["missing input"]
+    assert ok["status"] == "succeeded" and ok["attempts"] == 1 and ok["error"] is None
+    assert ok["mask"].endswith("m.png") and len(ok["outputs"]) == 1
+    assert Path(ok["outputs"][0]).is_file()
+    assert ok["usage"]["output_tokens"] == 1056 and ok["cost_usd"] > 0
+    assert bad["status"] == "failed" and "file not found" in bad["error"]
+    assert bad["attempts"] == 0 and bad["outputs"] == []
+
+    assert rows["refused"]["error"].startswith("HTTP 400 invalid_request")
+
+    table = list(csv.DictReader(io.StringIO(runner("export", manifest, "--format", "csv").stdout)))
+    assert {row["prompt"]: row["status"] for row in table} == {
+        "ok": "succeeded", "missing input": "failed", "refused": "failed",
+    }  # fmt: skip
+
+    retried = runner("retry", manifest, "--job", rows["refused"]["key"][:8])
+    assert "1 failed job moved back to pending" in retried.stdout
+    rerun = runner("run", manifest)
+    assert rerun.returncode == 1  # the missing input still fails; the refused one succeeds now
+    status = json.loads(runner("status", manifest, "--json").stdout)
+    assert (status["counts"]["succeeded"], status["counts"]["failed"]) == (2, 1)
+
+
+def test_validate_reports_bad_jobs_and_sends_nothing(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    manifest = workspace.manifest(
+        [{"image": workspace.image("a.png"), "prompt": "x"},
+         {"image": workspace.image("b.png"), "mask": workspace.mask("m.png", mode="RGB"),
+          "prompt": "y"}]
+    )  # fmt: skip
+    result = runner("validate", manifest)
+    assert result.returncode == 1
+    assert "2 jobs, 1 ready, 1 would fail" in result.stdout
+    assert "jobs[1]" in result.stderr and "alpha" in result.stderr
+    assert fake.requests_total == 0
+    assert not (workspace.root / "jobs.db").exists()
+
+
+def test_db_flag_and_env_var_choose_the_database(workspace: Workspace, fake: FakeProvider) -> None:
+    manifest = workspace.manifest([{"image": workspace.image("a.png"), "prompt": "x"}])
+    elsewhere = workspace.root / "state" / "custom.db"
+    assert runner("run", manifest, "--db", elsewhere).returncode == 0
+    assert elsewhere.exists() and not (workspace.root / "jobs.db").exists()
+    status = runner("status", manifest, "--json", env={"RUNNER_DB": str(elsewhere)})
+    assert json.loads(status.stdout)["counts"]["succeeded"] == 1
+
+
+def test_api_key_never_reaches_database_logs_or_exports(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    manifest = workspace.manifest(
+        [{"image": workspace.image(f"p{i}.png"), "prompt": f"e{i}"} for i in range(4)]
+        + [{"image": "missing.png", "prompt": "bad"}]
+    )
+    fake.script = ["rate_limit", "server_error", "bad_request"]
+    fake.payment_after = 2
+    outputs = [runner("run", manifest, "-v")]
+    fake.top_up()
+    outputs += [
+        runner("run", manifest, "-v"),
+        runner("status", manifest, "--json"),
+        runner("export", manifest, "--format", "jsonl"),
+        runner("export", manifest, "--format", "csv"),
+    ]
+    assert outputs[0].returncode == 3 and outputs[1].returncode == 1
+    for result in outputs:
+        assert API_KEY not in result.stdout and API_KEY not in result.stderr
+    assert any("Bearer" in r.headers.get("authorization", "") for r in fake.requests)
+    for path in workspace.root.rglob("*"):
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), path
+
+
+def test_python_dash_m_and_console_script_agree() -> None:
+    script = Path(sys.executable).with_name("runner")
+    via_script = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
+    via_module = runner("--help")
+    assert via_module.returncode == 0
+    assert via_script.stdout == via_module.stdout
+    assert "Exit codes" in via_script.stdout and "RUNNER_DB" in runner("run", "--help").stdout

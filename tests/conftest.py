@@ -1,0 +1,125 @@
+"""Shared fixtures: a fake provider over real HTTP, a workspace of generated images and
+manifests, and a clock whose sleeps are recorded instead of waited."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+import yaml
+from PIL import Image, ImageDraw
+
+from runner import app
+from runner.config import RetrySettings, RunSettings
+from runner.testing import FakeProvider
+
+API_KEY = "sk-test-SECRET-7f3a9c2e51"
+KEY_ENV = "RUNNER_TEST_KEY"
+
+
+class FakeClock:
+    """Monotonic time that moves only when someone sleeps; every sleep is recorded."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await anyio.lowlevel.checkpoint()
+
+
+class Workspace:
+    """A folder with images, masks and manifests that point at the fake provider."""
+
+    def __init__(self, root: Path, base_url: str) -> None:
+        self.root = root
+        self.base_url = base_url
+        self._seed = 0
+
+    def image(self, name: str, size: tuple[int, int] = (64, 48), fmt: str = "PNG") -> str:
+        """A distinct picture (so each gets its own job key); returns its relative path."""
+        self._seed += 1
+        rnd = random.Random(self._seed)
+        picture = Image.new("RGB", size, (rnd.randrange(256), rnd.randrange(256), 90))
+        draw = ImageDraw.Draw(picture)
+        for _ in range(6):
+            x, y = rnd.randrange(size[0]), rnd.randrange(size[1])
+            draw.rectangle([x, y, x + 8, y + 6], fill=(rnd.randrange(256), 40, 200))
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(path, fmt)
+        return name
+
+    def mask(
+        self,
+        name: str,
+        size: tuple[int, int] = (64, 48),
+        hole: tuple[int, int, int, int] = (10, 10, 30, 30),
+        mode: str = "RGBA",
+    ) -> str:
+        """Opaque except for a transparent `hole` (the area to edit)."""
+        mask = Image.new("RGBA", size, (0, 0, 0, 255))
+        ImageDraw.Draw(mask).rectangle(hole, fill=(0, 0, 0, 0))
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (mask if mode == "RGBA" else mask.convert(mode)).save(path, "PNG")
+        return name
+
+    def manifest(self, jobs: list[dict[str, Any]], name: str = "jobs.yaml", **extra: Any) -> Path:
+        profile = {
+            "dialect": "openai",
+            "base_url": self.base_url,
+            "api_key_env": KEY_ENV,
+            "concurrency": 2,
+        }
+        profile.update(extra.pop("profile", {}))
+        document = {"providers": {"fake": profile}, "output_dir": "out", "jobs": jobs, **extra}
+        path = self.root / name
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        return path
+
+    def db(self, name: str = "jobs.db") -> sqlite3.Connection:
+        connection = sqlite3.connect(self.root / name)
+        connection.row_factory = sqlite3.Row
+        return connection
+
+    def fingerprint(self, job: dict[str, Any], model: str = "gpt-image-2") -> str:
+        image = (self.root / job["image"]).read_bytes()
+        mask = (self.root / job["mask"]).read_bytes() if job.get("mask") else None
+        return FakeProvider.fingerprint(image, mask, job["prompt"], model)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def options(clock: FakeClock | None = None, max_attempts: int = 5, **settings: Any) -> app.Options:
+    return app.Options(
+        settings=RunSettings(retry=RetrySettings(max_attempts=max_attempts), **settings),
+        clock=clock or FakeClock(),
+    )
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider(api_key=API_KEY) as provider:
+        yield provider
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    monkeypatch.delenv("RUNNER_DB", raising=False)
+    return Workspace(tmp_path, fake.base_url)

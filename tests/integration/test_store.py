@@ -1,0 +1,275 @@
+"""The store against real databases: migrations, claims across processes, leases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from runner.models import AttemptRecord, JobSpec, Outcome
+from runner.store.base import RunInfo
+from runner.store.sql import SqlStore, database_url, open_store
+from runner.store.tables import metadata
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_ADMIN_URL = os.environ.get("RUNNER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def spec(i: int, provider: str = "p") -> JobSpec:
+    return JobSpec(
+        key=f"{i:064x}",
+        entry=0,
+        image=Path(f"/in/{i}.png"),
+        mask=None,
+        prompt=f"prompt {i}",
+        provider=provider,
+        model="gpt-image-2",
+        params={},
+        output_dir=Path("/out"),
+        output_name="{stem}-{key8}.{ext}",
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[tuple[SqlStore, Clock]]:
+    clock = Clock()
+    opened = await open_store(f"sqlite+aiosqlite:///{tmp_path / 's.db'}", clock)
+    yield opened, clock
+    await opened.close()
+
+
+# -- migrations ------------------------------------------------------------------------
+
+
+def alembic(url: str, monkeypatch: pytest.MonkeyPatch, *steps: tuple[str, str]) -> None:
+    monkeypatch.setenv("RUNNER_DB", url)
+    config = Config(str(ROOT / "alembic.ini"))
+    for verb, target in steps:
+        getattr(command, verb)(config, target)
+
+
+def schema_differences(url: str) -> tuple[list[object], set[str]]:
+    """Differences between the migrated database and tables.py, and its table names."""
+    import anyio
+
+    def compare(connection: Connection) -> tuple[list[object], set[str]]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return compare_metadata(context, metadata), set(inspect(connection).get_table_names())
+
+    async def main() -> tuple[list[object], set[str]]:
+        engine = create_async_engine(database_url(url, Path.cwd()))
+        async with engine.connect() as connection:
+            result = await connection.run_sync(compare)
+        await engine.dispose()
+        return result
+
+    return anyio.run(main)
+
+
+def check_migrations_round_trip(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    declared = set(metadata.tables) | {"alembic_version"}
+
+    alembic(url, monkeypatch, ("upgrade", "head"))
+    assert schema_differences(url) == ([], declared)
+
+    alembic(url, monkeypatch, ("downgrade", "base"))
+    assert schema_differences(url)[1] == {"alembic_version"}
+
+    alembic(url, monkeypatch, ("upgrade", "head"))
+    assert schema_differences(url) == ([], declared)
+
+
+def test_sqlite_migrations_upgrade_downgrade_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check_migrations_round_trip(str(tmp_path / "m.db"), monkeypatch)
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database; skips where no server answers."""
+    psycopg = pytest.importorskip("asyncpg")
+    import asyncio
+
+    name = f"runner_{uuid.uuid4().hex[:10]}"
+    admin = PG_ADMIN_URL.replace("postgresql://", "postgres://")
+
+    async def admin_sql(sql: str) -> None:
+        connection = await psycopg.connect(admin, timeout=3)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(admin_sql(f"CREATE DATABASE {name}"))
+    except (OSError, psycopg.PostgresError) as exc:
+        pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL}: {exc}")
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(admin_sql(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+def test_postgresql_migrations_upgrade_downgrade_upgrade(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check_migrations_round_trip(pg_database, monkeypatch)
+
+
+async def test_postgresql_store_claims_and_migrates(pg_database: str) -> None:
+    opened = await open_store(pg_database.replace("postgresql://", "postgresql+asyncpg://"))
+    try:
+        await opened.sync_manifest("m", [spec(i) for i in range(3)])
+        claimed = [await opened.claim("m", "p", "me", datetime.now(UTC) + timedelta(minutes=1))]
+        claimed.append(await opened.claim("m", "p", "me", datetime.now(UTC) + timedelta(minutes=1)))
+        assert [job.spec.key for job in claimed if job] == [spec(0).key, spec(1).key]
+    finally:
+        await opened.close()
+
+
+# -- claiming --------------------------------------------------------------------------
+
+CLAIMER = textwrap.dedent(
+    """
+    import anyio, json, sys
+    from datetime import UTC, datetime, timedelta
+    from runner.store.sql import open_store
+
+    async def main(url, owner):
+        store = await open_store(url)
+        taken = []
+        while job := await store.claim("m", "p", owner, datetime.now(UTC) + timedelta(minutes=5)):
+            taken.append(job.spec.key)
+            await store.fail(job.spec.key, owner, "done")
+        await store.close()
+        print(json.dumps(taken))
+
+    anyio.run(main, sys.argv[1], sys.argv[2])
+    """
+)
+
+
+def test_several_processes_never_claim_the_same_job(tmp_path: Path) -> None:
+    import anyio
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+
+    async def seed() -> None:
+        opened = await open_store(url)
+        await opened.sync_manifest("m", [spec(i) for i in range(300)])
+        await opened.close()
+
+    anyio.run(seed)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, url, f"owner{n}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    results = [process.communicate(timeout=60) for process in processes]
+    for process, (_, stderr) in zip(processes, results, strict=True):
+        assert process.returncode == 0, stderr  # no "database is locked"
+    taken = [json.loads(stdout) for stdout, _ in results]
+    everything = [key for keys in taken for key in keys]
+    assert len(everything) == len(set(everything)) == 300
+    assert sum(1 for keys in taken if keys) >= 2  # the work really was shared
+
+
+async def test_claim_follows_manifest_order_and_provider(store: tuple[SqlStore, Clock]) -> None:
+    db, clock = store
+    specs = [spec(i, provider="a" if i % 2 else "b") for i in range(6)]
+    await db.sync_manifest("m", specs)
+    until = clock.now + timedelta(minutes=1)
+    keys = []
+    while job := await db.claim("m", "a", "me", until):
+        keys.append(job.spec.key)
+    assert keys == [specs[1].key, specs[3].key, specs[5].key]
+    assert await db.claim("other-manifest", "b", "me", until) is None
+
+
+async def test_expired_lease_is_claimable_and_its_attempt_abandoned(
+    store: tuple[SqlStore, Clock],
+) -> None:
+    db, clock = store
+    await db.sync_manifest("m", [spec(1)])
+    await db.start_run(RunInfo("dead", "m", "host", 1, "tag"))
+    await db.start_run(RunInfo("alive", "m", "host", 2, "tag"))
+    job = await db.claim("m", "p", "dead", clock.now + timedelta(seconds=60))
+    assert job is not None
+    await db.begin_attempt(job.spec.key, "dead", "p", "gpt-image-2")
+
+    assert await db.claim("m", "p", "alive", clock.now + timedelta(seconds=60)) is None
+    assert await db.held_elsewhere("m", "p", "alive") == 1
+    clock.now += timedelta(seconds=61)
+    again = await db.claim("m", "p", "alive", clock.now + timedelta(seconds=60))
+
+    assert again is not None and again.spec.key == job.spec.key
+    assert again.attempts == 1  # the lost attempt may have been billed: it counts
+    rows = await db.export_rows("m")
+    assert rows[0].status == "running"
+
+
+async def test_dead_runs_release_their_jobs_at_once(store: tuple[SqlStore, Clock]) -> None:
+    db, clock = store
+    await db.sync_manifest("m", [spec(1), spec(2)])
+    await db.start_run(RunInfo("crashed", "m", "host", 999_999, "tag"))
+    held = await db.claim("m", "p", "crashed", clock.now + timedelta(hours=1))
+    assert held is not None
+    attempt = await db.begin_attempt(held.spec.key, "crashed", "p", "m")
+
+    assert await db.reclaim_dead_runs(["crashed"]) == 1
+
+    states = await db.job_states("m")
+    assert set(states.values()) == {"pending"}
+    assert [r.id for r in await db.unfinished_runs("host")] == []
+    await db.finish_attempt(attempt, AttemptRecord(outcome=Outcome.SUCCEEDED))  # no crash
+
+
+async def test_payment_answer_gives_the_attempt_back(store: tuple[SqlStore, Clock]) -> None:
+    db, clock = store
+    await db.sync_manifest("m", [spec(1)])
+    await db.start_run(RunInfo("r", "m", "host", 1, "tag"))
+    job = await db.claim("m", "p", "r", clock.now + timedelta(minutes=1))
+    assert job is not None
+    attempt = await db.begin_attempt(job.spec.key, "r", "p", "m")
+    await db.finish_attempt(attempt, AttemptRecord(outcome=Outcome.PAYMENT, counted=False))
+    await db.release(job.spec.key, "r")
+
+    (row,) = await db.export_rows("m")
+    assert (row.status, row.attempts) == ("pending", 0)
+
+
+async def test_digest_cache_round_trip(store: tuple[SqlStore, Clock]) -> None:
+    from runner.digests import DigestEntry
+
+    db, _ = store
+    entries = [DigestEntry(f"/x/{i}", i, i * 10, f"{i:064x}") for i in range(3)]
+    await db.save_digests(entries)
+    await db.save_digests([DigestEntry("/x/1", 5, 50, "f" * 64)])
+    loaded = await db.load_digests()
+    assert loaded["/x/0"] == entries[0] and loaded["/x/1"].sha256 == "f" * 64
