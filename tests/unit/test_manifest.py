@@ -1,0 +1,227 @@
+"""Manifest loading: validation messages, defaults, globs, keys, the digest cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from PIL import Image
+
+from runner.digests import DigestEntry, Digester
+from runner.errors import ManifestError
+from runner.manifest import load_manifest, parse_manifest
+
+PROVIDER = {"dialect": "openai", "base_url": "https://api.example.test/v1", "api_key_env": "K"}
+
+
+def picture(path: Path, color: tuple[int, int, int] = (10, 20, 30)) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 16), color).save(path)
+    return path.name
+
+
+def write(folder: Path, **document: Any) -> Path:
+    document.setdefault("providers", {"comet": PROVIDER})
+    path = folder / "jobs.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path)
+    return str(caught.value)
+
+
+def test_defaults_merge_into_jobs_and_params_merge_key_by_key(tmp_path: Path) -> None:
+    picture(tmp_path / "a.png")
+    manifest = load_manifest(
+        write(
+            tmp_path,
+            defaults={"model": "gpt-image-2", "params": {"quality": "low", "n": 2}},
+            jobs=[
+                {"image": "a.png", "prompt": "x"},
+                {"image": "a.png", "prompt": "y", "params": {"n": 1}, "model": "other-model"},
+            ],
+        )
+    )
+    first, second = manifest.jobs
+    assert (first.model, dict(first.params)) == ("gpt-image-2", {"quality": "low", "n": 2})
+    assert (second.model, dict(second.params)) == ("other-model", {"quality": "low", "n": 1})
+    assert first.provider == "comet"  # the only profile is the default
+
+
+def test_paths_are_relative_to_the_manifest_not_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    picture(tmp_path / "photos" / "a.png")
+    path = write(tmp_path, output_dir="results", jobs=[{"image": "photos/a.png", "prompt": "x"}])
+    monkeypatch.chdir(Path(os.sep))
+    manifest = load_manifest(path)
+    assert manifest.jobs[0].image == tmp_path / "photos" / "a.png"
+    assert manifest.output_dir == tmp_path / "results"
+
+
+def test_glob_gives_one_sorted_job_per_file_with_stem_paired_masks(tmp_path: Path) -> None:
+    for name in ("c", "a", "b"):
+        picture(tmp_path / "in" / f"{name}.png", (ord(name), 0, 0))
+        picture(tmp_path / "masks" / f"{name}-m.png")
+    picture(tmp_path / "in" / "deep" / "d.png", (1, 2, 3))
+    manifest = load_manifest(
+        write(
+            tmp_path, jobs=[{"image": "in/**/*.png", "mask": "masks/{stem}-m.png", "prompt": "x"}]
+        )
+    )
+    assert [job.image.name for job in manifest.jobs] == ["a.png", "b.png", "c.png", "d.png"]
+    assert [job.mask.name if job.mask else None for job in manifest.jobs[:3]] == [
+        "a-m.png", "b-m.png", "c-m.png",
+    ]  # fmt: skip
+    assert {job.entry for job in manifest.jobs} == {0}
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"jobs": [{"image": "a.png", "prompt": "x"}], "extra": 1}, "jobs.yaml: extra: unknown key"),
+        (
+            {"jobs": [{"image": "a.png", "prompt": "x"}, {"image": "a.png", "prompt": "x", "maks": "m"}]},
+            "jobs.yaml: jobs[1].maks: unknown key",
+        ),
+        (
+            {"providers": {"c": {**PROVIDER, "concurency": 2}}, "jobs": [{"image": "a.png", "prompt": "x"}]},
+            "providers.c.concurency: unknown key",
+        ),
+        ({"jobs": [{"image": "a.png"}]}, "jobs[0].prompt: required"),
+        ({"jobs": [{"prompt": "x"}]}, "jobs[0].image: required"),
+        ({"jobs": [{"image": "a.png", "prompt": 5}]}, "jobs[0].prompt: Input should be a valid string"),
+        ({"jobs": []}, "jobs: List should have at least 1 item"),
+        ({"jobs": [{"image": "*.jpg", "prompt": "x"}]}, "jobs[0].image: the glob '*.jpg' matched no file"),
+        (
+            {"jobs": [{"image": "a.png", "prompt": "x", "mask": "m/*.png"}]},
+            "jobs[0].mask: cannot be a glob",
+        ),
+        (
+            {"providers": {"a": PROVIDER, "b": PROVIDER}, "jobs": [{"image": "a.png", "prompt": "x"}]},
+            "jobs[0].provider: required when there are several providers (a, b)",
+        ),
+        (
+            {"providers": {"v": {**PROVIDER, "dialect": "venus"}}, "jobs": [{"image": "a.png", "prompt": "x"}]},
+            "providers.v.dialect: unknown dialect 'venus'",
+        ),
+        (
+            {"providers": {"c": {**PROVIDER, "base_url": "api.example.test"}}, "jobs": [{"image": "a.png", "prompt": "x"}]},
+            "providers.c.base_url: must start with http:// or https://",
+        ),
+        ({"jobs": [{"image": "a.png", "prompt": "x", "model": "gpt-image-1"}]}, "shut down by OpenAI"),
+        ({"jobs": [{"image": "a.png", "prompt": "x", "params": {"n": 0}}]}, "jobs[0].params.n: must be a whole number from 1 to 10"),
+        ({"jobs": [{"image": "a.png", "prompt": "x", "params": {"quality": "ultra"}}]}, "params.quality: must be one of"),
+        ({"jobs": [{"image": "a.png", "prompt": "x", "params": {"stream": True}}]}, "params.stream: streaming"),
+        ({"jobs": [{"image": "a.png", "prompt": "x", "params": {"prompt": "y"}}]}, "params.prompt: 'prompt' is set by the job"),
+        ({"jobs": [{"image": "a.png", "prompt": "x", "params": {"size": [1, 2]}}]}, "params.size: must be a plain value"),
+        (
+            {"jobs": [{"image": "a.png", "prompt": "x", "params": {"output_compression": 50}}]},
+            "output_compression: only applies with output_format jpeg or webp",
+        ),
+        ({"jobs": [{"image": "a.png", "prompt": "x", "output_name": "../{stem}.png"}]}, "jobs[0].output_name: "),
+        ({"jobs": [{"image": "a.png", "prompt": "x", "output_name": "{nope}.png"}]}, "jobs[0].output_name: "),
+    ],
+)  # fmt: skip
+def test_manifest_errors_name_file_job_and_field(
+    tmp_path: Path, document: dict[str, Any], expected: str
+) -> None:
+    picture(tmp_path / "a.png")
+    message = error_of(write(tmp_path, **document))
+    assert expected in message
+    assert "\n" not in message and message.startswith(str(tmp_path / "jobs.yaml"))
+
+
+def test_duplicate_yaml_keys_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text("jobs: []\njobs: []\nproviders: {}\n")
+    assert "line 2, column 1: invalid YAML: duplicate key 'jobs'" in error_of(path)
+
+
+def test_two_jobs_writing_the_same_file_are_rejected(tmp_path: Path) -> None:
+    picture(tmp_path / "a.png")
+    message = error_of(
+        write(
+            tmp_path,
+            defaults={"output_name": "{stem}.{ext}"},
+            jobs=[{"image": "a.png", "prompt": "one"}, {"image": "a.png", "prompt": "two"}],
+        )
+    )
+    assert "jobs[1].output_name: writes the same output file" in message
+    assert "as jobs[0]" in message and "{key8}" in message
+
+
+def test_keys_follow_content_not_paths(tmp_path: Path) -> None:
+    picture(tmp_path / "a.png", (1, 1, 1))
+    picture(tmp_path / "b.png", (1, 1, 1))  # same bytes, other name
+    picture(tmp_path / "c.png", (9, 9, 9))
+    picture(tmp_path / "m.png")
+    jobs = [
+        {"image": "a.png", "prompt": "x"},
+        {"image": "b.png", "prompt": "x"},  # identical content: same job, kept once
+        {"image": "c.png", "prompt": "x"},
+        {"image": "a.png", "prompt": "y"},
+        {"image": "a.png", "prompt": "x", "params": {"n": 2}},
+        {"image": "a.png", "prompt": "x", "model": "gpt-image-2-2026-04-21"},
+        {"image": "a.png", "prompt": "x", "mask": "m.png"},
+    ]
+    manifest = load_manifest(write(tmp_path, jobs=jobs))
+    keys = [job.key for job in manifest.jobs]
+    assert len(keys) == len(set(keys)) == 6
+    assert manifest.jobs[0].image.name == "a.png"
+    again = load_manifest(write(tmp_path, jobs=list(reversed(jobs))))
+    assert set(again_keys := [job.key for job in again.jobs]) == set(keys)
+    assert len(again_keys) == 6
+
+
+def test_same_job_under_another_profile_name_is_another_job(tmp_path: Path) -> None:
+    picture(tmp_path / "a.png")
+    one = load_manifest(write(tmp_path, jobs=[{"image": "a.png", "prompt": "x"}]))
+    two = load_manifest(
+        write(tmp_path, providers={"other": PROVIDER}, jobs=[{"image": "a.png", "prompt": "x"}])
+    )
+    assert one.jobs[0].key != two.jobs[0].key
+
+
+def test_a_missing_image_is_a_job_not_a_manifest_error(tmp_path: Path) -> None:
+    picture(tmp_path / "a.png")
+    manifest = load_manifest(
+        write(
+            tmp_path, jobs=[{"image": "a.png", "prompt": "x"}, {"image": "gone.png", "prompt": "x"}]
+        )
+    )
+    gone = manifest.jobs[1]
+    assert gone.image_sha256 is None and gone.image == tmp_path / "gone.png"
+    picture(tmp_path / "gone.png", (5, 5, 5))
+    found = load_manifest(manifest.path).jobs[1]
+    assert found.image_sha256 is not None and found.key != gone.key
+
+
+def test_digester_reuses_cached_digests_while_size_and_mtime_match(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    picture(path)
+    stat = path.stat()
+    planted = DigestEntry(str(path), stat.st_size, stat.st_mtime_ns, "c" * 64)
+
+    assert Digester({planted.path: planted}).digest_many([path]) == {path: "c" * 64}
+
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    digester = Digester({planted.path: planted})
+    (fresh,) = digester.digest_many([path]).values()
+    assert fresh != "c" * 64 and len(digester.fresh) == 1
+
+
+def test_parse_does_not_hash_but_resolve_does(tmp_path: Path) -> None:
+    picture(tmp_path / "a.png")
+    parsed = parse_manifest(write(tmp_path, jobs=[{"image": "a.png", "prompt": "x"}]))
+    assert len(parsed.drafts) == 1
+    digester = Digester()
+    manifest = parsed.resolve(digester)
+    assert [entry.path for entry in digester.fresh] == [str(tmp_path / "a.png")]
+    assert manifest.jobs[0].image_sha256 == digester.fresh[0].sha256
