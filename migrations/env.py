@@ -17,7 +17,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from runner.store.sql import database_url
+from runner.store.engine import database_url
 from runner.store.tables import metadata
 
 config = context.config

@@ -5,6 +5,7 @@ The CLI calls these and renders what they return; nothing here prints.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -29,9 +30,10 @@ from .providers.base import Provider
 from .providers.openai import OpenAIProvider
 from .ratelimit import Clock, ProviderGate, SystemClock
 from .store.base import RunInfo, Store
-from .store.sql import database_url, open_store
+from .store.engine import database_url, open_store, redact_url
 from .store.tables import utcnow
 
+log = logging.getLogger("runner")
 _TO_DO = frozenset({JobState.PENDING.value, JobState.RUNNING.value})
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PAYMENT, EXIT_AUTH, EXIT_EARLY = 0, 1, 2, 3, 4, 75
 
@@ -160,6 +162,14 @@ async def run(path: Path, options: Options) -> RunOutcome:
         keys = api_keys(parsed, {s.provider for s in manifest.jobs if states[s.key] in _TO_DO})
         await anyio.to_thread.run_sync(sweep_temp_files, manifest.output_dir)
         await _reclaim_dead_runs(store)
+        log.info(
+            "%s: %d jobs (%d new), %d to send; database %s",
+            manifest.path.name,
+            len(manifest.jobs),
+            opened.new_jobs,
+            sum(1 for state in states.values() if state in _TO_DO),
+            redact_url(resolve_db(parsed, options.db)),
+        )
         run_info = RunInfo(
             uuid.uuid4().hex, str(manifest.path), procs.hostname(), os.getpid(), procs.process_tag()
         )

@@ -56,10 +56,22 @@ def _guard() -> Iterator[None]:
 
 def _run_async(function: Callable[[], Awaitable[T]]) -> T:
     with _guard():
-        return anyio.run(function)
+        try:
+            return anyio.run(function)
+        except KeyboardInterrupt:
+            # The run has put back what it held; nothing is lost.
+            err.print("interrupted: run the same command again to resume (exit 75)")
+            raise SystemExit(app.EXIT_EARLY) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        # Every flag also reads RUNNER_<COMMAND>_<FLAG>, e.g. RUNNER_RUN_VERBOSE=1.
+        "auto_envvar_prefix": "RUNNER",
+        "show_default": True,
+    }
+)
 @click.version_option(package_name="runner")
 def main() -> None:
     """Run thousands of paid image edits from a YAML manifest: resumable, 402-safe.

@@ -1,12 +1,11 @@
-"""SqlStore: the Store protocol over SQLAlchemy 2 async. All of the runner's SQL lives here.
+"""SqlStore: the Store protocol over SQLAlchemy 2 async — the jobs' life cycle.
 
-SQLite specifics, and why:
-- WAL lets readers (`runner status`) work while a run writes.
-- Every transaction starts with BEGIN IMMEDIATE: a deferred transaction that later tries
-  to write can fail at once with "database is locked" instead of waiting for the lock.
-- Writers inside one process queue on an anyio lock instead of SQLite's busy handler,
-  whose sleeps (up to 100 ms each) would throttle a busy pool. Between processes the
-  busy timeout does the waiting.
+The runner's SQL lives in this package only: here the writes, in `queries` the reports,
+in `engine` the connection set-up and migrations.
+
+On SQLite, writers inside one process queue on an anyio lock instead of SQLite's busy
+handler, whose sleeps (up to 100 ms each) would throttle a busy pool; between processes
+the busy timeout (see `engine`) does the waiting.
 """
 
 from __future__ import annotations
@@ -19,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import and_, bindparam, delete, event, func, insert, or_, select, update
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..digests import DigestEntry
 from ..errors import RunnerError
@@ -35,91 +32,12 @@ from ..models import (
     Outcome,
     OutputRef,
     Summary,
-    Totals,
 )
+from . import queries
 from . import tables as t
 from .base import RunInfo
 
-BUSY_TIMEOUT_MS = 60_000
 _CHUNK = 500  # keys per IN (...) list, under SQLite's bound-parameter limit
-
-
-class StoreError(RunnerError):
-    """The database could not be opened or migrated."""
-
-
-def database_url(value: str, base: Path) -> str:
-    """A path (relative to `base`) or a SQLAlchemy URL → an async SQLAlchemy URL."""
-    if "://" not in value:
-        return f"sqlite+aiosqlite:///{(base / value).resolve()}"
-    scheme, rest = value.split("://", 1)
-    async_drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
-    return f"{async_drivers.get(scheme, scheme)}://{rest}"
-
-
-def migrations_dir() -> Path:
-    package = Path(__file__).resolve().parent.parent
-    bundled = package / "_migrations"  # inside a wheel
-    return bundled if bundled.is_dir() else package.parent / "migrations"
-
-
-def upgrade_to_head(connection: Connection) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")
-
-
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
-        cursor = dbapi_connection.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            f"busy_timeout={BUSY_TIMEOUT_MS}",
-            "synchronous=NORMAL",  # durable at each checkpoint; WAL keeps the file consistent
-            "foreign_keys=ON",
-        ):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlStore:
-    """Open (creating if needed) and migrate the database at `url`."""
-    is_sqlite = url.startswith("sqlite")
-    if is_sqlite:
-        path = url.split(":///", 1)[1]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(
-        url,
-        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if is_sqlite else {},
-        pool_size=1 if is_sqlite else 5,
-        max_overflow=0 if is_sqlite else 10,
-    )
-    if is_sqlite:
-        _configure_sqlite(engine)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(upgrade_to_head)
-    except (SQLAlchemyError, OSError) as exc:
-        await engine.dispose()
-        raise StoreError(f"cannot open database {_redact(url)}: {exc}") from exc
-    return SqlStore(engine, clock, serialize=is_sqlite)
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -237,12 +155,8 @@ class SqlStore:
             **_spec_row(spec),
         }
 
-    def _in_manifest(self, manifest: str) -> Any:
-        members = select(t.manifest_jobs.c.job_key).where(t.manifest_jobs.c.manifest == manifest)
-        return t.jobs.c.key.in_(members)
-
     async def retry_failed(self, manifest: str, key: str | None = None) -> int:
-        where = [self._in_manifest(manifest), t.jobs.c.status == JobState.FAILED.value]
+        where = [queries.in_manifest(manifest), t.jobs.c.status == JobState.FAILED.value]
         if key is not None:
             where.append(t.jobs.c.key.startswith(key))
         async with self._tx() as conn:
@@ -275,7 +189,9 @@ class SqlStore:
             )
 
     async def end_run(self, run_id: str, exit_code: int, stop_reason: str | None) -> None:
+        """Close the run; anything it still holds (it was interrupted) goes back to pending."""
         async with self._tx() as conn:
+            await self._release_runs(conn, [run_id])
             await conn.execute(
                 update(t.runs)
                 .where(t.runs.c.id == run_id)
@@ -293,28 +209,33 @@ class SqlStore:
         ids = list(dead_run_ids)
         if not ids:
             return 0
-        now = self._now()
         async with self._tx() as conn:
-            released = await conn.execute(
-                update(t.jobs)
-                .where(t.jobs.c.lease_owner.in_(ids), t.jobs.c.status == JobState.RUNNING.value)
-                .values(
-                    status=JobState.PENDING.value,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=now,
-                )
-            )
-            await conn.execute(
-                update(t.attempts)
-                .where(t.attempts.c.run_id.in_(ids), t.attempts.c.outcome == Outcome.IN_FLIGHT)
-                .values(outcome=Outcome.ABANDONED.value, finished_at=now)
-            )
+            released = await self._release_runs(conn, ids)
             await conn.execute(
                 update(t.runs)
                 .where(t.runs.c.id.in_(ids))
-                .values(ended_at=now, stop_reason="the process died without finishing")
+                .values(ended_at=self._now(), stop_reason="the process died without finishing")
             )
+        return released
+
+    async def _release_runs(self, conn: AsyncConnection, ids: Sequence[str]) -> int:
+        """Jobs these runs hold go back to pending; their unanswered attempts are abandoned."""
+        now = self._now()
+        released = await conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.lease_owner.in_(ids), t.jobs.c.status == JobState.RUNNING.value)
+            .values(
+                status=JobState.PENDING.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+        )
+        await conn.execute(
+            update(t.attempts)
+            .where(t.attempts.c.run_id.in_(ids), t.attempts.c.outcome == Outcome.IN_FLIGHT)
+            .values(outcome=Outcome.ABANDONED.value, finished_at=now)
+        )
         return int(released.rowcount)
 
     async def claim(
@@ -384,7 +305,7 @@ class SqlStore:
                 select(func.count())
                 .select_from(t.jobs)
                 .where(
-                    self._in_manifest(manifest),
+                    queries.in_manifest(manifest),
                     t.jobs.c.provider == provider,
                     t.jobs.c.status == JobState.RUNNING.value,
                     t.jobs.c.lease_owner != owner,
@@ -513,86 +434,17 @@ class SqlStore:
             )
 
     # -- reading ------------------------------------------------------------------------
-    def _usage_by_job(self) -> Any:
-        a = t.attempts.c
-        return (
-            select(
-                a.job_key,
-                func.coalesce(func.sum(a.input_tokens), 0).label("input_tokens"),
-                func.coalesce(func.sum(a.output_tokens), 0).label("output_tokens"),
-                func.coalesce(func.sum(a.total_tokens), 0).label("total_tokens"),
-                func.coalesce(func.sum(a.cost_usd), 0.0).label("cost_usd"),
-            )
-            .group_by(a.job_key)
-            .subquery()
-        )
-
     async def summary(self, manifest: str) -> Summary:
-        usage = self._usage_by_job()
         async with self._tx() as conn:
-            counts = {state.value: 0 for state in JobState}
-            rows = await conn.execute(
-                select(t.jobs.c.status, func.count())
-                .where(self._in_manifest(manifest))
-                .group_by(t.jobs.c.status)
-            )
-            counts.update({status: int(n) for status, n in rows})
-            total = (
-                await conn.execute(
-                    select(
-                        func.coalesce(func.sum(usage.c.input_tokens), 0),
-                        func.coalesce(func.sum(usage.c.output_tokens), 0),
-                        func.coalesce(func.sum(usage.c.total_tokens), 0),
-                        func.coalesce(func.sum(usage.c.cost_usd), 0.0),
-                    ).where(
-                        usage.c.job_key.in_(
-                            select(t.manifest_jobs.c.job_key).where(
-                                t.manifest_jobs.c.manifest == manifest
-                            )
-                        )
-                    )
-                )
-            ).one()
-            last = (
-                await conn.execute(
-                    select(t.runs)
-                    .where(t.runs.c.manifest == manifest)
-                    .order_by(t.runs.c.started_at.desc())
-                    .limit(1)
-                )
-            ).first()
-        totals = Totals(int(total[0]), int(total[1]), int(total[2]), float(total[3]))
-        return Summary(counts, totals, _run_dict(last) if last else None)
+            return await queries.summary(conn, manifest)
 
     async def export_rows(self, manifest: str) -> Sequence[ExportRow]:
-        usage = self._usage_by_job()
-        j, m = t.jobs.c, t.manifest_jobs.c
         async with self._tx() as conn:
-            rows = (
-                await conn.execute(
-                    select(t.jobs, usage)
-                    .join(t.manifest_jobs, m.job_key == j.key)
-                    .outerjoin(usage, usage.c.job_key == j.key)
-                    .where(m.manifest == manifest)
-                    .order_by(m.position)
-                )
-            ).all()
-            paths: dict[str, list[str]] = {}
-            outs = await conn.execute(
-                select(t.outputs.c.job_key, t.outputs.c.path)
-                .where(t.outputs.c.job_key.in_(select(m.job_key).where(m.manifest == manifest)))
-                .order_by(t.outputs.c.job_key, t.outputs.c.id)
-            )
-            for key, path in outs:
-                paths.setdefault(key, []).append(path)
-        return [_export_row(row, paths.get(row.key, [])) for row in rows]
+            return await queries.export_rows(conn, manifest)
 
     async def job_states(self, manifest: str) -> Mapping[str, str]:
         async with self._tx() as conn:
-            rows = await conn.execute(
-                select(t.jobs.c.key, t.jobs.c.status).where(self._in_manifest(manifest))
-            )
-            return {str(key): str(status) for key, status in rows}
+            return await queries.job_states(conn, manifest)
 
     # -- input digest cache -------------------------------------------------------------
     async def load_digests(self) -> Mapping[str, DigestEntry]:
@@ -619,35 +471,3 @@ class SqlStore:
                     for e in {e.path: e for e in entries}.values()
                 ],
             )
-
-
-def _run_dict(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "started_at": row.started_at.isoformat(),
-        "ended_at": row.ended_at.isoformat() if row.ended_at else None,
-        "exit_code": row.exit_code,
-        "stop_reason": row.stop_reason,
-    }
-
-
-def _export_row(row: Any, outputs: list[str]) -> ExportRow:
-    return ExportRow(
-        key=row.key,
-        image=row.image_path,
-        mask=row.mask_path,
-        prompt=row.prompt,
-        provider=row.provider,
-        model=row.model,
-        params=json.loads(row.params_json),
-        status=row.status,
-        attempts=row.attempts,
-        error=row.error,
-        usage=Totals(
-            int(row.input_tokens or 0),
-            int(row.output_tokens or 0),
-            int(row.total_tokens or 0),
-            float(row.cost_usd or 0.0),
-        ),
-        outputs=tuple(outputs),
-    )

@@ -78,3 +78,36 @@ async def test_kill_9_then_rerun_loses_nothing(
     assert len(paid_twice) <= abandoned <= 2  # concurrency 2: at most two in flight
     dead_run = db.execute("SELECT stop_reason FROM runs ORDER BY started_at LIMIT 1").fetchone()
     assert "died" in dead_run[0]
+
+
+def test_ctrl_c_exits_75_and_frees_its_jobs_at_once(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"p{i}.png"), "prompt": f"edit {i}"} for i in range(6)]
+    manifest = workspace.manifest(jobs)
+    fake.latency = 0.3
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(manifest)],
+        env={**os.environ, KEY_ENV: API_KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: sum(fake.paid.values()) >= 1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 75, stderr
+    assert "Traceback" not in stderr and "run the same command again" in stderr
+    db = workspace.db()
+    assert db.execute("SELECT COUNT(*) FROM jobs WHERE status='running'").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM attempts WHERE outcome='in_flight'").fetchone()[0] == 0
+    rerun = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(manifest)],
+        env={**os.environ, KEY_ENV: API_KEY},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert rerun.returncode == 0, rerun.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import FakeClock, Workspace, options, sha256
 from PIL import Image
 
@@ -292,3 +293,32 @@ async def test_a_timed_out_request_is_resent_only_once(
     assert fake.requests_total == 2  # the first send and one re-send, not five
     outcomes = [r[0] for r in workspace.db().execute("SELECT outcome FROM attempts")]
     assert outcomes == ["timeout", "timeout"]
+
+
+async def test_unwritable_output_keeps_the_paid_usage_and_stops_spending(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runner.outputs
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner.outputs.os, "fsync", disk_full)
+    manifest = workspace.manifest(
+        [{"image": workspace.image(f"p{i}.png"), "prompt": f"e{i}"} for i in range(6)],
+        profile={"concurrency": 1},
+    )
+
+    outcome = await app.run(manifest, options())
+
+    assert outcome.exit_code == app.EXIT_FAILED
+    assert fake.requests_total == 1  # no more paid replies into a full disk
+    assert outcome.summary.counts["failed"] == 1 and outcome.summary.counts["pending"] == 5
+    row = (
+        workspace.db()
+        .execute("SELECT outcome, output_tokens, error_message FROM attempts")
+        .fetchone()
+    )
+    assert row["outcome"] == "output_error" and row["output_tokens"] == 1056
+    assert "No space left on device" in row["error_message"]
+    assert "No space left on device" in outcome.stops[0].message

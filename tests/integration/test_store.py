@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from runner.models import AttemptRecord, JobSpec, Outcome
 from runner.store.base import RunInfo
-from runner.store.sql import SqlStore, database_url, open_store
+from runner.store.engine import database_url, open_store
+from runner.store.sql import SqlStore
 from runner.store.tables import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,7 +156,7 @@ CLAIMER = textwrap.dedent(
     """
     import anyio, json, sys
     from datetime import UTC, datetime, timedelta
-    from runner.store.sql import open_store
+    from runner.store.engine import open_store
 
     async def main(url, owner):
         store = await open_store(url)
@@ -273,3 +274,17 @@ async def test_digest_cache_round_trip(store: tuple[SqlStore, Clock]) -> None:
     await db.save_digests([DigestEntry("/x/1", 5, 50, "f" * 64)])
     loaded = await db.load_digests()
     assert loaded["/x/0"] == entries[0] and loaded["/x/1"].sha256 == "f" * 64
+
+
+async def test_ending_a_run_releases_what_it_still_holds(store: tuple[SqlStore, Clock]) -> None:
+    db, clock = store
+    await db.sync_manifest("m", [spec(1), spec(2)])
+    await db.start_run(RunInfo("interrupted", "m", "host", 1, "tag"))
+    job = await db.claim("m", "p", "interrupted", clock.now + timedelta(hours=1))
+    assert job is not None
+    await db.begin_attempt(job.spec.key, "interrupted", "p", "m")
+
+    await db.end_run("interrupted", 75, "interrupted")
+
+    assert set((await db.job_states("m")).values()) == {"pending"}
+    assert await db.claim("m", "p", "next", clock.now + timedelta(hours=1)) is not None

@@ -1,0 +1,105 @@
+"""Opening a database: URLs, SQLite's connection settings, migrating to head.
+
+SQLite settings, and why:
+- WAL lets readers (`runner status`) work while a run writes.
+- Every transaction starts with BEGIN IMMEDIATE: a deferred transaction that later tries
+  to write can fail at once with "database is locked" instead of waiting for the lock.
+- A long busy timeout makes a second process (an overlapping cron run) wait its turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ..errors import RunnerError
+from . import tables as t
+from .sql import SqlStore
+
+BUSY_TIMEOUT_MS = 60_000
+
+
+class StoreError(RunnerError):
+    """The database could not be opened or migrated."""
+
+
+def database_url(value: str, base: Path) -> str:
+    """A path (relative to `base`) or a SQLAlchemy URL → an async SQLAlchemy URL."""
+    if "://" not in value:
+        return f"sqlite+aiosqlite:///{(base / value).resolve()}"
+    scheme, rest = value.split("://", 1)
+    async_drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+    return f"{async_drivers.get(scheme, scheme)}://{rest}"
+
+
+def migrations_dir() -> Path:
+    package = Path(__file__).resolve().parent.parent
+    bundled = package / "_migrations"  # inside a wheel
+    return bundled if bundled.is_dir() else package.parent / "migrations"
+
+
+def upgrade_to_head(connection: Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            f"busy_timeout={BUSY_TIMEOUT_MS}",
+            "synchronous=NORMAL",  # durable at each checkpoint; WAL keeps the file consistent
+            "foreign_keys=ON",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlStore:
+    """Open (creating if needed) and migrate the database at `url`."""
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite:
+        path = url.split(":///", 1)[1]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(
+        url,
+        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if is_sqlite else {},
+        pool_size=1 if is_sqlite else 5,
+        max_overflow=0 if is_sqlite else 10,
+    )
+    if is_sqlite:
+        _configure_sqlite(engine)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to_head)
+    except (SQLAlchemyError, OSError) as exc:
+        await engine.dispose()
+        raise StoreError(f"cannot open database {redact_url(url)}: {exc}") from exc
+    return SqlStore(engine, clock, serialize=is_sqlite)
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit to print: any password replaced."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

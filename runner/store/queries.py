@@ -1,0 +1,127 @@
+"""Read-only reports over one manifest's jobs: counts, usage, export rows.
+
+Plain functions over a connection; SqlStore wraps each in a transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..models import ExportRow, JobState, Summary, Totals
+from . import tables as t
+
+
+def in_manifest(manifest: str) -> Any:
+    """Condition: the job belongs to this manifest's current job list."""
+    members = select(t.manifest_jobs.c.job_key).where(t.manifest_jobs.c.manifest == manifest)
+    return t.jobs.c.key.in_(members)
+
+
+def _usage_by_job() -> Any:
+    a = t.attempts.c
+    return (
+        select(
+            a.job_key,
+            func.coalesce(func.sum(a.input_tokens), 0).label("input_tokens"),
+            func.coalesce(func.sum(a.output_tokens), 0).label("output_tokens"),
+            func.coalesce(func.sum(a.total_tokens), 0).label("total_tokens"),
+            func.coalesce(func.sum(a.cost_usd), 0.0).label("cost_usd"),
+        )
+        .group_by(a.job_key)
+        .subquery()
+    )
+
+
+async def summary(conn: AsyncConnection, manifest: str) -> Summary:
+    counts = {state.value: 0 for state in JobState}
+    rows = await conn.execute(
+        select(t.jobs.c.status, func.count()).where(in_manifest(manifest)).group_by(t.jobs.c.status)
+    )
+    counts.update({status: int(n) for status, n in rows})
+    usage = _usage_by_job()
+    members = select(t.manifest_jobs.c.job_key).where(t.manifest_jobs.c.manifest == manifest)
+    total = (
+        await conn.execute(
+            select(
+                func.coalesce(func.sum(usage.c.input_tokens), 0),
+                func.coalesce(func.sum(usage.c.output_tokens), 0),
+                func.coalesce(func.sum(usage.c.total_tokens), 0),
+                func.coalesce(func.sum(usage.c.cost_usd), 0.0),
+            ).where(usage.c.job_key.in_(members))
+        )
+    ).one()
+    last = (
+        await conn.execute(
+            select(t.runs)
+            .where(t.runs.c.manifest == manifest)
+            .order_by(t.runs.c.started_at.desc())
+            .limit(1)
+        )
+    ).first()
+    totals = Totals(int(total[0]), int(total[1]), int(total[2]), float(total[3]))
+    return Summary(counts, totals, _run_dict(last) if last else None)
+
+
+async def export_rows(conn: AsyncConnection, manifest: str) -> Sequence[ExportRow]:
+    usage = _usage_by_job()
+    j, m = t.jobs.c, t.manifest_jobs.c
+    rows = (
+        await conn.execute(
+            select(t.jobs, usage)
+            .join(t.manifest_jobs, m.job_key == j.key)
+            .outerjoin(usage, usage.c.job_key == j.key)
+            .where(m.manifest == manifest)
+            .order_by(m.position)
+        )
+    ).all()
+    paths: dict[str, list[str]] = {}
+    outs = await conn.execute(
+        select(t.outputs.c.job_key, t.outputs.c.path)
+        .where(t.outputs.c.job_key.in_(select(m.job_key).where(m.manifest == manifest)))
+        .order_by(t.outputs.c.job_key, t.outputs.c.id)
+    )
+    for key, path in outs:
+        paths.setdefault(key, []).append(path)
+    return [_export_row(row, paths.get(row.key, [])) for row in rows]
+
+
+async def job_states(conn: AsyncConnection, manifest: str) -> Mapping[str, str]:
+    rows = await conn.execute(select(t.jobs.c.key, t.jobs.c.status).where(in_manifest(manifest)))
+    return {str(key): str(status) for key, status in rows}
+
+
+def _run_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "started_at": row.started_at.isoformat(),
+        "ended_at": row.ended_at.isoformat() if row.ended_at else None,
+        "exit_code": row.exit_code,
+        "stop_reason": row.stop_reason,
+    }
+
+
+def _export_row(row: Any, outputs: list[str]) -> ExportRow:
+    return ExportRow(
+        key=row.key,
+        image=row.image_path,
+        mask=row.mask_path,
+        prompt=row.prompt,
+        provider=row.provider,
+        model=row.model,
+        params=json.loads(row.params_json),
+        status=row.status,
+        attempts=row.attempts,
+        error=row.error,
+        usage=Totals(
+            int(row.input_tokens or 0),
+            int(row.output_tokens or 0),
+            int(row.total_tokens or 0),
+            float(row.cost_usd or 0.0),
+        ),
+        outputs=tuple(outputs),
+    )
