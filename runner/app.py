@@ -222,12 +222,15 @@ async def _work(
 
 
 def exit_code_for(report: PoolReport, states: Mapping[str, str]) -> int:
-    """Credentials before money (fixing a key comes first), then failures, then success."""
+    """Credentials before money (fixing a key comes first), then an outage (work left),
+    then failures, then success."""
     kinds = {stop.kind for stop in report.stops}
     if "auth" in kinds:
         return EXIT_AUTH
     if "payment" in kinds:
         return EXIT_PAYMENT
+    if "outage" in kinds:
+        return EXIT_EARLY
     values = set(states.values())
     if JobState.FAILED in values or "output" in kinds:
         return EXIT_FAILED

@@ -113,7 +113,7 @@ def _exit_hint(code: int) -> str:
         app.EXIT_FAILED: "some jobs failed (exit 1): see `runner export`; `runner retry` re-queues",
         app.EXIT_PAYMENT: "payment required (exit 3): top up, then run the same command again",
         app.EXIT_AUTH: "credentials rejected (exit 4): fix the API key, then run again",
-        app.EXIT_EARLY: "stopped with work left (exit 75): run the same command again",
+        app.EXIT_EARLY: "stopped with work left (exit 75): run the same command again later",
     }.get(code, f"exit {code}")
 
 

@@ -11,7 +11,8 @@
           ├── PermanentJobError this job will never succeed as it is (400, 413, moderation)
           └── ProviderStop      stop every request to this provider
                ├── PaymentRequired  402, insufficient quota or balance: exit 3
-               └── AuthRejected     401/403 credentials or access: exit 4
+               ├── AuthRejected     401/403 credentials or access: exit 4
+               └── ProviderDown     failing for every job, not just one: exit 75
 
 Foreign errors (httpx, sqlite, Pillow) are translated at the boundary that meets them,
 with `raise ... from exc`, so callers only ever catch these.
@@ -139,6 +140,14 @@ class PaymentRequired(ProviderStop):
 class AuthRejected(ProviderStop):
     outcome = "auth"
     exit_code = 4
+
+
+class ProviderDown(ProviderStop):
+    """Requests for several jobs in a row have failed: the provider, not the job, is at
+    fault. The job keeps its place; the run ends so it can be resumed later."""
+
+    outcome = "outage"
+    exit_code = 75
 
 
 @dataclass(frozen=True, slots=True)

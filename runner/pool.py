@@ -22,8 +22,10 @@ from .errors import (
     InputError,
     OutputError,
     PermanentJobError,
+    ProviderDown,
     ProviderError,
     ProviderStop,
+    RetryableError,
     StopNotice,
     Stopped,
 )
@@ -137,10 +139,9 @@ class Pool:
         if attempts_left <= 0:
             await self._fail(spec, "no attempts left; `runner retry` gives it a new set")
             return
+        sending = _Sending(spec, request, provider, gate)
         try:
-            result, attempt_id, record = await self._send(
-                spec, request, provider, gate, attempts_left
-            )
+            result, attempt_id, record = await self._send(sending, attempts_left)
         except Stopped:
             await self._release(spec)
             return
@@ -148,29 +149,37 @@ class Pool:
             await self._release(spec)
             self._stop(gate, exc)
             return
-        except ProviderError as exc:
-            prefix = "" if isinstance(exc, PermanentJobError) else "gave up after retries: "
-            await self._fail(spec, prefix + exc.describe())
+        except PermanentJobError as exc:
+            await self._fail(spec, exc.describe())
+            return
+        except RetryableError as exc:
+            if gate.failure_streak > sending.attempts:
+                # Other jobs' requests failed too, with no success in between: the
+                # provider is down. Keep the job for the next run instead of failing it.
+                await self._release(spec, fresh_attempts=True)
+                self._stop(gate, _outage(gate, exc))
+            else:
+                await self._fail(spec, "gave up after retries: " + exc.describe())
             return
         await self._finish(spec, result, attempt_id, record)
 
     async def _send(
-        self,
-        spec: JobSpec,
-        request: EditRequest,
-        provider: Provider,
-        gate: ProviderGate,
-        attempts_left: int,
+        self, sending: _Sending, attempts_left: int
     ) -> tuple[EditResult, int, AttemptRecord]:
-        async for attempt in self._policy.retrying(attempts_left, gate.sleep):
+        async for attempt in self._policy.retrying(attempts_left, sending.gate.sleep):
             with attempt:
-                return await self._attempt(spec, request, provider, gate)
+                return await self._attempt(sending)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def _attempt(
-        self, spec: JobSpec, request: EditRequest, provider: Provider, gate: ProviderGate
-    ) -> tuple[EditResult, int, AttemptRecord]:
+    async def _attempt(self, sending: _Sending) -> tuple[EditResult, int, AttemptRecord]:
+        spec, request, provider, gate = (
+            sending.spec,
+            sending.request,
+            sending.provider,
+            sending.gate,
+        )
         await gate.wait_turn()
+        sending.attempts += 1
         attempt_id = await self._store.begin_attempt(
             spec.key, self._owner, spec.provider, spec.model
         )
@@ -178,12 +187,15 @@ class Pool:
         try:
             result = await provider.edit(request)
         except ProviderError as exc:
+            if isinstance(exc, RetryableError):
+                gate.record(succeeded=False)
             if exc.retry_after:
                 gate.pause_for(min(exc.retry_after, self._settings.retry.max_wait_s))
             await self._store.finish_attempt(
                 attempt_id, _error_record(exc, spec, provider, _ms_since(started))
             )
             raise
+        gate.record(succeeded=True)
         record = AttemptRecord(
             outcome=Outcome.SUCCEEDED,
             latency_ms=_ms_since(started),
@@ -219,8 +231,8 @@ class Pool:
             "failed %s (jobs[%d], %s): %s", spec.image.name, spec.entry, spec.key[:8], reason
         )
 
-    async def _release(self, spec: JobSpec) -> None:
-        await self._store.release(spec.key, self._owner)
+    async def _release(self, spec: JobSpec, *, fresh_attempts: bool = False) -> None:
+        await self._store.release(spec.key, self._owner, fresh_attempts=fresh_attempts)
         self.report.released += 1
 
     def _stop(self, gate: ProviderGate, exc: ProviderStop) -> None:
@@ -230,6 +242,24 @@ class Pool:
         gate.stop(notice)
         self.report.stops.append(notice)
         log.error("stopped sending to %s: %s", gate.name, notice.message)
+
+
+@dataclass(slots=True)
+class _Sending:
+    """One job on its way out: what it needs, and how many requests it has made."""
+
+    spec: JobSpec
+    request: EditRequest
+    provider: Provider
+    gate: ProviderGate
+    attempts: int = 0
+
+
+def _outage(gate: ProviderGate, last: ProviderError) -> ProviderDown:
+    return ProviderDown(
+        f"{gate.failure_streak} requests in a row failed, for more than one job; the provider "
+        f"looks down. Run again later. Last error: {last.describe()}"
+    )
 
 
 def _ms_since(started: float) -> int:

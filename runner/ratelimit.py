@@ -39,6 +39,8 @@ class ProviderGate:
         self._lock = anyio.Lock()
         self._sleepers: set[anyio.CancelScope] = set()
         self.stop_notice: StopNotice | None = None
+        # Failed attempts since this provider's last success, across all jobs.
+        self.failure_streak = 0
 
     @property
     def stopped(self) -> bool:
@@ -50,6 +52,9 @@ class ProviderGate:
             self.stop_notice = notice
         for scope in list(self._sleepers):
             scope.cancel()
+
+    def record(self, succeeded: bool) -> None:
+        self.failure_streak = 0 if succeeded else self.failure_streak + 1
 
     def pause_for(self, seconds: float) -> None:
         """Hold every request to this provider for `seconds` (a server's wait hint)."""

@@ -69,20 +69,40 @@ class ErrorBody:
 
 
 def parse_error_body(response: httpx.Response) -> ErrorBody:
-    """`{"error": {...}}` (OpenAI, CometAPI) or `{"error": "..."}` (Venice), or not JSON."""
+    """`{"error": {...}}` (OpenAI, CometAPI), `{"error": "..."}` (Venice), a bare
+    `{"message"|"detail": ...}`, or not JSON at all (proxies, gateways, HTML pages)."""
     try:
         body = json.loads(response.content)
     except ValueError:
-        kind = response.headers.get("content-type", "no content type").split(";")[0]
-        return ErrorBody(message=f"non-JSON reply ({kind}, {len(response.content)} bytes)")
+        return ErrorBody(message=_non_json_summary(response))
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         message = error.get("message") or json.dumps(error)[:300]
         return ErrorBody(str(message), _text(error.get("code")), _text(error.get("type")))
+    code = _text(body.get("code")) if isinstance(body, dict) else None
     if isinstance(error, str):
-        code = body.get("code") if isinstance(body, dict) else None
-        return ErrorBody(error, _text(code))
+        return ErrorBody(error, code)
+    for key in ("message", "detail"):
+        if isinstance(body, dict) and isinstance(body.get(key), str):
+            return ErrorBody(body[key], code)
     return ErrorBody(message=json.dumps(body)[:300])
+
+
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def _non_json_summary(response: httpx.Response) -> str:
+    """What a person needs from a non-JSON body: its kind, and its words if it has some."""
+    kind = response.headers.get("content-type", "no content type").split(";")[0].strip()
+    content = response.content
+    if "html" in kind:  # a page's title says it; its markup would only clutter the line
+        found = _TITLE.search(content[:4096])
+        text = found.group(1) if found else b""
+    else:
+        text = content[:300] if kind.startswith("text/") else b""
+    words = " ".join(text.decode("utf-8", "replace").split())
+    head = f"non-JSON reply ({kind}, {len(content)} bytes)"
+    return f"{head}: {words}" if words else head
 
 
 def _text(value: Any) -> str | None:

@@ -411,8 +411,9 @@ class SqlStore:
         now = self._now()
         await self._settle(key, owner, status=JobState.FAILED, error=reason, finished_at=now)
 
-    async def release(self, key: str, owner: str) -> None:
-        await self._settle(key, owner, status=JobState.PENDING)
+    async def release(self, key: str, owner: str, *, fresh_attempts: bool = False) -> None:
+        extra = {"attempt_base": t.jobs.c.attempts} if fresh_attempts else {}
+        await self._settle(key, owner, status=JobState.PENDING, **extra)
 
     async def _settle(self, key: str, owner: str, status: JobState, **values: Any) -> None:
         """End our hold on a job; a job another runner has since taken is left alone."""

@@ -322,3 +322,43 @@ async def test_unwritable_output_keeps_the_paid_usage_and_stops_spending(
     assert row["outcome"] == "output_error" and row["output_tokens"] == 1056
     assert "No space left on device" in row["error_message"]
     assert "No space left on device" in outcome.stops[0].message
+
+
+async def test_a_provider_failing_for_every_job_is_an_outage_not_failed_jobs(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"p{i}.png"), "prompt": f"e{i}"} for i in range(6)]
+    manifest = workspace.manifest(jobs)
+    fake.script = ["overloaded"] * 40
+
+    outcome = await app.run(manifest, options(max_attempts=3))
+
+    assert outcome.exit_code == app.EXIT_EARLY
+    assert outcome.summary.counts["failed"] == 0
+    assert outcome.summary.counts["pending"] == 6
+    (notice,) = outcome.stops
+    assert notice.kind == "outage" and "looks down" in notice.message
+    assert "server_is_overloaded" in notice.message
+    assert fake.requests_total <= 2 * 3  # each in-flight job's attempts, then stop
+
+    fake.script = []
+    resumed = await app.run(manifest, options(max_attempts=3))
+    assert resumed.exit_code == app.EXIT_OK
+
+
+async def test_nobody_listening_is_an_outage(workspace: Workspace) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port that is certainly closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    manifest = workspace.manifest(
+        [{"image": workspace.image(f"p{i}.png"), "prompt": f"e{i}"} for i in range(3)],
+        profile={"base_url": f"http://127.0.0.1:{port}/v1"},
+    )
+
+    outcome = await app.run(manifest, options(max_attempts=2))
+
+    assert outcome.exit_code == app.EXIT_EARLY
+    assert outcome.summary.counts["pending"] == 3
+    assert "ConnectError" in outcome.stops[0].message

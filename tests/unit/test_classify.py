@@ -332,13 +332,54 @@ def test_parse_error_body_object_without_message_keeps_its_json() -> None:
     assert json.loads(parsed.message) == {"code": "weird", "detail": "x"}
 
 
-@pytest.mark.parametrize(
-    "body", [{"detail": "Not Found"}, ["a", "list"], "just a string", None], ids=repr
-)
+@pytest.mark.parametrize("body", [["a", "list"], "just a string", None, {"x": 1}], ids=repr)
 def test_parse_error_body_json_without_error_key_keeps_the_json(body: Any) -> None:
     parsed = parse_error_body(reply(500, content=json.dumps(body).encode()))
     assert parsed.code is None
     assert json.loads(parsed.message) == body
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "code"),
+    [
+        ({"detail": "Not Found"}, "Not Found", None),
+        ({"message": "Balance too low", "code": "LOW"}, "Balance too low", "LOW"),
+    ],
+)
+def test_parse_error_body_reads_top_level_message_or_detail(
+    body: dict[str, str], message: str, code: str | None
+) -> None:
+    parsed = parse_error_body(reply(402, body))
+    assert (parsed.message, parsed.code) == (message, code)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "content", "expected"),
+    [
+        (
+            "text/plain",
+            b"Payment  required:\n top up at example.test",
+            "Payment required: top up at example.test",
+        ),
+        (
+            "text/html; charset=utf-8",
+            b"<html><head><title> 502 Bad\nGateway </title></head><body>x</body>",
+            "502 Bad Gateway",
+        ),
+        (
+            "application/octet-stream",
+            b"\x00\x01",
+            "non-JSON reply (application/octet-stream, 2 bytes)",
+        ),
+    ],
+)
+def test_non_json_error_bodies_keep_their_words(
+    content_type: str, content: bytes, expected: str
+) -> None:
+    response = httpx.Response(402, content=content, headers={"content-type": content_type})
+    parsed = parse_error_body(response)
+    assert parsed.message.startswith("non-JSON reply (") and parsed.message.endswith(expected)
+    assert isinstance(classify(response, NOW), PaymentRequired)
 
 
 @pytest.mark.parametrize(
