@@ -26,6 +26,7 @@ from .manifest import Manifest, ParsedManifest, ProviderProfile, parse_manifest
 from .models import ExportRow, JobState, Summary
 from .outputs import ensure_writable, sweep_temp_files
 from .pool import Pool, PoolReport
+from .pricing import estimate_openai_cost
 from .providers.base import Provider
 from .providers.openai import OpenAIProvider
 from .ratelimit import Clock, ProviderGate, SystemClock
@@ -244,6 +245,7 @@ class JobCheck:
     entry: int
     image: str
     problem: str | None
+    estimated_cost_usd: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +256,15 @@ class Validation:
     @property
     def bad(self) -> list[JobCheck]:
         return [c for c in self.checks if c.problem]
+
+    @property
+    def estimated_cost_usd(self) -> float:
+        """For the jobs that would be sent; a model without a price adds nothing."""
+        return sum(c.estimated_cost_usd or 0.0 for c in self.checks if not c.problem)
+
+    @property
+    def unpriced(self) -> int:
+        return sum(1 for c in self.checks if not c.problem and c.estimated_cost_usd is None)
 
 
 async def validate(path: Path) -> Validation:
@@ -270,7 +281,10 @@ async def validate(path: Path) -> Validation:
                 problem = None
             except InputError as exc:
                 problem = str(exc)
-            checks.append(JobCheck(spec.entry, str(spec.image), problem))
+            estimate = estimate_openai_cost(
+                spec.model, spec.params, spec.prompt, spec.mask is not None
+            )
+            checks.append(JobCheck(spec.entry, str(spec.image), problem, estimate))
         return checks
 
     return Validation(manifest, await anyio.to_thread.run_sync(check_all))

@@ -243,6 +243,12 @@ def validate(manifest: Path) -> None:
         err.print(f"{result.manifest.path}: jobs[{check.entry}] {check.image}: {check.problem}")
     out.print(f"{len(jobs)} jobs, {len(jobs) - len(result.bad)} ready, {len(result.bad)} "
               f"would fail without being sent")  # fmt: skip
+    unpriced = f" ({result.unpriced} jobs with no known price left out)" if result.unpriced else ""
+    out.print(
+        f"estimated cost if every ready job is sent: ${result.estimated_cost_usd:,.2f}{unpriced}"
+        " (an estimate from typical token counts; jobs already done in the database are"
+        " not sent again)"
+    )
     raise SystemExit(1 if result.bad else 0)
 
 

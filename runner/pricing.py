@@ -7,7 +7,9 @@ model page. A model without a price gets no cost (shown as unknown), never a gue
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .models import Usage
 
@@ -44,4 +46,36 @@ def openai_cost(model: str, usage: Usage | None) -> float | None:
     price = OPENAI_TOKEN_PRICES.get(model)
     if price is None or usage is None:
         return None
+    return price.cost(usage)
+
+
+# Output tokens per image by quality and size, from OpenAI's image-generation guide
+# (gpt-image-1 figures; CometAPI bills gpt-image-2 the same way as far as is known).
+_OUTPUT_TOKENS = {
+    "low": {"square": 272, "wide": 408},
+    "medium": {"square": 1056, "wide": 1584},
+    "high": {"square": 4160, "wide": 6240},
+}
+_IMAGE_INPUT_TOKENS = 765  # one 1024x1024 input image; a mask adds as much again
+
+
+def estimate_openai_cost(
+    model: str, params: Mapping[str, Any], prompt: str, has_mask: bool
+) -> float | None:
+    """A before-sending estimate for `validate`; the real cost comes from each reply."""
+    price = OPENAI_TOKEN_PRICES.get(model)
+    if price is None:
+        return None
+    quality = str(params.get("quality", "high"))
+    per_size = _OUTPUT_TOKENS.get(quality, _OUTPUT_TOKENS["high"])  # auto may pick high
+    size = str(params.get("size", "1024x1024"))
+    shape = "square" if size in ("1024x1024", "auto") else "wide"
+    n = params.get("n", 1)
+    images = n if isinstance(n, int) and not isinstance(n, bool) else 1
+    usage = Usage(
+        input_tokens=_IMAGE_INPUT_TOKENS * (2 if has_mask else 1) + len(prompt) // 4,
+        input_image_tokens=_IMAGE_INPUT_TOKENS * (2 if has_mask else 1),
+        input_text_tokens=len(prompt) // 4,
+        output_tokens=per_size[shape] * images,
+    )
     return price.cost(usage)
