@@ -21,6 +21,8 @@ from runner.config import RetrySettings, RunSettings
 from runner.testing import FakeProvider
 
 API_KEY = "sk-test-SECRET-7f3a9c2e51"
+# A job's attempts that used up its budget, as SQL over the `jobs` table.
+COUNTED_ATTEMPTS = "(SELECT COUNT(*) FROM attempts a WHERE a.job_key = jobs.key AND a.counted)"
 KEY_ENV = "RUNNER_TEST_KEY"
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-21 14:55:38.290960
+Create Date: 2026-11-21 15:44:34.821333
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    
+
     op.create_table('file_digests',
     sa.Column('path', sa.Text(), nullable=False),
     sa.Column('size_bytes', sa.BigInteger(), nullable=False),
@@ -40,8 +40,7 @@ def upgrade() -> None:
     sa.Column('output_dir', sa.Text(), nullable=False),
     sa.Column('output_name', sa.Text(), nullable=False),
     sa.Column('manifest_entry', sa.Integer(), nullable=False),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('attempt_base', sa.Integer(), nullable=False),
+    sa.Column('attempt_floor', sa.Integer(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('lease_owner', sa.String(length=64), nullable=True),
     sa.Column('lease_expires_at', sa.DateTime(), nullable=True),
@@ -124,11 +123,11 @@ def upgrade() -> None:
     with op.batch_alter_table('outputs', schema=None) as batch_op:
         batch_op.create_index('ix_outputs_job_key', ['job_key'], unique=False)
 
-    
+
 
 
 def downgrade() -> None:
-    
+
     with op.batch_alter_table('outputs', schema=None) as batch_op:
         batch_op.drop_index('ix_outputs_job_key')
 
@@ -147,4 +146,4 @@ def downgrade() -> None:
 
     op.drop_table('jobs')
     op.drop_table('file_digests')
-    
+

@@ -94,7 +94,7 @@ async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlS
     except (SQLAlchemyError, OSError) as exc:
         await engine.dispose()
         raise StoreError(f"cannot open database {redact_url(url)}: {exc}") from exc
-    return SqlStore(engine, clock, serialize=is_sqlite)
+    return SqlStore(engine, clock)
 
 
 def redact_url(url: str) -> str:

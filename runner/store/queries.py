@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..models import ExportRow, JobState, Summary, Totals
@@ -31,6 +31,7 @@ def _usage_by_job() -> Any:
             func.coalesce(func.sum(a.output_tokens), 0).label("output_tokens"),
             func.coalesce(func.sum(a.total_tokens), 0).label("total_tokens"),
             func.coalesce(func.sum(a.cost_usd), 0.0).label("cost_usd"),
+            func.sum(case((a.counted.is_(True), 1), else_=0)).label("attempts"),
         )
         .group_by(a.job_key)
         .subquery()
@@ -115,7 +116,7 @@ def _export_row(row: Any, outputs: list[str]) -> ExportRow:
         model=row.model,
         params=json.loads(row.params_json),
         status=row.status,
-        attempts=row.attempts,
+        attempts=int(row.attempts or 0),
         error=row.error,
         usage=Totals(
             int(row.input_tokens or 0),

@@ -1,43 +1,34 @@
 """SqlStore: the Store protocol over SQLAlchemy 2 async — the jobs' life cycle.
 
 The runner's SQL lives in this package only: here the writes, in `queries` the reports,
-in `engine` the connection set-up and migrations.
+in `engine` the connection set-up and migrations, in `batching` the group commit that
+every write goes through.
 
-On SQLite, writers inside one process queue on an anyio lock instead of SQLite's busy
-handler, whose sleeps (up to 100 ms each) would throttle a busy pool; between processes
-the busy timeout (see `engine`) does the waiting.
+Kept lean on purpose: a job costs one statement to claim, one to start an attempt and three
+to finish it. Attempt counts are not stored; they are counted from `attempts`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import anyio
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..digests import DigestEntry
 from ..errors import RunnerError
-from ..models import (
-    AttemptRecord,
-    ExportRow,
-    Job,
-    JobSpec,
-    JobState,
-    Outcome,
-    OutputRef,
-    Summary,
-)
+from ..models import AttemptRecord, ExportRow, Job, JobSpec, JobState, Outcome, OutputRef, Summary
 from . import queries
 from . import tables as t
 from .base import RunInfo
+from .batching import GroupCommit
 
 _CHUNK = 500  # keys per IN (...) list, under SQLite's bound-parameter limit
+_PENDING, _RUNNING = JobState.PENDING.value, JobState.RUNNING.value
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -89,108 +80,102 @@ def _usage_columns(record: AttemptRecord) -> dict[str, Any]:
     }
 
 
+def _counted_attempts(since_floor: bool) -> Any:
+    """Correlated count of a job's attempts that use up its budget (a crash's abandoned
+    attempt included: it may have been billed)."""
+    a = t.attempts.c
+    where = [a.job_key == t.jobs.c.key, a.counted.is_(True)]
+    if since_floor:
+        where.append(a.id > t.jobs.c.attempt_floor)
+    return select(func.count()).where(*where).scalar_subquery()
+
+
+def _latest_attempt_id() -> Any:
+    a = t.attempts.c
+    latest = select(func.max(a.id)).where(a.job_key == t.jobs.c.key).scalar_subquery()
+    return func.coalesce(latest, 0)
+
+
 class SqlStore:
-    def __init__(
-        self, engine: AsyncEngine, clock: Callable[[], datetime], *, serialize: bool
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Callable[[], datetime]) -> None:
         self._engine = engine
         self._now = clock
-        self._lock = anyio.Lock() if serialize else None
+        # Reads queue with the writes: on SQLite there is one connection, and a read in a
+        # batch's transaction sees everything committed before it.
+        self._db = GroupCommit(engine.begin)
 
     async def close(self) -> None:
         await self._engine.dispose()
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[AsyncConnection]:
-        if self._lock is None:
-            async with self._engine.begin() as conn:
-                yield conn
-            return
-        async with self._lock, self._engine.begin() as conn:
-            yield conn
-
     # -- the manifest's jobs ------------------------------------------------------------
     async def sync_manifest(self, manifest: str, specs: Sequence[JobSpec]) -> int:
         now = self._now()
-        async with self._tx() as conn:
+
+        async def write(conn: AsyncConnection) -> int:
             known: set[str] = set()
             for chunk in _chunks([s.key for s in specs]):
                 rows = await conn.execute(select(t.jobs.c.key).where(t.jobs.c.key.in_(chunk)))
                 known.update(rows.scalars())
             new = [s for s in specs if s.key not in known]
             if new:
-                await conn.execute(insert(t.jobs), [self._new_job_row(s, now) for s in new])
+                await conn.execute(insert(t.jobs), [_new_job_row(s, now) for s in new])
             refreshed = [
                 {"k": s.key, **_spec_row(s), "updated_at": now} for s in specs if s.key in known
             ]
             if refreshed:
                 stmt = update(t.jobs).where(t.jobs.c.key == bindparam("k"))
                 await conn.execute(stmt, refreshed)
-            await conn.execute(
-                delete(t.manifest_jobs).where(t.manifest_jobs.c.manifest == manifest)
-            )
+            members = t.manifest_jobs
+            await conn.execute(delete(members).where(members.c.manifest == manifest))
             if specs:
-                await conn.execute(
-                    insert(t.manifest_jobs),
-                    [
-                        {"manifest": manifest, "job_key": s.key, "position": i}
-                        for i, s in enumerate(specs)
-                    ],
-                )
-        return len(new)
+                listed = [
+                    {"manifest": manifest, "job_key": s.key, "position": i}
+                    for i, s in enumerate(specs)
+                ]
+                await conn.execute(insert(members), listed)
+            return len(new)
 
-    @staticmethod
-    def _new_job_row(spec: JobSpec, now: datetime) -> dict[str, Any]:
-        return {
-            "key": spec.key,
-            "status": JobState.PENDING.value,
-            "prompt": spec.prompt,
-            "provider": spec.provider,
-            "model": spec.model,
-            "params_json": json.dumps(dict(spec.params), sort_keys=True),
-            "attempts": 0,
-            "attempt_base": 0,
-            "created_at": now,
-            "updated_at": now,
-            **_spec_row(spec),
-        }
+        return await self._db.run(write)
 
     async def retry_failed(self, manifest: str, key: str | None = None) -> int:
         where = [queries.in_manifest(manifest), t.jobs.c.status == JobState.FAILED.value]
         if key is not None:
             where.append(t.jobs.c.key.startswith(key))
-        async with self._tx() as conn:
-            result = await conn.execute(
-                update(t.jobs)
-                .where(*where)
-                .values(
-                    status=JobState.PENDING.value,
-                    attempt_base=t.jobs.c.attempts,
-                    finished_at=None,
-                    updated_at=self._now(),
-                )
+        statement = (
+            update(t.jobs)
+            .where(*where)
+            .values(
+                status=_PENDING,
+                attempt_floor=_latest_attempt_id(),
+                finished_at=None,
+                updated_at=self._now(),
             )
-        return int(result.rowcount)
+        )
+
+        async def write(conn: AsyncConnection) -> int:
+            return int((await conn.execute(statement)).rowcount)
+
+        return await self._db.run(write)
 
     # -- runs and leases ----------------------------------------------------------------
     async def start_run(self, run: RunInfo) -> None:
         now = self._now()
-        async with self._tx() as conn:
-            await conn.execute(
-                insert(t.runs).values(
-                    id=run.id,
-                    manifest=run.manifest,
-                    host=run.host,
-                    pid=run.pid,
-                    process_tag=run.process_tag,
-                    started_at=now,
-                    heartbeat_at=now,
-                )
+        await self._execute(
+            insert(t.runs).values(
+                id=run.id,
+                manifest=run.manifest,
+                host=run.host,
+                pid=run.pid,
+                process_tag=run.process_tag,
+                started_at=now,
+                heartbeat_at=now,
             )
+        )
 
     async def end_run(self, run_id: str, exit_code: int, stop_reason: str | None) -> None:
         """Close the run; anything it still holds (it was interrupted) goes back to pending."""
-        async with self._tx() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
             await self._release_runs(conn, [run_id])
             await conn.execute(
                 update(t.runs)
@@ -198,38 +183,40 @@ class SqlStore:
                 .values(ended_at=self._now(), exit_code=exit_code, stop_reason=stop_reason)
             )
 
+        await self._db.run(write)
+
     async def unfinished_runs(self, host: str) -> Sequence[RunInfo]:
-        async with self._tx() as conn:
+        async def read(conn: AsyncConnection) -> list[RunInfo]:
             rows = await conn.execute(
                 select(t.runs).where(t.runs.c.host == host, t.runs.c.ended_at.is_(None))
             )
             return [RunInfo(r.id, r.manifest, r.host, r.pid, r.process_tag) for r in rows]
 
+        return await self._db.run(read)
+
     async def reclaim_dead_runs(self, dead_run_ids: Iterable[str]) -> int:
         ids = list(dead_run_ids)
         if not ids:
             return 0
-        async with self._tx() as conn:
+
+        async def write(conn: AsyncConnection) -> int:
             released = await self._release_runs(conn, ids)
             await conn.execute(
                 update(t.runs)
                 .where(t.runs.c.id.in_(ids))
                 .values(ended_at=self._now(), stop_reason="the process died without finishing")
             )
-        return released
+            return released
+
+        return await self._db.run(write)
 
     async def _release_runs(self, conn: AsyncConnection, ids: Sequence[str]) -> int:
         """Jobs these runs hold go back to pending; their unanswered attempts are abandoned."""
         now = self._now()
         released = await conn.execute(
             update(t.jobs)
-            .where(t.jobs.c.lease_owner.in_(ids), t.jobs.c.status == JobState.RUNNING.value)
-            .values(
-                status=JobState.PENDING.value,
-                lease_owner=None,
-                lease_expires_at=None,
-                updated_at=now,
-            )
+            .where(t.jobs.c.lease_owner.in_(ids), t.jobs.c.status == _RUNNING)
+            .values(status=_PENDING, lease_owner=None, lease_expires_at=None, updated_at=now)
         )
         await conn.execute(
             update(t.attempts)
@@ -242,107 +229,119 @@ class SqlStore:
         self, manifest: str, provider: str, owner: str, lease_until: datetime
     ) -> Job | None:
         now = self._now()
-        claimable = (
-            select(t.jobs.c.key)
-            .join(t.manifest_jobs, t.manifest_jobs.c.job_key == t.jobs.c.key)
-            .where(
-                t.manifest_jobs.c.manifest == manifest,
-                t.jobs.c.provider == provider,
-                self._claimable(now),
-            )
+
+        async def write(conn: AsyncConnection) -> Job | None:
+            take = (manifest, provider, owner, lease_until, now)
+            row = await self._take(conn, *take, expired=False)
+            if row is None:  # rare: only a crashed runner's job whose lease has lapsed
+                row = await self._take(conn, *take, expired=True)
+                if row is not None:
+                    a = t.attempts.c
+                    await conn.execute(
+                        update(t.attempts)
+                        .where(a.job_key == row.key, a.outcome == Outcome.IN_FLIGHT)
+                        .values(outcome=Outcome.ABANDONED.value, finished_at=now)
+                    )
+            if row is None:
+                return None
+            return Job(_spec_from_row(row), row.attempts_ever, row.attempts_this_round)
+
+        return await self._db.run(write)
+
+    @staticmethod
+    async def _take(
+        conn: AsyncConnection,
+        manifest: str,
+        provider: str,
+        owner: str,
+        lease_until: datetime,
+        now: datetime,
+        *,
+        expired: bool,
+    ) -> Any:
+        j = t.jobs.c
+        takeable = (
+            and_(j.status == _RUNNING, j.lease_expires_at < now)
+            if expired
+            else j.status == _PENDING
+        )
+        first = (
+            select(j.key)
+            .join(t.manifest_jobs, t.manifest_jobs.c.job_key == j.key)
+            .where(t.manifest_jobs.c.manifest == manifest, j.provider == provider, takeable)
             .order_by(t.manifest_jobs.c.position)
             .limit(1)
-            # PostgreSQL: concurrent claimers skip each other's rows; SQLite ignores this and
+            # PostgreSQL: concurrent claimers skip each other's rows. SQLite ignores this and
             # relies on BEGIN IMMEDIATE, which lets one writer in at a time.
             .with_for_update(skip_locked=True, of=t.jobs)
             .scalar_subquery()
         )
-        async with self._tx() as conn:
-            row = (
-                await conn.execute(
-                    update(t.jobs)
-                    .where(t.jobs.c.key == claimable, self._claimable(now))
-                    .values(
-                        status=JobState.RUNNING.value,
-                        lease_owner=owner,
-                        lease_expires_at=lease_until,
-                        updated_at=now,
-                    )
-                    .returning(t.jobs)
-                )
-            ).first()
-            if row is None:
-                return None
-            # Whoever held it before is gone: their unanswered attempt will never be answered.
-            await conn.execute(
-                update(t.attempts)
-                .where(t.attempts.c.job_key == row.key, t.attempts.c.outcome == Outcome.IN_FLIGHT)
-                .values(outcome=Outcome.ABANDONED.value, finished_at=now)
+        statement = (
+            update(t.jobs)
+            .where(j.key == first, takeable)
+            .values(
+                status=_RUNNING, lease_owner=owner, lease_expires_at=lease_until, updated_at=now
             )
-        return Job(_spec_from_row(row), row.attempts, row.attempts - row.attempt_base)
-
-    @staticmethod
-    def _claimable(now: datetime) -> Any:
-        return or_(
-            t.jobs.c.status == JobState.PENDING.value,
-            and_(t.jobs.c.status == JobState.RUNNING.value, t.jobs.c.lease_expires_at < now),
+            .returning(
+                t.jobs,
+                _counted_attempts(since_floor=False).label("attempts_ever"),
+                _counted_attempts(since_floor=True).label("attempts_this_round"),
+            )
         )
+        return (await conn.execute(statement)).first()
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> None:
-        async with self._tx() as conn:
+        async def write(conn: AsyncConnection) -> None:
             await conn.execute(
                 update(t.jobs)
-                .where(t.jobs.c.lease_owner == owner, t.jobs.c.status == JobState.RUNNING.value)
+                .where(t.jobs.c.lease_owner == owner, t.jobs.c.status == _RUNNING)
                 .values(lease_expires_at=lease_until)
             )
             await conn.execute(
                 update(t.runs).where(t.runs.c.id == owner).values(heartbeat_at=self._now())
             )
 
+        await self._db.run(write)
+
     async def held_elsewhere(self, manifest: str, provider: str, owner: str) -> int:
-        async with self._tx() as conn:
-            count = await conn.scalar(
-                select(func.count())
-                .select_from(t.jobs)
-                .where(
-                    queries.in_manifest(manifest),
-                    t.jobs.c.provider == provider,
-                    t.jobs.c.status == JobState.RUNNING.value,
-                    t.jobs.c.lease_owner != owner,
-                )
+        statement = (
+            select(func.count())
+            .select_from(t.jobs)
+            .where(
+                queries.in_manifest(manifest),
+                t.jobs.c.provider == provider,
+                t.jobs.c.status == _RUNNING,
+                t.jobs.c.lease_owner != owner,
             )
-        return int(count or 0)
+        )
+
+        async def read(conn: AsyncConnection) -> int:
+            return int(await conn.scalar(statement) or 0)
+
+        return await self._db.run(read)
 
     # -- one job's life -----------------------------------------------------------------
     async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> int:
-        async with self._tx() as conn:
-            result = await conn.execute(
-                insert(t.attempts).values(
-                    job_key=key,
-                    run_id=owner,
-                    provider=provider,
-                    model=model,
-                    outcome=Outcome.IN_FLIGHT.value,
-                    counted=True,
-                    started_at=self._now(),
-                )
-            )
-            await conn.execute(
-                update(t.jobs).where(t.jobs.c.key == key).values(attempts=t.jobs.c.attempts + 1)
-            )
-            (attempt_id,) = result.inserted_primary_key or (None,)
-        if attempt_id is None:
-            raise RunnerError("the database returned no id for a new attempt")
-        return int(attempt_id)
+        statement = insert(t.attempts).values(
+            job_key=key,
+            run_id=owner,
+            provider=provider,
+            model=model,
+            outcome=Outcome.IN_FLIGHT.value,
+            counted=True,  # until the answer says otherwise: a crash now may still be billed
+            started_at=self._now(),
+        )
 
-    async def finish_attempt(self, attempt_id: int, record: AttemptRecord) -> None:
-        async with self._tx() as conn:
-            await self._finish_attempt(conn, attempt_id, record)
+        async def write(conn: AsyncConnection) -> int:
+            (attempt_id,) = (await conn.execute(statement)).inserted_primary_key or (None,)
+            if attempt_id is None:
+                raise RunnerError("the database returned no id for a new attempt")
+            return int(attempt_id)
 
-    async def _finish_attempt(
-        self, conn: AsyncConnection, attempt_id: int, record: AttemptRecord
-    ) -> None:
-        key = await conn.scalar(
+        return await self._db.run(write)
+
+    def _finish_statement(self, attempt_id: int, record: AttemptRecord) -> Any:
+        return (
             update(t.attempts)
             .where(t.attempts.c.id == attempt_id)
             .values(
@@ -357,12 +356,10 @@ class SqlStore:
                 cost_usd=record.cost_usd,
                 **_usage_columns(record),
             )
-            .returning(t.attempts.c.job_key)
         )
-        if not record.counted:
-            await conn.execute(
-                update(t.jobs).where(t.jobs.c.key == key).values(attempts=t.jobs.c.attempts - 1)
-            )
+
+    async def finish_attempt(self, attempt_id: int, record: AttemptRecord) -> None:
+        await self._execute(self._finish_statement(attempt_id, record))
 
     async def complete(
         self,
@@ -373,92 +370,95 @@ class SqlStore:
         outputs: Sequence[OutputRef],
     ) -> None:
         now = self._now()
-        async with self._tx() as conn:
-            await self._finish_attempt(conn, attempt_id, record)
-            await conn.execute(
-                insert(t.outputs),
-                [
-                    {
-                        "job_key": key,
-                        "attempt_id": attempt_id,
-                        "image_index": out.index,
-                        "path": str(out.path),
-                        "sha256": out.sha256,
-                        "size_bytes": out.size,
-                        "width": out.width,
-                        "height": out.height,
-                        "format": out.format,
-                    }
-                    for out in outputs
-                ],
+        rows = [
+            {
+                "job_key": key,
+                "attempt_id": attempt_id,
+                "image_index": out.index,
+                "path": str(out.path),
+                "sha256": out.sha256,
+                "size_bytes": out.size,
+                "width": out.width,
+                "height": out.height,
+                "format": out.format,
+            }
+            for out in outputs
+        ]
+        # A success is a success even if our lease lapsed and another runner took the job
+        # meanwhile: the images are on disk and paid for.
+        succeed = (
+            update(t.jobs)
+            .where(t.jobs.c.key == key, t.jobs.c.status != JobState.SUCCEEDED.value)
+            .values(
+                status=JobState.SUCCEEDED.value,
+                error=None,
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
             )
-            # A success is a success even if our lease lapsed and another runner took the
-            # job meanwhile: the images are on disk and paid for.
-            await conn.execute(
-                update(t.jobs)
-                .where(t.jobs.c.key == key, t.jobs.c.status != JobState.SUCCEEDED.value)
-                .values(
-                    status=JobState.SUCCEEDED.value,
-                    error=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    finished_at=now,
-                    updated_at=now,
-                )
-            )
+        )
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(self._finish_statement(attempt_id, record))
+            await conn.execute(insert(t.outputs), rows)
+            await conn.execute(succeed)
+
+        await self._db.run(write)
 
     async def fail(self, key: str, owner: str, reason: str) -> None:
         now = self._now()
         await self._settle(key, owner, status=JobState.FAILED, error=reason, finished_at=now)
 
     async def release(self, key: str, owner: str, *, fresh_attempts: bool = False) -> None:
-        extra = {"attempt_base": t.jobs.c.attempts} if fresh_attempts else {}
+        extra = {"attempt_floor": _latest_attempt_id()} if fresh_attempts else {}
         await self._settle(key, owner, status=JobState.PENDING, **extra)
 
     async def _settle(self, key: str, owner: str, status: JobState, **values: Any) -> None:
         """End our hold on a job; a job another runner has since taken is left alone."""
-        async with self._tx() as conn:
-            await conn.execute(
-                update(t.jobs)
-                .where(
-                    t.jobs.c.key == key,
-                    t.jobs.c.lease_owner == owner,
-                    t.jobs.c.status == JobState.RUNNING.value,
-                )
-                .values(
-                    status=status.value,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=self._now(),
-                    **values,
-                )
+        await self._execute(
+            update(t.jobs)
+            .where(t.jobs.c.key == key, t.jobs.c.lease_owner == owner, t.jobs.c.status == _RUNNING)
+            .values(
+                status=status.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=self._now(),
+                **values,
             )
+        )
+
+    async def _execute(self, statement: Any) -> None:
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(statement)
+
+        await self._db.run(write)
 
     # -- reading ------------------------------------------------------------------------
     async def summary(self, manifest: str) -> Summary:
-        async with self._tx() as conn:
-            return await queries.summary(conn, manifest)
+        return await self._db.run(lambda conn: queries.summary(conn, manifest))
 
     async def export_rows(self, manifest: str) -> Sequence[ExportRow]:
-        async with self._tx() as conn:
-            return await queries.export_rows(conn, manifest)
+        return await self._db.run(lambda conn: queries.export_rows(conn, manifest))
 
     async def job_states(self, manifest: str) -> Mapping[str, str]:
-        async with self._tx() as conn:
-            return await queries.job_states(conn, manifest)
+        return await self._db.run(lambda conn: queries.job_states(conn, manifest))
 
     # -- input digest cache -------------------------------------------------------------
     async def load_digests(self) -> Mapping[str, DigestEntry]:
-        async with self._tx() as conn:
+        async def read(conn: AsyncConnection) -> dict[str, DigestEntry]:
             rows = await conn.execute(select(t.file_digests))
             return {r.path: DigestEntry(r.path, r.size_bytes, r.mtime_ns, r.sha256) for r in rows}
+
+        return await self._db.run(read)
 
     async def save_digests(self, entries: Sequence[DigestEntry]) -> None:
         if not entries:
             return
-        paths = [e.path for e in entries]
-        async with self._tx() as conn:
-            for chunk in _chunks(paths):
+        unique = list({e.path: e for e in entries}.values())
+
+        async def write(conn: AsyncConnection) -> None:
+            for chunk in _chunks([e.path for e in unique]):
                 await conn.execute(delete(t.file_digests).where(t.file_digests.c.path.in_(chunk)))
             await conn.execute(
                 insert(t.file_digests),
@@ -469,6 +469,23 @@ class SqlStore:
                         "mtime_ns": e.mtime_ns,
                         "sha256": e.sha256,
                     }
-                    for e in {e.path: e for e in entries}.values()
+                    for e in unique
                 ],
             )
+
+        await self._db.run(write)
+
+
+def _new_job_row(spec: JobSpec, now: datetime) -> dict[str, Any]:
+    return {
+        "key": spec.key,
+        "status": _PENDING,
+        "prompt": spec.prompt,
+        "provider": spec.provider,
+        "model": spec.model,
+        "params_json": json.dumps(dict(spec.params), sort_keys=True),
+        "attempt_floor": 0,
+        "created_at": now,
+        "updated_at": now,
+        **_spec_row(spec),
+    }

@@ -67,9 +67,9 @@ jobs = Table(
     Column("output_dir", Text, nullable=False),
     Column("output_name", Text, nullable=False),
     Column("manifest_entry", Integer, nullable=False),
-    Column("attempts", Integer, nullable=False, default=0),  # counted attempts, ever
-    # `attempts` as it stood at the last `runner retry`: the attempt budget restarts there.
-    Column("attempt_base", Integer, nullable=False, default=0),
+    # Attempts with a larger id use up the current attempt budget; `runner retry` (and an
+    # outage) move it to the latest attempt, so the job gets a fresh set, history kept.
+    Column("attempt_floor", Integer, nullable=False, default=0),
     Column("error", Text),  # last reason, one line; kept after success for the record
     Column("lease_owner", String(64)),
     Column("lease_expires_at", UTCDateTime),

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import FakeClock, Workspace, options, sha256
+from conftest import COUNTED_ATTEMPTS, FakeClock, Workspace, options, sha256
 from PIL import Image
 
 from runner import app
@@ -140,7 +140,8 @@ async def test_payment_required_stops_then_resumes_without_paying_twice(
         ]
         == 0
     )
-    assert {r[0] for r in db.execute("SELECT attempts FROM jobs WHERE status='pending'")} == {0}
+    pending = f"SELECT {COUNTED_ATTEMPTS} FROM jobs WHERE status='pending'"
+    assert {r[0] for r in db.execute(pending)} == {0}
     assert db.execute("SELECT stop_reason FROM runs").fetchone()[0].startswith("fake:")
 
     fake.top_up()
@@ -239,7 +240,7 @@ async def test_rejected_credentials_stop_with_exit_4(
     assert fake.requests_total <= 2  # the other worker's request was already in flight
     pending_attempts = (
         workspace.db()
-        .execute("SELECT SUM(attempts) FROM jobs WHERE status='pending'")
+        .execute(f"SELECT SUM({COUNTED_ATTEMPTS}) FROM jobs WHERE status='pending'")
         .fetchone()[0]
     )
     assert pending_attempts == 0
@@ -269,13 +270,15 @@ async def test_retries_exhausted_marks_failed_and_retry_requeues(
 
     assert outcome.exit_code == app.EXIT_FAILED
     assert fake.requests_total == 3
-    (error, attempts) = workspace.db().execute("SELECT error, attempts FROM jobs").fetchone()
+    (error, attempts) = (
+        workspace.db().execute(f"SELECT error, {COUNTED_ATTEMPTS} FROM jobs").fetchone()
+    )
     assert error.startswith("gave up after retries: HTTP 500") and attempts == 3
 
     assert await app.retry(manifest, options()) == 1
     again = await app.run(manifest, options(max_attempts=3))
     assert again.exit_code == app.EXIT_OK
-    (attempts,) = workspace.db().execute("SELECT attempts FROM jobs").fetchone()
+    (attempts,) = workspace.db().execute(f"SELECT {COUNTED_ATTEMPTS} FROM jobs").fetchone()
     assert attempts == 4  # history kept: 3 failed + 1 successful
 
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -288,3 +289,117 @@ async def test_ending_a_run_releases_what_it_still_holds(store: tuple[SqlStore, 
 
     assert set((await db.job_states("m")).values()) == {"pending"}
     assert await db.claim("m", "p", "next", clock.now + timedelta(hours=1)) is not None
+
+
+async def test_concurrent_writes_share_transactions(tmp_path: Path) -> None:
+    import anyio
+    from sqlalchemy import event
+
+    opened = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
+    begins: list[int] = []
+    event.listen(opened._engine.sync_engine, "begin", lambda conn: begins.append(1))
+    try:
+        await opened.sync_manifest("m", [spec(i) for i in range(40)])
+        await opened.start_run(RunInfo("r", "m", "host", 1, "tag"))
+        begins.clear()
+        until = datetime.now(UTC) + timedelta(minutes=5)
+        claimed: list[str] = []
+
+        async def claim_one() -> None:
+            job = await opened.claim("m", "p", "r", until)
+            assert job is not None
+            claimed.append(job.spec.key)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(40):
+                group.start_soon(claim_one)
+
+        assert sorted(claimed) == sorted(spec(i).key for i in range(40))  # all distinct
+        assert len(begins) < 40 / 4  # many claims per transaction
+    finally:
+        await opened.close()
+
+
+async def test_a_failing_write_rolls_back_its_whole_batch(store: tuple[SqlStore, Clock]) -> None:
+    import anyio
+
+    from runner.store.batching import GroupCommit, WriteFailed
+
+    db, _ = store
+    commit = GroupCommit(db._engine.begin)
+    outcomes: dict[str, object] = {}
+
+    async def create(conn: Any) -> None:
+        await conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS scratch (v INTEGER)")
+
+    await commit.run(create)
+
+    async def insert_value(conn: Any) -> str:
+        await conn.exec_driver_sql("INSERT INTO scratch VALUES (1)")
+        return "inserted"
+
+    async def broken(conn: Any) -> None:
+        await conn.exec_driver_sql("INSERT INTO no_such_table VALUES (1)")
+
+    async def attempt(name: str, write: Any) -> None:
+        try:
+            outcomes[name] = await commit.run(write)
+        except Exception as exc:
+            outcomes[name] = exc
+
+    await commit._lock.acquire()  # hold the lock so that all three queue into one batch
+    async with anyio.create_task_group() as group:
+        group.start_soon(attempt, "first", insert_value)
+        group.start_soon(attempt, "broken", broken)
+        group.start_soon(attempt, "last", insert_value)
+        await anyio.wait_all_tasks_blocked()
+        commit._lock.release()
+
+    assert isinstance(outcomes["first"], WriteFailed) and isinstance(outcomes["last"], WriteFailed)
+    assert not isinstance(outcomes["broken"], WriteFailed)  # its own error, not the batch's
+
+    async def count(conn: Any) -> int:
+        return int((await conn.exec_driver_sql("SELECT COUNT(*) FROM scratch")).scalar())
+
+    assert await commit.run(count) == 0
+
+
+async def test_a_cancelled_batch_leader_leaves_the_others_to_run(
+    store: tuple[SqlStore, Clock],
+) -> None:
+    import anyio
+
+    from runner.store.batching import GroupCommit
+
+    db, _ = store
+    commit = GroupCommit(db._engine.begin)
+    started = anyio.Event()
+
+    async def slow(conn: Any) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    async def quick(conn: Any) -> int:
+        return int((await conn.exec_driver_sql("SELECT 41 + 1")).scalar())
+
+    results: list[int] = []
+    async with anyio.create_task_group() as group:
+        leader = anyio.CancelScope()
+
+        async def lead() -> None:
+            with leader:
+                await commit.run(slow)
+
+        async def follow() -> None:
+            results.append(await commit.run(quick))
+
+        await commit._lock.acquire()
+        group.start_soon(lead)
+        await anyio.wait_all_tasks_blocked()
+        group.start_soon(follow)
+        await anyio.wait_all_tasks_blocked()
+        commit._lock.release()  # the leader takes both into one batch and blocks in `slow`
+        await started.wait()
+        leader.cancel()
+
+    assert results == [42]
