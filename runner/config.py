@@ -21,6 +21,11 @@ DEFAULT_POLL_S = 5.0  # how often to look again while other runners hold this ma
 # template does not place {index} itself.
 DEFAULT_OUTPUT_NAME = "{stem}-{key8}.{ext}"
 
+# CPU work on payloads up to this size (pre-flight of an input, parsing a reply: a few ms)
+# runs on the event loop; measured, the hop to a worker thread and the GIL contention it
+# brings cost more than the work. Larger payloads go to a thread so the loop stays lively.
+INLINE_WORK_LIMIT_BYTES = 4 * 1024 * 1024
+
 # Per-file limits applied before anything is sent (PROVIDERS.md §4.3).
 OPENAI_MAX_IMAGE_BYTES = 25 * 1024 * 1024  # CometAPI's cautious figure (OpenAI allows 50 MB)
 OPENAI_MAX_MASK_BYTES = 4 * 1024 * 1024

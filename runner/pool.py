@@ -8,6 +8,7 @@ every following paid reply a loss). Anything unexpected cancels the whole task g
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,7 @@ from .providers.base import Provider
 from .ratelimit import Clock, ProviderGate, SystemClock
 from .retry import RetryPolicy
 from .store.base import Store
+from .work import run_cpu_work
 
 log = logging.getLogger("runner")
 
@@ -131,7 +133,7 @@ class Pool:
         spec = job.spec
         provider = self._providers[spec.provider]
         try:
-            request = await anyio.to_thread.run_sync(self._prepare, spec, provider.limits)
+            request = await run_cpu_work(_input_bytes(spec), self._prepare, spec, provider.limits)
         except InputError as exc:
             await self._fail(spec, f"{exc} (nothing was sent)")
             return
@@ -260,6 +262,16 @@ def _outage(gate: ProviderGate, last: ProviderError) -> ProviderDown:
         f"{gate.failure_streak} requests in a row failed, for more than one job; the provider "
         f"looks down. Run again later. Last error: {last.describe()}"
     )
+
+
+def _input_bytes(spec: JobSpec) -> int:
+    """Bytes pre-flight will read; unreadable files count as nothing (it fails at once)."""
+    total = 0
+    for path in (spec.image, spec.mask):
+        if path is not None:
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+    return total
 
 
 def _ms_since(started: float) -> int:

@@ -403,3 +403,13 @@ async def test_a_cancelled_batch_leader_leaves_the_others_to_run(
         leader.cancel()
 
     assert results == [42]
+
+
+def test_schema_head_constant_matches_the_migration_scripts() -> None:
+    from alembic.script import ScriptDirectory
+
+    from runner.store.engine import SCHEMA_HEAD, migrations_dir
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_HEAD
