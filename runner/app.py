@@ -33,6 +33,7 @@ from .ratelimit import Clock, ProviderGate, SystemClock
 from .store.base import RunInfo, Store
 from .store.engine import database_url, open_store, redact_url
 from .store.tables import utcnow
+from .store.threaded import open_threaded
 
 log = logging.getLogger("runner")
 _TO_DO = frozenset({JobState.PENDING.value, JobState.RUNNING.value})
@@ -102,7 +103,8 @@ class _Opened:
 @asynccontextmanager
 async def _opened(parsed: ParsedManifest, options: Options) -> AsyncIterator[_Opened]:
     """Open the manifest's database, hash its inputs (cached there) and sync its jobs."""
-    store = await open_store(resolve_db(parsed, options.db), options.wall_clock)
+    url = resolve_db(parsed, options.db)
+    store = await open_threaded(lambda: open_store(url, options.wall_clock))
     try:
         digester = Digester(await store.load_digests())
         manifest = await anyio.to_thread.run_sync(parsed.resolve, digester)

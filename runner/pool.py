@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -45,7 +46,7 @@ from .outputs import write_outputs
 from .providers.base import Provider
 from .ratelimit import Clock, ProviderGate, SystemClock
 from .retry import RetryPolicy
-from .store.base import Store
+from .store.base import AttemptTicket, Store
 from .work import run_cpu_work
 
 log = logging.getLogger("runner")
@@ -92,15 +93,25 @@ class Pool:
         self._prepare = prepare
         self._write = write
         self.report = PoolReport()
+        # Claims come in batches of a quarter of the concurrency: one store call per batch.
+        # A batch's unstarted jobs stay leased to this run; ending the run releases them.
+        self._claimed: dict[str, deque[Job]] = {name: deque() for name in providers}
+        self._claiming = {name: anyio.Lock() for name in providers}
 
     async def run(self) -> PoolReport:
+        slots = sum(self._concurrency[name] for name in self._providers)
+        # Finished replies wait here for their files and their commit while the worker
+        # sends its next request; the semaphore bounds the images held in memory.
+        self._finishing = anyio.Semaphore(slots)
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._keep_leases)
-            async with anyio.create_task_group() as workers:
-                for name in self._providers:
-                    for _ in range(self._concurrency[name]):
-                        workers.start_soon(self._worker, name)
-            outer.cancel_scope.cancel()  # workers are done: stop renewing leases
+            async with anyio.create_task_group() as background:
+                self._background = background
+                async with anyio.create_task_group() as workers:
+                    for name in self._providers:
+                        for _ in range(self._concurrency[name]):
+                            workers.start_soon(self._worker, name)
+            outer.cancel_scope.cancel()  # all done and committed: stop renewing leases
         return self.report
 
     def _lease_until(self) -> datetime:
@@ -115,9 +126,7 @@ class Pool:
     async def _worker(self, provider: str) -> None:
         gate = self._gates[provider]
         while not gate.stopped:
-            job = await self._store.claim(
-                self._manifest, provider, self._owner, self._lease_until()
-            )
+            job = await self._next_job(provider, gate)
             if job is None:
                 if gate.stopped or not await self._store.held_elsewhere(
                     self._manifest, provider, self._owner
@@ -128,6 +137,22 @@ class Pool:
                 await anyio.sleep(self._settings.poll_s)
                 continue
             await self._process(job, gate)
+
+    async def _next_job(self, provider: str, gate: ProviderGate) -> Job | None:
+        """A job from this provider's small batch of claims, fetching a batch when empty."""
+        claimed = self._claimed[provider]
+        async with self._claiming[provider]:
+            if not claimed and not gate.stopped:
+                claimed.extend(
+                    await self._store.claim_many(
+                        self._manifest,
+                        provider,
+                        self._owner,
+                        self._lease_until(),
+                        max(1, self._concurrency[provider] // 4),
+                    )
+                )
+            return claimed.popleft() if claimed else None
 
     async def _process(self, job: Job, gate: ProviderGate) -> None:
         spec = job.spec
@@ -143,7 +168,7 @@ class Pool:
             return
         sending = _Sending(spec, request, provider, gate)
         try:
-            result, attempt_id, record = await self._send(sending, attempts_left)
+            result, ticket, record = await self._send(sending, attempts_left)
         except Stopped:
             await self._release(spec)
             return
@@ -163,17 +188,18 @@ class Pool:
             else:
                 await self._fail(spec, "gave up after retries: " + exc.describe())
             return
-        await self._finish(spec, result, attempt_id, record)
+        await self._finishing.acquire()
+        self._background.start_soon(self._finish, spec, result, ticket, record)
 
     async def _send(
         self, sending: _Sending, attempts_left: int
-    ) -> tuple[EditResult, int, AttemptRecord]:
+    ) -> tuple[EditResult, AttemptTicket, AttemptRecord]:
         async for attempt in self._policy.retrying(attempts_left, sending.gate.sleep):
             with attempt:
                 return await self._attempt(sending)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def _attempt(self, sending: _Sending) -> tuple[EditResult, int, AttemptRecord]:
+    async def _attempt(self, sending: _Sending) -> tuple[EditResult, AttemptTicket, AttemptRecord]:
         spec, request, provider, gate = (
             sending.spec,
             sending.request,
@@ -182,19 +208,21 @@ class Pool:
         )
         await gate.wait_turn()
         sending.attempts += 1
-        attempt_id = await self._store.begin_attempt(
-            spec.key, self._owner, spec.provider, spec.model
-        )
+        # On disk before the request leaves: a provider bills what it received even if we
+        # die a millisecond later, and the record must say the attempt may have been paid.
+        ticket = await self._store.begin_attempt(spec.key, self._owner, spec.provider, spec.model)
         started = time.monotonic()
         try:
             result = await provider.edit(request)
         except ProviderError as exc:
+            if isinstance(exc, ProviderStop):
+                self._stop(gate, exc)  # first, before any write: no worker may send again
             if isinstance(exc, RetryableError):
                 gate.record(succeeded=False)
             if exc.retry_after:
                 gate.pause_for(min(exc.retry_after, self._settings.retry.max_wait_s))
             await self._store.finish_attempt(
-                attempt_id, _error_record(exc, spec, provider, _ms_since(started))
+                ticket, _error_record(exc, spec, provider, _ms_since(started))
             )
             raise
         gate.record(succeeded=True)
@@ -206,23 +234,31 @@ class Pool:
             usage=result.usage,
             cost_usd=provider.cost_usd(spec.model, result.usage),
         )
-        return result, attempt_id, record
+        return result, ticket, record
 
     async def _finish(
-        self, spec: JobSpec, result: EditResult, attempt_id: int, record: AttemptRecord
+        self, spec: JobSpec, result: EditResult, ticket: AttemptTicket, record: AttemptRecord
+    ) -> None:
+        try:
+            await self._write_and_complete(spec, result, ticket, record)
+        finally:
+            self._finishing.release()
+
+    async def _write_and_complete(
+        self, spec: JobSpec, result: EditResult, ticket: AttemptTicket, record: AttemptRecord
     ) -> None:
         try:
             outputs = await anyio.to_thread.run_sync(self._write, spec, result.images)
         except OutputError as exc:
             lost = replace(record, outcome=Outcome.OUTPUT_ERROR, error_message=str(exc))
-            await self._store.finish_attempt(attempt_id, lost)  # the usage was paid: keep it
+            await self._store.finish_attempt(ticket, lost)  # the usage was paid: keep it
             await self._fail(spec, f"output not written: {exc}")
             notice = StopNotice("*", "output", f"cannot write outputs: {exc}", 1)
             for gate in self._gates.values():
                 gate.stop(notice)
             self.report.stops.append(notice)
             return
-        await self._store.complete(spec.key, self._owner, attempt_id, record, outputs)
+        await self._store.complete(spec.key, self._owner, ticket, record, outputs)
         self.report.succeeded += 1
         log.debug("succeeded %s -> %s", spec.image.name, ", ".join(str(o.path) for o in outputs))
 

@@ -20,6 +20,7 @@ from ..models import EditRequest, EditResult, ReplyImage, Usage
 from ..pricing import openai_cost
 from ..work import run_cpu_work
 from .base import classify, request_id_of, translate_transport_error
+from .replies import lift_base64, restore
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +137,9 @@ def _bad_image(request_id: str | None, usage: Usage | None) -> ProviderError:
 
 
 def _parse_reply(content: bytes, request_id: str | None) -> _Parsed:
+    small, lifted = lift_base64(content)
     try:
-        body = json.loads(content)
+        body = json.loads(small)
     except ValueError as exc:
         raise RetryableError(
             f"reply is not JSON ({len(content)} bytes)", status_code=200, request_id=request_id
@@ -151,10 +153,13 @@ def _parse_reply(content: bytes, request_id: str | None) -> _Parsed:
     for item in data_items if isinstance(data_items, list) else []:
         if not isinstance(item, dict):
             continue
-        if isinstance(encoded := item.get("b64_json"), str) and encoded:
-            # Some gateways send a data URL; a2b_base64 would skip the prefix's bad
-            # characters and decode garbage.
-            encoded = encoded.split("base64,", 1)[-1] if encoded.startswith("data:") else encoded
+        encoded = restore(item.get("b64_json"), lifted)
+        if isinstance(encoded, str):
+            encoded = encoded.encode("ascii", "replace")
+        if isinstance(encoded, bytes) and encoded:
+            # Some gateways send a data URL; the lenient decoder would skip the prefix's
+            # bad characters and decode garbage.
+            encoded = encoded.split(b"base64,", 1)[-1] if encoded.startswith(b"data:") else encoded
             try:
                 data = b64decode(encoded)
             except (binascii.Error, ValueError) as exc:

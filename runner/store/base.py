@@ -24,6 +24,10 @@ class RunInfo:
     process_tag: str
 
 
+class AttemptTicket(Protocol):
+    """A recorded attempt, handed back to the store to finish it; opaque to callers."""
+
+
 class Store(Protocol):
     async def close(self) -> None: ...
 
@@ -47,11 +51,11 @@ class Store(Protocol):
 
     async def unfinished_runs(self, host: str) -> Sequence[RunInfo]: ...
 
-    async def claim(
-        self, manifest: str, provider: str, owner: str, lease_until: datetime
-    ) -> Job | None:
-        """Take one claimable job (pending, or running with an expired lease) of this
-        manifest and provider; no two callers ever get the same job."""
+    async def claim_many(
+        self, manifest: str, provider: str, owner: str, lease_until: datetime, limit: int
+    ) -> Sequence[Job]:
+        """Take up to `limit` claimable jobs (pending; else running with an expired lease) of
+        this manifest and provider, in manifest order; no two callers get the same job."""
         ...
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> None: ...
@@ -61,12 +65,15 @@ class Store(Protocol):
         ...
 
     # -- one job's life -----------------------------------------------------------------
-    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> int: ...
+    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> AttemptTicket:
+        """Record an `in_flight` attempt; returns once it is committed, so that a request sent
+        afterwards is on record even if the runner dies before the answer."""
+        ...
 
-    async def finish_attempt(self, attempt_id: int, record: AttemptRecord) -> None: ...
+    async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None: ...
 
     async def complete(
-        self, key: str, owner: str, attempt_id: int, record: AttemptRecord,
+        self, key: str, owner: str, ticket: AttemptTicket, record: AttemptRecord,
         outputs: Sequence[OutputRef],
     ) -> None: ...  # fmt: skip
 

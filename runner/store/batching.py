@@ -2,15 +2,18 @@
 
 A busy pool makes several small writes per job (claim, attempt, completion). Each on its own
 transaction would pay BEGIN/COMMIT and, on SQLite, a turn at the single write lock; under
-load those turns, not the SQL, limit throughput. Here the first writer to get the lock runs
+load those turns, not the SQL, limit throughput. Here the first waiter to get the lock runs
 every queued write in one transaction; the writers queued behind it find theirs done.
+
+`submit` queues a write at once and returns a `Pending` to await later: writes run in the
+order they were submitted, so a caller can queue one and carry on, knowing that its next
+write cannot overtake it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -26,38 +29,55 @@ class WriteFailed(RunnerError):
     """A write shared a transaction with one that failed; nothing of it was kept."""
 
 
-@dataclass(slots=True)
-class _Queued(Generic[T]):
-    write: Write[T]
-    done: bool = False
-    result: T | None = None
-    error: BaseException | None = None
+class Pending(Generic[T]):
+    """A submitted write: `await wait()` for its result (running its batch if need be)."""
+
+    def __init__(self, owner: GroupCommit, write: Write[T]) -> None:
+        self._owner = owner
+        self.write = write
+        self.done = False
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    async def wait(self) -> T:
+        try:
+            async with self._owner._lock:
+                if not self.done:
+                    # A batch takes milliseconds; cancelled halfway, its rollback would be
+                    # cancelled too and the connection never handed back to the pool. So it
+                    # runs to its end and a cancellation lands just after.
+                    with anyio.CancelScope(shield=True):
+                        await self._owner._run_batch()
+        except BaseException:
+            self._owner._withdraw(self)
+            raise
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]
 
 
 class GroupCommit:
     def __init__(self, begin: Callable[[], AbstractAsyncContextManager[AsyncConnection]]) -> None:
         self._begin = begin
         self._lock = anyio.Lock()
-        self._queue: list[_Queued[Any]] = []
+        self._queue: list[Pending[Any]] = []
+
+    def submit(self, write: Write[T]) -> Pending[T]:
+        pending = Pending(self, write)
+        self._queue.append(pending)
+        return pending
 
     async def run(self, write: Write[T]) -> T:
-        queued: _Queued[T] = _Queued(write)
-        self._queue.append(queued)
-        try:
-            async with self._lock:
-                if not queued.done:
-                    await self._run_batch()
-        except BaseException:
-            if not queued.done and queued in self._queue:
-                self._queue.remove(queued)  # cancelled while waiting: never ran
-            raise
-        if queued.error is not None:
-            raise queued.error
-        return queued.result  # type: ignore[return-value]
+        return await self.submit(write).wait()
+
+    def _withdraw(self, pending: Pending[Any]) -> None:
+        """A waiter was cancelled before its write ran: it never will."""
+        if not pending.done and pending in self._queue:
+            self._queue.remove(pending)
 
     async def _run_batch(self) -> None:
         batch, self._queue = self._queue, []
-        current: _Queued[Any] | None = None
+        current: Pending[Any] | None = None
         try:
             async with self._begin() as conn:
                 for current in batch:
@@ -65,16 +85,16 @@ class GroupCommit:
         except Exception as exc:
             # The write that failed gets its own error; the others learn that theirs was
             # rolled back with it.
-            for queued in batch:
-                queued.error = (
+            for pending in batch:
+                pending.error = (
                     exc
-                    if queued is current
+                    if pending is current
                     else WriteFailed(f"database write rolled back with another: {exc!r}")
                 )
         except BaseException:
-            # Cancelled: nothing was committed. The other writers get back in line for the
-            # next holder of the lock (the cancelled one takes itself out in `run`).
+            # Interrupted all the same (KeyboardInterrupt): nothing was committed. The other
+            # writers get back in line for the next holder of the lock.
             self._queue[:0] = batch
             raise
-        for queued in batch:
-            queued.done = True
+        for pending in batch:
+            pending.done = True

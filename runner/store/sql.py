@@ -4,8 +4,9 @@ The runner's SQL lives in this package only: here the writes, in `queries` the r
 in `engine` the connection set-up and migrations, in `batching` the group commit that
 every write goes through.
 
-Kept lean on purpose: a job costs one statement to claim, one to start an attempt and three
-to finish it. Attempt counts are not stored; they are counted from `attempts`.
+Kept lean on purpose: a job costs a share of one statement to claim (claims come in small
+batches), one to start an attempt and three to finish it. Attempt counts are not stored;
+they are counted from `attempts`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..errors import RunnerError
 from ..models import AttemptRecord, ExportRow, Job, JobSpec, JobState, Outcome, OutputRef, Summary
 from . import queries
 from . import tables as t
-from .base import RunInfo
+from .base import AttemptTicket, RunInfo
 from .batching import GroupCommit
 
 _CHUNK = 500  # keys per IN (...) list, under SQLite's bound-parameter limit
@@ -94,6 +95,19 @@ def _latest_attempt_id() -> Any:
     a = t.attempts.c
     latest = select(func.max(a.id)).where(a.job_key == t.jobs.c.key).scalar_subquery()
     return func.coalesce(latest, 0)
+
+
+class _Ticket:
+    """A recorded attempt, as later writes about it need it."""
+
+    def __init__(self, attempt_id: int) -> None:
+        self.id = attempt_id
+
+
+def _attempt_id(ticket: AttemptTicket) -> int:
+    if not isinstance(ticket, _Ticket):
+        raise TypeError(f"not an attempt of this store: {ticket!r}")
+    return ticket.id
 
 
 class SqlStore:
@@ -228,23 +242,27 @@ class SqlStore:
     async def claim(
         self, manifest: str, provider: str, owner: str, lease_until: datetime
     ) -> Job | None:
+        jobs = await self.claim_many(manifest, provider, owner, lease_until, 1)
+        return jobs[0] if jobs else None
+
+    async def claim_many(
+        self, manifest: str, provider: str, owner: str, lease_until: datetime, limit: int
+    ) -> Sequence[Job]:
         now = self._now()
 
-        async def write(conn: AsyncConnection) -> Job | None:
-            take = (manifest, provider, owner, lease_until, now)
-            row = await self._take(conn, *take, expired=False)
-            if row is None:  # rare: only a crashed runner's job whose lease has lapsed
-                row = await self._take(conn, *take, expired=True)
-                if row is not None:
+        async def write(conn: AsyncConnection) -> list[Job]:
+            take = (manifest, provider, owner, lease_until, now, limit)
+            rows = await self._take(conn, *take, expired=False)
+            if not rows:  # rare: only a crashed runner's jobs whose leases have lapsed
+                rows = await self._take(conn, *take, expired=True)
+                if rows:
                     a = t.attempts.c
                     await conn.execute(
                         update(t.attempts)
-                        .where(a.job_key == row.key, a.outcome == Outcome.IN_FLIGHT)
+                        .where(a.job_key.in_([r.key for r in rows]), a.outcome == Outcome.IN_FLIGHT)
                         .values(outcome=Outcome.ABANDONED.value, finished_at=now)
                     )
-            if row is None:
-                return None
-            return Job(_spec_from_row(row), row.attempts_ever, row.attempts_this_round)
+            return [Job(_spec_from_row(r), r.attempts_ever, r.attempts_this_round) for r in rows]
 
         return await self._db.run(write)
 
@@ -256,29 +274,32 @@ class SqlStore:
         owner: str,
         lease_until: datetime,
         now: datetime,
+        limit: int,
         *,
         expired: bool,
-    ) -> Any:
+    ) -> Sequence[Any]:
         j = t.jobs.c
         takeable = (
             and_(j.status == _RUNNING, j.lease_expires_at < now)
             if expired
             else j.status == _PENDING
         )
-        first = (
+        # A CTE, not `key IN (SELECT ... LIMIT n)`: PostgreSQL may run such a subquery more
+        # than once and then update more than n rows; a CTE is run exactly once.
+        picked = (
             select(j.key)
             .join(t.manifest_jobs, t.manifest_jobs.c.job_key == j.key)
             .where(t.manifest_jobs.c.manifest == manifest, j.provider == provider, takeable)
             .order_by(t.manifest_jobs.c.position)
-            .limit(1)
+            .limit(limit)
             # PostgreSQL: concurrent claimers skip each other's rows. SQLite ignores this and
             # relies on BEGIN IMMEDIATE, which lets one writer in at a time.
             .with_for_update(skip_locked=True, of=t.jobs)
-            .scalar_subquery()
+            .cte("picked")
         )
         statement = (
             update(t.jobs)
-            .where(j.key == first, takeable)
+            .where(j.key == picked.c.key, takeable)
             .values(
                 status=_RUNNING, lease_owner=owner, lease_expires_at=lease_until, updated_at=now
             )
@@ -286,9 +307,14 @@ class SqlStore:
                 t.jobs,
                 _counted_attempts(since_floor=False).label("attempts_ever"),
                 _counted_attempts(since_floor=True).label("attempts_this_round"),
+                select(t.manifest_jobs.c.position)
+                .where(t.manifest_jobs.c.job_key == j.key, t.manifest_jobs.c.manifest == manifest)
+                .scalar_subquery()
+                .label("position"),
             )
         )
-        return (await conn.execute(statement)).first()
+        rows = (await conn.execute(statement)).all()
+        return sorted(rows, key=lambda row: row.position)  # RETURNING keeps no order
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> None:
         async def write(conn: AsyncConnection) -> None:
@@ -321,7 +347,7 @@ class SqlStore:
         return await self._db.run(read)
 
     # -- one job's life -----------------------------------------------------------------
-    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> int:
+    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> AttemptTicket:
         statement = insert(t.attempts).values(
             job_key=key,
             run_id=owner,
@@ -338,12 +364,12 @@ class SqlStore:
                 raise RunnerError("the database returned no id for a new attempt")
             return int(attempt_id)
 
-        return await self._db.run(write)
+        return _Ticket(await self._db.run(write))
 
-    def _finish_statement(self, attempt_id: int, record: AttemptRecord) -> Any:
+    def _finish_statement(self, ticket: AttemptTicket, record: AttemptRecord) -> Any:
         return (
             update(t.attempts)
-            .where(t.attempts.c.id == attempt_id)
+            .where(t.attempts.c.id == _attempt_id(ticket))
             .values(
                 outcome=record.outcome.value,
                 counted=record.counted,
@@ -358,14 +384,17 @@ class SqlStore:
             )
         )
 
-    async def finish_attempt(self, attempt_id: int, record: AttemptRecord) -> None:
-        await self._execute(self._finish_statement(attempt_id, record))
+    async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None:
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(self._finish_statement(ticket, record))
+
+        await self._db.run(write)
 
     async def complete(
         self,
         key: str,
         owner: str,
-        attempt_id: int,
+        ticket: AttemptTicket,
         record: AttemptRecord,
         outputs: Sequence[OutputRef],
     ) -> None:
@@ -373,7 +402,6 @@ class SqlStore:
         rows = [
             {
                 "job_key": key,
-                "attempt_id": attempt_id,
                 "image_index": out.index,
                 "path": str(out.path),
                 "sha256": out.sha256,
@@ -400,8 +428,9 @@ class SqlStore:
         )
 
         async def write(conn: AsyncConnection) -> None:
-            await conn.execute(self._finish_statement(attempt_id, record))
-            await conn.execute(insert(t.outputs), rows)
+            await conn.execute(self._finish_statement(ticket, record))
+            attempt = {"attempt_id": _attempt_id(ticket)}
+            await conn.execute(insert(t.outputs), [{**row, **attempt} for row in rows])
             await conn.execute(succeed)
 
         await self._db.run(write)

@@ -140,13 +140,16 @@ def test_postgresql_migrations_upgrade_downgrade_upgrade(
     check_migrations_round_trip(pg_database, monkeypatch)
 
 
-async def test_postgresql_store_claims_and_migrates(pg_database: str) -> None:
+async def test_postgresql_store_claims_exactly_the_batch_asked_for(pg_database: str) -> None:
     opened = await open_store(pg_database.replace("postgresql://", "postgresql+asyncpg://"))
     try:
-        await opened.sync_manifest("m", [spec(i) for i in range(3)])
-        claimed = [await opened.claim("m", "p", "me", datetime.now(UTC) + timedelta(minutes=1))]
-        claimed.append(await opened.claim("m", "p", "me", datetime.now(UTC) + timedelta(minutes=1)))
-        assert [job.spec.key for job in claimed if job] == [spec(0).key, spec(1).key]
+        await opened.sync_manifest("m", [spec(i) for i in range(5)])
+        until = datetime.now(UTC) + timedelta(minutes=1)
+        first = await opened.claim_many("m", "p", "me", until, 2)
+        second = await opened.claim_many("m", "p", "me", until, 2)
+        assert [job.spec.key for job in [*first, *second]] == [spec(i).key for i in range(4)]
+        states = await opened.job_states("m")
+        assert sorted(states.values()) == ["pending"] + ["running"] * 4
     finally:
         await opened.close()
 
@@ -200,6 +203,14 @@ def test_several_processes_never_claim_the_same_job(tmp_path: Path) -> None:
     everything = [key for keys in taken for key in keys]
     assert len(everything) == len(set(everything)) == 300
     assert sum(1 for keys in taken if keys) >= 2  # the work really was shared
+
+
+async def test_claim_many_takes_exactly_the_batch_in_order(store: tuple[SqlStore, Clock]) -> None:
+    db, clock = store
+    await db.sync_manifest("m", [spec(i) for i in range(5)])
+    batch = await db.claim_many("m", "p", "me", clock.now + timedelta(minutes=1), 3)
+    assert [job.spec.key for job in batch] == [spec(i).key for i in range(3)]
+    assert sorted((await db.job_states("m")).values()) == ["pending"] * 2 + ["running"] * 3
 
 
 async def test_claim_follows_manifest_order_and_provider(store: tuple[SqlStore, Clock]) -> None:
@@ -364,7 +375,7 @@ async def test_a_failing_write_rolls_back_its_whole_batch(store: tuple[SqlStore,
     assert await commit.run(count) == 0
 
 
-async def test_a_cancelled_batch_leader_leaves_the_others_to_run(
+async def test_a_batch_runs_to_its_end_even_if_its_leader_is_cancelled(
     store: tuple[SqlStore, Clock],
 ) -> None:
     import anyio
@@ -373,36 +384,43 @@ async def test_a_cancelled_batch_leader_leaves_the_others_to_run(
 
     db, _ = store
     commit = GroupCommit(db._engine.begin)
+    await commit.run(lambda conn: conn.exec_driver_sql("CREATE TABLE scratch (v INTEGER)"))
     started = anyio.Event()
 
     async def slow(conn: Any) -> None:
         started.set()
-        await anyio.sleep_forever()
+        await anyio.sleep(0.05)
+        await conn.exec_driver_sql("INSERT INTO scratch VALUES (1)")
 
     async def quick(conn: Any) -> int:
-        return int((await conn.exec_driver_sql("SELECT 41 + 1")).scalar())
+        await conn.exec_driver_sql("INSERT INTO scratch VALUES (2)")
+        return 42
 
     results: list[int] = []
+    leader = anyio.CancelScope()
+
+    async def lead() -> None:
+        with leader:
+            await commit.run(slow)
+        results.append(-1 if leader.cancelled_caught else 0)  # 0: its write was not cut off
+
+    async def follow() -> None:
+        results.append(await commit.run(quick))
+
     async with anyio.create_task_group() as group:
-        leader = anyio.CancelScope()
-
-        async def lead() -> None:
-            with leader:
-                await commit.run(slow)
-
-        async def follow() -> None:
-            results.append(await commit.run(quick))
-
         await commit._lock.acquire()
         group.start_soon(lead)
         await anyio.wait_all_tasks_blocked()
         group.start_soon(follow)
         await anyio.wait_all_tasks_blocked()
-        commit._lock.release()  # the leader takes both into one batch and blocks in `slow`
+        commit._lock.release()  # the leader takes both writes into one batch
         await started.wait()
-        leader.cancel()
+        leader.cancel()  # mid-batch
 
-    assert results == [42]
+    assert leader.cancel_called
+    assert sorted(results) == [0, 42]  # the batch finished: both calls returned normally
+    rows = await commit.run(lambda conn: conn.exec_driver_sql("SELECT v FROM scratch ORDER BY v"))
+    assert [r[0] for r in rows] == [1, 2]  # and the whole batch was committed
 
 
 def test_schema_head_constant_matches_the_migration_scripts() -> None:
