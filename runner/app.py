@@ -232,7 +232,7 @@ def exit_code_for(report: PoolReport, states: Mapping[str, str]) -> int:
         return EXIT_AUTH
     if "payment" in kinds:
         return EXIT_PAYMENT
-    if "outage" in kinds:
+    if kinds & {"outage", "disk"}:
         return EXIT_EARLY
     values = set(states.values())
     if JobState.FAILED in values or "output" in kinds:

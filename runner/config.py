@@ -21,6 +21,10 @@ DEFAULT_POLL_S = 5.0  # how often to look again while other runners hold this ma
 # template does not place {index} itself.
 DEFAULT_OUTPUT_NAME = "{stem}-{key8}.{ext}"
 
+# Below this much free space in the output folder, no request is sent: its paid reply could
+# not be saved. The run stops with exit 75; free some space and run again.
+DEFAULT_MIN_FREE_BYTES = 200 * 1024 * 1024
+
 # CPU work on payloads up to this size (pre-flight of an input, parsing a reply: a few ms)
 # runs on the event loop; measured, the hop to a worker thread and the GIL contention it
 # brings cost more than the work. Larger payloads go to a thread so the loop stays lively.
@@ -51,3 +55,4 @@ class RunSettings:
     retry: RetrySettings = RetrySettings()
     lease_s: float = DEFAULT_LEASE_S
     poll_s: float = DEFAULT_POLL_S
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES

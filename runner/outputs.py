@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -127,6 +128,14 @@ def sweep_temp_files(output_dir: Path, is_alive: Callable[[int], bool] = pid_ali
                 # must never stop a run.
                 continue
     return removed
+
+
+def free_bytes(output_dir: Path) -> int:
+    """Free space where the outputs go (one statvfs: cheap enough to ask before each job)."""
+    try:
+        return shutil.disk_usage(output_dir).free
+    except OSError:
+        return 0
 
 
 def ensure_writable(output_dir: Path) -> None:

@@ -42,7 +42,7 @@ from .models import (
     OutputRef,
     ReplyImage,
 )
-from .outputs import write_outputs
+from .outputs import free_bytes, write_outputs
 from .providers.base import Provider
 from .ratelimit import Clock, ProviderGate, SystemClock
 from .retry import RetryPolicy
@@ -162,6 +162,11 @@ class Pool:
         except InputError as exc:
             await self._fail(spec, f"{exc} (nothing was sent)")
             return
+        if free_bytes(spec.output_dir) < self._settings.min_free_bytes:
+            await self._release(spec)
+            self._halt("disk", f"less than {self._settings.min_free_bytes // 2**20} MB free in "
+                       f"{spec.output_dir}: free some space, then run again")  # fmt: skip
+            return
         attempts_left = self._settings.retry.max_attempts - job.attempts_this_round
         if attempts_left <= 0:
             await self._fail(spec, "no attempts left; `runner retry` gives it a new set")
@@ -253,10 +258,7 @@ class Pool:
             lost = replace(record, outcome=Outcome.OUTPUT_ERROR, error_message=str(exc))
             await self._store.finish_attempt(ticket, lost)  # the usage was paid: keep it
             await self._fail(spec, f"output not written: {exc}")
-            notice = StopNotice("*", "output", f"cannot write outputs: {exc}", 1)
-            for gate in self._gates.values():
-                gate.stop(notice)
-            self.report.stops.append(notice)
+            self._halt("output", f"cannot write outputs: {exc}")
             return
         await self._store.complete(spec.key, self._owner, ticket, record, outputs)
         self.report.succeeded += 1
@@ -272,6 +274,16 @@ class Pool:
     async def _release(self, spec: JobSpec, *, fresh_attempts: bool = False) -> None:
         await self._store.release(spec.key, self._owner, fresh_attempts=fresh_attempts)
         self.report.released += 1
+
+    def _halt(self, kind: str, message: str) -> None:
+        """Stop every provider: the trouble is ours (the disk), not theirs."""
+        if any(stop.kind == kind for stop in self.report.stops):
+            return
+        notice = StopNotice("*", kind, message, 75 if kind == "disk" else 1)
+        for gate in self._gates.values():
+            gate.stop(notice)
+        self.report.stops.append(notice)
+        log.error("stopped sending: %s", message)
 
     def _stop(self, gate: ProviderGate, exc: ProviderStop) -> None:
         if gate.stopped:
