@@ -155,11 +155,14 @@ def _parse_reply(content: bytes, request_id: str | None) -> _Parsed:
             continue
         encoded = restore(item.get("b64_json"), lifted)
         if isinstance(encoded, str):
-            encoded = encoded.encode("ascii", "replace")
-        if isinstance(encoded, bytes) and encoded:
+            encoded = memoryview(encoded.encode("ascii", "replace"))
+        if isinstance(encoded, memoryview) and encoded.nbytes:
             # Some gateways send a data URL; the lenient decoder would skip the prefix's
             # bad characters and decode garbage.
-            encoded = encoded.split(b"base64,", 1)[-1] if encoded.startswith(b"data:") else encoded
+            head = bytes(encoded[:256])
+            marker = head.find(b"base64,") if head.startswith(b"data:") else -1
+            if marker != -1:
+                encoded = encoded[marker + len(b"base64,") :]
             try:
                 data = b64decode(encoded)
             except (binascii.Error, ValueError) as exc:

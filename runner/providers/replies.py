@@ -21,11 +21,11 @@ def _skip_space(content: bytes, index: int) -> int:
     return index
 
 
-def lift_base64(content: bytes) -> tuple[bytes, list[bytes]]:
+def lift_base64(content: bytes) -> tuple[bytes, list[memoryview]]:
     """The body with every `b64_json` string value replaced by a placeholder, and the
     values; or the body untouched and no values when it is safer to parse it whole."""
     parts: list[bytes] = []
-    lifted: list[bytes] = []
+    lifted: list[memoryview] = []  # views into `content`: no 2 MB copies
     position = 0
     while (key := content.find(_KEY, position)) != -1:
         colon = _skip_space(content, key + len(_KEY))
@@ -37,11 +37,10 @@ def lift_base64(content: bytes) -> tuple[bytes, list[bytes]]:
             position = opening  # null or another non-string value: json.loads reads it
             continue
         closing = content.find(b'"', opening + 1)
-        value = content[opening + 1 : closing]
-        if closing == -1 or b"\\" in value:
+        if closing == -1 or content.find(b"\\", opening + 1, closing) != -1:
             return content, []
         parts += [content[position:opening], b'"\\u0000lifted:%d"' % len(lifted)]
-        lifted.append(value)
+        lifted.append(memoryview(content)[opening + 1 : closing])
         position = closing + 1
     if not lifted:
         return content, []
@@ -49,7 +48,7 @@ def lift_base64(content: bytes) -> tuple[bytes, list[bytes]]:
     return b"".join(parts), lifted
 
 
-def restore(value: object, lifted: list[bytes]) -> object:
+def restore(value: object, lifted: list[memoryview]) -> object:
     """A parsed `b64_json` value: the lifted bytes its placeholder stands for, else as is."""
     if isinstance(value, str) and value.startswith(PLACEHOLDER):
         index = value[len(PLACEHOLDER) :]

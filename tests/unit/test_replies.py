@@ -60,7 +60,7 @@ def test_unusual_bodies_parse_as_json_loads_would(document: str) -> None:
 
 
 def _as_text(value: object) -> object:
-    return value.decode() if isinstance(value, bytes) else value
+    return bytes(value).decode() if isinstance(value, bytes | memoryview) else value
 
 
 def test_a_placeholder_is_only_honoured_for_lifted_values() -> None:
