@@ -1,0 +1,53 @@
+"""Each reply (2 MB) and upload (1.5 MB) must be freed when done, not at the next full
+garbage collection: httpx's response and stream point at each other (encode/httpx#3733)."""
+
+from __future__ import annotations
+
+import base64
+import gc
+import io
+import weakref
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from PIL import Image
+
+from runner.models import EditRequest, ImagePart
+from runner.providers.openai import OpenAIProvider
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def no_cyclic_gc() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+async def test_an_exchange_is_freed_by_reference_counting(no_cyclic_gc: None) -> None:
+    body = {"data": [{"b64_json": base64.b64encode(png()).decode()}]}
+    responses: list[weakref.ref[httpx.Response]] = []
+
+    async def remember(response: httpx.Response) -> None:
+        responses.append(weakref.ref(response))
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+    async with httpx.AsyncClient(
+        transport=transport, event_hooks={"response": [remember]}
+    ) as client:
+        provider = OpenAIProvider("p", "https://example.test/v1", "key", client)
+        request = EditRequest("m", "x", ImagePart("a.png", "image/png", png()), None, {})
+        result = await provider.edit(request)
+
+    assert len(result.images) == 1
+    assert len(responses) == 1
+    assert responses[0]() is None, "the response (and with it the upload) is still alive"
