@@ -388,3 +388,23 @@ async def test_too_little_free_space_stops_before_paying(
     assert outcome.summary.counts["pending"] == 3
     (notice,) = outcome.stops
     assert notice.kind == "disk" and "MB free" in notice.message
+
+
+async def test_a_rerun_hashes_no_unchanged_file(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runner.digests
+
+    manifest = workspace.manifest(
+        [{"image": workspace.image(f"p{i}.png"), "prompt": "e"} for i in range(5)]
+    )
+    assert (await app.run(manifest, options())).exit_code == app.EXIT_OK
+    hashed: list[Path] = []
+    real = runner.digests.sha256_file
+    monkeypatch.setattr(runner.digests, "sha256_file", lambda p: hashed.append(p) or real(p))
+    (workspace.root / "p2.png").write_bytes((workspace.root / "p0.png").read_bytes() + b"\0")
+
+    again = await app.run(manifest, options())
+
+    assert hashed == [workspace.root / "p2.png"]  # only the file that changed
+    assert again.new_jobs == 1
