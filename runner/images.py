@@ -16,8 +16,9 @@ from pathlib import Path
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from runner import config
-from runner.errors import InputError
-from runner.models import EditRequest, ImagePart, JobSpec, ReplyImage
+
+from .errors import InputError
+from .models import EditRequest, ImagePart, JobSpec, ReplyImage
 
 _MIB = 1024 * 1024
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})

@@ -12,15 +12,15 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePath
 from string import Formatter
 from typing import Any
 
-from runner.errors import OutputError
-from runner.models import JobSpec, OutputRef, ReplyImage
+from .errors import OutputError
+from .models import JobSpec, OutputRef, ReplyImage
+from .procs import pid_alive
 
 TEMP_SUFFIX = ".runner-tmp"
 FIELDS = frozenset({"stem", "key", "key8", "index", "ext", "job"})
@@ -89,23 +89,6 @@ def write_outputs(spec: JobSpec, images: Sequence[ReplyImage]) -> tuple[OutputRe
             )
         )
     return tuple(refs)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine (it may not be a runner)."""
-    if pid <= 0:
-        return False  # kill(0) or kill(-n) would probe a process group, not a process
-    if sys.platform == "win32":
-        return True  # os.kill(pid, 0) terminates the process there; keep until stale
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except (OverflowError, OSError):
-        return False
-    return True
 
 
 def sweep_temp_files(output_dir: Path, is_alive: Callable[[int], bool] = pid_alive) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -43,12 +44,19 @@ def process_tag(pid: int | None = None) -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (it may not be a runner)."""
+    if pid <= 0:
+        return False  # kill(0) or kill(-n) would probe a process group, not a process
+    if sys.platform == "win32":
+        return True  # os.kill(pid, 0) terminates the process there; keep until stale
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
+    except (OverflowError, OSError):
+        return False
     return True
 
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt
 
 from .config import RetrySettings
 from .errors import AttemptTimeout, RetryableError
-
-T = TypeVar("T")
 
 
 @dataclass(slots=True)

@@ -29,8 +29,8 @@ KEY_ENV = "RUNNER_TEST_KEY"
 class FakeClock:
     """Monotonic time that moves only when someone sleeps; every sleep is recorded."""
 
-    def __init__(self) -> None:
-        self.now = 0.0
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
         self.sleeps: list[float] = []
 
     def monotonic(self) -> float:

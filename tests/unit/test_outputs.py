@@ -19,10 +19,10 @@ from runner.outputs import (
     check_output_template,
     ensure_writable,
     output_paths,
-    pid_alive,
     sweep_temp_files,
     write_outputs,
 )
+from runner.procs import pid_alive
 
 KEY = "1a2b3c4d" + "e" * 56
 

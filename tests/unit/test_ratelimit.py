@@ -8,6 +8,7 @@ import itertools
 import anyio
 import anyio.lowlevel
 import pytest
+from conftest import FakeClock
 
 from runner.errors import StopNotice, Stopped
 from runner.ratelimit import ProviderGate
@@ -15,27 +16,11 @@ from runner.ratelimit import ProviderGate
 NOTICE = StopNotice("comet", "payment", "HTTP 402: insufficient balance", 3)
 
 
-class FakeClock:
-    """Monotonic time that moves only when someone sleeps on it."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await anyio.lowlevel.checkpoint()
-
-
 class StuckClock(FakeClock):
     """A clock whose sleep never ends by itself; `entered` is set once `sleepers` sleep."""
 
     def __init__(self, sleepers: int = 1) -> None:
-        super().__init__()
+        super().__init__(start=1000.0)
         self._sleepers = sleepers
         self.entered = anyio.Event()
 
@@ -51,7 +36,7 @@ class StuckClock(FakeClock):
 
 @pytest.mark.parametrize(("rpm", "interval"), [(60, 1.0), (120, 0.5), (6, 10.0), (0.5, 120.0)])
 async def test_requests_per_minute_spaces_turns(rpm: float, interval: float) -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock, requests_per_minute=rpm)
     for _ in range(3):
         await gate.wait_turn()
@@ -60,13 +45,13 @@ async def test_requests_per_minute_spaces_turns(rpm: float, interval: float) -> 
 
 
 async def test_first_turn_does_not_wait() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     await ProviderGate("comet", clock, requests_per_minute=60).wait_turn()
     assert clock.sleeps == []
 
 
 async def test_turn_waits_only_for_what_is_left_of_the_interval() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock, requests_per_minute=60)
     await gate.wait_turn()
     clock.now += 0.25  # the request took a quarter of a second
@@ -75,7 +60,7 @@ async def test_turn_waits_only_for_what_is_left_of_the_interval() -> None:
 
 
 async def test_turn_after_a_long_idle_does_not_wait() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock, requests_per_minute=60)
     await gate.wait_turn()
     clock.now += 30.0
@@ -85,7 +70,7 @@ async def test_turn_after_a_long_idle_does_not_wait() -> None:
 
 @pytest.mark.parametrize("rpm", [None, 0])
 async def test_without_rpm_turns_never_wait(rpm: float | None) -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock, requests_per_minute=rpm)
     for _ in range(10):
         await gate.wait_turn()
@@ -94,7 +79,7 @@ async def test_without_rpm_turns_never_wait(rpm: float | None) -> None:
 
 
 async def test_concurrent_turns_are_spaced_by_the_interval() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock, requests_per_minute=60)
     started: list[float] = []
 
@@ -116,7 +101,7 @@ async def test_concurrent_turns_are_spaced_by_the_interval() -> None:
 
 
 async def test_pause_for_holds_the_next_turn() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock)
     gate.pause_for(5)
     await gate.wait_turn()
@@ -126,7 +111,7 @@ async def test_pause_for_holds_the_next_turn() -> None:
 
 
 async def test_shorter_pause_does_not_cut_a_longer_one() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock)
     gate.pause_for(5)
     gate.pause_for(2)
@@ -135,7 +120,7 @@ async def test_shorter_pause_does_not_cut_a_longer_one() -> None:
 
 
 async def test_pause_counts_from_when_it_was_set() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock)
     gate.pause_for(5)
     clock.now += 3.0
@@ -144,7 +129,7 @@ async def test_pause_counts_from_when_it_was_set() -> None:
 
 
 async def test_pause_and_rpm_wait_for_the_later_of_the_two() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock, requests_per_minute=60)
     await gate.wait_turn()
     gate.pause_for(5)
@@ -157,7 +142,7 @@ async def test_pause_and_rpm_wait_for_the_later_of_the_two() -> None:
 
 
 async def test_stop_makes_wait_turn_and_sleep_raise_stopped() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock, requests_per_minute=60)
     assert not gate.stopped
     gate.stop(NOTICE)
@@ -180,7 +165,7 @@ async def test_first_stop_notice_is_kept() -> None:
 
 
 async def test_sleep_completes_normally_when_not_stopped() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock)
     await gate.sleep(2.5)
     assert clock.sleeps == [2.5]
