@@ -29,6 +29,7 @@ class Outcome(StrEnum):
     AUTH = "auth"
     OUTPUT_ERROR = "output_error"
     ABANDONED = "abandoned"  # the runner that sent it died before recording an answer
+    NOT_SENT = "not_sent"  # recorded, then the provider was stopped before it went out
 
 
 @dataclass(frozen=True, slots=True)

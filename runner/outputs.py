@@ -114,9 +114,13 @@ def sweep_temp_files(output_dir: Path, is_alive: Callable[[int], bool] = pid_ali
 
 
 def free_bytes(output_dir: Path) -> int:
-    """Free space where the outputs go (one statvfs: cheap enough to ask before each job)."""
+    """Free space where the outputs go (one statvfs: cheap enough to ask before each job).
+    A folder not made yet is measured at its nearest existing parent."""
+    folder = output_dir
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
     try:
-        return shutil.disk_usage(output_dir).free
+        return shutil.disk_usage(folder).free
     except OSError:
         return 0
 

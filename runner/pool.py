@@ -216,6 +216,11 @@ class Pool:
         # On disk before the request leaves: a provider bills what it received even if we
         # die a millisecond later, and the record must say the attempt may have been paid.
         ticket = await self._store.begin_attempt(spec.key, self._owner, spec.provider, spec.model)
+        if gate.stopped:  # a 402 arrived for another job while this was being recorded
+            await self._store.finish_attempt(
+                ticket, AttemptRecord(outcome=Outcome.NOT_SENT, counted=False)
+            )
+            raise Stopped(f"{gate.name} stopped before this request was sent")
         started = time.monotonic()
         try:
             result = await provider.edit(request)

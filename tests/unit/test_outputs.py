@@ -252,3 +252,10 @@ def test_ensure_writable_under_a_file(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"cannot create output folder {blocker / 'out'}: {blocker} is a file, not a folder"
     )
+
+
+def test_free_bytes_measures_the_nearest_existing_folder(tmp_path: Path) -> None:
+    from runner.outputs import free_bytes
+
+    unmade, existing = free_bytes(tmp_path / "not" / "made" / "yet"), free_bytes(tmp_path)
+    assert existing > 0 and abs(unmade - existing) < 64 * 2**20  # same disk, give or take

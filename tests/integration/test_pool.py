@@ -1,0 +1,90 @@
+"""The pool with a real SQLite store and a stub provider: races that HTTP cannot stage."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from conftest import FakeClock
+from PIL import Image
+
+from runner.config import RunSettings
+from runner.errors import StopNotice
+from runner.images import OPENAI_LIMITS
+from runner.manifest import load_manifest
+from runner.models import EditRequest, EditResult, Usage
+from runner.pool import Pool
+from runner.ratelimit import ProviderGate
+from runner.store.base import AttemptTicket, RunInfo
+from runner.store.engine import open_store
+from runner.store.sql import SqlStore
+
+
+class StubProvider:
+    name = "p"
+    limits = OPENAI_LIMITS
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def edit(self, request: EditRequest) -> EditResult:
+        self.calls += 1
+        raise AssertionError("nothing should have been sent")
+
+    def cost_usd(self, model: str, usage: Usage | None) -> float | None:
+        return None
+
+
+class StoppingStore(SqlStore):
+    """Stops the gate while the attempt is being recorded, as a 402 elsewhere would."""
+
+    gate: ProviderGate
+
+    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> AttemptTicket:
+        ticket = await super().begin_attempt(key, owner, provider, model)
+        self.gate.stop(StopNotice("p", "payment", "HTTP 402: elsewhere", 3))
+        return ticket
+
+
+async def test_a_stop_while_recording_the_attempt_sends_nothing(tmp_path: Path) -> None:
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    (tmp_path / "m.yaml").write_text(
+        "providers: {p: {dialect: openai, base_url: 'http://127.0.0.1:9/v1', concurrency: 1}}\n"
+        "jobs: [{image: a.png, prompt: x}]\n"
+    )
+    manifest = load_manifest(tmp_path / "m.yaml")
+    opened = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    store = StoppingStore(opened._engine, lambda: datetime.now(UTC))
+    clock = FakeClock()
+    gate = ProviderGate("p", clock)
+    store.gate = gate
+    provider = StubProvider()
+    try:
+        await store.sync_manifest("m", manifest.jobs)
+        await store.start_run(RunInfo("r", "m", "host", 1, "tag"))
+        pool = Pool(
+            store,
+            {"p": provider},
+            manifest="m",
+            owner="r",
+            settings=RunSettings(),
+            concurrency={"p": 1},
+            gates={"p": gate},
+            clock=clock,
+            wall_clock=lambda: datetime.now(UTC),
+        )
+        report = await pool.run()
+    finally:
+        await store.close()
+
+    assert provider.calls == 0
+    assert report.released == 1 and report.succeeded == report.failed == 0
+    rows = (
+        sqlite3.connect(tmp_path / "db.sqlite")
+        .execute(
+            "SELECT a.outcome, a.counted, j.status FROM attempts a JOIN jobs j ON j.key = a.job_key"
+        )
+        .fetchall()
+    )
+    assert rows == [("not_sent", 0, "pending")]
