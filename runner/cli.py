@@ -152,6 +152,11 @@ def _print_summary(summary: Summary, console: Console) -> None:
     table.add_row("tokens", f"{totals.total_tokens:,} ({totals.input_tokens:,} in, "
                   f"{totals.output_tokens:,} out)")  # fmt: skip
     table.add_row("cost", f"${totals.cost_usd:,.4f}")
+    last = summary.last_run
+    if last:
+        ended = last["ended_at"] or "still running (or killed)"
+        reason = f": {last['stop_reason']}" if last["stop_reason"] else ""
+        table.add_row("last run", f"{ended}, exit {last['exit_code']}{reason}")
     console.print(table)
 
 
