@@ -66,9 +66,11 @@ def run_demo(directory: Path, console: Console) -> int:
         )
         console.print(f"demo: running {manifest} against a fake provider at {fake.base_url}")
         outcome = anyio.run(app.run, manifest, app.Options())
+        errors = {code: n for code, n in sorted(fake.status_counts.items()) if code != 200}
+        retried = ", ".join(f"{n} x HTTP {code}" for code, n in errors.items()) or "none"
         console.print(
-            f"demo: the fake provider saw {fake.requests_total} requests "
-            f"({sum(fake.paid.values())} paid edits)"
+            f"demo: the fake provider saw {fake.requests_total} requests: "
+            f"{sum(fake.paid.values())} paid edits; errors answered and retried: {retried}"
         )
     for row in sorted((directory / "out").glob("*.png")):
         console.print(f"  wrote {row}")

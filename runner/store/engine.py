@@ -112,7 +112,9 @@ async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlS
 
 
 def redact_url(url: str) -> str:
-    """A database URL fit to print: any password replaced."""
+    """A database URL fit to print: a SQLite file as its path, any password replaced."""
+    if url.startswith("sqlite") and ":///" in url:
+        return url.split(":///", 1)[1]
     if "@" not in url:
         return url
     scheme, rest = url.split("://", 1)
