@@ -60,8 +60,7 @@ class Job:
     """A job claimed for work: its spec plus what the store knows about it."""
 
     spec: JobSpec
-    attempts: int  # counted attempts over the job's whole life
-    attempts_this_round: int  # counted attempts since the last `runner retry`
+    attempts_this_round: int  # attempts that used up its budget since the last `runner retry`
 
 
 @dataclass(frozen=True, slots=True)

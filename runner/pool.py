@@ -260,10 +260,10 @@ class Pool:
         try:
             outputs = await anyio.to_thread.run_sync(self._write, spec, result.images)
         except OutputError as exc:
+            self._halt("output", f"cannot write outputs: {exc}")  # first: stop paying
             lost = replace(record, outcome=Outcome.OUTPUT_ERROR, error_message=str(exc))
             await self._store.finish_attempt(ticket, lost)  # the usage was paid: keep it
             await self._fail(spec, f"output not written: {exc}")
-            self._halt("output", f"cannot write outputs: {exc}")
             return
         await self._store.complete(spec.key, self._owner, ticket, record, outputs)
         self.report.succeeded += 1

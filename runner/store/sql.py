@@ -81,14 +81,15 @@ def _usage_columns(record: AttemptRecord) -> dict[str, Any]:
     }
 
 
-def _counted_attempts(since_floor: bool) -> Any:
-    """Correlated count of a job's attempts that use up its budget (a crash's abandoned
-    attempt included: it may have been billed)."""
+def _counted_attempts() -> Any:
+    """Correlated count of a job's attempts that use up its current budget (a crash's
+    abandoned attempt included: it may have been billed)."""
     a = t.attempts.c
-    where = [a.job_key == t.jobs.c.key, a.counted.is_(True)]
-    if since_floor:
-        where.append(a.id > t.jobs.c.attempt_floor)
-    return select(func.count()).where(*where).scalar_subquery()
+    return (
+        select(func.count())
+        .where(a.job_key == t.jobs.c.key, a.counted.is_(True), a.id > t.jobs.c.attempt_floor)
+        .scalar_subquery()
+    )
 
 
 def _latest_attempt_id() -> Any:
@@ -262,7 +263,7 @@ class SqlStore:
                         .where(a.job_key.in_([r.key for r in rows]), a.outcome == Outcome.IN_FLIGHT)
                         .values(outcome=Outcome.ABANDONED.value, finished_at=now)
                     )
-            return [Job(_spec_from_row(r), r.attempts_ever, r.attempts_this_round) for r in rows]
+            return [Job(_spec_from_row(r), r.attempts_this_round) for r in rows]
 
         return await self._db.run(write)
 
@@ -305,8 +306,7 @@ class SqlStore:
             )
             .returning(
                 t.jobs,
-                _counted_attempts(since_floor=False).label("attempts_ever"),
-                _counted_attempts(since_floor=True).label("attempts_this_round"),
+                _counted_attempts().label("attempts_this_round"),
                 select(t.manifest_jobs.c.position)
                 .where(t.manifest_jobs.c.job_key == j.key, t.manifest_jobs.c.manifest == manifest)
                 .scalar_subquery()

@@ -242,7 +242,7 @@ async def test_expired_lease_is_claimable_and_its_attempt_abandoned(
     again = await db.claim("m", "p", "alive", clock.now + timedelta(seconds=60))
 
     assert again is not None and again.spec.key == job.spec.key
-    assert again.attempts == 1  # the lost attempt may have been billed: it counts
+    assert again.attempts_this_round == 1  # the lost attempt may have been billed: it counts
     rows = await db.export_rows("m")
     assert rows[0].status == "running"
 
