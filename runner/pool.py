@@ -163,9 +163,9 @@ class Pool:
             await self._fail(spec, f"{exc} (nothing was sent)")
             return
         if free_bytes(spec.output_dir) < self._settings.min_free_bytes:
-            await self._release(spec)
             self._halt("disk", f"less than {self._settings.min_free_bytes // 2**20} MB free in "
                        f"{spec.output_dir}: free some space, then run again")  # fmt: skip
+            await self._release(spec)
             return
         attempts_left = self._settings.retry.max_attempts - job.attempts_this_round
         if attempts_left <= 0:
@@ -178,8 +178,8 @@ class Pool:
             await self._release(spec)
             return
         except ProviderStop as exc:
+            self._stop(gate, exc)  # already done when the answer came; kept for clarity
             await self._release(spec)
-            self._stop(gate, exc)
             return
         except PermanentJobError as exc:
             await self._fail(spec, exc.describe())
@@ -188,8 +188,8 @@ class Pool:
             if gate.failure_streak > sending.attempts:
                 # Other jobs' requests failed too, with no success in between: the
                 # provider is down. Keep the job for the next run instead of failing it.
-                await self._release(spec, fresh_attempts=True)
                 self._stop(gate, _outage(gate, exc))
+                await self._release(spec, fresh_attempts=True)
             else:
                 await self._fail(spec, "gave up after retries: " + exc.describe())
             return
