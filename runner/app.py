@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import httpx
@@ -21,7 +22,7 @@ from . import procs
 from .config import DEFAULT_CONNECT_TIMEOUT_S, RunSettings
 from .digests import Digester
 from .errors import InputError, ManifestError, OutputError, StopNotice
-from .images import prepare_request
+from .images import ImageLimits, prepare_request
 from .manifest import Manifest, ParsedManifest, ProviderProfile, parse_manifest
 from .models import ExportRow, JobState, Summary
 from .outputs import ensure_writable, sweep_temp_files
@@ -134,8 +135,20 @@ async def retry(path: Path, options: Options, key: str | None = None) -> int:
         return await opened.store.retry_failed(opened.id, key)
 
 
+@dataclass(frozen=True, slots=True)
+class _Dialect:
+    """What the app needs of one API dialect; a new dialect is one more entry below."""
+
+    provider: Callable[[str, str, str, httpx.AsyncClient], Provider]
+    limits: ImageLimits
+    estimate: Callable[[str, Mapping[str, Any], str, bool], float | None]
+
+
+_DIALECTS = {"openai": _Dialect(OpenAIProvider, OpenAIProvider.limits, estimate_openai_cost)}
+
+
 def build_provider(profile: ProviderProfile, api_key: str, client: httpx.AsyncClient) -> Provider:
-    return OpenAIProvider(profile.name, profile.base_url, api_key, client)
+    return _DIALECTS[profile.dialect].provider(profile.name, profile.base_url, api_key, client)
 
 
 def http_client(profile: ProviderProfile) -> httpx.AsyncClient:
@@ -278,14 +291,13 @@ async def validate(path: Path) -> Validation:
     def check_all() -> list[JobCheck]:
         checks = []
         for spec in manifest.jobs:
+            dialect = _DIALECTS[manifest.providers[spec.provider].dialect]
             try:
-                prepare_request(spec, OpenAIProvider.limits)
+                prepare_request(spec, dialect.limits)
                 problem = None
             except InputError as exc:
                 problem = str(exc)
-            estimate = estimate_openai_cost(
-                spec.model, spec.params, spec.prompt, spec.mask is not None
-            )
+            estimate = dialect.estimate(spec.model, spec.params, spec.prompt, spec.mask is not None)
             checks.append(JobCheck(spec.entry, str(spec.image), problem, estimate))
         return checks
 
