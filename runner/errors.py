@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .models import Usage
+    from .models import ReplyFacts, Usage
 
 
 class RunnerError(Exception):
@@ -90,9 +90,11 @@ class ProviderError(RunnerError):
         request_id: str | None = None,
         retry_after: float | None = None,
         usage: Usage | None = None,
+        facts: ReplyFacts | None = None,
     ) -> None:
         self.message = message
         self.usage = usage  # a reply can be billed and still unusable (no image in it)
+        self.facts = facts  # balance and rate-limit headers come with errors too
         self.status_code = status_code
         self.provider_code = provider_code
         self.request_id = request_id

@@ -103,6 +103,23 @@ class ReplyImage:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyFacts:
+    """What a provider says about the account and the request beside its answer (Venice
+    headers, PROVIDERS.md §3): kept per attempt, successful or not."""
+
+    balance_usd: float | None = None  # x-venice-balance-usd: before this request
+    balance_diem: float | None = None  # x-venice-balance-diem: before this request
+    balance_after_usd: float | None = None  # X-Balance-Remaining (x402 wallets): after it
+    content_violation: bool | None = None  # x-venice-is-content-violation
+    served_model: str | None = None  # x-venice-model-id
+    enhanced_prompt: bool = False  # x-venice-enhanced-prompt present: the $0.04 rewrite applied
+    deprecation: str | None = None  # the deprecation headers, as one sentence for a warning
+    rate_limit: int | None = None  # x-ratelimit-limit-requests
+    rate_remaining: int | None = None  # x-ratelimit-remaining-requests
+    rate_reset_in_s: float | None = None  # seconds until the request window resets
+
+
+@dataclass(frozen=True, slots=True)
 class EditResult:
     """A successful reply: the images and its accounting."""
 
@@ -110,6 +127,7 @@ class EditResult:
     usage: Usage | None
     request_id: str | None
     status_code: int = 200
+    facts: ReplyFacts | None = None
 
 
 @dataclass(frozen=True, slots=True)
