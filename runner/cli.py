@@ -6,12 +6,11 @@ never a traceback. RUNNER_DEBUG=1 re-raises them for a traceback.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -22,10 +21,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import app
+from . import app, render
 from .config import ENV_DB, ENV_MAX_ATTEMPTS, RetrySettings, RunSettings
 from .errors import ManifestError, RunnerError
-from .models import ExportRow, Summary
+from .manifest import RunLimits
+from .models import JobState
+from .progress import ProgressReporter, make_reporter
+from .session import DEFAULT_GRACE_S
 
 T = TypeVar("T")
 err = Console(stderr=True, highlight=False)
@@ -94,17 +96,94 @@ def main() -> None:
     show_default=True,
     help="HTTP attempts per job, the first one included.",
 )
+@click.option(
+    "--deadline",
+    metavar="WHEN",
+    help="Take no new job after this: a duration (6h, 90m) or a clock time (07:30).",
+)
+@click.option(
+    "--max-jobs", type=click.IntRange(min=1), metavar="N", help="Send at most N jobs in this run."
+)
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="USD",
+    help="Take no job that could take this run's spend over USD.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_GRACE_S,
+    metavar="SECONDS",
+    help="After SIGINT/SIGTERM, how long requests already sent may take to finish.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "plain", "json"]),
+    default="auto",
+    help="auto: a live display on a terminal, plain lines otherwise.",
+)
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    metavar="SECONDS",
+    help="How often plain and json logs print a progress line.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress; warnings and the result only.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every finished job.")
-def run(manifest: Path, db: str | None, max_attempts: int, verbose: bool) -> None:
+def run(
+    manifest: Path,
+    db: str | None,
+    max_attempts: int,
+    deadline: str | None,
+    max_jobs: int | None,
+    max_cost: float | None,
+    grace: float,
+    log_format: str,
+    progress_interval: float,
+    quiet: bool,
+    verbose: bool,
+) -> None:  # fmt: skip
     """Send every job that is not done yet, then exit (see exit codes above)."""
-    _setup_logging(verbose)
-    options = app.Options(db=db, settings=RunSettings(retry=RetrySettings(max_attempts)))
-    outcome = _run_async(lambda: app.run(manifest, options))
-    _print_summary(outcome.summary, err)
-    for stop in outcome.stops:
-        err.print(f"[bold red]stopped {stop.provider} ({stop.kind}):[/] {stop.message}")
-    err.print(_exit_hint(outcome.exit_code))
+    reporter = make_reporter(
+        log_format=log_format,
+        quiet=quiet,
+        stream=sys.stderr,
+        is_tty=sys.stderr.isatty(),
+        interval_s=progress_interval,
+    )
+    _setup_logging(verbose, reporter)
+    options = app.Options(
+        db=db,
+        settings=RunSettings(retry=RetrySettings(max_attempts)),
+        limits=RunLimits(deadline, max_jobs, max_cost),
+        grace_s=grace,
+        reporter=reporter,
+        handle_signals=True,
+    )
+    try:
+        outcome = _run_async(lambda: app.run(manifest, options))
+    finally:
+        reporter.close()
+    if log_format == "json":
+        click.echo(json.dumps(_outcome_document(outcome)), err=True)
+    else:
+        render.print_summary(outcome.summary, err)
+        for stop in outcome.stops:
+            where = "run" if stop.provider == "*" else stop.provider
+            err.print(f"[bold red]stopped {where} ({stop.kind}):[/] {stop.message}")
+        err.print(_exit_hint(outcome.exit_code))
     raise SystemExit(outcome.exit_code)
+
+
+def _outcome_document(outcome: app.RunOutcome) -> dict[str, Any]:
+    return {
+        "event": "result",
+        "exit_code": outcome.exit_code,
+        "stops": [asdict(stop) for stop in outcome.stops],
+        **render.status_document(outcome.summary),
+    }
 
 
 def _exit_hint(code: int) -> str:
@@ -125,39 +204,9 @@ def status(manifest: Path, db: str | None, as_json: bool) -> None:
     """Jobs per state, tokens used and cost so far."""
     summary = _run_async(lambda: app.status(manifest, app.Options(db=db)))
     if as_json:
-        click.echo(json.dumps(status_document(summary)))
+        click.echo(json.dumps(render.status_document(summary)))
     else:
-        _print_summary(summary, out)
-
-
-def status_document(summary: Summary) -> dict[str, Any]:
-    totals = summary.totals
-    return {
-        "counts": dict(summary.counts),
-        "usage": {
-            "input_tokens": totals.input_tokens,
-            "output_tokens": totals.output_tokens,
-            "total_tokens": totals.total_tokens,
-        },
-        "cost_usd": round(totals.cost_usd, 6),
-        "last_run": summary.last_run,
-    }
-
-
-def _print_summary(summary: Summary, console: Console) -> None:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    for state, count in summary.counts.items():
-        table.add_row(state, str(count))
-    totals = summary.totals
-    table.add_row("tokens", f"{totals.total_tokens:,} ({totals.input_tokens:,} in, "
-                  f"{totals.output_tokens:,} out)")  # fmt: skip
-    table.add_row("cost", f"${totals.cost_usd:,.4f}")
-    last = summary.last_run
-    if last:
-        ended = last["ended_at"] or "still running (or killed)"
-        reason = f": {last['stop_reason']}" if last["stop_reason"] else ""
-        table.add_row("last run", f"{ended}, exit {last['exit_code']}{reason}")
-    console.print(table)
+        render.print_summary(summary, out)
 
 
 @main.command()
@@ -165,9 +214,82 @@ def _print_summary(summary: Summary, console: Console) -> None:
 @DB
 @click.option("--job", "key", metavar="KEY", help="Only the job whose key starts with KEY.")
 def retry(manifest: Path, db: str | None, key: str | None) -> None:
-    """Move failed jobs back to pending (their history is kept)."""
+    """Move failed jobs back to pending with a fresh set of attempts (history kept);
+    with --job, a cancelled job too."""
     count = _run_async(lambda: app.retry(manifest, app.Options(db=db), key))
-    out.print(f"{count} failed job{'s' if count != 1 else ''} moved back to pending")
+    out.print(f"{count} job{'s' if count != 1 else ''} moved back to pending")
+
+
+@main.command()
+@MANIFEST
+@DB
+@click.option("--job", "key", metavar="KEY", help="Only the job whose key starts with KEY.")
+@click.option(
+    "--state",
+    type=click.Choice(["pending", "failed"]),
+    default=None,
+    help="Cancel every job in this state (default with no --job: pending).",
+)
+def cancel(manifest: Path, db: str | None, key: str | None, state: str | None) -> None:
+    """Mark jobs cancelled so no run sends them (`runner retry --job KEY` undoes it)."""
+    if key is None and state is None:
+        state = "pending"
+    states = [JobState(state)] if state else [JobState.PENDING, JobState.FAILED]
+    count = _run_async(lambda: app.cancel(manifest, app.Options(db=db), key, states))
+    out.print(f"{count} job{'s' if count != 1 else ''} cancelled")
+
+
+@main.command()
+@MANIFEST
+@DB
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in JobState]),
+    default=None,
+    help="Only jobs in this state.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def jobs(manifest: Path, db: str | None, state: str | None, as_json: bool) -> None:
+    """List the manifest's jobs with their state, attempts, cost and last error."""
+    rows = _run_async(lambda: app.jobs(manifest, app.Options(db=db), state))
+    if as_json:
+        render.write_jsonl(rows, sys.stdout)
+    elif rows:
+        out.print(render.jobs_table(rows))
+    else:
+        out.print("no jobs" + (f" in state {state}" if state else ""))
+
+
+@main.command()
+@MANIFEST
+@DB
+def models(manifest: Path, db: str | None) -> None:
+    """Each provider's edit models with their limits and prices (Venice: its live list)."""
+    rows, notes = _run_async(lambda: app.models(manifest, app.Options(db=db)))
+    table = Table(box=None, pad_edge=False)
+    for column in ("provider", "model", "limits", "price"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row.provider, row.model, row.limits, row.price)
+    out.print(table)
+    for note in notes:
+        err.print(note)
+
+
+@main.command()
+@MANIFEST
+@DB
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("report.html"),
+    help="The HTML file to write.",
+)
+def report(manifest: Path, db: str | None, output: Path) -> None:
+    """A self-contained HTML page: totals, before/after thumbnails, failures and reasons."""
+    stats = _run_async(lambda: app.report(manifest, app.Options(db=db), output))
+    out.print(f"wrote {output} ({stats.jobs} jobs, {stats.bytes_written / 1e6:.1f} MB)")
 
 
 @main.command()
@@ -180,62 +302,7 @@ def retry(manifest: Path, db: str | None, key: str | None) -> None:
 def export(manifest: Path, db: str | None, fmt: str, output: Any) -> None:
     """One row per job: inputs, status, attempts, error, usage, cost, outputs."""
     rows = _run_async(lambda: app.export(manifest, app.Options(db=db)))
-    (_write_csv if fmt == "csv" else _write_jsonl)(rows, output)
-
-
-def export_record(row: ExportRow) -> dict[str, Any]:
-    usage = asdict(row.usage)
-    cost = usage.pop("cost_usd")
-    return {
-        "key": row.key,
-        "image": row.image,
-        "mask": row.mask,
-        "prompt": row.prompt,
-        "provider": row.provider,
-        "model": row.model,
-        "params": dict(row.params),
-        "status": row.status,
-        "attempts": row.attempts,
-        "error": row.error,
-        "usage": usage,
-        "cost_usd": round(cost, 8),
-        "outputs": list(row.outputs),
-    }
-
-
-def _write_jsonl(rows: Sequence[ExportRow], stream: Any) -> None:
-    for row in rows:
-        stream.write(json.dumps(export_record(row), ensure_ascii=False) + "\n")
-
-
-CSV_COLUMNS = (
-    "key",
-    "image",
-    "mask",
-    "prompt",
-    "provider",
-    "model",
-    "params",
-    "status",
-    "attempts",
-    "error",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cost_usd",
-    "outputs",
-)
-
-
-def _write_csv(rows: Sequence[ExportRow], stream: Any) -> None:
-    writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS)
-    writer.writeheader()
-    for row in rows:
-        record = export_record(row)
-        usage = record.pop("usage")
-        record["params"] = json.dumps(record["params"], sort_keys=True)
-        record["outputs"] = ";".join(record["outputs"])
-        writer.writerow({**record, **usage})
+    (render.write_csv if fmt == "csv" else render.write_jsonl)(rows, output)
 
 
 @main.command()
@@ -271,13 +338,34 @@ def demo(directory: Path) -> None:
     raise SystemExit(code)
 
 
-def _setup_logging(verbose: bool) -> None:
+class ReporterHandler(logging.Handler):
+    """Hands log records to the progress reporter, which owns the terminal during a run."""
+
+    def __init__(self, reporter: ProgressReporter) -> None:
+        super().__init__()
+        self._reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "error" if record.levelno >= logging.ERROR else (
+            "warning" if record.levelno >= logging.WARNING else "info")  # fmt: skip
+        try:
+            self._reporter.event(level, record.getMessage())
+        except Exception:  # a logging call must never break the run
+            self.handleError(record)
+
+
+def _setup_logging(verbose: bool, reporter: ProgressReporter | None = None) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
         force=True,
     )
+    if reporter is not None:
+        # Warnings and errors go through the progress display (above a live bar, or as
+        # plain/JSON lines), so the two never interleave on the terminal.
+        root = logging.getLogger()
+        root.handlers[:] = [ReporterHandler(reporter)]
     # Library chatter (httpx logs every request at INFO) is not the user's business.
     for noisy in ("httpx", "httpcore", "alembic", "aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -56,3 +56,11 @@ class RunSettings:
     lease_s: float = DEFAULT_LEASE_S
     poll_s: float = DEFAULT_POLL_S
     min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
+    breaker_window_s: float = 30.0  # Venice's lock-out window; tests shrink it
+
+
+# Venice (PROVIDERS.md §3): 20 image requests a minute by default; more than 20 failed
+# requests in 30 s lock the key for 30 s, so the breaker opens well before that.
+VENICE_DEFAULT_RPM = 20.0
+VENICE_BREAKER_FAILURES = 10
+CATALOGUE_MAX_AGE_S = 24 * 3600.0

@@ -9,8 +9,9 @@ from typing import Any
 
 from .config import OPENAI_MAX_N
 
-DIALECTS = ("openai",)
-DEFAULT_MODELS = {"openai": "gpt-image-2"}
+DIALECTS = ("openai", "venice")
+# Venice: swagger's default since 2026-05; the seed's qwen-edit left the docs (PROVIDERS.md §3).
+DEFAULT_MODELS = {"openai": "gpt-image-2", "venice": "firered-image-edit"}
 
 # OpenAI shut these down; CometAPI answers them with "no available channel" (PROVIDERS.md §1).
 RETIRED_OPENAI_MODELS = {
@@ -67,14 +68,39 @@ _OPENAI_PARAMS: Mapping[str, Callable[[Any], str | None]] = {
     "partial_images": _unsupported("needs streaming, which the runner does not use; remove it"),
 }
 
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false (got {value!r})"
+
+
+def _short_text(value: Any) -> str | None:
+    if isinstance(value, str) and 1 <= len(value) <= 10:
+        return None
+    return f"must be text such as 1K, 2K or 4K (got {value!r})"
+
+
+# Which values a model takes (aspect ratios, resolutions, qualities) is per model and comes
+# from Venice's catalogue at run time; these are the checks that hold for every model.
+_VENICE_PARAMS: Mapping[str, Callable[[Any], str | None]] = {
+    "aspect_ratio": _one_of("auto", "1:1", "3:2", "16:9", "21:9", "9:16", "2:3", "3:4", "4:5"),
+    "resolution": _short_text,
+    "output_format": _one_of("jpeg", "jpg", "png", "webp"),
+    "safe_mode": _boolean,
+    "enhance_prompt": _boolean,
+    "disable_prompt_optimization_thinking": _boolean,
+    "quality": _one_of("low", "medium", "high"),
+    "n": _unsupported("Venice returns one image per edit; remove n"),
+}
+
 # Fields the runner sets itself; a param of the same name would silently fight them.
-_RESERVED = frozenset({"image", "image[]", "mask", "prompt", "model"})
+_RESERVED = frozenset({"image", "image[]", "images", "mask", "prompt", "model", "modelId"})
+_RULES = {"openai": _OPENAI_PARAMS, "venice": _VENICE_PARAMS}
 
 
 def check_params(dialect: str, params: Mapping[str, Any]) -> tuple[str, str] | None:
     """First problem as (param name, message), or None. Unknown params pass through:
     providers add fields faster than this table can follow."""
-    rules = _OPENAI_PARAMS if dialect == "openai" else {}
+    rules = _RULES.get(dialect, {})
     for name, value in params.items():
         if name in _RESERVED:
             return name, f"'{name}' is set by the job itself, not by params"
@@ -106,8 +132,12 @@ def check_model(dialect: str, model: str) -> str | None:
 
 
 def expected_format(params: Mapping[str, Any]) -> str:
-    """The image format a reply will most likely have, for spotting output-name clashes."""
-    return str(params.get("output_format", "png")).upper()
+    """The image format a reply will most likely have, for spotting output-name clashes.
+    Venice's default is PNG at 1K and JPEG at 2K/4K."""
+    resolution = str(params.get("resolution", "1K")).upper()
+    default = "png" if resolution == "1K" or "resolution" not in params else "jpeg"
+    named = str(params.get("output_format", default)).lower()
+    return "JPEG" if named == "jpg" else named.upper()
 
 
 def images_per_job(params: Mapping[str, Any]) -> int:

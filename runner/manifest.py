@@ -10,18 +10,25 @@ import glob
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import dialects
-from .config import DEFAULT_CONCURRENCY, DEFAULT_OUTPUT_NAME, DEFAULT_READ_TIMEOUT_S
+from .config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_OUTPUT_NAME,
+    DEFAULT_READ_TIMEOUT_S,
+    VENICE_BREAKER_FAILURES,
+    VENICE_DEFAULT_RPM,
+)
 from .digests import Digester
 from .errors import ManifestError
 from .models import JobSpec, ReplyImage
+from .pricing import Price, price_from_fields
 
 KEY_VERSION = 1  # bump only if the key recipe changes: it would re-send every job
 
@@ -35,6 +42,24 @@ class ProviderProfile:
     concurrency: int
     requests_per_minute: float | None
     timeout_s: float
+    auth: str = "api_key"  # or "x402": Venice wallet sign-in with the key in wallet_key_env
+    wallet_key_env: str | None = None
+    # Failures (any non-2xx) within 30 s that pause the provider for 30 s; None = no breaker.
+    breaker_failures: int | None = None
+
+    @property
+    def secret_env(self) -> str | None:
+        """The env var this profile's credential is read from."""
+        return self.wallet_key_env if self.auth == "x402" else self.api_key_env
+
+
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    """When a run stops taking new jobs (exit 75); flags override the manifest's `limits:`."""
+
+    deadline: str | None = None  # as written: a duration (6h) or a clock time (07:30)
+    max_jobs: int | None = None
+    max_cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +69,9 @@ class Manifest:
     jobs: tuple[JobSpec, ...]
     output_dir: Path
     database: str | None  # as written: a path relative to the manifest, or a URL
+    limits: RunLimits = field(default_factory=RunLimits)
+    # provider -> model -> price, from the manifest's `pricing:`; built-ins fill the rest.
+    pricing: Mapping[str, Mapping[str, Price]] = field(default_factory=dict)
 
 
 class _Strict(BaseModel):
@@ -54,9 +82,28 @@ class _Profile(_Strict):
     dialect: str
     base_url: str
     api_key_env: str | None = None
+    auth: Literal["api_key", "x402"] = "api_key"
+    wallet_key_env: str | None = None
     concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=256)
     requests_per_minute: float | None = Field(None, gt=0)
     timeout_s: float = Field(DEFAULT_READ_TIMEOUT_S, gt=0)
+    breaker_failures: int | None = Field(None, ge=1)
+
+
+class _Limits(_Strict):
+    deadline: str | None = None
+    max_jobs: int | None = Field(None, ge=1)
+    max_cost: float | None = Field(None, gt=0)
+
+
+class _Price(_Strict):
+    """Per million tokens (openai dialect) or per edit (venice)."""
+
+    text_input: float | None = Field(None, ge=0)
+    image_input: float | None = Field(None, ge=0)
+    image_output: float | None = Field(None, ge=0)
+    per_edit: float | None = Field(None, ge=0)
+    extra_image: float | None = Field(None, ge=0)
 
 
 class _JobFields(_Strict):
@@ -74,6 +121,8 @@ class _Document(_Strict):
     defaults: _JobFields = _JobFields()
     output_dir: str = "out"
     database: str | None = None
+    limits: _Limits = _Limits()
+    pricing: dict[str, dict[str, _Price]] = Field(default_factory=dict)
     jobs: list[_JobFields] = Field(min_length=1)
 
 
@@ -140,6 +189,8 @@ class ParsedManifest:
     output_dir: Path
     database: str | None
     drafts: tuple[_Draft, ...]
+    limits: RunLimits = field(default_factory=RunLimits)
+    pricing: Mapping[str, Mapping[str, Price]] = field(default_factory=dict)
 
     def resolve(self, digester: Digester | None = None) -> Manifest:
         """Hash the inputs and make the job specs, keyed by content."""
@@ -152,7 +203,15 @@ class ParsedManifest:
             jobs.setdefault(spec.key, spec)  # an identical entry twice is the same work once
         specs = tuple(jobs.values())
         _check_output_clashes(specs, str(self.path))
-        return Manifest(self.path, self.providers, specs, self.output_dir, self.database)
+        return Manifest(
+            self.path,
+            self.providers,
+            specs,
+            self.output_dir,
+            self.database,
+            self.limits,
+            self.pricing,
+        )
 
 
 def parse_manifest(path: Path) -> ParsedManifest:
@@ -166,7 +225,39 @@ def parse_manifest(path: Path) -> ParsedManifest:
         for index, entry in enumerate(doc.jobs)
         for draft in _expand(index, entry, doc, profiles, base, str(path))
     )
-    return ParsedManifest(path, profiles, (base / doc.output_dir).resolve(), doc.database, drafts)
+    limits = RunLimits(doc.limits.deadline, doc.limits.max_jobs, doc.limits.max_cost)
+    return ParsedManifest(
+        path,
+        profiles,
+        (base / doc.output_dir).resolve(),
+        doc.database,
+        drafts,
+        limits,
+        _pricing(doc.pricing, profiles, str(path)),
+    )
+
+
+def _pricing(
+    raw: Mapping[str, Mapping[str, _Price]], profiles: Mapping[str, ProviderProfile], file: str
+) -> dict[str, dict[str, Price]]:
+    """`pricing: {profile: {model: {...}}}`: token rates for openai, per edit for venice."""
+    prices: dict[str, dict[str, Price]] = {}
+    for name, models in raw.items():
+        if name not in profiles:
+            raise ManifestError(
+                f"no provider profile named {name!r} (have: {', '.join(profiles)})",
+                file=file,
+                field=f"pricing.{name}",
+            )
+        dialect = profiles[name].dialect
+        for model, price in models.items():
+            try:
+                prices.setdefault(name, {})[model] = price_from_fields(
+                    dialect, price.model_dump(exclude_none=True)
+                )
+            except ValueError as exc:
+                raise ManifestError(str(exc), file=file, field=f"pricing.{name}.{model}") from exc
+    return prices
 
 
 def load_manifest(path: Path, digester: Digester | None = None) -> Manifest:
@@ -185,14 +276,36 @@ def _profile(name: str, raw: _Profile, file: str) -> ProviderProfile:
         raise ManifestError(
             "must start with http:// or https://", file=file, field=f"{field}.base_url"
         )
+    if raw.auth == "x402":
+        if raw.dialect != "venice":
+            raise ManifestError(
+                "x402 wallet sign-in is Venice's; use api_key_env", file=file, field=f"{field}.auth"
+            )
+        if not raw.wallet_key_env or raw.api_key_env:
+            raise ManifestError(
+                "auth: x402 needs wallet_key_env (the env var holding the wallet's private "
+                "key) and no api_key_env",
+                file=file,
+                field=f"{field}.wallet_key_env",
+            )
+    elif raw.wallet_key_env:
+        raise ManifestError(
+            "wallet_key_env is only used with auth: x402", file=file, field=f"{field}.auth"
+        )
+    venice = raw.dialect == "venice"
     return ProviderProfile(
         name=name,
         dialect=raw.dialect,
         base_url=raw.base_url.rstrip("/"),
         api_key_env=raw.api_key_env,
         concurrency=raw.concurrency,
-        requests_per_minute=raw.requests_per_minute,
+        # Venice allows 20 image requests a minute by default and locks a key out for 30 s
+        # after more than 20 failures in 30 s (PROVIDERS.md §3): both are respected unasked.
+        requests_per_minute=raw.requests_per_minute or (VENICE_DEFAULT_RPM if venice else None),
         timeout_s=raw.timeout_s,
+        auth=raw.auth,
+        wallet_key_env=raw.wallet_key_env,
+        breaker_failures=raw.breaker_failures or (VENICE_BREAKER_FAILURES if venice else None),
     )
 
 

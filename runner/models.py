@@ -154,6 +154,7 @@ class AttemptRecord:
     usage: Usage | None = None
     cost_usd: float | None = None
     counted: bool = True  # False for answers that must not use up an attempt (402)
+    facts: ReplyFacts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,12 +166,24 @@ class Totals:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderAccount:
+    """Spend on one provider profile, and the balance it last reported (Venice)."""
+
+    cost_usd: float = 0.0
+    balance_usd: float | None = None  # the latest `x-venice-balance-usd` (before a request)
+    balance_diem: float | None = None
+    balance_after_usd: float | None = None  # the latest x402 `X-Balance-Remaining`
+    balance_seen_at: str | None = None  # ISO time of the answer that carried it
+
+
+@dataclass(frozen=True, slots=True)
 class Summary:
     """`runner status` in data form."""
 
     counts: Mapping[str, int]
     totals: Totals
     last_run: Mapping[str, Any] | None = None
+    providers: Mapping[str, ProviderAccount] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,3 +200,5 @@ class ExportRow:
     error: str | None
     usage: Totals
     outputs: tuple[str, ...] = field(default_factory=tuple)
+    price: Mapping[str, Any] | None = None  # what the job is costed at (see pricing.py)
+    balance_usd: float | None = None  # the provider's balance on this job's latest answer

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -32,6 +32,7 @@ from .errors import (
     Stopped,
 )
 from .images import ImageLimits, prepare_request
+from .limits import LimitGuard
 from .models import (
     AttemptRecord,
     EditRequest,
@@ -40,9 +41,12 @@ from .models import (
     JobSpec,
     Outcome,
     OutputRef,
+    ReplyFacts,
     ReplyImage,
+    Usage,
 )
 from .outputs import free_bytes, write_outputs
+from .pricing import PriceBook
 from .providers.base import Provider
 from .ratelimit import Clock, ProviderGate, SystemClock
 from .retry import RetryPolicy
@@ -57,9 +61,14 @@ WriteOutputs = Callable[[JobSpec, Sequence[ReplyImage]], tuple[OutputRef, ...]]
 
 @dataclass(slots=True)
 class PoolReport:
+    """What this run has done so far; progress displays read it while the run goes on."""
+
     succeeded: int = 0
     failed: int = 0
     released: int = 0
+    spent_usd: float = 0.0
+    in_flight: int = 0  # jobs between pre-flight and their last answer
+    retries_waiting: int = 0  # jobs asleep before their next attempt
     stops: list[StopNotice] = field(default_factory=list)
 
 
@@ -79,6 +88,8 @@ class Pool:
         policy: RetryPolicy | None = None,
         prepare: Prepare = prepare_request,
         write: WriteOutputs = write_outputs,
+        prices: Mapping[str, PriceBook] | None = None,
+        limits: LimitGuard | None = None,
     ) -> None:
         self._store = store
         self._providers = providers
@@ -92,6 +103,9 @@ class Pool:
         self._policy = policy or RetryPolicy(settings.retry)
         self._prepare = prepare
         self._write = write
+        self._prices = prices or {}
+        self._limits = limits
+        self._warned: set[tuple[str, str]] = set()
         self.report = PoolReport()
         # Claims come in batches of a quarter of the concurrency: one store call per batch.
         # A batch's unstarted jobs stay leased to this run; ending the run releases them.
@@ -108,11 +122,24 @@ class Pool:
             async with anyio.create_task_group() as background:
                 self._background = background
                 async with anyio.create_task_group() as workers:
+                    self._workers = workers.cancel_scope
                     for name in self._providers:
                         for _ in range(self._concurrency[name]):
                             workers.start_soon(self._worker, name)
             outer.cancel_scope.cancel()  # all done and committed: stop renewing leases
         return self.report
+
+    def halt(self, kind: str, message: str) -> None:
+        """Stop taking jobs (a limit, a signal); requests already out finish and are kept."""
+        self._halt(kind, message, exit_code=75)
+
+    def cancel_in_flight(self) -> None:
+        """The grace period is over (or a second signal came): abandon requests still out.
+        Their attempts are recorded as abandoned (they may have been billed) and their jobs
+        go back to pending; replies already received are still written."""
+        self.halt("signal", "stopped")
+        with contextlib.suppress(AttributeError):
+            self._workers.cancel()
 
     def _lease_until(self) -> datetime:
         return self._wall_clock() + timedelta(seconds=self._settings.lease_s)
@@ -158,10 +185,43 @@ class Pool:
         spec = job.spec
         provider = self._providers[spec.provider]
         try:
-            request = await run_cpu_work(_input_bytes(spec), self._prepare, spec, provider.limits)
+            request = await run_cpu_work(
+                _input_bytes(spec), self._prepare, spec, provider.limits_for(spec.model)
+            )
+            provider.check_request(request)
         except InputError as exc:
             await self._fail(spec, f"{exc} (nothing was sent)")
             return
+        estimate = self._estimate(spec)
+        if self._limits is not None and (reason := self._limits.admit(estimate)):
+            self.halt("limit", reason)
+            await self._release(spec)
+            return
+        self.report.in_flight += 1
+        try:
+            await self._send_job(job, request, provider, gate)
+        finally:
+            self.report.in_flight -= 1
+            if self._limits is not None:
+                self._limits.settle(estimate)
+
+    def _estimate(self, spec: JobSpec) -> float | None:
+        book = self._prices.get(spec.provider)
+        return book.estimate(spec) if book is not None else None
+
+    def _cost(self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None) -> float | None:
+        book = self._prices.get(spec.provider)
+        cost = book.cost(spec, usage, facts) if book is not None else None
+        if cost:
+            self.report.spent_usd += cost
+            if self._limits is not None:
+                self._limits.spent(cost)
+        return cost
+
+    async def _send_job(
+        self, job: Job, request: EditRequest, provider: Provider, gate: ProviderGate
+    ) -> None:
+        spec = job.spec
         if free_bytes(spec.output_dir) < self._settings.min_free_bytes:
             self._halt("disk", f"less than {self._settings.min_free_bytes // 2**20} MB free in "
                        f"{spec.output_dir}: free some space, then run again")  # fmt: skip
@@ -199,10 +259,20 @@ class Pool:
     async def _send(
         self, sending: _Sending, attempts_left: int
     ) -> tuple[EditResult, AttemptTicket, AttemptRecord]:
-        async for attempt in self._policy.retrying(attempts_left, sending.gate.sleep):
+        async for attempt in self._policy.retrying(attempts_left, self._retry_sleep(sending)):
             with attempt:
                 return await self._attempt(sending)
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _retry_sleep(self, sending: _Sending) -> Callable[[float], Awaitable[None]]:
+        async def sleep(seconds: float) -> None:
+            self.report.retries_waiting += 1
+            try:
+                await sending.gate.sleep(seconds)
+            finally:
+                self.report.retries_waiting -= 1
+
+        return sleep
 
     async def _attempt(self, sending: _Sending) -> tuple[EditResult, AttemptTicket, AttemptRecord]:
         spec, request, provider, gate = (
@@ -231,20 +301,51 @@ class Pool:
                 gate.record(succeeded=False)
             if exc.retry_after:
                 gate.pause_for(min(exc.retry_after, self._settings.retry.max_wait_s))
-            await self._store.finish_attempt(
-                ticket, _error_record(exc, spec, provider, _ms_since(started))
-            )
+            self._observe(gate, spec, exc.facts, failed=exc.status_code is not None)
+            record = _error_record(exc, _ms_since(started))
+            if exc.usage is not None:  # a billed answer without a usable image
+                record = replace(record, cost_usd=self._cost(spec, exc.usage, None))
+            await self._store.finish_attempt(ticket, record)
+            raise
+        except BaseException:
+            # Cancelled mid-request (the grace period ran out): it may have been billed.
+            with anyio.CancelScope(shield=True):
+                await self._store.finish_attempt(
+                    ticket, AttemptRecord(outcome=Outcome.ABANDONED, latency_ms=_ms_since(started))
+                )
+                await self._store.release(spec.key, self._owner)
             raise
         gate.record(succeeded=True)
+        self._observe(gate, spec, result.facts, failed=False)
+        latency_ms = _ms_since(started)
+        if self._limits is not None:
+            self._limits.took(latency_ms / 1000)
         record = AttemptRecord(
             outcome=Outcome.SUCCEEDED,
-            latency_ms=_ms_since(started),
+            latency_ms=latency_ms,
             http_status=result.status_code,
             request_id=result.request_id,
             usage=result.usage,
-            cost_usd=provider.cost_usd(spec.model, result.usage),
+            cost_usd=self._cost(spec, result.usage, result.facts),
+            facts=result.facts,
         )
         return result, ticket, record
+
+    def _observe(
+        self, gate: ProviderGate, spec: JobSpec, facts: ReplyFacts | None, *, failed: bool
+    ) -> None:
+        """The provider's side of pacing: its rate counters, its lock-out rule, its notices."""
+        if failed and gate.note_failure():
+            log.warning(
+                "%s: %d failed requests within %g s; pausing it for as long to stay clear of "
+                "its lock-out", gate.name, gate.breaker_threshold, gate.breaker_window_s,
+            )  # fmt: skip
+        if facts is None:
+            return
+        gate.observe_rate(facts.rate_remaining, facts.rate_reset_in_s)
+        if facts.deprecation and (gate.name, spec.model) not in self._warned:
+            self._warned.add((gate.name, spec.model))
+            log.warning("%s: model %s: %s", gate.name, spec.model, facts.deprecation)
 
     async def _finish(
         self, spec: JobSpec, result: EditResult, ticket: AttemptTicket, record: AttemptRecord
@@ -280,11 +381,12 @@ class Pool:
         await self._store.release(spec.key, self._owner, fresh_attempts=fresh_attempts)
         self.report.released += 1
 
-    def _halt(self, kind: str, message: str) -> None:
-        """Stop every provider: the trouble is ours (the disk), not theirs."""
-        if any(stop.kind == kind for stop in self.report.stops):
+    def _halt(self, kind: str, message: str, exit_code: int | None = None) -> None:
+        """Stop every provider: the reason is ours (the disk, a limit, a signal), not theirs."""
+        if any(stop.provider == "*" for stop in self.report.stops):
             return
-        notice = StopNotice("*", kind, message, 75 if kind == "disk" else 1)
+        code = exit_code if exit_code is not None else (75 if kind == "disk" else 1)
+        notice = StopNotice("*", kind, message, code)
         for gate in self._gates.values():
             gate.stop(notice)
         self.report.stops.append(notice)
@@ -331,9 +433,7 @@ def _ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def _error_record(
-    exc: ProviderError, spec: JobSpec, provider: Provider, latency_ms: int
-) -> AttemptRecord:
+def _error_record(exc: ProviderError, latency_ms: int) -> AttemptRecord:
     return AttemptRecord(
         outcome=Outcome(exc.outcome),
         latency_ms=latency_ms,
@@ -342,7 +442,7 @@ def _error_record(
         error_message=exc.message[:2000],
         request_id=exc.request_id,
         usage=exc.usage,
-        cost_usd=provider.cost_usd(spec.model, exc.usage),
+        facts=exc.facts,
         # A stop (402, 401) is the provider refusing the account, not this job: the job
         # keeps its attempts for when the account is fixed.
         counted=not isinstance(exc, ProviderStop),

@@ -8,6 +8,7 @@ worker before its next request. Clock and sleep are injected: tests record, not 
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Protocol
 
 import anyio
@@ -30,7 +31,14 @@ class SystemClock:
 
 
 class ProviderGate:
-    def __init__(self, name: str, clock: Clock, requests_per_minute: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        clock: Clock,
+        requests_per_minute: float | None = None,
+        breaker_failures: int | None = None,
+        breaker_window_s: float = 30.0,
+    ) -> None:
         self.name = name
         self._clock = clock
         self._interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
@@ -41,6 +49,10 @@ class ProviderGate:
         self.stop_notice: StopNotice | None = None
         # Failed attempts since this provider's last success, across all jobs.
         self.failure_streak = 0
+        self._breaker_failures = breaker_failures
+        self._breaker_window = breaker_window_s
+        self._recent_failures: deque[float] = deque()
+        self.breaker_trips = 0
 
     @property
     def stopped(self) -> bool:
@@ -55,6 +67,43 @@ class ProviderGate:
 
     def record(self, succeeded: bool) -> None:
         self.failure_streak = 0 if succeeded else self.failure_streak + 1
+
+    @property
+    def breaker_threshold(self) -> int | None:
+        return self._breaker_failures
+
+    @property
+    def breaker_window_s(self) -> float:
+        return self._breaker_window
+
+    def note_failure(self) -> bool:
+        """Count an answer that was not a success (Venice counts every non-2xx, 4xx
+        included); True when that opens the breaker: a pause of one window, so the
+        provider's lock-out threshold is never reached however many workers there are."""
+        if self._breaker_failures is None:
+            return False
+        now = self._clock.monotonic()
+        recent = self._recent_failures
+        recent.append(now)
+        while recent and recent[0] <= now - self._breaker_window:
+            recent.popleft()
+        if len(recent) < self._breaker_failures or now < self._paused_until:
+            return False
+        recent.clear()
+        self.breaker_trips += 1
+        self.pause_for(self._breaker_window)
+        return True
+
+    def observe_rate(self, remaining: int | None, reset_in_s: float | None) -> None:
+        """Pace from the provider's own count, before a 429: with `remaining` requests left
+        until the window resets, space the next ones evenly over what is left of it."""
+        if remaining is None or reset_in_s is None or reset_in_s <= 0:
+            return
+        if remaining <= 0:
+            self.pause_for(reset_in_s)
+            return
+        now = self._clock.monotonic()
+        self._next_slot = max(self._next_slot, now + reset_in_s / (remaining + 1))
 
     def pause_for(self, seconds: float) -> None:
         """Hold every request to this provider for `seconds` (a server's wait hint)."""

@@ -26,16 +26,21 @@ from ..errors import (
     RetryableError,
 )
 from ..images import ImageLimits
-from ..models import EditRequest, EditResult, Usage
+from ..models import EditRequest, EditResult
 
 
 class Provider(Protocol):
     name: str
-    limits: ImageLimits
+
+    def limits_for(self, model: str) -> ImageLimits:
+        """File and prompt bounds that pre-flight checks a job's inputs against."""
+        ...
+
+    def check_request(self, request: EditRequest) -> None:
+        """Model-specific checks before paying (Venice's catalogue); raises InputError."""
+        ...
 
     async def edit(self, request: EditRequest) -> EditResult: ...
-
-    def cost_usd(self, model: str, usage: Usage | None) -> float | None: ...
 
 
 # Codes that mean "no money left" whatever status carries them: OpenAI's 429 quota codes,

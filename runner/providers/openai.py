@@ -17,7 +17,6 @@ from pybase64 import b64decode  # SIMD: ~3x faster than binascii on a 2 MB reply
 from ..errors import ProviderError, RetryableError
 from ..images import OPENAI_LIMITS, ImageLimits, read_image_info
 from ..models import EditRequest, EditResult, ReplyImage, Usage
-from ..pricing import openai_cost
 from ..work import run_cpu_work
 from .base import classify, request_id_of, translate_transport_error
 from .replies import lift_base64, restore
@@ -113,8 +112,11 @@ class OpenAIProvider:
             fetched.append(image)
         return tuple(fetched)
 
-    def cost_usd(self, model: str, usage: Usage | None) -> float | None:
-        return openai_cost(model, usage)
+    def limits_for(self, model: str) -> ImageLimits:
+        return self.limits
+
+    def check_request(self, request: EditRequest) -> None:
+        """Nothing beyond the manifest's and pre-flight's checks: no model list to ask."""
 
 
 def _form_fields(request: EditRequest) -> dict[str, str]:

@@ -6,13 +6,13 @@ for pool tests. Nothing outside `store/` writes SQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from ..digests import DigestEntry
-from ..models import AttemptRecord, ExportRow, Job, JobSpec, OutputRef, Summary
+from ..models import AttemptRecord, ExportRow, Job, JobSpec, JobState, OutputRef, Summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,22 @@ class Store(Protocol):
         `specs` the manifest's job list. Returns how many jobs were new."""
         ...
 
-    async def retry_failed(self, manifest: str, key: str | None = None) -> int: ...
+    async def retry(self, manifest: str, key: str | None = None) -> int:
+        """Failed jobs back to pending with a fresh attempt budget (a cancelled one too when
+        named by `key`); history kept. Returns how many moved."""
+        ...
+
+    async def cancel(self, manifest: str, key: str | None, states: Collection[JobState]) -> int:
+        """Jobs in `states` (never running ones) to cancelled; `runner retry --job` undoes it."""
+        ...
+
+    async def set_prices(self, prices: Mapping[str, str]) -> None:
+        """job key -> the price (JSON) it is costed at; only unfinished jobs change."""
+        ...
+
+    async def load_catalogue(self, source_url: str) -> tuple[datetime, str] | None: ...
+
+    async def save_catalogue(self, source_url: str, body: str) -> None: ...
 
     # -- runs and leases ----------------------------------------------------------------
     async def start_run(self, run: RunInfo) -> None: ...

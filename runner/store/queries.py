@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..models import ExportRow, JobState, Summary, Totals
+from ..models import ExportRow, JobState, ProviderAccount, Summary, Totals
 from . import tables as t
 
 
@@ -20,6 +20,13 @@ def in_manifest(manifest: str) -> Any:
     """Condition: the job belongs to this manifest's current job list."""
     members = select(t.manifest_jobs.c.job_key).where(t.manifest_jobs.c.manifest == manifest)
     return t.jobs.c.key.in_(members)
+
+
+def latest_attempt_id() -> Any:
+    """Correlated: the id of the job's latest attempt (0 when none), an attempt floor."""
+    a = t.attempts.c
+    latest = select(func.max(a.id)).where(a.job_key == t.jobs.c.key).scalar_subquery()
+    return func.coalesce(latest, 0)
 
 
 def _usage_by_job() -> Any:
@@ -65,15 +72,62 @@ async def summary(conn: AsyncConnection, manifest: str) -> Summary:
         )
     ).first()
     totals = Totals(int(total[0]), int(total[1]), int(total[2]), float(total[3]))
-    return Summary(counts, totals, _run_dict(last) if last else None)
+    return Summary(
+        counts, totals, _run_dict(last) if last else None, await _accounts(conn, manifest)
+    )
+
+
+async def _accounts(conn: AsyncConnection, manifest: str) -> dict[str, ProviderAccount]:
+    """Per provider profile: what this manifest's jobs cost, and the latest balance any
+    answer from it reported (balances are per account, so any manifest's answer counts)."""
+    a = t.attempts.c
+    spend = await conn.execute(
+        select(a.provider, func.coalesce(func.sum(a.cost_usd), 0.0))
+        .where(a.job_key.in_(select(t.manifest_jobs.c.job_key).where(
+            t.manifest_jobs.c.manifest == manifest)))
+        .group_by(a.provider)
+    )  # fmt: skip
+    accounts = {str(provider): ProviderAccount(cost_usd=float(cost)) for provider, cost in spend}
+    for provider in list(accounts):
+        latest = {}
+        for column in (a.balance_usd, a.balance_after_usd):
+            row = (
+                await conn.execute(
+                    select(a.balance_usd, a.balance_diem, a.balance_after_usd, a.finished_at)
+                    .where(a.provider == provider, column.is_not(None))
+                    .order_by(a.id.desc())
+                    .limit(1)
+                )
+            ).first()
+            if row is not None:
+                latest[column.name] = row
+        before, after = latest.get("balance_usd"), latest.get("balance_after_usd")
+        seen = max((r.finished_at for r in (before, after) if r and r.finished_at), default=None)
+        accounts[provider] = ProviderAccount(
+            cost_usd=accounts[provider].cost_usd,
+            balance_usd=before.balance_usd if before else None,
+            balance_diem=before.balance_diem if before else None,
+            balance_after_usd=after.balance_after_usd if after else None,
+            balance_seen_at=seen.isoformat() if seen else None,
+        )
+    return accounts
 
 
 async def export_rows(conn: AsyncConnection, manifest: str) -> Sequence[ExportRow]:
     usage = _usage_by_job()
     j, m = t.jobs.c, t.manifest_jobs.c
+    a = t.attempts.c
+    balance = (
+        select(a.balance_usd)
+        .where(a.job_key == j.key, a.balance_usd.is_not(None))
+        .order_by(a.id.desc())
+        .limit(1)
+        .scalar_subquery()
+        .label("balance_usd")
+    )
     rows = (
         await conn.execute(
-            select(t.jobs, usage)
+            select(t.jobs, usage, balance)
             .join(t.manifest_jobs, m.job_key == j.key)
             .outerjoin(usage, usage.c.job_key == j.key)
             .where(m.manifest == manifest)
@@ -125,4 +179,6 @@ def _export_row(row: Any, outputs: list[str]) -> ExportRow:
             float(row.cost_usd or 0.0),
         ),
         outputs=tuple(outputs),
+        price=json.loads(row.price_json) if row.price_json else None,
+        balance_usd=row.balance_usd,
     )

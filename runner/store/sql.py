@@ -12,7 +12,7 @@ they are counted from `attempts`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..digests import DigestEntry
 from ..errors import RunnerError
 from ..models import AttemptRecord, ExportRow, Job, JobSpec, JobState, Outcome, OutputRef, Summary
-from . import queries
+from . import admin, queries
 from . import tables as t
 from .base import AttemptTicket, RunInfo
 from .batching import GroupCommit
@@ -67,10 +67,20 @@ def _spec_from_row(row: Any) -> JobSpec:
 
 
 def _usage_columns(record: AttemptRecord) -> dict[str, Any]:
-    usage = record.usage
+    facts, usage = record.facts, record.usage
+    columns: dict[str, Any] = {}
+    if facts is not None:
+        columns = {
+            "balance_usd": facts.balance_usd,
+            "balance_diem": facts.balance_diem,
+            "balance_after_usd": facts.balance_after_usd,
+            "content_violation": facts.content_violation,
+            "served_model": facts.served_model,
+        }
     if usage is None:
-        return {}
+        return columns
     return {
+        **columns,
         "input_tokens": usage.input_tokens,
         "input_image_tokens": usage.input_image_tokens,
         "input_text_tokens": usage.input_text_tokens,
@@ -90,12 +100,6 @@ def _counted_attempts() -> Any:
         .where(a.job_key == t.jobs.c.key, a.counted.is_(True), a.id > t.jobs.c.attempt_floor)
         .scalar_subquery()
     )
-
-
-def _latest_attempt_id() -> Any:
-    a = t.attempts.c
-    latest = select(func.max(a.id)).where(a.job_key == t.jobs.c.key).scalar_subquery()
-    return func.coalesce(latest, 0)
 
 
 class _Ticket:
@@ -152,25 +156,32 @@ class SqlStore:
 
         return await self._db.run(write)
 
-    async def retry_failed(self, manifest: str, key: str | None = None) -> int:
-        where = [queries.in_manifest(manifest), t.jobs.c.status == JobState.FAILED.value]
-        if key is not None:
-            where.append(t.jobs.c.key.startswith(key))
-        statement = (
-            update(t.jobs)
-            .where(*where)
-            .values(
-                status=_PENDING,
-                attempt_floor=_latest_attempt_id(),
-                finished_at=None,
-                updated_at=self._now(),
+    async def retry(self, manifest: str, key: str | None = None) -> int:
+        states = (JobState.FAILED, JobState.CANCELLED) if key else (JobState.FAILED,)
+        return await self._move(manifest, states, JobState.PENDING, key)
+
+    async def cancel(self, manifest: str, key: str | None, states: Collection[JobState]) -> int:
+        return await self._move(manifest, states, JobState.CANCELLED, key)
+
+    async def _move(
+        self, manifest: str, states: Collection[JobState], to: JobState, key: str | None
+    ) -> int:
+        now = self._now()
+        return await self._db.run(
+            lambda conn: admin.move_jobs(
+                conn, manifest, from_states=states, to_state=to, key=key, now=now
             )
         )
 
-        async def write(conn: AsyncConnection) -> int:
-            return int((await conn.execute(statement)).rowcount)
+    async def set_prices(self, prices: Mapping[str, str]) -> None:
+        await self._db.run(lambda conn: admin.set_prices(conn, prices))
 
-        return await self._db.run(write)
+    async def load_catalogue(self, source_url: str) -> tuple[datetime, str] | None:
+        return await self._db.run(lambda conn: admin.load_catalogue(conn, source_url))
+
+    async def save_catalogue(self, source_url: str, body: str) -> None:
+        now = self._now()
+        await self._db.run(lambda conn: admin.save_catalogue(conn, source_url, body, now))
 
     # -- runs and leases ----------------------------------------------------------------
     async def start_run(self, run: RunInfo) -> None:
@@ -440,7 +451,7 @@ class SqlStore:
         await self._settle(key, owner, status=JobState.FAILED, error=reason, finished_at=now)
 
     async def release(self, key: str, owner: str, *, fresh_attempts: bool = False) -> None:
-        extra = {"attempt_floor": _latest_attempt_id()} if fresh_attempts else {}
+        extra = {"attempt_floor": queries.latest_attempt_id()} if fresh_attempts else {}
         await self._settle(key, owner, status=JobState.PENDING, **extra)
 
     async def _settle(self, key: str, owner: str, status: JobState, **values: Any) -> None:

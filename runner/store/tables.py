@@ -71,6 +71,9 @@ jobs = Table(
     # outage) move it to the latest attempt, so the job gets a fresh set, history kept.
     Column("attempt_floor", Integer, nullable=False, default=0),
     Column("error", Text),  # last reason, one line; kept after success for the record
+    # The price this job is costed at (JSON: per-million token rates, or per-edit dollars),
+    # written when the run that sends it starts: a later price change does not rewrite history.
+    Column("price_json", Text),
     Column("lease_owner", String(64)),
     Column("lease_expires_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
@@ -128,6 +131,13 @@ attempts = Table(
     Column("total_tokens", BigInteger),
     Column("usage_json", Text),
     Column("cost_usd", Float),
+    # Venice's account headers (PROVIDERS.md §4.4): balance before the request, and after it
+    # for x402 wallets; with requests in parallel these are for drift checks, not per-job cost.
+    Column("balance_usd", Float),
+    Column("balance_diem", Float),
+    Column("balance_after_usd", Float),
+    Column("content_violation", Boolean),
+    Column("served_model", String(200)),
 )
 Index("ix_attempts_job_key", attempts.c.job_key)
 
@@ -154,6 +164,16 @@ file_digests = Table(
     Column("size_bytes", BigInteger, nullable=False),
     Column("mtime_ns", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
+)
+
+
+# A provider's model list (Venice `GET /models?type=inpaint`), refreshed when a day old.
+model_catalogues = Table(
+    "model_catalogues",
+    metadata,
+    Column("source_url", Text, primary_key=True),
+    Column("fetched_at", UTCDateTime, nullable=False),
+    Column("body", Text, nullable=False),
 )
 
 

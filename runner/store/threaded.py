@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 from ..digests import DigestEntry
-from ..models import AttemptRecord, ExportRow, Job, JobSpec, OutputRef, Summary
+from ..models import AttemptRecord, ExportRow, Job, JobSpec, JobState, OutputRef, Summary
 from .base import AttemptTicket, RunInfo
 from .sql import SqlStore
 
@@ -74,8 +74,20 @@ class ThreadedStore:
     async def sync_manifest(self, manifest: str, specs: Sequence[JobSpec]) -> int:
         return await self._loop.call(self._inner.sync_manifest, manifest, specs)
 
-    async def retry_failed(self, manifest: str, key: str | None = None) -> int:
-        return await self._loop.call(self._inner.retry_failed, manifest, key)
+    async def retry(self, manifest: str, key: str | None = None) -> int:
+        return await self._loop.call(self._inner.retry, manifest, key)
+
+    async def cancel(self, manifest: str, key: str | None, states: Collection[JobState]) -> int:
+        return await self._loop.call(self._inner.cancel, manifest, key, states)
+
+    async def set_prices(self, prices: Mapping[str, str]) -> None:
+        await self._loop.call(self._inner.set_prices, prices)
+
+    async def load_catalogue(self, source_url: str) -> tuple[datetime, str] | None:
+        return await self._loop.call(self._inner.load_catalogue, source_url)
+
+    async def save_catalogue(self, source_url: str, body: str) -> None:
+        await self._loop.call(self._inner.save_catalogue, source_url, body)
 
     async def start_run(self, run: RunInfo) -> None:
         await self._loop.call(self._inner.start_run, run)

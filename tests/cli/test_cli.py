@@ -144,7 +144,7 @@ def test_status_json_export_and_retry(workspace: Workspace, fake: FakeProvider) 
     }  # fmt: skip
 
     retried = runner("retry", manifest, "--job", rows["refused"]["key"][:8])
-    assert "1 failed job moved back to pending" in retried.stdout
+    assert "1 job moved back to pending" in retried.stdout
     rerun = runner("run", manifest)
     assert rerun.returncode == 1  # the missing input still fails; the refused one succeeds now
     status = json.loads(runner("status", manifest, "--json").stdout)

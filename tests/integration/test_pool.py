@@ -11,9 +11,9 @@ from PIL import Image
 
 from runner.config import RunSettings
 from runner.errors import StopNotice
-from runner.images import OPENAI_LIMITS
+from runner.images import OPENAI_LIMITS, ImageLimits
 from runner.manifest import load_manifest
-from runner.models import EditRequest, EditResult, Usage
+from runner.models import EditRequest, EditResult
 from runner.pool import Pool
 from runner.ratelimit import ProviderGate
 from runner.store.base import AttemptTicket, RunInfo
@@ -32,8 +32,11 @@ class StubProvider:
         self.calls += 1
         raise AssertionError("nothing should have been sent")
 
-    def cost_usd(self, model: str, usage: Usage | None) -> float | None:
-        return None
+    def limits_for(self, model: str) -> ImageLimits:
+        return OPENAI_LIMITS
+
+    def check_request(self, request: EditRequest) -> None:
+        pass
 
 
 class StoppingStore(SqlStore):

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from runner.models import Usage
-from runner.pricing import estimate_openai_cost, openai_cost
+from runner.catalogue import parse_catalogue
+from runner.models import JobSpec, ReplyFacts, Usage
+from runner.pricing import (
+    PriceBook,
+    TokenPrice,
+    estimate_openai_cost,
+    openai_cost,
+    price_from_fields,
+)
 
 
 def test_cost_uses_each_token_kind_at_its_rate() -> None:
@@ -49,3 +59,119 @@ def test_estimate_grows_with_quality_size_variants_and_mask() -> None:
     assert estimate(mask=True) > estimate()
     assert estimate("a much longer prompt " * 50) > estimate()
     assert estimate_openai_cost("mystery", {}, "x", False) is None
+
+
+# --- price books: the manifest's prices, then Venice's catalogue, then built-ins ----------
+
+SEED_USAGE = Usage(
+    input_tokens=785, output_tokens=196, total_tokens=981, input_image_tokens=768,
+    input_text_tokens=17,
+)  # fmt: skip
+CATALOGUE = parse_catalogue(
+    json.dumps(
+        {
+            "data": [
+                {
+                    "id": "firered-image-edit",
+                    "type": "inpaint",
+                    "model_spec": {
+                        "name": "FireRed",
+                        "constraints": {"aspectRatios": ["auto"], "promptCharacterLimit": 1000,
+                                        "combineImages": False},
+                        "pricing": {"inpaint": {"usd": 0.05, "diem": 0.05}},
+                    },
+                },
+                {
+                    "id": "gpt-image-2-edit",
+                    "type": "inpaint",
+                    "model_spec": {
+                        "name": "GPT Image 2",
+                        "constraints": {"aspectRatios": ["auto"], "promptCharacterLimit": 32000,
+                                        "combineImages": True, "defaultResolution": "2K",
+                                        "resolutions": ["1K", "2K"],
+                                        "qualities": ["low", "medium", "high"]},
+                        "pricing": {
+                            "inpaint": {"usd": 0.34, "diem": 0.34},
+                            "inputImages": {"included": 1, "additional": {"usd": 0.01, "diem": 0.01}},
+                            "quality": {
+                                "1K": {"low": {"usd": 0.03, "diem": 0.03},
+                                       "high": {"usd": 0.34, "diem": 0.34}},
+                                "2K": {"low": {"usd": 0.03, "diem": 0.03},
+                                       "high": {"usd": 0.52, "diem": 0.52}},
+                            },
+                        },
+                    },
+                },
+            ]
+        }
+    ).encode()
+)  # fmt: skip
+
+
+def spec(model: str, *, mask: bool = False, **params: object) -> JobSpec:
+    return JobSpec(
+        key="k" * 64, entry=0, image=Path("a.png"), mask=Path("m.png") if mask else None,
+        prompt="edit", provider="p", model=model, params=params, output_dir=Path("out"),
+        output_name="{stem}",
+    )  # fmt: skip
+
+
+def venice_book(manifest: dict[str, object] | None = None, catalogue: bool = True) -> PriceBook:
+    prices = {m.id: m.price for m in CATALOGUE.values() if m.price} if catalogue else None
+    defaults = {m.id: m.default_resolution for m in CATALOGUE.values() if m.default_resolution}
+    return PriceBook("venice", manifest or {}, prices, defaults if catalogue else None)  # type: ignore[arg-type]
+
+
+def test_openai_book_costs_reported_tokens_at_built_in_or_manifest_rates() -> None:
+    book = PriceBook("openai", {})
+    assert book.cost(spec("gpt-image-2"), SEED_USAGE, None) == pytest.approx(
+        (17 * 4 + 768 * 4 + 196 * 24) / 1e6
+    )
+    assert book.cost(spec("qwen-image-edit"), SEED_USAGE, None) is None
+    assert book.cost(spec("gpt-image-2"), None, None) is None
+    mine = PriceBook("openai", {"qwen-image-edit": TokenPrice(1.0, 2.0, 3.0)})
+    assert mine.cost(spec("qwen-image-edit"), SEED_USAGE, None) == pytest.approx(
+        (17 * 1 + 768 * 2 + 196 * 3) / 1e6
+    )
+    assert mine.describe(spec("qwen-image-edit")) == {
+        "per_million_tokens": {"text_input": 1.0, "image_input": 2.0, "image_output": 3.0},
+        "source": "manifest",
+    }
+
+
+def test_venice_book_prefers_manifest_then_catalogue_then_built_in() -> None:
+    assert venice_book().cost(spec("firered-image-edit"), None, None) == 0.05
+    assert venice_book(catalogue=False).cost(spec("firered-image-edit"), None, None) == 0.04
+    override = price_from_fields("venice", {"per_edit": 0.07})
+    book = venice_book({"firered-image-edit": override})
+    assert book.cost(spec("firered-image-edit"), None, None) == 0.07
+    assert book.describe(spec("firered-image-edit"))["source"] == "manifest"  # type: ignore[index]
+    assert venice_book().cost(spec("mystery-edit"), None, None) is None
+
+
+def test_venice_book_uses_default_resolution_quality_mask_and_applied_enhancement() -> None:
+    book = venice_book()
+    assert book.cost(spec("gpt-image-2-edit"), None, None) == 0.52  # default 2K, billed as high
+    low = spec("gpt-image-2-edit", resolution="1K", quality="low")
+    assert book.cost(low, None, None) == 0.03
+    assert venice_book(catalogue=False).cost(spec("gpt-image-2-edit"), None, None) == 0.34
+    masked = spec("gpt-image-2-edit", mask=True, resolution="1K", quality="low")
+    assert book.cost(masked, None, None) == pytest.approx(0.04)  # the mask is a second image
+    assert book.cost(masked, None, ReplyFacts(enhanced_prompt=True)) == pytest.approx(0.08)
+    asked = spec("firered-image-edit", enhance_prompt=True)
+    assert book.estimate(asked) == pytest.approx(0.09)  # before sending: assume it applies
+    assert book.cost(asked, None, ReplyFacts()) == pytest.approx(0.05)  # reply: it did not
+
+
+@pytest.mark.parametrize(
+    ("dialect", "fields"),
+    [
+        ("openai", {"per_edit": 0.04}),
+        ("openai", {"text_input": 1.0, "image_input": 1.0}),
+        ("venice", {"text_input": 1.0, "image_input": 1.0, "image_output": 1.0}),
+        ("venice", {"extra_image": 0.01}),
+    ],
+)
+def test_price_fields_must_fit_the_dialect(dialect: str, fields: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=r"per million tokens|per edit"):
+        price_from_fields(dialect, fields)

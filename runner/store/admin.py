@@ -1,0 +1,83 @@
+"""Changing jobs by hand (retry, cancel), prices, and the model catalogue cache.
+
+Plain functions over a connection, like `queries`; SqlStore wraps each in a transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..models import JobState
+from . import tables as t
+from .queries import in_manifest, latest_attempt_id
+
+
+async def move_jobs(
+    conn: AsyncConnection,
+    manifest: str,
+    *,
+    from_states: Collection[JobState],
+    to_state: JobState,
+    key: str | None,
+    now: datetime,
+) -> int:
+    """`retry` (failed/cancelled → pending, with a fresh attempt budget) and `cancel`
+    (pending/failed → cancelled). Running jobs are never moved: their runner owns them."""
+    where = [in_manifest(manifest), t.jobs.c.status.in_([state.value for state in from_states])]
+    if key is not None:
+        where.append(t.jobs.c.key.startswith(key))
+    values: dict[str, Any] = {"status": to_state.value, "updated_at": now}
+    if to_state is JobState.PENDING:
+        values.update(attempt_floor=latest_attempt_id(), finished_at=None)
+    else:
+        values.update(finished_at=now)
+    result = await conn.execute(update(t.jobs).where(*where).values(**values))
+    return int(result.rowcount)
+
+
+async def set_prices(conn: AsyncConnection, prices: Mapping[str, str]) -> None:
+    """Record the price each job is costed at; finished jobs keep the one they ran at."""
+    if not prices:
+        return
+    statement = (
+        update(t.jobs)
+        .where(
+            t.jobs.c.key == bindparam("job"),
+            # executemany cannot expand IN lists
+            or_(
+                t.jobs.c.status == JobState.PENDING.value, t.jobs.c.status == JobState.RUNNING.value
+            ),
+        )
+        .values(price_json=bindparam("price"))
+    )
+    await conn.execute(statement, [{"job": k, "price": v} for k, v in prices.items()])
+
+
+async def load_catalogue(conn: AsyncConnection, source_url: str) -> tuple[datetime, str] | None:
+    c = t.model_catalogues.c
+    row = (
+        await conn.execute(select(c.fetched_at, c.body).where(c.source_url == source_url))
+    ).first()
+    return (row.fetched_at, row.body) if row else None
+
+
+async def save_catalogue(
+    conn: AsyncConnection, source_url: str, body: str, fetched_at: datetime
+) -> None:
+    c = t.model_catalogues.c
+    changed = await conn.execute(
+        update(t.model_catalogues)
+        .where(c.source_url == source_url)
+        .values(body=body, fetched_at=fetched_at)
+    )
+    if not changed.rowcount:
+        await conn.execute(
+            t.model_catalogues.insert().values(
+                source_url=source_url, body=body, fetched_at=fetched_at
+            )
+        )
