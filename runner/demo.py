@@ -74,9 +74,13 @@ def run_demo(directory: Path, console: Console) -> int:
         )
     for row in sorted((directory / "out").glob("*.png")):
         console.print(f"  wrote {row}")
+    report = directory / "report.html"
+    anyio.run(app.report, manifest, app.Options(), report)
+    console.print(f"  wrote {report} (open it in a browser: before/after, costs)")
     console.print(
         f"demo: exit code {outcome.exit_code}. Try:\n"
         f"  runner status {manifest}\n"
+        f"  runner jobs {manifest}\n"
         f"  runner export {manifest} --format csv\n"
         f"  runner run {manifest}    # again: nothing left to send, 0 requests"
     )

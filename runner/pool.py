@@ -106,6 +106,7 @@ class Pool:
         self._prices = prices or {}
         self._limits = limits
         self._warned: set[tuple[str, str]] = set()
+        self._intake_open = True
         self.report = PoolReport()
         # Claims come in batches of a quarter of the concurrency: one store call per batch.
         # A batch's unstarted jobs stay leased to this run; ending the run releases them.
@@ -128,6 +129,15 @@ class Pool:
                             workers.start_soon(self._worker, name)
             outer.cancel_scope.cancel()  # all done and committed: stop renewing leases
         return self.report
+
+    def close_intake(self, kind: str, message: str) -> None:
+        """A limit is reached: take no new job. Jobs already admitted go on, retries
+        included, so `--max-jobs 3` means three jobs, not three minus those waiting."""
+        if not self._intake_open:
+            return
+        self._intake_open = False
+        self.report.stops.append(StopNotice("*", kind, message, 75))
+        log.warning("no new jobs: %s", message)
 
     def halt(self, kind: str, message: str) -> None:
         """Stop taking jobs (a limit, a signal); requests already out finish and are kept."""
@@ -152,11 +162,13 @@ class Pool:
 
     async def _worker(self, provider: str) -> None:
         gate = self._gates[provider]
-        while not gate.stopped:
+        while not gate.stopped and self._intake_open:
             job = await self._next_job(provider, gate)
             if job is None:
-                if gate.stopped or not await self._store.held_elsewhere(
-                    self._manifest, provider, self._owner
+                if (
+                    gate.stopped
+                    or not self._intake_open
+                    or not await self._store.held_elsewhere(self._manifest, provider, self._owner)
                 ):
                     return
                 # Another runner holds some of this manifest's jobs: if it dies, its
@@ -169,7 +181,7 @@ class Pool:
         """A job from this provider's small batch of claims, fetching a batch when empty."""
         claimed = self._claimed[provider]
         async with self._claiming[provider]:
-            if not claimed and not gate.stopped:
+            if not claimed and not gate.stopped and self._intake_open:
                 claimed.extend(
                     await self._store.claim_many(
                         self._manifest,
@@ -194,7 +206,7 @@ class Pool:
             return
         estimate = self._estimate(spec)
         if self._limits is not None and (reason := self._limits.admit(estimate)):
-            self.halt("limit", reason)
+            self.close_intake("limit", reason)
             await self._release(spec)
             return
         self.report.in_flight += 1

@@ -39,7 +39,7 @@ TEMP_SUFFIX = ".report-tmp"
 # WebP is about a third smaller than JPEG at the same quality for thumbnails like these;
 # a Pillow built without libwebp still makes a working page with JPEG.
 _FORMAT, _MIME = ("WEBP", "image/webp") if features.check("webp") else ("JPEG", "image/jpeg")
-# Failed first (they need a look), then what is unfinished, then the good ones.
+# Order of the counts at the top: what needs a look first.
 _STATE_ORDER = (
     JobState.FAILED,
     JobState.CANCELLED,
@@ -133,10 +133,8 @@ def render_html(
     )
     pairs = list(zip(jobs, thumbnails, strict=True))
     failed = [p for p in pairs if p[0].state == JobState.FAILED]
-    others = sorted(
-        (p for p in pairs if p[0].state != JobState.FAILED),
-        key=lambda p: _state_rank(p[0].state),
-    )  # sorted() is stable, so manifest order holds within each state
+    # The rest keep manifest order, which is how people find a job they remember.
+    others = [p for p in pairs if p[0].state != JobState.FAILED]
 
     e = _esc
     title = f"Batch report: {totals.manifest}"
@@ -367,13 +365,6 @@ def _figure(thumb: Thumbnail | None, caption: str, path: Path) -> str:
             f'alt="{e(caption)}: {e(path.name)}" title="{e(str(path))}" decoding="async">'
         )
     return f"<figure>{body}<figcaption>{e(caption)}</figcaption></figure>"
-
-
-def _state_rank(state: str) -> int:
-    for rank, known in enumerate(_STATE_ORDER):
-        if state == known:
-            return rank
-    return len(_STATE_ORDER)
 
 
 def _state_class(state: str) -> str:

@@ -1,0 +1,235 @@
+"""Unattended operation: limits, a graceful SIGTERM, overlapping cron runs, log lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import pytest
+from conftest import API_KEY, KEY_ENV, FakeClock, Workspace, options
+
+from runner import app
+from runner.manifest import RunLimits
+from runner.testing import FakeProvider
+
+slow = pytest.mark.slow
+
+
+def run(manifest: Path, opts: app.Options) -> app.RunOutcome:
+    return anyio.run(app.run, manifest, opts)
+
+
+def cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *map(str, args)],
+        env={**os.environ, KEY_ENV: API_KEY, "RUNNER_DB": ""},
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def paid_once(fake: FakeProvider, count: int) -> bool:
+    return len(fake.paid) == count and set(fake.paid.values()) == {1}
+
+
+def test_max_jobs_stops_with_75_and_the_rerun_finishes(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"j{i}.png"), "prompt": f"edit {i}"} for i in range(7)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 2})
+
+    first = run(manifest, app.Options(clock=FakeClock(), limits=RunLimits(max_jobs=3)))
+
+    assert first.exit_code == app.EXIT_EARLY
+    assert "--max-jobs 3" in first.stops[0].message
+    assert first.summary.counts["succeeded"] == 3 and first.summary.counts["pending"] == 4
+    assert sum(fake.paid.values()) == 3
+    second = run(manifest, options())
+    assert second.exit_code == app.EXIT_OK
+    assert paid_once(fake, 7)
+
+
+def test_max_cost_takes_no_job_that_could_cross_the_budget(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"c{i}.png"), "prompt": f"edit {i}"} for i in range(6)]
+    # $1 per million tokens of every kind: each job is estimated near $0.0019 (765 image-in
+    # tokens, a few prompt tokens, 1,056 output tokens at medium quality).
+    pricing = {"fake": {"gpt-image-2": {"text_input": 1, "image_input": 1, "image_output": 1}}}
+    manifest = workspace.manifest(
+        jobs, profile={"concurrency": 1}, pricing=pricing,
+        defaults={"params": {"quality": "medium"}},
+    )  # fmt: skip
+    budget = 0.0019 * 2.5
+
+    first = run(manifest, app.Options(clock=FakeClock(), limits=RunLimits(max_cost_usd=budget)))
+
+    assert first.exit_code == app.EXIT_EARLY
+    assert "--max-cost" in first.stops[0].message
+    assert 1 <= first.summary.counts["succeeded"] <= 2
+    assert first.summary.totals.cost_usd <= budget  # the budget was never crossed
+    assert run(manifest, options()).exit_code == app.EXIT_OK
+    assert paid_once(fake, 6)
+
+
+def test_manifest_limits_block_applies_and_flags_win(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"m{i}.png"), "prompt": f"edit {i}"} for i in range(5)]
+    manifest = workspace.manifest(jobs, limits={"max_jobs": 1})
+
+    assert run(manifest, options()).summary.counts["succeeded"] == 1
+    flagged = run(manifest, app.Options(clock=FakeClock(), limits=RunLimits(max_jobs=2)))
+    assert flagged.summary.counts["succeeded"] == 3 and flagged.exit_code == app.EXIT_EARLY
+
+
+def test_deadline_stops_taking_jobs_and_the_rerun_finishes(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    # Six requests a minute: the runner's clock moves ten seconds per job, so a one-minute
+    # deadline lets about six jobs start.
+    clock = FakeClock()
+    epoch = time.time()
+
+    def wall() -> datetime:
+        return datetime.fromtimestamp(epoch + clock.now, UTC)
+
+    jobs = [{"image": workspace.image(f"d{i}.png"), "prompt": f"edit {i}"} for i in range(12)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 1, "requests_per_minute": 6})
+
+    first = run(manifest, app.Options(clock=clock, wall_clock=wall, limits=RunLimits("1m")))
+
+    assert first.exit_code == app.EXIT_EARLY
+    assert "deadline" in first.stops[0].message
+    assert 4 <= first.summary.counts["succeeded"] <= 7
+    assert run(manifest, options()).exit_code == app.EXIT_OK
+    assert paid_once(fake, 12)
+
+
+def test_a_bad_deadline_is_a_usage_error_naming_the_flag(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    manifest = workspace.manifest([{"image": workspace.image("x.png"), "prompt": "p"}])
+    result = cli("run", manifest, "--deadline", "tomorrowish")
+    assert result.returncode == 2
+    assert "--deadline" in result.stderr and "Traceback" not in result.stderr
+    assert fake.requests_total == 0
+
+
+@slow
+def test_sigterm_lets_requests_in_flight_finish_then_exits_75(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"t{i}.png"), "prompt": f"edit {i}"} for i in range(8)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 2})
+    fake.latency = 0.8
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(manifest), "--log-format", "plain"],
+        env={**os.environ, KEY_ENV: API_KEY}, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while sum(fake.received.values()) < 2:  # two requests are out, mid-reply
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 75, stderr
+    assert "SIGTERM" in stderr and "Traceback" not in stderr
+    db = workspace.db()
+    # The requests already sent were answered and kept: nothing paid is lost.
+    succeeded = db.execute("SELECT COUNT(*) FROM jobs WHERE status='succeeded'").fetchone()[0]
+    assert succeeded == sum(fake.paid.values()) >= 2
+    assert db.execute("SELECT COUNT(*) FROM jobs WHERE status='running'").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM attempts WHERE outcome IN "
+                      "('in_flight', 'abandoned')").fetchone()[0] == 0  # fmt: skip
+    fake.latency = 0
+    rerun = cli("run", manifest)
+    assert rerun.returncode == 0, rerun.stderr
+    assert paid_once(fake, 8)  # no job paid twice
+
+
+@slow
+def test_a_second_signal_abandons_requests_at_once_and_records_them(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"s{i}.png"), "prompt": f"edit {i}"} for i in range(4)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 2})
+    fake.latency = 20
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(manifest), "--log-format", "plain"],
+        env={**os.environ, KEY_ENV: API_KEY}, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while sum(fake.received.values()) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 75, stderr
+    assert time.monotonic() - started < 10  # did not wait for the 20 s replies
+    db = workspace.db()
+    assert db.execute("SELECT COUNT(*) FROM jobs WHERE status='running'").fetchone()[0] == 0
+    abandoned = db.execute("SELECT COUNT(*) FROM attempts WHERE outcome='abandoned'").fetchone()
+    assert abandoned[0] == 2  # on record as possibly billed
+
+
+@slow
+def test_two_overlapping_runs_split_the_work_without_lock_errors(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"o{i}.png"), "prompt": f"edit {i}"} for i in range(24)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 3})
+    fake.latency = 0.05
+    command = [sys.executable, "-m", "runner", "run", str(manifest), "--log-format", "plain"]
+    environment = {**os.environ, KEY_ENV: API_KEY}
+    first = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
+    errors = [p.communicate(timeout=90)[1] for p in (first, second)]
+
+    assert [first.returncode, second.returncode] == [0, 0], errors
+    assert not any("locked" in e.lower() or "Traceback" in e for e in errors)
+    assert paid_once(fake, 24)  # every job once, none twice
+    db = workspace.db()
+    by_run = db.execute("SELECT run_id, COUNT(*) FROM attempts GROUP BY run_id").fetchall()
+    assert len(by_run) == 2 and all(n > 0 for _, n in by_run)  # both did some of it
+
+
+def test_plain_and_json_progress_lines_when_not_on_a_terminal(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"l{i}.png"), "prompt": f"edit {i}"} for i in range(3)]
+    manifest = workspace.manifest(jobs)
+
+    plain = cli("run", manifest)
+    lines = plain.stderr.splitlines()
+    assert plain.returncode == 0
+    assert any(" started " in line or line.split(" ")[1:2] == ["started"] for line in lines)
+    finished = [line for line in lines if " finished " in line]
+    assert finished and "3/3 done" in finished[0]
+
+    fake.script = ["server_error"]
+    more = [{"image": workspace.image(f"n{i}.png"), "prompt": f"more {i}"} for i in range(2)]
+    manifest = workspace.manifest(jobs + more)
+    as_json = cli("run", manifest, "--log-format", "json")
+    records = [json.loads(line) for line in as_json.stderr.splitlines()]  # every line is JSON
+    events = [r["event"] for r in records]
+    assert "started" in events and "finished" in events and events[-1] == "result"
+    result = records[-1]
+    assert result["exit_code"] == 0 and result["counts"]["succeeded"] == 5
+    finished_record = next(r for r in records if r["event"] == "finished")
+    assert finished_record["done"] == 5 and finished_record["total"] == 5
+    assert API_KEY not in as_json.stderr and API_KEY not in plain.stderr
+
+    quiet = cli("run", manifest, "--quiet")
+    assert quiet.returncode == 0 and "progress" not in quiet.stderr
