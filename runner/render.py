@@ -9,6 +9,7 @@ import csv
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -126,16 +127,18 @@ def write_csv(rows: Sequence[ExportRow], stream: Any) -> None:
 
 def jobs_table(rows: Sequence[ExportRow]) -> Table:
     table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("key", "state", "image", "provider/model", "tries", "cost", "reason"):
-        table.add_column(column, overflow="fold")
+    for column in ("key", "state", "tries", "cost"):
+        table.add_column(column, no_wrap=True)
+    for column in ("image", "provider/model", "reason"):
+        table.add_column(column, overflow="fold", ratio=2 if column == "reason" else 1)
     for row in rows:
         table.add_row(
-            row.key[:12],
+            row.key[:10],
             row.status,
-            row.image,
-            f"{row.provider}/{row.model}",
             str(row.attempts),
             f"${row.usage.cost_usd:,.4f}",
+            Path(row.image).name,
+            f"{row.provider}/{row.model}",
             row.error or "",
         )
     return table

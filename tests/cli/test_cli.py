@@ -211,3 +211,45 @@ def test_python_dash_m_and_console_script_agree() -> None:
     assert via_module.returncode == 0
     assert via_script.stdout == via_module.stdout
     assert "Exit codes" in via_script.stdout and "RUNNER_DB" in runner("run", "--help").stdout
+
+
+def test_jobs_cancel_and_retry_of_a_cancelled_job(workspace: Workspace, fake: FakeProvider) -> None:
+    jobs = [{"image": workspace.image(f"c{i}.png"), "prompt": f"edit {i}"} for i in range(3)]
+    jobs.append({"image": "gone.png", "prompt": "missing"})
+    manifest = workspace.manifest(jobs)
+    assert runner("validate", manifest).returncode == 1  # nothing sent, just read
+    keys = [
+        json.loads(line)["key"] for line in runner("jobs", manifest, "--json").stdout.splitlines()
+    ]
+    assert len(keys) == 4
+
+    cancelled = runner("cancel", manifest, "--job", keys[0][:10])
+    assert "1 job cancelled" in cancelled.stdout
+    assert runner("run", manifest).returncode == 1  # the missing file fails; the rest is done
+    assert fake.requests_total == 2  # the cancelled job was never sent
+
+    failed = runner("jobs", manifest, "--state", "failed", "--json").stdout.splitlines()
+    assert [json.loads(line)["error"].startswith("image: file not found") for line in failed] == [
+        True
+    ]
+    table = runner("jobs", manifest).stdout
+    assert "cancelled" in table and "file not" in table
+    assert "1 job cancelled" in runner("cancel", manifest, "--state", "failed").stdout
+    assert runner("run", manifest).returncode == 0  # succeeded + cancelled: nothing left
+
+    assert "1 job moved back to pending" in runner("retry", manifest, "--job", keys[0][:10]).stdout
+    assert runner("run", manifest).returncode == 0
+    assert fake.requests_total == 3
+
+
+def test_job_overview_view_joins_jobs_outputs_and_usage(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image("v.png"), "prompt": "viewed", "params": {"n": 2}}]
+    manifest = workspace.manifest(jobs)
+    assert runner("run", manifest).returncode == 0
+    row = workspace.db().execute("SELECT * FROM job_overview").fetchone()
+    assert row["status"] == "succeeded" and row["prompt"] == "viewed"
+    assert row["attempts"] == 1 and row["total_tokens"] > 0 and row["cost_usd"] > 0
+    assert len(row["output_paths"].splitlines()) == 2  # one row per job, both outputs
+    assert json.loads(row["price"])["source"] == "built-in"
