@@ -297,15 +297,25 @@ class Pool:
         sending.attempts += 1
         # On disk before the request leaves: a provider bills what it received even if we
         # die a millisecond later, and the record must say the attempt may have been paid.
-        ticket = await self._store.begin_attempt(spec.key, self._owner, spec.provider, spec.model)
+        try:
+            ticket = await self._store.begin_attempt(
+                spec.key, self._owner, spec.provider, spec.model
+            )
+        except BaseException:
+            gate.answered()
+            raise
         if gate.stopped:  # a 402 arrived for another job while this was being recorded
+            gate.answered()
             await self._store.finish_attempt(
                 ticket, AttemptRecord(outcome=Outcome.NOT_SENT, counted=False)
             )
             raise Stopped(f"{gate.name} stopped before this request was sent")
         started = time.monotonic()
         try:
-            result = await provider.edit(request)
+            try:
+                result = await provider.edit(request)
+            finally:
+                gate.answered()
         except ProviderError as exc:
             if isinstance(exc, ProviderStop):
                 self._stop(gate, exc)  # first, before any write: no worker may send again

@@ -50,6 +50,10 @@ class ProviderGate:
         # Failed attempts since this provider's last success, across all jobs.
         self.failure_streak = 0
         self._breaker_failures = breaker_failures
+        # The provider's request window as its rate headers last described it.
+        self._window_left: int | None = None
+        self._window_ends = 0.0
+        self._outstanding = 0  # requests sent, not yet answered
         self._breaker_window = breaker_window_s
         self._recent_failures: deque[float] = deque()
         self.breaker_trips = 0
@@ -94,16 +98,18 @@ class ProviderGate:
         self.pause_for(self._breaker_window)
         return True
 
+    def answered(self) -> None:
+        """A request that passed `wait_turn` has its answer (or will never get one)."""
+        self._outstanding = max(0, self._outstanding - 1)
+
     def observe_rate(self, remaining: int | None, reset_in_s: float | None) -> None:
-        """Pace from the provider's own count, before a 429: with `remaining` requests left
-        until the window resets, space the next ones evenly over what is left of it."""
+        """Pace from the provider's own count, before it has to say 429: `remaining`
+        requests are left until the window resets, less those we sent that it may not have
+        counted yet; when none are left, everyone waits for the reset."""
         if remaining is None or reset_in_s is None or reset_in_s <= 0:
             return
-        if remaining <= 0:
-            self.pause_for(reset_in_s)
-            return
-        now = self._clock.monotonic()
-        self._next_slot = max(self._next_slot, now + reset_in_s / (remaining + 1))
+        self._window_left = remaining - self._outstanding
+        self._window_ends = self._clock.monotonic() + reset_in_s
 
     def pause_for(self, seconds: float) -> None:
         """Hold every request to this provider for `seconds` (a server's wait hint)."""
@@ -116,8 +122,16 @@ class ProviderGate:
             now = self._clock.monotonic()
             async with self._lock:
                 start = max(now, self._next_slot, self._paused_until)
+                if self._window_left is not None:
+                    if now >= self._window_ends:
+                        self._window_left = None  # a new window: the next answer says more
+                    elif self._window_left <= 0:
+                        start = max(start, self._window_ends)
                 if start <= now:
                     self._next_slot = now + self._interval
+                    if self._window_left is not None:
+                        self._window_left -= 1
+                    self._outstanding += 1
                     return
             await self.sleep(start - now)
 

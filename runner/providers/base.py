@@ -165,6 +165,32 @@ def classify(response: httpx.Response, now: float) -> ProviderError:
     return make(PermanentJobError)
 
 
+async def post_streamed(
+    client: httpx.AsyncClient, url: str, **request: Any
+) -> tuple[httpx.Response, bytes]:
+    """POST and read the whole reply; the body is returned apart from the response object.
+
+    Streamed, the reply (an image of up to tens of MB) is ours and goes when the caller drops
+    it, instead of riding on the Response; only error bodies are put on a Response, for
+    classifying. Transport failures come back as ProviderErrors.
+    """
+    try:
+        async with client.stream("POST", url, **request) as streamed:
+            content = b"".join([chunk async for chunk in streamed.aiter_bytes()])
+    except httpx.HTTPError as exc:
+        raise translate_transport_error(exc) from exc
+    # Its stream points back at the response, which holds the request and so our upload: a
+    # cycle only a full garbage collection frees (encode/httpx#3733). Read and closed, the
+    # stream is not needed; dropping it lets the whole exchange go at once.
+    streamed.stream = httpx.ByteStream(b"")
+    if streamed.status_code == 200:
+        return streamed, content
+    complete = httpx.Response(
+        streamed.status_code, headers=streamed.headers, content=content, request=streamed.request
+    )
+    return complete, content
+
+
 def translate_transport_error(exc: httpx.HTTPError) -> ProviderError:
     """Network failures. A connect failure never reached the provider; a read timeout may
     have been processed (and billed) upstream, hence its own class."""

@@ -18,7 +18,7 @@ from ..errors import ProviderError, RetryableError
 from ..images import OPENAI_LIMITS, ImageLimits, read_image_info
 from ..models import EditRequest, EditResult, ReplyImage, Usage
 from ..work import run_cpu_work
-from .base import classify, request_id_of, translate_transport_error
+from .base import classify, post_streamed, request_id_of
 from .replies import lift_base64, restore
 
 
@@ -65,32 +65,13 @@ class OpenAIProvider:
         return EditResult(images=images, usage=parsed.usage, request_id=request_id)
 
     async def _post(self, request: EditRequest) -> tuple[httpx.Response, bytes]:
-        """Send the edit; the reply's body is returned apart from the response object.
-
-        Streamed, the ~2 MB body is ours and goes when we drop it, instead of riding on the
-        Response; only small error bodies are put on a Response, for `classify`.
-        """
-        try:
-            async with self._client.stream(
-                "POST", self._url, data=_form_fields(request), files=_file_parts(request),
-                headers=self._auth,
-            ) as streamed:  # fmt: skip
-                content = b"".join([chunk async for chunk in streamed.aiter_bytes()])
-        except httpx.HTTPError as exc:
-            raise translate_transport_error(exc) from exc
-        # Its stream points back at the response, which holds the request and so our 1.5 MB
-        # upload: a cycle only a full garbage collection frees (encode/httpx#3733). Read and
-        # closed, the stream is not needed; dropping it lets the whole exchange go at once.
-        streamed.stream = httpx.ByteStream(b"")
-        if streamed.status_code == 200:
-            return streamed, content
-        complete = httpx.Response(
-            streamed.status_code,
-            headers=streamed.headers,
-            content=content,
-            request=streamed.request,
+        return await post_streamed(
+            self._client,
+            self._url,
+            data=_form_fields(request),
+            files=_file_parts(request),
+            headers=self._auth,
         )
-        return complete, content
 
     async def _download(self, parsed: _Parsed, request_id: str | None) -> tuple[ReplyImage, ...]:
         """Fetch `data[].url` images (the provider deletes them after a while)."""

@@ -35,7 +35,12 @@ from ..models import EditRequest, EditResult, ReplyFacts
 from ..siwx import HEADER as SIWX_HEADER
 from ..siwx import SiwxSigner
 from ..work import run_cpu_work
-from .base import parse_error_body, request_id_of, retry_after_seconds, translate_transport_error
+from .base import (
+    parse_error_body,
+    post_streamed,
+    request_id_of,
+    retry_after_seconds,
+)
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
 TOP_UP_URL = "https://venice.ai/settings/api"
@@ -155,26 +160,8 @@ class VeniceProvider:
         return url, {"data": fields, "files": files}
 
     async def _post(self, request: EditRequest) -> tuple[httpx.Response, bytes]:
-        """Send once; like the OpenAI dialect, the body is streamed and kept apart from the
-        response so the (possibly 30 MB) image goes as soon as the caller drops it."""
         url, body = self._request_body(request)
-        try:
-            async with self._client.stream(
-                "POST", url, headers=self._headers(), **body
-            ) as streamed:
-                content = b"".join([chunk async for chunk in streamed.aiter_bytes()])
-        except httpx.HTTPError as exc:
-            raise translate_transport_error(exc) from exc
-        # The stream points back at the response, which holds the request and our upload: a
-        # cycle only a full collection frees (encode/httpx#3733). Read, it is not needed.
-        streamed.stream = httpx.ByteStream(b"")
-        if streamed.status_code == 200:
-            return streamed, content
-        complete = httpx.Response(
-            streamed.status_code, headers=streamed.headers, content=content,
-            request=streamed.request,
-        )  # fmt: skip
-        return complete, content
+        return await post_streamed(self._client, url, headers=self._headers(), **body)
 
 
 def _form_value(value: Any) -> str:
