@@ -54,7 +54,8 @@ if shared is not None:
     _run(shared)
 else:
     if config.config_file_name is not None:
-        fileConfig(config.config_file_name)
+        # Keep loggers that exist already (the runner's own, when called in-process).
+        fileConfig(config.config_file_name, disable_existing_loggers=False)
     if context.is_offline_mode():
         raise SystemExit("offline (--sql) mode is not supported; run against a database")
     asyncio.run(_run_from_cli())

@@ -7,6 +7,7 @@ lives in `running`; what every command shares, in `session`.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Collection, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -114,7 +115,10 @@ async def report(path: Path, options: Options, output: Path) -> ReportStats:
         manifest=str(path),
         generated_at=options.wall_clock(),
     )
-    return await anyio.to_thread.run_sync(lambda: write_report(report_jobs, totals, output))
+    workers = max(1, os.cpu_count() or 1)  # decoding the images is most of the time
+    return await anyio.to_thread.run_sync(
+        lambda: write_report(report_jobs, totals, output, workers=workers)
+    )
 
 
 @dataclass(frozen=True, slots=True)

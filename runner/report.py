@@ -148,13 +148,13 @@ def render_html(
     if failed:
         parts.append(f'<section id="failed">\n<h2>Failed jobs ({len(failed)})</h2>\n')
         parts.append('<div class="grid">\n')
-        parts.extend(_render_job(job, thumbs, thumb_px) for job, thumbs in failed)
+        parts.extend(_render_job(job, thumbs) for job, thumbs in failed)
         parts.append("</div>\n</section>\n")
     if others:
         heading = "Other jobs" if failed else "Jobs"
         parts.append(f'<section id="jobs">\n<h2>{heading} ({len(others)})</h2>\n')
         parts.append('<div class="grid">\n')
-        parts.extend(_render_job(job, thumbs, thumb_px) for job, thumbs in others)
+        parts.extend(_render_job(job, thumbs) for job, thumbs in others)
         parts.append("</div>\n</section>\n")
     if not jobs:
         parts.append('<p class="empty">No jobs.</p>\n')
@@ -257,17 +257,21 @@ def _load_small(path: Path, thumb_px: int) -> Image.Image:
 def _edited_region(mask_path: Path, size: tuple[int, int]) -> Image.Image:
     """Mode "L" image of `size`: 255 where the mask says "edit here", 0 elsewhere.
 
-    With alpha (OpenAI's convention), fully transparent pixels are the edited area. A mask
+    With alpha (OpenAI's convention), fully transparent pixels are the edited area; once
+    shrunk, a thumbnail pixel counts if most of what it covers was transparent. A mask
     without alpha is read the way inpainting tools with grey masks do: white (light) means
     edit, black (dark) means keep. The runner itself refuses such masks before sending, so
     this only matters for jobs that failed pre-flight.
     """
     with Image.open(mask_path) as mask:
         if "A" in mask.getbands() or "transparency" in mask.info:
+            # Palette transparency needs a conversion; a real alpha band is used as it is.
+            has_band = "A" in mask.getbands()
+            alpha = (mask if has_band else mask.convert("RGBA")).getchannel("A")
             # BOX averages every source pixel, so a hole narrower than the reduction
             # factor still shows up as a low alpha value instead of vanishing.
-            alpha = mask.convert("RGBA").getchannel("A").resize(size, Image.Resampling.BOX)
-            return alpha.point(lambda a: 255 if a < 128 else 0)
+            small = alpha.resize(size, Image.Resampling.BOX)
+            return small.point(lambda a: 255 if a < 128 else 0)
         grey = mask.convert("L").resize(size, Image.Resampling.BOX)
         return grey.point(lambda v: 255 if v >= 128 else 0)
 
@@ -322,9 +326,12 @@ def _render_totals(totals: ReportTotals, job_count: int) -> str:
     )
 
 
-def _render_job(job: ReportJob, thumbs: JobThumbnails, thumb_px: int) -> str:
+def _render_job(job: ReportJob, thumbs: JobThumbnails) -> str:
     e = _esc
-    error = f'<p class="error">{e(job.error)}</p>' if job.error else ""
+    reason = job.error
+    if not reason and job.state == JobState.FAILED:
+        reason = "(no reason recorded)"  # a failed card without a reason looks like a bug
+    error = f'<p class="error">{e(reason)}</p>' if reason else ""
     before_caption = "before + mask" if job.mask is not None else "before"
     if thumbs.mask_missing:
         before_caption = "before (mask missing)"
