@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-
-from eth_account import Account
-from eth_account.messages import encode_defunct
+from typing import TYPE_CHECKING
 
 from .errors import ManifestError
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 VENICE_DOMAIN = "api.venice.ai"
 VENICE_URI = "https://api.venice.ai"
@@ -52,8 +53,10 @@ class SiwxSigner:
     def __init__(
         self, private_key: str, *, env_name: str, clock: Callable[[], float] = time.time
     ) -> None:
+        from eth_account import Account  # ~0.6 s to import: only for wallet profiles
+
         try:
-            self._account = Account.from_key(private_key.strip())
+            self._account: LocalAccount = Account.from_key(private_key.strip())
         except (ValueError, TypeError, binascii.Error) as exc:
             # The library's message may quote the key; ours names only where it came from.
             raise ManifestError(
@@ -66,6 +69,8 @@ class SiwxSigner:
         return str(self._account.address)
 
     def header(self) -> str:
+        from eth_account.messages import encode_defunct
+
         now = self._clock()
         message = siwe_message(self.address, secrets.token_hex(8), now, now + TTL_S)
         signed = self._account.sign_message(encode_defunct(text=message))
@@ -137,6 +142,9 @@ def verify_header(header: str, now: float) -> SiwxClaims:
     moment = datetime.fromtimestamp(now, tz=UTC)
     if not issued - timedelta(seconds=60) <= moment < expires:
         raise SiwxInvalid("sign-in is expired or not yet valid")
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
     try:
         signer = Account.recover_message(encode_defunct(text=message), signature=signature)
     except (ValueError, TypeError, binascii.Error) as exc:
