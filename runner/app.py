@@ -11,6 +11,7 @@ import os
 from collections.abc import Collection, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import anyio.to_thread
@@ -137,20 +138,18 @@ async def models(path: Path, options: Options) -> tuple[list[ModelRow], list[str
     rows: list[ModelRow] = []
     notes: list[str] = []
     async with opened(parsed, options) as session:
-        for name, profile in parsed.providers.items():
-            if profile.dialect == "openai":
-                for model, price in OPENAI_TOKEN_PRICES.items():
-                    rows.append(
-                        ModelRow(name, "openai", model, "see PROVIDERS.md §4.3",
-                                 f"${price.text_input:g}/${price.image_input:g}/"
-                                 f"${price.image_output:g} per M tokens (text in/image in/out)")
-                    )  # fmt: skip
-                continue
-            async with http_client(profile) as client:
-                catalogue = await load_catalogue(profile, client, session.store, utcnow())
-            if catalogue is None:
-                notes.append(f"{name}: model list unavailable; built-in prices apply")
-                continue
+        catalogues = await _catalogues(parsed, session.store, options.wall_clock())
+    for name, profile in parsed.providers.items():
+        if profile.dialect == "openai":
+            rows.extend(
+                ModelRow(name, "openai", model, "see PROVIDERS.md §4.3",
+                         f"${price.text_input:g}/${price.image_input:g}/"
+                         f"${price.image_output:g} per M tokens (text in/image in/out)")
+                for model, price in OPENAI_TOKEN_PRICES.items()
+            )  # fmt: skip
+        elif name not in catalogues:
+            notes.append(f"{name}: model list unavailable; built-in prices apply")
+        else:
             rows.extend(
                 ModelRow(
                     name,
@@ -161,7 +160,7 @@ async def models(path: Path, options: Options) -> tuple[list[ModelRow], list[str
                     f"≤ {entry['max_input_images']} input images",
                     entry["price"],
                 )
-                for entry in describe_models(catalogue)
+                for entry in describe_models(catalogues[name])
             )
     return rows, notes
 
@@ -200,7 +199,7 @@ async def validate(path: Path) -> Validation:
     parsed = await parse(path)
     creds = credentials(parsed, {d.provider.name for d in parsed.drafts})
     manifest = await anyio.to_thread.run_sync(parsed.resolve)
-    catalogues = await _catalogues(parsed, None)
+    catalogues = await _catalogues(parsed, None, utcnow())
     async with AsyncExitStack() as stack:  # the checkers need a client, never use it
         checkers = {
             name: build_provider(
@@ -233,13 +232,16 @@ async def validate(path: Path) -> Validation:
     return Validation(manifest, await anyio.to_thread.run_sync(check_all))
 
 
-async def _catalogues(parsed: ParsedManifest, store: Store | None) -> dict[str, Catalogue]:
+async def _catalogues(
+    parsed: ParsedManifest, store: Store | None, now: datetime
+) -> dict[str, Catalogue]:
+    """Each Venice profile's model list (`store`: the database's day-old copy may do)."""
     found: dict[str, Catalogue] = {}
     for name, profile in parsed.providers.items():
         if profile.dialect != "venice":
             continue
         async with http_client(profile) as client:
-            catalogue = await load_catalogue(profile, client, store, utcnow())
+            catalogue = await load_catalogue(profile, client, store, now)
         if catalogue is not None:
             found[name] = catalogue
     return found

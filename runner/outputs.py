@@ -76,7 +76,7 @@ def write_outputs(spec: JobSpec, images: Sequence[ReplyImage]) -> tuple[OutputRe
     """Write every image atomically and describe what was written."""
     refs = []
     for index, (image, path) in enumerate(zip(images, output_paths(spec, images), strict=True)):
-        _write_atomic(path, image.data)
+        write_atomic(path, image.data)
         refs.append(
             OutputRef(
                 index=index + 1,
@@ -200,7 +200,10 @@ def _escape_problem(name: str, base: Path) -> str | None:
     return None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never
+    part: a temp file beside it (so the replace is a rename), fsynced, renamed, and the
+    folder fsynced. Any failure removes the temp file; OSErrors become OutputError."""
     temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,10 +215,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         temp.replace(path)
-    except OSError as exc:
+    except BaseException as exc:  # interrupted too: no temp file is left behind
         with contextlib.suppress(OSError):
             temp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
+        raise
     _fsync_dir(path.parent)
 
 

@@ -405,7 +405,8 @@ class Pool:
 
     def _halt(self, kind: str, message: str, exit_code: int | None = None) -> None:
         """Stop every provider: the reason is ours (the disk, a limit, a signal), not theirs."""
-        if any(stop.provider == "*" for stop in self.report.stops):
+        # Once per kind: a signal after a limit must still stop the gates, a repeat need not.
+        if any(stop.provider == "*" and stop.kind == kind for stop in self.report.stops):
             return
         code = exit_code if exit_code is not None else (75 if kind == "disk" else 1)
         notice = StopNotice("*", kind, message, code)

@@ -150,12 +150,13 @@ class PriceBook:
         price, source = found
         if isinstance(price, TokenPrice):
             return {"per_million_tokens": asdict(price), "source": source}
+        plain = self._edit_cost(spec, price, enhanced=False)
+        enhanced = self._edit_cost(spec, price, enhanced=True)
         return {
-            "per_edit_usd": self._edit_cost(spec, price, enhanced=False),
-            "enhance_prompt_usd": round(self._edit_cost(spec, price, enhanced=True)
-                                        - self._edit_cost(spec, price, enhanced=False), 6),
+            "per_edit_usd": plain,
+            "enhance_prompt_usd": round(enhanced - plain, 6),
             "source": source,
-        }  # fmt: skip
+        }
 
     def estimate(self, spec: JobSpec) -> float | None:
         """Before sending: what the job will likely cost (for limits and `validate`)."""

@@ -13,12 +13,9 @@ releases the GIL while decoding, resizing and encoding) and writes the page atom
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import html
 import io
-import os
-import secrets
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,13 +25,13 @@ from pathlib import Path
 from PIL import Image, ImageFilter, ImageOps, features
 
 from .models import JobState
+from .outputs import write_atomic
 
 # The outline of the edited area: magenta is rare in photographs, so it stands out.
 OUTLINE_RGB = (255, 0, 255)
 QUALITY = 70
 # Text shown in place of an image file that is missing or unreadable (tests look for it).
 MISSING_TEXT = "missing"
-TEMP_SUFFIX = ".report-tmp"
 
 # WebP is about a third smaller than JPEG at the same quality for thumbnails like these;
 # a Pillow built without libwebp still makes a working page with JPEG.
@@ -196,7 +193,8 @@ def write_report(
     page = render_html(jobs, totals, thumbnails, thumb_px=thumb_px)
     # "replace" only matters for lone surrogates, which no browser could show anyway.
     data = page.encode("utf-8", "replace")
-    _write_atomic(path, data)
+    # A reader (or a browser reloading) never sees half a page; a failure keeps the old one.
+    write_atomic(path, data)
 
     shown = missing = 0
     for thumbs in thumbnails:
@@ -394,26 +392,6 @@ def _esc(text: str) -> str:
 def _sha256(text: str) -> str:
     digest = base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
     return f"sha256-{digest}"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # A reader (or a browser reloading) never sees half a page, and a crash leaves the
-    # previous report in place; the temp file sits beside the target so replace() is a rename.
-    temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # 0o666 leaves permissions to the umask like any new file; tempfile would make it
-        # owner-only, which is wrong for a page meant to be shared.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        temp.replace(path)  # os.replace: atomic on POSIX and Windows alike
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
-        raise
 
 
 # Counts the images that really decoded, so a headless browser test can read the result

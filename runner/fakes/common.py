@@ -26,6 +26,7 @@ from .multipart import BadRequest
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "MAX_RECORDED",
     "BaseHandler",
     "FakeBase",
     "FakeServer",
@@ -62,8 +63,13 @@ def format_seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-class FakeBase:
-    """Lifecycle (start/stop, context manager, port) and fault knobs of a fake provider.
+MAX_RECORDED = 10_000  # requests kept for inspection; counters count them all
+Recorded = TypeVar("Recorded")
+
+
+class FakeBase(Generic[Recorded]):
+    """Lifecycle (start/stop, context manager, port), fault knobs and request counters of
+    a fake provider.
 
     Subclasses set `FAULT_NAMES` and `HANDLER`, and guard their own state with `_lock`.
     """
@@ -88,6 +94,55 @@ class FakeBase:
         self._server: FakeServer[Any] | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._requests_total = 0
+        self._status_counts: collections.Counter[int] = collections.Counter()
+        self._paid: collections.Counter[str] = collections.Counter()
+        self._received: collections.Counter[str] = collections.Counter()
+        self._requests: collections.deque[Recorded] = collections.deque(maxlen=MAX_RECORDED)
+
+    # ---------------------------------------------------------------- counters
+
+    @property
+    def requests_total(self) -> int:
+        with self._lock:
+            return self._requests_total
+
+    @property
+    def status_counts(self) -> collections.Counter[int]:
+        with self._lock:
+            return collections.Counter(self._status_counts)
+
+    @property
+    def paid(self) -> collections.Counter[str]:
+        with self._lock:
+            return collections.Counter(self._paid)
+
+    @property
+    def received(self) -> collections.Counter[str]:
+        with self._lock:
+            return collections.Counter(self._received)
+
+    @property
+    def requests(self) -> list[Recorded]:
+        with self._lock:
+            return list(self._requests)
+
+    def _clear_counters(self) -> None:
+        """Zero the shared counters; the caller holds `_lock`."""
+        self._requests_total = 0
+        self._status_counts.clear()
+        self._paid.clear()
+        self._received.clear()
+        self._requests.clear()
+
+    def _count_request(self) -> int:
+        with self._lock:
+            self._requests_total += 1
+            return self._requests_total
+
+    def _note_received(self, fingerprint: str) -> None:
+        with self._lock:
+            self._received[fingerprint] += 1
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -31,12 +31,11 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import ClassVar, Literal
 
-from .common import FakeBase
+from .common import MAX_RECORDED, FakeBase
 from .openai_http import (
     EDIT_PATH,
     FAULTS,
     MAX_FILES,
-    MAX_RECORDED,
     SLOW_EXTRA_SECONDS,
     OpenAIHandler,
     RecordedRequest,
@@ -54,7 +53,7 @@ __all__ = [
 ]
 
 
-class FakeProvider(FakeBase):
+class FakeProvider(FakeBase[RecordedRequest]):
     """An in-process HTTP server playing a paid image-edit API; see the module docstring.
 
     `latency`, `payment_after`, `script` and `fault_mix` may be changed while it runs.
@@ -85,15 +84,10 @@ class FakeProvider(FakeBase):
         self.reply = reply
         super().__init__(script=script, fault_mix=fault_mix, seed=seed, port=port)
 
-        self._requests_total = 0
-        self._status_counts: collections.Counter[int] = collections.Counter()
-        self._paid: collections.Counter[str] = collections.Counter()
         self._paid_total = 0
         # Normal replies decided on but not yet charged; counted against payment_after
         # so that concurrent requests cannot overshoot it.
         self._reserved = 0
-        self._received: collections.Counter[str] = collections.Counter()
-        self._requests: collections.deque[RecordedRequest] = collections.deque(maxlen=MAX_RECORDED)
         self._files: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._file_ids = itertools.count(1)
 
@@ -105,42 +99,11 @@ class FakeProvider(FakeBase):
         with self._lock:
             self.payment_after = None
 
-    # ---------------------------------------------------------------- counters
-
-    @property
-    def requests_total(self) -> int:
-        with self._lock:
-            return self._requests_total
-
-    @property
-    def status_counts(self) -> collections.Counter[int]:
-        with self._lock:
-            return collections.Counter(self._status_counts)
-
-    @property
-    def paid(self) -> collections.Counter[str]:
-        with self._lock:
-            return collections.Counter(self._paid)
-
-    @property
-    def received(self) -> collections.Counter[str]:
-        with self._lock:
-            return collections.Counter(self._received)
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self._requests)
-
     def reset_counters(self) -> None:
         """Zero every counter; `payment_after` then counts paid edits from zero again."""
         with self._lock:
-            self._requests_total = 0
-            self._status_counts.clear()
-            self._paid.clear()
+            self._clear_counters()
             self._paid_total = 0
-            self._received.clear()
-            self._requests.clear()
 
     @staticmethod
     def fingerprint(image: bytes, mask: bytes | None, prompt: str, model: str) -> str:
@@ -150,13 +113,7 @@ class FakeProvider(FakeBase):
     # ---------------------------------------------------------------- used by the handler
 
     def _next_request_number(self) -> int:
-        with self._lock:
-            self._requests_total += 1
-            return self._requests_total
-
-    def _note_received(self, fingerprint: str) -> None:
-        with self._lock:
-            self._received[fingerprint] += 1
+        return self._count_request()
 
     def _choose_fault(self) -> str | None:
         with self._lock:

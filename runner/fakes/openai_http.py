@@ -22,7 +22,6 @@ __all__ = [
     "EDIT_PATH",
     "FAULTS",
     "MAX_FILES",
-    "MAX_RECORDED",
     "SLOW_EXTRA_SECONDS",
     "OpenAIHandler",
     "RecordedRequest",
@@ -46,7 +45,6 @@ FAULTS = (
 
 EDIT_PATH = "/v1/images/edits"
 SLOW_EXTRA_SECONDS = 5.0
-MAX_RECORDED = 10_000
 MAX_FILES = 512
 
 FILE_PATH = re.compile(r"/files/([A-Za-z0-9_-]+)\.png")

@@ -40,7 +40,6 @@ from .venice_http import VeniceHandler, VeniceRequest
 
 __all__ = ["VENICE_FAULTS", "Credentials", "FakeVenice", "VeniceRequest"]
 
-MAX_RECORDED = 10_000
 RATE_WINDOW_S = 60.0
 
 AuthKind = Literal["api_key", "wallet", "none"]
@@ -60,7 +59,7 @@ class Charge:
     after: int | None
 
 
-class FakeVenice(FakeBase):
+class FakeVenice(FakeBase[VeniceRequest]):
     """An in-process HTTP server playing Venice's paid image-edit API; see the module doc.
 
     `latency`, `script`, `fault_mix`, `rate_limit_per_minute`, `catalogue_down` and
@@ -133,12 +132,7 @@ class FakeVenice(FakeBase):
         self._catalogue = copy.deepcopy([dict(entry) for entry in catalogue or default_catalogue()])
         self._balance = None if balance_usd is None else round(balance_usd * 1_000_000)
         self._spent = 0
-        self._requests_total = 0
         self._catalogue_fetches = 0
-        self._status_counts: collections.Counter[int] = collections.Counter()
-        self._paid: collections.Counter[str] = collections.Counter()
-        self._received: collections.Counter[str] = collections.Counter()
-        self._requests: collections.deque[VeniceRequest] = collections.deque(maxlen=MAX_RECORDED)
         self._nonces: set[str] = set()
         self._rate_window: collections.deque[float] = collections.deque()
         self._failures: collections.deque[float] = collections.deque()
@@ -209,42 +203,11 @@ class FakeVenice(FakeBase):
         with self._lock:
             return sum(1 for moment in self._failures if moment > now - self.lockout_window)
 
-    # ---------------------------------------------------------------- counters
-
-    @property
-    def requests_total(self) -> int:
-        with self._lock:
-            return self._requests_total
-
-    @property
-    def status_counts(self) -> collections.Counter[int]:
-        with self._lock:
-            return collections.Counter(self._status_counts)
-
-    @property
-    def paid(self) -> collections.Counter[str]:
-        with self._lock:
-            return collections.Counter(self._paid)
-
-    @property
-    def received(self) -> collections.Counter[str]:
-        with self._lock:
-            return collections.Counter(self._received)
-
-    @property
-    def requests(self) -> list[VeniceRequest]:
-        with self._lock:
-            return list(self._requests)
-
     def reset_counters(self) -> None:
         """Zero the request counters; money, nonces, rate window and lock-out are kept."""
         with self._lock:
-            self._requests_total = 0
+            self._clear_counters()
             self._catalogue_fetches = 0
-            self._status_counts.clear()
-            self._paid.clear()
-            self._received.clear()
-            self._requests.clear()
 
     @staticmethod
     def fingerprint(image: bytes, mask: bytes | None, prompt: str, model: str) -> str:
@@ -260,13 +223,7 @@ class FakeVenice(FakeBase):
 
     def _begin(self) -> str:
         """Count one edit request and return its CF-RAY."""
-        with self._lock:
-            self._requests_total += 1
-            return f"{self._requests_total:016x}-FAKE"
-
-    def _note_received(self, fingerprint: str) -> None:
-        with self._lock:
-            self._received[fingerprint] += 1
+        return f"{self._count_request():016x}-FAKE"
 
     def _note_catalogue_fetch(self) -> tuple[bool, list[dict[str, Any]]]:
         with self._lock:

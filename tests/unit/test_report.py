@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from runner.errors import OutputError
+from runner.outputs import TEMP_SUFFIX
 from runner.report import (
     MISSING_TEXT,
     OUTLINE_RGB,
-    TEMP_SUFFIX,
     JobThumbnails,
     ReportJob,
     ReportTotals,
@@ -370,7 +371,7 @@ def test_a_failed_write_keeps_the_old_report_and_removes_the_temp_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Path, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match="No space left"):
         write_report(batch, totals(batch), target, thumb_px=THUMB)
     assert target.read_text() == "old report"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(TEMP_SUFFIX)] == []
