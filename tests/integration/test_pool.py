@@ -91,3 +91,22 @@ async def test_a_stop_while_recording_the_attempt_sends_nothing(tmp_path: Path) 
         .fetchall()
     )
     assert rows == [("not_sent", 0, "pending")]
+
+
+def test_a_signal_after_a_limit_still_stops_every_gate() -> None:
+    gate = ProviderGate("p", FakeClock())
+    pool = Pool(
+        None,  # type: ignore[arg-type]  # neither call below touches the store
+        {"p": StubProvider()},
+        manifest="m",
+        owner="o",
+        settings=RunSettings(),
+        concurrency={"p": 1},
+        gates={"p": gate},
+        wall_clock=lambda: datetime.now(UTC),
+    )
+    pool.close_intake("limit", "--max-jobs 1 reached")
+    assert not gate.stopped  # a limit lets admitted jobs go on sending
+    pool.halt("signal", "SIGTERM")
+    assert gate.stopped
+    assert [stop.kind for stop in pool.report.stops] == ["limit", "signal"]
