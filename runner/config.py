@@ -12,7 +12,22 @@ DEFAULT_MAX_ATTEMPTS = 5  # HTTP attempts per job, the first included
 DEFAULT_BACKOFF_BASE_S = 1.0  # first backoff step; doubles per attempt, fully jittered
 DEFAULT_BACKOFF_CAP_S = 60.0  # ceiling of the jittered backoff
 DEFAULT_MAX_WAIT_S = 300.0  # ceiling of any wait, server hints included
-DEFAULT_MAX_TIMEOUT_RESENDS = 1  # a timed-out request may have been billed: re-send it once only
+# A request with no reply in time may have been billed: after one, a job is sent once more
+# at most, counted across runs since its last `runner retry`.
+DEFAULT_MAX_TIMEOUT_RESENDS = 1
+# Rate-limit answers and requests that never reached the provider cost a job no attempt; a
+# job throttled this many times in one run goes back to pending and the provider stops.
+DEFAULT_MAX_WEATHER_RETRIES = 50
+# Failed requests in a row, across jobs, with no success in between, after which a provider
+# is taken to be down (at least twice its concurrency: a blip fails every request in flight).
+DEFAULT_OUTAGE_STREAK = 25
+# A job that used up its attempts while the provider failed at least this share of other
+# jobs' recent requests met the provider's weather, not a fault of its own: it gets another
+# set of attempts, at most DEFAULT_WEATHER_ROUNDS times per run.
+STORM_FAILURE_RATIO = 0.25
+STORM_WINDOW = 100  # the provider's latest answers that ratio is taken over
+STORM_MIN_ANSWERS = 10  # fewer answers from other jobs than this say nothing about the weather
+DEFAULT_WEATHER_ROUNDS = 2
 DEFAULT_CONNECT_TIMEOUT_S = 15.0
 DEFAULT_READ_TIMEOUT_S = 600.0  # edits are slow; providers advise 300-600 s
 DEFAULT_LEASE_S = 120.0  # a claimed job's lease; renewed while the runner lives
@@ -48,6 +63,7 @@ class RetrySettings:
     backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S
     max_wait_s: float = DEFAULT_MAX_WAIT_S
     max_timeout_resends: int = DEFAULT_MAX_TIMEOUT_RESENDS
+    max_weather_retries: int = DEFAULT_MAX_WEATHER_RETRIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +73,8 @@ class RunSettings:
     poll_s: float = DEFAULT_POLL_S
     min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
     breaker_window_s: float = 30.0  # Venice's lock-out window; tests shrink it
+    outage_streak: int = DEFAULT_OUTAGE_STREAK
+    weather_rounds: int = DEFAULT_WEATHER_ROUNDS
 
 
 # Venice (PROVIDERS.md §3): 20 image requests a minute by default; more than 20 failed

@@ -5,9 +5,15 @@
      ├── InputError             one job's inputs are unusable: the job fails, nothing sent
      ├── OutputError            an output file could not be written
      ├── Stopped                the run is stopping: put the job back, untouched
+     ├── StoreError             the database could not be opened, read or written
+     │    └── NewerSchema       the database was made by a newer runner: exit 2
      └── ProviderError          anything a provider answered (or failed to answer)
-          ├── RetryableError    worth another attempt (429, 5xx, resets, bad 200 bodies)
-          │    └── AttemptTimeout   no answer in time: the provider may still have charged
+          ├── RetryableError    worth another attempt (5xx, resets, bad 200 bodies)
+          │    ├── AttemptTimeout   no answer in time: the provider may still have charged
+          │    ├── Throttled        weather: a rate limit or "overloaded"; the job's
+          │    │                    attempts are not used, the whole provider slows down
+          │    └── NotDelivered     weather: the request provably never reached the
+          │                         provider (connect errors); attempts not used either
           ├── PermanentJobError this job will never succeed as it is (400, 413, moderation)
           └── ProviderStop      stop every request to this provider
                ├── PaymentRequired  402, insufficient quota or balance: exit 3
@@ -72,6 +78,14 @@ class OutputError(RunnerError):
     """An output file could not be written (disk full, permissions)."""
 
 
+class StoreError(RunnerError):
+    """The database could not be opened, read or written (a full disk, a lost server)."""
+
+
+class NewerSchema(StoreError):
+    """The database's schema is newer than this runner knows: it is left untouched."""
+
+
 class Stopped(RunnerError):
     """The run (or this job's provider) is stopping; the job goes back to pending."""
 
@@ -122,6 +136,22 @@ class AttemptTimeout(RetryableError):
     """The provider did not answer in time; it may have done (and billed) the work."""
 
     outcome = "timeout"
+
+
+class Throttled(RetryableError):
+    """A rate-limit answer (429 without a quota code, 503 "overloaded", any answer with a
+    Retry-After): the provider is busy, not the job at fault. Nothing was done or billed,
+    so it does not use up the job's attempts; the provider is paced instead."""
+
+    outcome = "throttled"
+
+
+class NotDelivered(RetryableError):
+    """The request never reached the provider (no connection could be made, or the
+    connection broke before the request was written): it cannot have been billed, so it
+    does not use up the job's attempts."""
+
+    outcome = "not_sent"
 
 
 class PermanentJobError(ProviderError):

@@ -29,7 +29,19 @@ class Outcome(StrEnum):
     AUTH = "auth"
     OUTPUT_ERROR = "output_error"
     ABANDONED = "abandoned"  # the runner that sent it died before recording an answer
-    NOT_SENT = "not_sent"  # recorded, then the provider was stopped before it went out
+    # Never reached the provider: stopped just before it went out, or no connection.
+    NOT_SENT = "not_sent"
+    THROTTLED = "throttled"  # a rate-limit answer: nothing done, nothing billed
+
+
+class FailureKind(StrEnum):
+    """Why a job ended `failed`, for `status` and `jobs` (stored in jobs.failure_kind)."""
+
+    INPUT = "input"  # its files or prompt failed pre-flight: nothing was sent
+    REFUSED = "refused"  # the provider refused it for good (400, moderation, ...)
+    ATTEMPTS = "attempts"  # it used up its attempts on errors of its own
+    UNANSWERED = "unanswered"  # requests got no reply in time and may have been billed
+    OUTPUT = "output"  # the reply could not be written to disk
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,9 @@ class Job:
 
     spec: JobSpec
     attempts_this_round: int  # attempts that used up its budget since the last `runner retry`
+    # Requests that got no reply in time since the last `runner retry`, in any run: each may
+    # have been billed, so their number is capped across runs, not per run.
+    unanswered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +105,9 @@ class Usage:
     input_text_tokens: int | None = None
     output_image_tokens: int | None = None
     raw: str | None = None
+    # Why these figures cannot be trusted (negative, not whole numbers, beyond any real
+    # image); the fields that were wrong are left empty and `raw` keeps what was sent.
+    suspect: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +202,9 @@ class Summary:
     totals: Totals
     last_run: Mapping[str, Any] | None = None
     providers: Mapping[str, ProviderAccount] = field(default_factory=dict)
+    # Failed jobs by why they failed (FailureKind values); jobs failed before this was
+    # recorded count as "unknown".
+    failed_by_kind: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,13 +15,16 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
+from . import dialects
 from .config import RunSettings
 from .errors import (
     InputError,
+    NotDelivered,
     OutputError,
     PermanentJobError,
     ProviderDown,
@@ -30,6 +33,8 @@ from .errors import (
     RetryableError,
     StopNotice,
     Stopped,
+    StoreError,
+    Throttled,
 )
 from .images import ImageLimits, prepare_request
 from .limits import LimitGuard
@@ -37,6 +42,7 @@ from .models import (
     AttemptRecord,
     EditRequest,
     EditResult,
+    FailureKind,
     Job,
     JobSpec,
     Outcome,
@@ -49,7 +55,7 @@ from .outputs import free_bytes, write_outputs
 from .pricing import PriceBook
 from .providers.base import Provider
 from .ratelimit import Clock, ProviderGate, SystemClock
-from .retry import RetryPolicy
+from .retry import GaveUp, RetryPolicy, Tries
 from .store.base import AttemptTicket, Store
 from .work import run_cpu_work
 
@@ -57,6 +63,19 @@ log = logging.getLogger("runner")
 
 Prepare = Callable[[JobSpec, ImageLimits], EditRequest]
 WriteOutputs = Callable[[JobSpec, Sequence[ReplyImage]], tuple[OutputRef, ...]]
+# Completions whose files are written but which the database would not take (a full disk):
+# handed to this at the end of the run, to be kept until a database write succeeds.
+KeepUnrecorded = Callable[[Sequence["Unrecorded"]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Unrecorded:
+    """A paid, written reply that is not in the database yet."""
+
+    spec: JobSpec
+    ticket: AttemptTicket
+    record: AttemptRecord
+    outputs: tuple[OutputRef, ...]
 
 
 @dataclass(slots=True)
@@ -90,6 +109,10 @@ class Pool:
         write: WriteOutputs = write_outputs,
         prices: Mapping[str, PriceBook] | None = None,
         limits: LimitGuard | None = None,
+        reclaim_dead: Callable[[], Awaitable[int]] | None = None,
+        watch_folders: Sequence[tuple[str, Path]] = (),
+        free_space: Callable[[Path], int] = free_bytes,
+        keep_unrecorded: KeepUnrecorded | None = None,
     ) -> None:
         self._store = store
         self._providers = providers
@@ -105,6 +128,13 @@ class Pool:
         self._write = write
         self._prices = prices or {}
         self._limits = limits
+        # Runs on this host that died while we were running: their jobs are ours at once.
+        self._reclaim_dead = reclaim_dead
+        # Besides each job's output folder: (what, folder) whose disk must not fill up.
+        self._watch_folders = watch_folders
+        self._free_space = free_space
+        self._keep_unrecorded = keep_unrecorded
+        self._unrecorded: list[Unrecorded] = []
         self._warned: set[tuple[str, str]] = set()
         self._intake_open = True
         self.report = PoolReport()
@@ -128,6 +158,8 @@ class Pool:
                         for _ in range(self._concurrency[name]):
                             workers.start_soon(self._worker, name)
             outer.cancel_scope.cancel()  # all done and committed: stop renewing leases
+        with anyio.CancelScope(shield=True):
+            await self._record_the_unrecorded()
         return self.report
 
     def close_intake(self, kind: str, message: str) -> None:
@@ -158,9 +190,21 @@ class Pool:
         # Real time, not the injected clock: leases expire in real time.
         while True:
             await anyio.sleep(self._settings.lease_s / 3)
-            await self._store.renew_leases(self._owner, self._lease_until())
+            try:
+                await self._store.renew_leases(self._owner, self._lease_until())
+            except StoreError as exc:
+                self._database_failed(exc)
+                return
 
     async def _worker(self, provider: str) -> None:
+        try:
+            await self._work(provider)
+        except StoreError as exc:
+            # The database takes no more writes (a full disk, a lost server): nothing more
+            # may be sent, since its outcome could not be recorded.
+            self._database_failed(exc)
+
+    async def _work(self, provider: str) -> None:
         gate = self._gates[provider]
         while not gate.stopped and self._intake_open:
             job = await self._next_job(provider, gate)
@@ -171,11 +215,21 @@ class Pool:
                     or not await self._store.held_elsewhere(self._manifest, provider, self._owner)
                 ):
                     return
-                # Another runner holds some of this manifest's jobs: if it dies, its
-                # leases lapse and those jobs become ours to finish.
-                await anyio.sleep(self._settings.poll_s)
+                # Another runner holds some of this manifest's jobs. If it is a run on this
+                # host whose process is gone, its jobs are ours now; one elsewhere that dies
+                # lets its leases lapse, and then they are ours too.
+                if self._reclaim_dead is None or not await self._reclaim_dead():
+                    await anyio.sleep(self._settings.poll_s)
                 continue
             await self._process(job, gate)
+
+    def _database_failed(self, exc: StoreError) -> None:
+        self._halt(
+            "database",
+            f"the database stopped taking writes ({exc}); free space where it lives, then "
+            "run again",
+            exit_code=75,
+        )
 
     async def _next_job(self, provider: str, gate: ProviderGate) -> Job | None:
         """A job from this provider's small batch of claims, fetching a batch when empty."""
@@ -202,7 +256,7 @@ class Pool:
             )
             provider.check_request(request)
         except InputError as exc:
-            await self._fail(spec, f"{exc} (nothing was sent)")
+            await self._fail(spec, f"{exc} (nothing was sent)", FailureKind.INPUT)
             return
         estimate = self._estimate(spec)
         if self._limits is not None and (reason := self._limits.admit(estimate)):
@@ -221,57 +275,89 @@ class Pool:
         book = self._prices.get(spec.provider)
         return book.estimate(spec) if book is not None else None
 
-    def _cost(self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None) -> float | None:
+    def _price(self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None) -> float | None:
         book = self._prices.get(spec.provider)
-        cost = book.cost(spec, usage, facts) if book is not None else None
+        return book.cost(spec, usage, facts) if book is not None else None
+
+    def _spend(self, cost: float | None) -> None:
         if cost:
             self.report.spent_usd += cost
             if self._limits is not None:
                 self._limits.spent(cost)
-        return cost
 
     async def _send_job(
         self, job: Job, request: EditRequest, provider: Provider, gate: ProviderGate
     ) -> None:
         spec = job.spec
-        if free_bytes(spec.output_dir) < self._settings.min_free_bytes:
-            self._halt("disk", f"less than {self._settings.min_free_bytes // 2**20} MB free in "
-                       f"{spec.output_dir}: free some space, then run again")  # fmt: skip
+        if (full := self._short_of_space(spec)) is not None:
+            self._halt("disk", full)
             await self._release(spec)
             return
-        attempts_left = self._settings.retry.max_attempts - job.attempts_this_round
-        if attempts_left <= 0:
-            await self._fail(spec, "no attempts left; `runner retry` gives it a new set")
+        retry = self._settings.retry
+        if job.unanswered > retry.max_timeout_resends:
+            await self._fail(spec, _unanswered_reason(job.unanswered), FailureKind.UNANSWERED)
+            return
+        tries = Tries(retry.max_attempts - job.attempts_this_round, job.unanswered)
+        if tries.attempts_left <= 0:
+            reason = "no attempts left; `runner retry` gives it a new set"
+            await self._fail(spec, reason, FailureKind.ATTEMPTS)
             return
         sending = _Sending(spec, request, provider, gate)
-        try:
-            result, ticket, record = await self._send(sending, attempts_left)
-        except Stopped:
+        for round_left in range(self._settings.weather_rounds, -1, -1):
+            try:
+                result, ticket, record = await self._send(sending, tries)
+            except RetryableError as exc:
+                if round_left and tries.gave_up is GaveUp.ATTEMPTS and gate.stormy(spec.key):
+                    # Other jobs fail as often: the provider's weather, not this job's fault.
+                    await self._store.renew_attempts(spec.key, self._owner)
+                    tries = Tries(retry.max_attempts, tries.unanswered, weather=tries.weather)
+                    continue
+                await self._gave_up(sending, tries, exc)
+                return
+            except (Stopped, ProviderStop):
+                # A stop (402, 401, a signal, a limit) was handled when it happened.
+                await self._release(spec)
+                return
+            except PermanentJobError as exc:
+                await self._fail(spec, exc.describe(), FailureKind.REFUSED)
+                return
+            await self._finishing.acquire()
+            self._background.start_soon(self._finish, spec, result, ticket, record)
+            return
+
+    def _short_of_space(self, spec: JobSpec) -> str | None:
+        """Why nothing may be sent now (a disk nearly full), or None. Checked before each
+        job: a paid reply that cannot be saved or recorded is money lost."""
+        floor = self._settings.min_free_bytes
+        for what, folder in (("output folder", spec.output_dir), *self._watch_folders):
+            if self._free_space(folder) < floor:
+                return (
+                    f"less than {floor // 2**20} MB free in the {what} {folder}: free some "
+                    "space, then run again"
+                )
+        return None
+
+    async def _gave_up(self, sending: _Sending, tries: Tries, exc: RetryableError) -> None:
+        spec, gate = sending.spec, sending.gate
+        if tries.gave_up is GaveUp.WEATHER:
+            # Throttled or unreachable again and again: the provider, not the job.
+            self._stop(gate, _still_throttled(gate, tries, exc))
             await self._release(spec)
-            return
-        except ProviderStop as exc:
-            self._stop(gate, exc)  # already done when the answer came; kept for clarity
-            await self._release(spec)
-            return
-        except PermanentJobError as exc:
-            await self._fail(spec, exc.describe())
-            return
-        except RetryableError as exc:
-            if gate.failure_streak > sending.attempts:
-                # Other jobs' requests failed too, with no success in between: the
-                # provider is down. Keep the job for the next run instead of failing it.
-                self._stop(gate, _outage(gate, exc))
-                await self._release(spec, fresh_attempts=True)
-            else:
-                await self._fail(spec, "gave up after retries: " + exc.describe())
-            return
-        await self._finishing.acquire()
-        self._background.start_soon(self._finish, spec, result, ticket, record)
+        elif tries.gave_up is GaveUp.UNANSWERED:
+            await self._fail(spec, _unanswered_reason(tries.unanswered), FailureKind.UNANSWERED)
+        elif gate.failure_streak > sending.attempts:
+            # Other jobs' requests failed too, with no success in between: the provider is
+            # down. Keep the job for the next run instead of failing it.
+            self._stop(gate, _outage(gate, exc))
+            await self._release(spec, fresh_attempts=True)
+        else:
+            reason = "gave up after retries: " + exc.describe()
+            await self._fail(spec, reason, FailureKind.ATTEMPTS)
 
     async def _send(
-        self, sending: _Sending, attempts_left: int
+        self, sending: _Sending, tries: Tries
     ) -> tuple[EditResult, AttemptTicket, AttemptRecord]:
-        async for attempt in self._policy.retrying(attempts_left, self._retry_sleep(sending)):
+        async for attempt in self._policy.retrying(tries, self._retry_sleep(sending)):
             with attempt:
                 return await self._attempt(sending)
         raise AssertionError("unreachable: tenacity re-raises the last error")
@@ -319,14 +405,11 @@ class Pool:
         except ProviderError as exc:
             if isinstance(exc, ProviderStop):
                 self._stop(gate, exc)  # first, before any write: no worker may send again
-            if isinstance(exc, RetryableError):
-                gate.record(succeeded=False)
-            if exc.retry_after:
-                gate.pause_for(min(exc.retry_after, self._settings.retry.max_wait_s))
-            self._observe(gate, spec, exc.facts, failed=exc.status_code is not None)
+            self._pace(gate, spec, exc)
             record = _error_record(exc, _ms_since(started))
-            if exc.usage is not None:  # a billed answer without a usable image
-                record = replace(record, cost_usd=self._cost(spec, exc.usage, None))
+            if exc.status_code == 200:  # billed, though no usable image came back
+                cost, flag = self._paid_cost(spec, exc.usage, exc.facts)
+                record = replace(record, cost_usd=cost, usage=_flagged(exc.usage, flag))
             await self._store.finish_attempt(ticket, record)
             raise
         except BaseException:
@@ -338,20 +421,66 @@ class Pool:
                 await self._store.release(spec.key, self._owner)
             raise
         gate.record(succeeded=True)
+        gate.note_answer(spec.key, failed=False)
         self._observe(gate, spec, result.facts, failed=False)
         latency_ms = _ms_since(started)
         if self._limits is not None:
             self._limits.took(latency_ms / 1000)
+        cost, flag = self._paid_cost(spec, result.usage, result.facts)
         record = AttemptRecord(
             outcome=Outcome.SUCCEEDED,
             latency_ms=latency_ms,
             http_status=result.status_code,
+            error_message=_fewer_images(spec, result),
             request_id=result.request_id,
-            usage=result.usage,
-            cost_usd=self._cost(spec, result.usage, result.facts),
+            usage=_flagged(result.usage, flag),
+            cost_usd=cost,
             facts=result.facts,
         )
         return result, ticket, record
+
+    def _pace(self, gate: ProviderGate, spec: JobSpec, exc: ProviderError) -> None:
+        """What a failed request tells the provider's gate: weather slows everyone down,
+        other failures count toward telling an outage (and a storm) from a bad job."""
+        if isinstance(exc, RetryableError):
+            gate.record(succeeded=False)
+        if isinstance(exc, Throttled | NotDelivered):
+            # Weather uses no attempts, so no job runs out of them to tell an outage: the
+            # provider's own streak of failures does.
+            if self._down(gate):
+                self._stop(gate, _outage(gate, exc))
+            hint = exc.retry_after
+            gate.note_weather(min(hint, self._settings.retry.max_wait_s) if hint else None)
+        else:
+            if exc.retry_after:
+                gate.pause_for(min(exc.retry_after, self._settings.retry.max_wait_s))
+            if isinstance(exc, RetryableError):
+                gate.note_answer(spec.key, failed=True)
+        self._observe(gate, spec, exc.facts, failed=exc.status_code is not None)
+
+    def _down(self, gate: ProviderGate) -> bool:
+        """Failed requests in a row, across jobs, past the point a blip explains."""
+        threshold = max(self._settings.outage_streak, 2 * self._concurrency[gate.name])
+        return gate.failure_streak >= threshold
+
+    def _paid_cost(
+        self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None
+    ) -> tuple[float | None, str | None]:
+        """What a 200 cost, counted against the budget: from its usage, or the job's
+        estimate when the usage is missing or cannot be trusted (then with why)."""
+        suspect = usage.suspect if usage is not None else None
+        cost = None if suspect else self._price(spec, usage, facts)
+        if cost is None:
+            cost = self._estimate(spec)
+            if suspect:
+                log.warning(
+                    "jobs[%d] %s (%s): %s reported usage that cannot be right (%s); "
+                    "costed at its estimate%s",
+                    spec.entry, spec.image.name, spec.key8, spec.provider, suspect,
+                    f" ${cost:.4f}" if cost is not None else " (unknown)",
+                )  # fmt: skip
+        self._spend(cost)
+        return cost, suspect
 
     def _observe(
         self, gate: ProviderGate, spec: JobSpec, facts: ReplyFacts | None, *, failed: bool
@@ -385,15 +514,42 @@ class Pool:
         except OutputError as exc:
             self._halt("output", f"cannot write outputs: {exc}")  # first: stop paying
             lost = replace(record, outcome=Outcome.OUTPUT_ERROR, error_message=str(exc))
-            await self._store.finish_attempt(ticket, lost)  # the usage was paid: keep it
-            await self._fail(spec, f"output not written: {exc}")
+            try:
+                await self._store.finish_attempt(ticket, lost)  # the usage was paid: keep it
+                await self._fail(spec, f"output not written: {exc}", FailureKind.OUTPUT)
+            except StoreError as store_exc:
+                self._database_failed(store_exc)
             return
-        await self._store.complete(spec.key, self._owner, ticket, record, outputs)
+        if record.error_message:
+            log.warning("jobs[%d] %s (%s): %s", spec.entry, spec.image.name, spec.key8,
+                        record.error_message)  # fmt: skip
+        try:
+            await self._store.complete(spec.key, self._owner, ticket, record, outputs)
+        except StoreError as exc:
+            self._database_failed(exc)  # first: stop paying for replies we cannot record
+            self._unrecorded.append(Unrecorded(spec, ticket, record, outputs))
+            return
         self.report.succeeded += 1
         log.debug("succeeded %s -> %s", spec.image.name, ", ".join(str(o.path) for o in outputs))
 
-    async def _fail(self, spec: JobSpec, reason: str) -> None:
-        await self._store.fail(spec.key, self._owner, reason)
+    async def _record_the_unrecorded(self) -> None:
+        """Once more into the database (space may have been freed meanwhile); what still
+        will not go in is kept beside the outputs, for the next command to record."""
+        left = []
+        for item in self._unrecorded:
+            try:
+                await self._store.complete(
+                    item.spec.key, self._owner, item.ticket, item.record, item.outputs
+                )
+                self.report.succeeded += 1
+            except StoreError:
+                left.append(item)
+        if left and self._keep_unrecorded is not None:
+            await self._keep_unrecorded(left)
+        self._unrecorded = left
+
+    async def _fail(self, spec: JobSpec, reason: str, kind: FailureKind) -> None:
+        await self._store.fail(spec.key, self._owner, reason, kind)
         self.report.failed += 1
         log.warning(
             "failed %s (jobs[%d], %s): %s", spec.image.name, spec.entry, spec.key[:8], reason
@@ -442,6 +598,31 @@ def _outage(gate: ProviderGate, last: ProviderError) -> ProviderDown:
     )
 
 
+def _still_throttled(gate: ProviderGate, tries: Tries, last: ProviderError) -> ProviderDown:
+    return ProviderDown(
+        f"a job was rate-limited or could not reach {gate.name} {tries.weather} times in this "
+        f"run; stopping it for now. Run again later. Last error: {last.describe()}"
+    )
+
+
+def _unanswered_reason(count: int) -> str:
+    return (
+        f"{count} requests got no reply in time and each may have been billed; not sent "
+        "again automatically: `runner retry` sends it once more (consider a larger timeout_s)"
+    )
+
+
+def _fewer_images(spec: JobSpec, result: EditResult) -> str | None:
+    """A note when the provider returned fewer images than the job asked for (`n`)."""
+    asked = dialects.images_per_job(spec.params)
+    got = len(result.images)
+    return f"asked for {asked} images (n), the provider returned {got}" if got < asked else None
+
+
+def _flagged(usage: Usage | None, flag: str | None) -> Usage | None:
+    return usage if usage is None or flag is None else replace(usage, suspect=flag)
+
+
 def _input_bytes(spec: JobSpec) -> int:
     """Bytes pre-flight will read; unreadable files count as nothing (it fails at once)."""
     total = 0
@@ -467,6 +648,6 @@ def _error_record(exc: ProviderError, latency_ms: int) -> AttemptRecord:
         usage=exc.usage,
         facts=exc.facts,
         # A stop (402, 401) is the provider refusing the account, not this job: the job
-        # keeps its attempts for when the account is fixed.
-        counted=not isinstance(exc, ProviderStop),
+        # keeps its attempts for when the account is fixed. Weather costs no attempt either.
+        counted=not isinstance(exc, ProviderStop | Throttled | NotDelivered),
     )

@@ -13,7 +13,11 @@ from typing import Protocol
 
 import anyio
 
+from .config import STORM_FAILURE_RATIO, STORM_MIN_ANSWERS, STORM_WINDOW
 from .errors import StopNotice, Stopped
+
+WEATHER_PAUSE_BASE_S = 1.0  # the provider's pause after a rate limit with no hint; doubles
+WEATHER_PAUSE_CAP_S = 60.0
 
 
 class Clock(Protocol):
@@ -57,6 +61,9 @@ class ProviderGate:
         self._breaker_window = breaker_window_s
         self._recent_failures: deque[float] = deque()
         self.breaker_trips = 0
+        self._weather_in_a_row = 0  # throttled/undelivered requests since the last success
+        # (job key, failed) of the latest answers that count against a job's attempts.
+        self._answers: deque[tuple[str, bool]] = deque(maxlen=STORM_WINDOW)
 
     @property
     def stopped(self) -> bool:
@@ -71,6 +78,29 @@ class ProviderGate:
 
     def record(self, succeeded: bool) -> None:
         self.failure_streak = 0 if succeeded else self.failure_streak + 1
+        if succeeded:
+            self._weather_in_a_row = 0
+
+    def note_weather(self, hint_s: float | None) -> None:
+        """A rate-limit answer, or a request that never got through: slow the whole
+        provider down, by the server's hint or else by a pause that doubles while the
+        weather lasts (a success resets it)."""
+        self._weather_in_a_row += 1
+        backoff = WEATHER_PAUSE_BASE_S * 2 ** min(self._weather_in_a_row - 1, 16)
+        self.pause_for(hint_s if hint_s is not None else min(backoff, WEATHER_PAUSE_CAP_S))
+
+    def note_answer(self, job_key: str, *, failed: bool) -> None:
+        """An answer that counts against a job's attempts (a success, or a failure that
+        was not weather), for telling the provider's weather from a job's own trouble."""
+        self._answers.append((job_key, failed))
+
+    def stormy(self, job_key: str) -> bool:
+        """Whether the provider is failing other jobs' requests often enough that a job
+        running out of attempts says more about the provider than about the job."""
+        others = [failed for key, failed in self._answers if key != job_key]
+        if len(others) < STORM_MIN_ANSWERS:
+            return False
+        return sum(others) / len(others) >= STORM_FAILURE_RATIO
 
     @property
     def breaker_threshold(self) -> int | None:

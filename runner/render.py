@@ -30,13 +30,35 @@ def status_document(summary: Summary) -> dict[str, Any]:
         "cost_usd": round(totals.cost_usd, 6),
         "last_run": summary.last_run,
         "providers": {name: asdict(account) for name, account in summary.providers.items()},
+        "failed_by_kind": dict(summary.failed_by_kind),
     }
+
+
+# What each kind of failure means and what to do, for `status` (models.FailureKind).
+_FAILURE_HELP = {
+    "input": "bad input, nothing sent: fix the file or prompt",
+    "refused": "refused by the provider: see `runner jobs --state failed`",
+    "attempts": "out of attempts: `runner retry` re-queues",
+    "unanswered": "no reply in time, may have been billed; not re-sent automatically: "
+    "`runner retry` sends again (consider a larger timeout_s)",
+    "output": "reply could not be written: free space or fix permissions, then `runner retry`",
+}
+
+
+def _failed_line(summary: Summary) -> str:
+    failed = summary.counts.get("failed", 0)
+    parts = [
+        f"{count} {_FAILURE_HELP.get(kind, kind)}"
+        for kind, count in sorted(summary.failed_by_kind.items())
+        if kind != "unknown"
+    ]
+    return f"{failed} ({'; '.join(parts)})" if parts else str(failed)
 
 
 def print_summary(summary: Summary, console: Console) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     for state, count in summary.counts.items():
-        table.add_row(state, str(count))
+        table.add_row(state, _failed_line(summary) if state == "failed" else str(count))
     totals = summary.totals
     table.add_row("tokens", f"{totals.total_tokens:,} ({totals.input_tokens:,} in, "
                   f"{totals.output_tokens:,} out)")  # fmt: skip

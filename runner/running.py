@@ -21,14 +21,14 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from . import procs
+from . import journal, procs
 from .durations import parse_deadline
-from .errors import ManifestError, OutputError, StopNotice
+from .errors import ManifestError, OutputError, StopNotice, StoreError
 from .limits import LimitGuard, ResolvedLimits
 from .manifest import Manifest, ParsedManifest, RunLimits
-from .models import JobSpec, JobState, Summary
+from .models import JobSpec, JobState, Summary, Totals
 from .outputs import ensure_writable, sweep_temp_files
-from .pool import Pool, PoolReport
+from .pool import Pool, PoolReport, Unrecorded
 from .pricing import PriceBook
 from .progress import ProgressReporter, Snapshot
 from .providers.base import Provider
@@ -106,26 +106,62 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
         done_before = sum(
             1 for s in states.values() if s in (JobState.SUCCEEDED.value, JobState.FAILED.value)
         )
-        work = _Work(manifest, store, creds, to_do, run_info.id, options, limits, done_before)
+        db_folder = _database_folder(resolve_db(parsed, options.db))
+        work = _Work(
+            manifest, store, creds, to_do, run_info.id, options, limits, done_before, db_folder
+        )
         await store.start_run(run_info)
         exit_code: int = EXIT_FAILED
         stop_reason: str | None = "interrupted"
         try:
             report = await work.run()
-            states = await store.job_states(str(manifest.path))
-            exit_code = exit_code_for(report, states)
+            exit_code = await _final_exit_code(store, str(manifest.path), report)
             stop_reason = "; ".join(f"{s.provider}: {s.message}" for s in report.stops) or None
         finally:
             with anyio.CancelScope(shield=True):
-                await store.end_run(run_info.id, exit_code, stop_reason)
-        summary = await store.summary(str(manifest.path))
+                await _end_run(store, run_info.id, exit_code, stop_reason)
+        summary = await _summary_if_readable(store, str(manifest.path))
         return RunOutcome(exit_code, summary, report, session.new_jobs, tuple(report.stops))
 
 
-async def _reclaim_dead_runs(store: Store) -> None:
+async def _final_exit_code(store: Store, manifest: str, report: PoolReport) -> int:
+    try:
+        states = await store.job_states(manifest)
+    except StoreError:
+        return EXIT_EARLY  # a database that fails to read after a stop: run again later
+    return exit_code_for(report, states)
+
+
+async def _end_run(store: Store, run_id: str, exit_code: int, stop_reason: str | None) -> None:
+    """Close the run's record; a database that takes no writes keeps it open, and the next
+    run on this host, finding our process gone, closes it and takes back our jobs."""
+    try:
+        await store.end_run(run_id, exit_code, stop_reason)
+    except StoreError as exc:
+        log.error("could not record the end of this run: %s", exc)
+
+
+async def _summary_if_readable(store: Store, manifest: str) -> Summary:
+    try:
+        return await store.summary(manifest)
+    except StoreError as exc:
+        log.error("could not read the totals: %s", exc)
+        return Summary(counts={}, totals=Totals())
+
+
+def _database_folder(url: str) -> Path | None:
+    """Where a SQLite database's file lives (its disk must not fill up); None for a server."""
+    if not url.startswith("sqlite") or ":///" not in url:
+        return None
+    return Path(url.split(":///", 1)[1]).parent
+
+
+async def _reclaim_dead_runs(store: Store) -> int:
+    """Runs on this host whose process is gone: their jobs go back to pending at once,
+    instead of after their leases expire. Returns how many jobs came back."""
     runs = await store.unfinished_runs(procs.hostname())
     dead = [r.id for r in runs if not procs.same_process_alive(r.pid, r.process_tag)]
-    await store.reclaim_dead_runs(dead)
+    return await store.reclaim_dead_runs(dead)
 
 
 @dataclass(slots=True)
@@ -138,6 +174,7 @@ class _Work:
     options: Options
     limits: ResolvedLimits
     done_before: int
+    db_folder: Path | None = None
 
     async def run(self) -> PoolReport:
         options = self.options
@@ -175,8 +212,18 @@ class _Work:
                 wall_clock=options.wall_clock,
                 prices=books,
                 limits=LimitGuard(self.limits, options.wall_clock) if self.limits.any else None,
+                reclaim_dead=lambda: _reclaim_dead_runs(self.store),
+                watch_folders=[("database folder", self.db_folder)] if self.db_folder else [],
+                keep_unrecorded=self._keep_unrecorded,
             )
             return await self._drive(pool, estimates)
+
+    async def _keep_unrecorded(self, items: Sequence[Unrecorded]) -> None:
+        entries = [
+            journal.LateRecord(item.spec.key, item.ticket.id, item.record, item.outputs)
+            for item in items
+        ]
+        await anyio.to_thread.run_sync(journal.keep, self.manifest.output_dir, self.owner, entries)
 
     async def _price_jobs(self, books: Mapping[str, PriceBook]) -> list[float | None]:
         """Store each job's price; under a budget, refuse jobs nobody can price."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from . import journal
 from .config import RunSettings
 from .digests import Digester
 from .manifest import Manifest, ParsedManifest, RunLimits, parse_manifest
@@ -21,6 +23,7 @@ from .store.tables import utcnow
 from .store.threaded import open_threaded
 
 DEFAULT_GRACE_S = 60.0
+log = logging.getLogger("runner")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +68,25 @@ async def opened(parsed: ParsedManifest, options: Options) -> AsyncIterator[Open
         manifest = await anyio.to_thread.run_sync(parsed.resolve, digester)
         await store.save_digests(digester.fresh)
         new_jobs = await store.sync_manifest(str(manifest.path), manifest.jobs)
+        await record_late_completions(store, manifest.output_dir)
         yield Opened(manifest, store, new_jobs)
     finally:
         await store.close()
+
+
+async def record_late_completions(store: Store, output_dir: Path) -> int:
+    """Record the paid replies an earlier run wrote to files while the database took no
+    writes (see `journal`), before anything could send their jobs again."""
+    recorded = 0
+    for path in await anyio.to_thread.run_sync(journal.pending_files, output_dir):
+        for entry in await anyio.to_thread.run_sync(journal.read, path):
+            recorded += await store.record_late(
+                entry.key, entry.attempt_id, entry.record, entry.outputs
+            )
+        path.unlink(missing_ok=True)
+    if recorded:
+        log.warning("recorded %d replies an earlier run could not write to the database", recorded)
+    return recorded
 
 
 async def parse(path: Path) -> ParsedManifest:

@@ -20,10 +20,12 @@ import httpx
 from ..errors import (
     AttemptTimeout,
     AuthRejected,
+    NotDelivered,
     PaymentRequired,
     PermanentJobError,
     ProviderError,
     RetryableError,
+    Throttled,
 )
 from ..images import ImageLimits
 from ..models import EditRequest, EditResult
@@ -152,17 +154,29 @@ def classify(response: httpx.Response, now: float) -> ProviderError:
     if code in PERMANENT_CODES or any(p in lowered for p in MODEL_GONE_PHRASES):
         return make(PermanentJobError)
     should_retry = response.headers.get("x-should-retry")
-    if should_retry in ("true", "false"):
-        kind = RetryableError if should_retry == "true" else PermanentJobError
-        return make(kind)
-    if status in (408, 409, 425, 429) or status >= 500:
-        return make(RetryableError)
+    if should_retry == "false":
+        return make(PermanentJobError)
+    if should_retry == "true" or status in (408, 409, 425, 429) or status >= 500:
+        return make(Throttled if is_throttling(status, response.headers) else RetryableError)
     if 300 <= status < 400:
         target = response.headers.get("location", "elsewhere")
         return make(PermanentJobError, f"redirected to {target}: check base_url")
     if status == 404 and body.code is None:
         return make(PermanentJobError, f"{body.message}: check base_url and model")
     return make(PermanentJobError)
+
+
+# "Busy, come back later" statuses: too many requests, service unavailable (OpenAI's and
+# CometAPI's "overloaded", Venice's "at capacity"), and the 529 some gateways send.
+THROTTLE_STATUSES = frozenset({429, 503, 529})
+
+
+def is_throttling(status: int, headers: Mapping[str, str]) -> bool:
+    """A rate-limit answer: nothing was done and nothing billed; the provider asks us to
+    slow down (a quota 429 is classified before this is asked)."""
+    return status in THROTTLE_STATUSES or any(
+        name in headers for name in ("retry-after", "retry-after-ms")
+    )
 
 
 async def post_streamed(
@@ -191,13 +205,22 @@ async def post_streamed(
     return complete, content
 
 
+# No connection, or it broke while the request was being written: a provider cannot act on
+# (nor bill) a request it never received whole.
+NOT_DELIVERED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError,
+                 httpx.WriteTimeout)  # fmt: skip
+
+
 def translate_transport_error(exc: httpx.HTTPError) -> ProviderError:
-    """Network failures. A connect failure never reached the provider; a read timeout may
-    have been processed (and billed) upstream, hence its own class."""
+    """Network failures. A request that never got through is weather; a read timeout may
+    have been processed (and billed) upstream, hence its own class; anything else broke
+    after the request was sent."""
     name = type(exc).__name__
     detail = str(exc) or name
     if isinstance(exc, httpx.ReadTimeout):
         return AttemptTimeout(f"no reply in time ({detail}); the provider may have billed it")
+    if isinstance(exc, NOT_DELIVERED):
+        return NotDelivered(f"not delivered: {name}: {detail}")
     return RetryableError(f"network error: {name}: {detail}")
 
 

@@ -8,7 +8,7 @@ import binascii
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -161,9 +161,9 @@ def _parse_reply(content: bytes, request_id: str | None) -> _Parsed:
     return _Parsed(tuple(images), tuple(urls), usage)
 
 
-def _int(mapping: Mapping[str, Any], name: str) -> int | None:
-    value = mapping.get(name)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+# No real image edit comes near this many tokens in any usage field (a 4K output at high
+# quality is in the tens of thousands); a larger figure is a gateway's bug, not a bill.
+MAX_PLAUSIBLE_TOKENS = 2_000_000
 
 
 def _dict(mapping: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -171,18 +171,45 @@ def _dict(mapping: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _tokens(mapping: Mapping[str, Any], name: str, path: str, problems: list[str]) -> int | None:
+    """A token count, or None when absent; a value that is not a plausible count is left
+    out and said why, so no sum or cost is built on it."""
+    value = mapping.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{path} is not a whole number ({str(value)[:40]!r})")
+        return None
+    if value < 0:
+        problems.append(f"{path} is negative ({value})")
+        return None
+    if value > MAX_PLAUSIBLE_TOKENS:
+        problems.append(f"{path} is beyond any real image ({value:,})")
+        return None
+    return value
+
+
 def parse_usage(raw: Any) -> Usage | None:
-    """Read what is there, whatever the gateway's shape (PROVIDERS.md §1: it varies)."""
+    """Read what is there, whatever the gateway's shape (PROVIDERS.md §1: it varies).
+    Figures no real reply has (negative, fractional, absurd) are flagged in `suspect`."""
     if not isinstance(raw, dict):
         return None
+    problems: list[str] = []
     input_details = _dict(raw, "input_tokens_details")
     output_details = _dict(raw, "output_tokens_details")
-    return Usage(
-        input_tokens=_int(raw, "input_tokens"),
-        output_tokens=_int(raw, "output_tokens"),
-        total_tokens=_int(raw, "total_tokens"),
-        input_image_tokens=_int(input_details, "image_tokens"),
-        input_text_tokens=_int(input_details, "text_tokens"),
-        output_image_tokens=_int(output_details, "image_tokens"),
+    usage = Usage(
+        input_tokens=_tokens(raw, "input_tokens", "input_tokens", problems),
+        output_tokens=_tokens(raw, "output_tokens", "output_tokens", problems),
+        total_tokens=_tokens(raw, "total_tokens", "total_tokens", problems),
+        input_image_tokens=_tokens(
+            input_details, "image_tokens", "input_tokens_details.image_tokens", problems
+        ),
+        input_text_tokens=_tokens(
+            input_details, "text_tokens", "input_tokens_details.text_tokens", problems
+        ),
+        output_image_tokens=_tokens(
+            output_details, "image_tokens", "output_tokens_details.image_tokens", problems
+        ),
         raw=json.dumps(raw, separators=(",", ":"), sort_keys=True),
     )
+    return replace(usage, suspect="; ".join(problems)) if problems else usage

@@ -29,6 +29,7 @@ from ..errors import (
     PermanentJobError,
     ProviderError,
     RetryableError,
+    Throttled,
 )
 from ..images import ImageLimits, read_image_info
 from ..models import EditRequest, EditResult, ReplyFacts
@@ -36,6 +37,7 @@ from ..siwx import HEADER as SIWX_HEADER
 from ..siwx import SiwxSigner
 from ..work import run_cpu_work
 from .base import (
+    is_throttling,
     parse_error_body,
     post_streamed,
     request_id_of,
@@ -348,11 +350,12 @@ def classify_venice(response: httpx.Response, now: float) -> ProviderError:
         hints = [h for h in (retry_after, _venice_reset(response.headers, now)) if h is not None]
         if "too many failed attempts" in body.message.lower():
             hints.append(LOCKOUT_S)  # the key is locked for 30 s whatever the window says
-        return make(RetryableError, wait=max(hints) if hints else None)
+        return make(Throttled, wait=max(hints) if hints else None)
     if status == 504:
         return make(AttemptTimeout, f"{body.message} (gateway timeout: may have been billed)")
     if status in (408, 409, 425) or status >= 500:
-        return make(RetryableError)
+        # 503 is Venice's "model at capacity" (or offline): busy, nothing done or billed.
+        return make(Throttled if is_throttling(status, response.headers) else RetryableError)
     if 300 <= status < 400:
         target = response.headers.get("location", "elsewhere")
         return make(PermanentJobError, f"redirected to {target}: check base_url")

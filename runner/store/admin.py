@@ -33,7 +33,9 @@ async def move_jobs(
         where.append(t.jobs.c.key.startswith(key))
     values: dict[str, Any] = {"status": to_state.value, "updated_at": now}
     if to_state is JobState.PENDING:
-        values.update(attempt_floor=latest_attempt_id(), finished_at=None)
+        floor = latest_attempt_id()
+        # A fresh set of attempts, and the blind re-send limit starts over: the user asked.
+        values.update(attempt_floor=floor, retry_floor=floor, finished_at=None, failure_kind=None)
     else:
         values.update(finished_at=now)
     result = await conn.execute(update(t.jobs).where(*where).values(**values))

@@ -12,7 +12,16 @@ from datetime import datetime
 from typing import Protocol
 
 from ..digests import DigestEntry
-from ..models import AttemptRecord, ExportRow, Job, JobSpec, JobState, OutputRef, Summary
+from ..models import (
+    AttemptRecord,
+    ExportRow,
+    FailureKind,
+    Job,
+    JobSpec,
+    JobState,
+    OutputRef,
+    Summary,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +34,12 @@ class RunInfo:
 
 
 class AttemptTicket(Protocol):
-    """A recorded attempt, handed back to the store to finish it; opaque to callers."""
+    """A recorded attempt, handed back to the store to finish it."""
+
+    @property
+    def id(self) -> int:
+        """The attempt's row id, for a completion that has to be recorded later."""
+        ...
 
 
 class Store(Protocol):
@@ -92,10 +106,23 @@ class Store(Protocol):
         outputs: Sequence[OutputRef],
     ) -> None: ...  # fmt: skip
 
-    async def fail(self, key: str, owner: str, reason: str) -> None: ...
+    async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None: ...
 
     async def release(self, key: str, owner: str, *, fresh_attempts: bool = False) -> None:
         """Back to pending; `fresh_attempts` restarts its attempt budget (history kept)."""
+        ...
+
+    async def renew_attempts(self, key: str, owner: str) -> None:
+        """A fresh set of attempts for a job we hold (its failures were the provider's
+        weather); the limit on blind re-sends is not reset."""
+        ...
+
+    async def record_late(
+        self, key: str, attempt_id: int, record: AttemptRecord, outputs: Sequence[OutputRef]
+    ) -> bool:
+        """Record a completion whose files were written while the database took no writes:
+        the attempt's answer, its outputs, the job succeeded. False (and nothing changed) if
+        the job has succeeded meanwhile or the attempt is unknown."""
         ...
 
     # -- reading ------------------------------------------------------------------------

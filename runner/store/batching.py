@@ -17,16 +17,26 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
 import anyio
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..errors import RunnerError
+from ..errors import RunnerError, StoreError
 
 T = TypeVar("T")
 Write = Callable[[AsyncConnection], Awaitable[T]]
 
 
-class WriteFailed(RunnerError):
+class WriteFailed(StoreError):
     """A write shared a transaction with one that failed; nothing of it was kept."""
+
+
+def _translated(exc: Exception) -> Exception:
+    """The database's own errors (a full disk, a lost connection) as one StoreError line;
+    our own errors pass unchanged."""
+    if isinstance(exc, RunnerError) or not isinstance(exc, (SQLAlchemyError, OSError)):
+        return exc
+    cause = getattr(exc, "orig", None) or exc
+    return StoreError(f"database error: {type(cause).__name__}: {cause}")
 
 
 class Pending(Generic[T]):
@@ -87,7 +97,7 @@ class GroupCommit:
             # rolled back with it.
             for pending in batch:
                 pending.error = (
-                    exc
+                    _translated(exc)
                     if pending is current
                     else WriteFailed(f"database write rolled back with another: {exc!r}")
                 )

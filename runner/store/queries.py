@@ -72,8 +72,17 @@ async def summary(conn: AsyncConnection, manifest: str) -> Summary:
         )
     ).first()
     totals = Totals(int(total[0]), int(total[1]), int(total[2]), float(total[3]))
+    kinds = await conn.execute(
+        select(t.jobs.c.failure_kind, func.count())
+        .where(in_manifest(manifest), t.jobs.c.status == JobState.FAILED.value)
+        .group_by(t.jobs.c.failure_kind)
+    )
     return Summary(
-        counts, totals, _run_dict(last) if last else None, await _accounts(conn, manifest)
+        counts,
+        totals,
+        _run_dict(last) if last else None,
+        await _accounts(conn, manifest),
+        {str(kind or "unknown"): int(n) for kind, n in kinds},
     )
 
 

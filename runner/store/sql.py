@@ -22,7 +22,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..digests import DigestEntry
 from ..errors import RunnerError
-from ..models import AttemptRecord, ExportRow, Job, JobSpec, JobState, Outcome, OutputRef, Summary
+from ..models import (
+    AttemptRecord,
+    ExportRow,
+    FailureKind,
+    Job,
+    JobSpec,
+    JobState,
+    Outcome,
+    OutputRef,
+    Summary,
+)
 from . import admin, queries
 from . import tables as t
 from .base import AttemptTicket, RunInfo
@@ -88,6 +98,7 @@ def _usage_columns(record: AttemptRecord) -> dict[str, Any]:
         "output_image_tokens": usage.output_image_tokens,
         "total_tokens": usage.total_tokens,
         "usage_json": usage.raw,
+        "usage_flag": usage.suspect[:200] if usage.suspect else None,
     }
 
 
@@ -102,6 +113,21 @@ def _counted_attempts() -> Any:
     )
 
 
+def _unanswered_attempts() -> Any:
+    """Correlated count of a job's requests that got no reply in time since the last
+    `runner retry`, in any run: the blind re-sends it has already had."""
+    a = t.attempts.c
+    return (
+        select(func.count())
+        .where(
+            a.job_key == t.jobs.c.key,
+            a.outcome == Outcome.TIMEOUT.value,
+            a.id > t.jobs.c.retry_floor,
+        )
+        .scalar_subquery()
+    )
+
+
 class _Ticket:
     """A recorded attempt, as later writes about it need it."""
 
@@ -110,9 +136,10 @@ class _Ticket:
 
 
 def _attempt_id(ticket: AttemptTicket) -> int:
-    if not isinstance(ticket, _Ticket):
-        raise TypeError(f"not an attempt of this store: {ticket!r}")
-    return ticket.id
+    attempt_id = getattr(ticket, "id", None)
+    if not isinstance(attempt_id, int):
+        raise TypeError(f"not an attempt ticket: {ticket!r}")
+    return attempt_id
 
 
 class SqlStore:
@@ -274,7 +301,7 @@ class SqlStore:
                         .where(a.job_key.in_([r.key for r in rows]), a.outcome == Outcome.IN_FLIGHT)
                         .values(outcome=Outcome.ABANDONED.value, finished_at=now)
                     )
-            return [Job(_spec_from_row(r), r.attempts_this_round) for r in rows]
+            return [Job(_spec_from_row(r), r.attempts_this_round, r.unanswered) for r in rows]
 
         return await self._db.run(write)
 
@@ -318,6 +345,7 @@ class SqlStore:
             .returning(
                 t.jobs,
                 _counted_attempts().label("attempts_this_round"),
+                _unanswered_attempts().label("unanswered"),
                 select(t.manifest_jobs.c.position)
                 .where(t.manifest_jobs.c.job_key == j.key, t.manifest_jobs.c.manifest == manifest)
                 .scalar_subquery()
@@ -409,6 +437,40 @@ class SqlStore:
         record: AttemptRecord,
         outputs: Sequence[OutputRef],
     ) -> None:
+        async def write(conn: AsyncConnection) -> None:
+            await self._complete(conn, key, ticket, record, outputs)
+
+        await self._db.run(write)
+
+    async def record_late(
+        self, key: str, attempt_id: int, record: AttemptRecord, outputs: Sequence[OutputRef]
+    ) -> bool:
+        async def write(conn: AsyncConnection) -> bool:
+            known = await conn.scalar(
+                select(func.count())
+                .select_from(t.attempts)
+                .join(t.jobs, t.jobs.c.key == t.attempts.c.job_key)
+                .where(
+                    t.attempts.c.id == attempt_id,
+                    t.attempts.c.job_key == key,
+                    t.jobs.c.status != JobState.SUCCEEDED.value,
+                )
+            )
+            if not known:
+                return False
+            await self._complete(conn, key, _Ticket(attempt_id), record, outputs)
+            return True
+
+        return await self._db.run(write)
+
+    async def _complete(
+        self,
+        conn: AsyncConnection,
+        key: str,
+        ticket: AttemptTicket,
+        record: AttemptRecord,
+        outputs: Sequence[OutputRef],
+    ) -> None:
         now = self._now()
         rows = [
             {
@@ -430,7 +492,9 @@ class SqlStore:
             .where(t.jobs.c.key == key, t.jobs.c.status != JobState.SUCCEEDED.value)
             .values(
                 status=JobState.SUCCEEDED.value,
-                error=None,
+                # A success may still carry a note (fewer images than asked for).
+                error=record.error_message,
+                failure_kind=None,
                 lease_owner=None,
                 lease_expires_at=None,
                 finished_at=now,
@@ -438,21 +502,32 @@ class SqlStore:
             )
         )
 
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(self._finish_statement(ticket, record))
-            attempt = {"attempt_id": _attempt_id(ticket)}
-            await conn.execute(insert(t.outputs), [{**row, **attempt} for row in rows])
-            await conn.execute(succeed)
+        await conn.execute(self._finish_statement(ticket, record))
+        attempt = {"attempt_id": _attempt_id(ticket)}
+        await conn.execute(insert(t.outputs), [{**row, **attempt} for row in rows])
+        await conn.execute(succeed)
 
-        await self._db.run(write)
-
-    async def fail(self, key: str, owner: str, reason: str) -> None:
+    async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None:
         now = self._now()
-        await self._settle(key, owner, status=JobState.FAILED, error=reason, finished_at=now)
+        await self._settle(
+            key,
+            owner,
+            status=JobState.FAILED,
+            error=reason,
+            failure_kind=kind.value,
+            finished_at=now,
+        )
 
     async def release(self, key: str, owner: str, *, fresh_attempts: bool = False) -> None:
         extra = {"attempt_floor": queries.latest_attempt_id()} if fresh_attempts else {}
         await self._settle(key, owner, status=JobState.PENDING, **extra)
+
+    async def renew_attempts(self, key: str, owner: str) -> None:
+        await self._execute(
+            update(t.jobs)
+            .where(t.jobs.c.key == key, t.jobs.c.lease_owner == owner)
+            .values(attempt_floor=queries.latest_attempt_id(), updated_at=self._now())
+        )
 
     async def _settle(self, key: str, owner: str, status: JobState, **values: Any) -> None:
         """End our hold on a job; a job another runner has since taken is left alone."""
@@ -525,6 +600,7 @@ def _new_job_row(spec: JobSpec, now: datetime) -> dict[str, Any]:
         "model": spec.model,
         "params_json": json.dumps(dict(spec.params), sort_keys=True),
         "attempt_floor": 0,
+        "retry_floor": 0,
         "created_at": now,
         "updated_at": now,
         **_spec_row(spec),

@@ -70,6 +70,10 @@ jobs = Table(
     # Attempts with a larger id use up the current attempt budget; `runner retry` (and an
     # outage) move it to the latest attempt, so the job gets a fresh set, history kept.
     Column("attempt_floor", Integer, nullable=False, default=0),
+    # Moved by `runner retry` only: requests since then that got no reply in time are
+    # counted against the limit on blind re-sends, across runs (an outage does not reset it).
+    Column("retry_floor", Integer, nullable=False, default=0),
+    Column("failure_kind", String(16)),  # why it failed: a models.FailureKind value
     Column("error", Text),  # last reason, one line; kept after success for the record
     # The price this job is costed at (JSON: per-million token rates, or per-edit dollars),
     # written when the run that sends it starts: a later price change does not rewrite history.
@@ -130,6 +134,9 @@ attempts = Table(
     Column("output_image_tokens", BigInteger),
     Column("total_tokens", BigInteger),
     Column("usage_json", Text),
+    # Why the reported usage cannot be trusted (negative, fractional, absurd); the attempt is
+    # then costed at the job's estimate.
+    Column("usage_flag", String(200)),
     Column("cost_usd", Float),
     # Venice's account headers (PROVIDERS.md §4.4): balance before the request, and after it
     # for x402 wallets; with requests in parallel these are for drift checks, not per-job cost.

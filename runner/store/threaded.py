@@ -18,7 +18,16 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ..digests import DigestEntry
-from ..models import AttemptRecord, ExportRow, Job, JobSpec, JobState, OutputRef, Summary
+from ..models import (
+    AttemptRecord,
+    ExportRow,
+    FailureKind,
+    Job,
+    JobSpec,
+    JobState,
+    OutputRef,
+    Summary,
+)
 from .base import AttemptTicket, RunInfo
 from .sql import SqlStore
 
@@ -130,14 +139,22 @@ class ThreadedStore:
     ) -> None:
         await self._loop.call(self._inner.complete, key, owner, ticket, record, outputs)
 
-    async def fail(self, key: str, owner: str, reason: str) -> None:
-        await self._loop.call(self._inner.fail, key, owner, reason)
+    async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None:
+        await self._loop.call(self._inner.fail, key, owner, reason, kind)
 
     async def release(self, key: str, owner: str, *, fresh_attempts: bool = False) -> None:
         async def release() -> None:
             await self._inner.release(key, owner, fresh_attempts=fresh_attempts)
 
         await self._loop.call(release)
+
+    async def renew_attempts(self, key: str, owner: str) -> None:
+        await self._loop.call(self._inner.renew_attempts, key, owner)
+
+    async def record_late(
+        self, key: str, attempt_id: int, record: AttemptRecord, outputs: Sequence[OutputRef]
+    ) -> bool:
+        return await self._loop.call(self._inner.record_late, key, attempt_id, record, outputs)
 
     async def summary(self, manifest: str) -> Summary:
         return await self._loop.call(self._inner.summary, manifest)

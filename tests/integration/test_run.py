@@ -335,7 +335,7 @@ async def test_a_provider_failing_for_every_job_is_an_outage_not_failed_jobs(
 ) -> None:
     jobs = [{"image": workspace.image(f"p{i}.png"), "prompt": f"e{i}"} for i in range(6)]
     manifest = workspace.manifest(jobs)
-    fake.script = ["overloaded"] * 40
+    fake.script = ["server_error"] * 40
 
     outcome = await app.run(manifest, options(max_attempts=3))
 
@@ -344,7 +344,7 @@ async def test_a_provider_failing_for_every_job_is_an_outage_not_failed_jobs(
     assert outcome.summary.counts["pending"] == 6
     (notice,) = outcome.stops
     assert notice.kind == "outage" and "looks down" in notice.message
-    assert "server_is_overloaded" in notice.message
+    assert "upstream error" in notice.message
     assert fake.requests_total <= 2 * 3  # each in-flight job's attempts, then stop
 
     fake.script = []

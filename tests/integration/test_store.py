@@ -160,6 +160,7 @@ CLAIMER = textwrap.dedent(
     """
     import anyio, json, sys
     from datetime import UTC, datetime, timedelta
+    from runner.models import FailureKind
     from runner.store.engine import open_store
 
     async def main(url, owner):
@@ -167,7 +168,7 @@ CLAIMER = textwrap.dedent(
         taken = []
         while job := await store.claim("m", "p", owner, datetime.now(UTC) + timedelta(minutes=5)):
             taken.append(job.spec.key)
-            await store.fail(job.spec.key, owner, "done")
+            await store.fail(job.spec.key, owner, "done", FailureKind.ATTEMPTS)
         await store.close()
         print(json.dumps(taken))
 

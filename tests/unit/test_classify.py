@@ -16,6 +16,7 @@ from runner.errors import (
     PermanentJobError,
     ProviderError,
     RetryableError,
+    Throttled,
 )
 from runner.providers.base import (
     ErrorBody,
@@ -126,26 +127,34 @@ CASES: list[Any] = [
         AuthRejected,
         id="403-plain",
     ),
-    # Retryable.
+    # Weather: a rate limit or "overloaded" (retried without using the job's attempts).
     pytest.param(
         reply(429, oai_error("Rate limit reached for requests", "rate_limit_exceeded", "requests")),
-        RetryableError,
+        Throttled,
         id="429-rate_limit_exceeded",
     ),
     pytest.param(
         reply(429, oai_error("slow down", "slow_down", "rate_limit_error")),
-        RetryableError,
+        Throttled,
         id="429-slow_down",
     ),
     *[
-        pytest.param(reply(status, oai_error("upstream trouble")), RetryableError, id=str(status))
-        for status in (408, 409, 500, 502, 503, 504, 524)
+        pytest.param(reply(status, oai_error("upstream trouble")), Throttled, id=str(status))
+        for status in (503, 529)
     ],
     pytest.param(
         reply(503, oai_error("overloaded", "server_is_overloaded", "service_unavailable_error")),
-        RetryableError,
+        Throttled,
         id="503-server_is_overloaded",
     ),
+    pytest.param(
+        reply(500, oai_error("busy"), {"retry-after": "3"}), Throttled, id="500-with-retry-after"
+    ),
+    # Retryable, using one of the job's attempts.
+    *[
+        pytest.param(reply(status, oai_error("upstream trouble")), RetryableError, id=str(status))
+        for status in (408, 409, 500, 502, 504, 524)
+    ],
     pytest.param(
         reply(502, html="<html><body>Bad gateway</body></html>"),
         RetryableError,
@@ -277,7 +286,7 @@ def test_classify_auth_error_exit_code() -> None:
 def test_classify_hands_the_wait_hint_through() -> None:
     when = email.utils.formatdate(NOW + 10, usegmt=True)
     error = classify(reply(503, oai_error("busy"), {"retry-after": when}), NOW)
-    assert type(error) is RetryableError
+    assert type(error) is Throttled
     assert error.retry_after == pytest.approx(10.0, abs=1.0)
 
 
@@ -285,7 +294,7 @@ def test_classify_survives_garbage_retry_after() -> None:
     error = classify(
         reply(429, oai_error("slow", "rate_limit_exceeded"), {"retry-after": "soon"}), NOW
     )
-    assert type(error) is RetryableError
+    assert type(error) is Throttled
     assert error.retry_after is None
 
 

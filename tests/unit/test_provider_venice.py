@@ -23,10 +23,12 @@ from runner.errors import (
     AttemptTimeout,
     AuthRejected,
     InputError,
+    NotDelivered,
     PaymentRequired,
     PermanentJobError,
     ProviderError,
     RetryableError,
+    Throttled,
 )
 from runner.models import EditRequest, EditResult, ImagePart, ReplyFacts
 from runner.providers.venice import VeniceProvider, classify_venice, parse_facts
@@ -602,9 +604,9 @@ def test_402_wallet_with_odd_fields_still_reads() -> None:
         pytest.param(413, {"error": "Payload too large"}, PermanentJobError, id="413"),
         pytest.param(415, {"error": "Invalid content type"}, PermanentJobError, id="415"),
         pytest.param(422, {"error": "Content policy", "code": "CONTENT_POLICY_VIOLATION"}, PermanentJobError, id="422"),
-        pytest.param(429, {"error": "Model overloaded", "code": "MODEL_OVERLOADED"}, RetryableError, id="429-overloaded"),
+        pytest.param(429, {"error": "Model overloaded", "code": "MODEL_OVERLOADED"}, Throttled, id="429-overloaded"),
         pytest.param(500, {"error": "Inference processing failed"}, RetryableError, id="500"),
-        pytest.param(503, {"error": "The model is at capacity"}, RetryableError, id="503"),
+        pytest.param(503, {"error": "The model is at capacity"}, Throttled, id="503"),
         pytest.param(502, "<html><title>502 Bad Gateway</title></html>", RetryableError, id="502-html"),
         pytest.param(504, {"error": "Request timeout"}, AttemptTimeout, id="504"),
     ],
@@ -685,14 +687,14 @@ async def test_key_does_not_appear_in_auth_errors() -> None:
     assert API_KEY not in error.describe()
 
 
-async def test_connect_error_is_retryable_and_read_timeout_may_be_billed() -> None:
+async def test_connect_error_is_not_delivered_and_read_timeout_may_be_billed() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
     def stall(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("read timed out", request=request)
 
-    assert type(await edit_error(FakeVenice(refuse))) is RetryableError
+    assert type(await edit_error(FakeVenice(refuse))) is NotDelivered
     assert type(await edit_error(FakeVenice(stall))) is AttemptTimeout
 
 

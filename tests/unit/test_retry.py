@@ -18,7 +18,7 @@ from runner.errors import (
     RetryableError,
     Stopped,
 )
-from runner.retry import RetryPolicy
+from runner.retry import RetryPolicy, Tries
 
 SETTINGS = RetrySettings(backoff_base_s=1.0, backoff_cap_s=60.0, max_wait_s=300.0)
 
@@ -138,7 +138,7 @@ class Sleeps(list[float]):
 
 async def drive(policy: RetryPolicy, attempts_left: int, script: Script, sleep: Sleeps) -> Any:
     """The way the worker pool uses it."""
-    async for attempt in policy.retrying(attempts_left, sleep):
+    async for attempt in policy.retrying(Tries(attempts_left), sleep):
         with attempt:
             return await script()
     raise AssertionError("unreachable: tenacity re-raises the last error")
@@ -274,7 +274,7 @@ async def test_stopped_raised_by_the_sleep_ends_the_retries() -> None:
 
     script = Script(retryable(), "never reached")
     with pytest.raises(Stopped):
-        async for attempt in RetryPolicy(SETTINGS, TopRng()).retrying(5, stopping_sleep):
+        async for attempt in RetryPolicy(SETTINGS, TopRng()).retrying(Tries(5), stopping_sleep):
             with attempt:
                 await script()
     assert script.calls == 1
