@@ -23,10 +23,11 @@ DEFAULT_MAX_WEATHER_RETRIES = 50
 DEFAULT_OUTAGE_STREAK = 25
 # A job that used up its attempts while the provider failed at least this share of other
 # jobs' recent requests met the provider's weather, not a fault of its own: it gets another
-# set of attempts, at most DEFAULT_WEATHER_ROUNDS times per run.
-STORM_FAILURE_RATIO = 0.25
+# set of attempts, at most DEFAULT_WEATHER_ROUNDS times per run. Five failures in a row are
+# a 1-in-13,000 chance at this rate: below it, they are the job's own.
+STORM_FAILURE_RATIO = 0.15
 STORM_WINDOW = 100  # the provider's latest answers that ratio is taken over
-STORM_MIN_ANSWERS = 10  # fewer answers from other jobs than this say nothing about the weather
+STORM_MIN_ANSWERS = 5  # fewer answers from other jobs than this say nothing about the weather
 DEFAULT_WEATHER_ROUNDS = 2
 DEFAULT_CONNECT_TIMEOUT_S = 15.0
 DEFAULT_READ_TIMEOUT_S = 600.0  # edits are slow; providers advise 300-600 s

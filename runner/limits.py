@@ -61,6 +61,18 @@ class LimitGuard:
         self._reserved += estimate or 0.0
         return None
 
+    def resend_refused(self) -> str | None:
+        """Before a job's next request: None, or why it may not go (its earlier requests
+        were paid without a usable answer, and another could cross the budget)."""
+        limit = self.limits.max_cost_usd
+        committed = self._spent + self._reserved
+        if limit is not None and committed > limit + 1e-9:
+            return (
+                f"--max-cost ${limit:.2f}: ${self._spent:.4f} spent (paid answers without a "
+                f"usable image included), and a retry may cost more"
+            )
+        return None
+
     def spent(self, usd: float) -> None:
         self._spent += usd
 

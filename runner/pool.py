@@ -303,12 +303,11 @@ class Pool:
             await self._fail(spec, reason, FailureKind.ATTEMPTS)
             return
         sending = _Sending(spec, request, provider, gate)
-        for round_left in range(self._settings.weather_rounds, -1, -1):
+        for extra_round in range(self._settings.weather_rounds + 1):
             try:
                 result, ticket, record = await self._send(sending, tries)
             except RetryableError as exc:
-                if round_left and tries.gave_up is GaveUp.ATTEMPTS and gate.stormy(spec.key):
-                    # Other jobs fail as often: the provider's weather, not this job's fault.
+                if tries.gave_up is GaveUp.ATTEMPTS and self._weather_not_job(sending, extra_round):
                     await self._store.renew_attempts(spec.key, self._owner)
                     tries = Tries(retry.max_attempts, tries.unanswered, weather=tries.weather)
                     continue
@@ -324,6 +323,15 @@ class Pool:
             await self._finishing.acquire()
             self._background.start_soon(self._finish, spec, result, ticket, record)
             return
+
+    def _weather_not_job(self, sending: _Sending, extra_round: int) -> bool:
+        """Whether a job that used up its attempts deserves another set in this run: the
+        provider fails other jobs' requests often too (its weather, not the job's fault),
+        yet not all of them (then it is down, and the run stops for it)."""
+        gate = sending.gate
+        if extra_round >= self._settings.weather_rounds or gate.failure_streak > sending.attempts:
+            return False
+        return gate.weather(sending.spec.key) == "storm"
 
     def _short_of_space(self, spec: JobSpec) -> str | None:
         """Why nothing may be sent now (a disk nearly full), or None. Checked before each
@@ -379,6 +387,10 @@ class Pool:
             sending.provider,
             sending.gate,
         )
+        refused = self._limits.resend_refused() if sending.attempts and self._limits else None
+        if refused is not None:
+            self.close_intake("limit", refused)
+            raise Stopped(refused)
         await gate.wait_turn()
         sending.attempts += 1
         # On disk before the request leaves: a provider bills what it received even if we
@@ -450,7 +462,9 @@ class Pool:
             if self._down(gate):
                 self._stop(gate, _outage(gate, exc))
             hint = exc.retry_after
-            gate.note_weather(min(hint, self._settings.retry.max_wait_s) if hint else None)
+            gate.note_weather(
+                min(hint, self._settings.retry.max_wait_s) if hint is not None else None
+            )
         else:
             if exc.retry_after:
                 gate.pause_for(min(exc.retry_after, self._settings.retry.max_wait_s))

@@ -83,24 +83,30 @@ class ProviderGate:
 
     def note_weather(self, hint_s: float | None) -> None:
         """A rate-limit answer, or a request that never got through: slow the whole
-        provider down, by the server's hint or else by a pause that doubles while the
-        weather lasts (a success resets it)."""
+        provider down, by the server's hint, or else, from the second such answer in a row
+        (across jobs), by a pause that doubles while the weather lasts (a success resets it)."""
         self._weather_in_a_row += 1
-        backoff = WEATHER_PAUSE_BASE_S * 2 ** min(self._weather_in_a_row - 1, 16)
-        self.pause_for(hint_s if hint_s is not None else min(backoff, WEATHER_PAUSE_CAP_S))
+        if hint_s is not None:
+            self.pause_for(hint_s)
+        elif self._weather_in_a_row > 1:  # one answer alone is the job's own backoff's business
+            backoff = WEATHER_PAUSE_BASE_S * 2 ** min(self._weather_in_a_row - 2, 16)
+            self.pause_for(min(backoff, WEATHER_PAUSE_CAP_S))
 
     def note_answer(self, job_key: str, *, failed: bool) -> None:
         """An answer that counts against a job's attempts (a success, or a failure that
         was not weather), for telling the provider's weather from a job's own trouble."""
         self._answers.append((job_key, failed))
 
-    def stormy(self, job_key: str) -> bool:
-        """Whether the provider is failing other jobs' requests often enough that a job
-        running out of attempts says more about the provider than about the job."""
+    def weather(self, job_key: str) -> str:
+        """How the provider is treating other jobs lately: "storm" when it fails a good share
+        of their requests (a job out of attempts then says more about the provider than about
+        itself), "calm" when it rarely does, "unknown" while too few have been answered."""
         others = [failed for key, failed in self._answers if key != job_key]
         if len(others) < STORM_MIN_ANSWERS:
-            return False
-        return sum(others) / len(others) >= STORM_FAILURE_RATIO
+            return "unknown"
+        # Laplace's rule of succession: a few lucky answers do not make a storm look calm.
+        ratio = (sum(others) + 1) / (len(others) + 2)
+        return "storm" if ratio >= STORM_FAILURE_RATIO else "calm"
 
     @property
     def breaker_threshold(self) -> int | None:

@@ -95,11 +95,12 @@ class GroupCommit:
         except Exception as exc:
             # The write that failed gets its own error; the others learn that theirs was
             # rolled back with it.
+            error = _translated(exc)
             for pending in batch:
                 pending.error = (
-                    _translated(exc)
+                    error
                     if pending is current
-                    else WriteFailed(f"database write rolled back with another: {exc!r}")
+                    else WriteFailed(f"rolled back with another write that failed: {error}")
                 )
         except BaseException:
             # Interrupted all the same (KeyboardInterrupt): nothing was committed. The other

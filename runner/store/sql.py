@@ -504,7 +504,8 @@ class SqlStore:
 
         await conn.execute(self._finish_statement(ticket, record))
         attempt = {"attempt_id": _attempt_id(ticket)}
-        await conn.execute(insert(t.outputs), [{**row, **attempt} for row in rows])
+        if rows:
+            await conn.execute(insert(t.outputs), [{**row, **attempt} for row in rows])
         await conn.execute(succeed)
 
     async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None:
