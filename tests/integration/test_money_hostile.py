@@ -350,3 +350,61 @@ async def test_absurd_usage_is_flagged_and_costed_at_the_estimate(
         assert cost == pytest.approx(0.0019, rel=0.1) and output_tokens is None
     assert any("jobs[0]" in r.getMessage() and "costed at its estimate" in r.getMessage()
                for r in caplog.records)  # fmt: skip
+
+
+# --- item 7 on a real small disk (root only: it mounts a tmpfs) ------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 512 KB tmpfs, for the database, remountable larger; skips where mount is not allowed."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.slow
+async def test_a_database_on_a_small_disk_stops_before_paying(
+    workspace: Workspace, fake: FakeProvider, small_disk: Path
+) -> None:
+    manifest = workspace.manifest(
+        [{"image": workspace.image("p.png"), "prompt": "x"}], database=f"{small_disk}/jobs.db"
+    )
+
+    outcome = await app.run(manifest, options())  # default: 200 MB must be free there
+
+    assert outcome.exit_code == app.EXIT_EARLY and fake.requests_total == 0
+    assert str(small_disk) in outcome.stops[0].message
+
+
+@pytest.mark.slow
+async def test_a_database_disk_that_fills_loses_no_paid_reply(
+    workspace: Workspace, fake: FakeProvider, small_disk: Path
+) -> None:
+    jobs = [{"image": workspace.image(f"f{i}.png"), "prompt": f"e{i} " * 200} for i in range(60)]
+    manifest = workspace.manifest(
+        jobs, profile={"concurrency": 4}, database=f"{small_disk}/jobs.db"
+    )
+    no_floor = app.Options(clock=FakeClock(), settings=RunSettings(min_free_bytes=0))
+
+    first = await app.run(manifest, no_floor)
+
+    assert first.exit_code == app.EXIT_EARLY
+    assert 0 < fake.requests_total < 60
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    later = datetime.now(UTC) + timedelta(minutes=10)  # past the first run's leases
+    second = await app.run(
+        manifest,
+        app.Options(clock=FakeClock(), wall_clock=lambda: later, settings=no_floor.settings),
+    )
+    assert second.exit_code == app.EXIT_OK
+    assert paid_once(fake) and len(fake.paid) == 60
