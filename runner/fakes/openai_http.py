@@ -86,7 +86,7 @@ class OpenAIHandler(BaseHandler):
     def _edit(self) -> None:
         provider = self.server.provider
         number = provider._next_request_number()
-        request_id = f"req_{number}"
+        request_id = provider._echo(f"req_{number}", "-{key}")
         headers = {name.lower(): value for name, value in self.headers.items()}
         fields: dict[str, str] = {}
         files: dict[str, tuple[str, str, int]] = {}
@@ -180,7 +180,7 @@ class OpenAIHandler(BaseHandler):
                 record(400)
                 self._send(
                     400,
-                    envelope(problem, "invalid_request_error", "invalid_request"),
+                    envelope(provider._echo(problem), "invalid_request_error", "invalid_request"),
                     headers=[("x-request-id", request_id)],
                 )
             else:
@@ -208,7 +208,10 @@ class OpenAIHandler(BaseHandler):
     ) -> None:
         provider = self.server.provider
         headers = [("x-request-id", request_id), ("x-ratelimit-remaining-requests", "1000")]
-        usage = json.dumps(usage_of(prompt, mask is not None, n)).encode()
+        used = usage_of(prompt, mask is not None, n)
+        if provider.echo_key and provider.api_key:
+            used["user"] = provider.api_key
+        usage = json.dumps(used).encode()
         created = str(int(time.time())).encode()
         if fault == "empty_200":
             record(200)
@@ -259,7 +262,10 @@ class OpenAIHandler(BaseHandler):
             return
         if fault == "html_404":
             record(404)
-            self._send(404, HTML_404, "text/html; charset=utf-8", headers)
+            page = HTML_404.replace(
+                b"404 Not Found</title>", provider._echo("404 Not Found").encode() + b"</title>"
+            )
+            self._send(404, page, "text/html; charset=utf-8", headers)
             return
         if fault not in FAULT_REPLIES:
             # Only reachable through script.append(), which cannot validate its argument.
@@ -271,7 +277,7 @@ class OpenAIHandler(BaseHandler):
         record(status)
         self._send(
             status,
-            envelope(message.replace("{request_id}", request_id), type_, code),
+            envelope(provider._echo(message.replace("{request_id}", request_id)), type_, code),
             headers=headers,
         )
 

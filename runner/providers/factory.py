@@ -16,6 +16,7 @@ from ..catalogue import CatalogueUnavailable, VeniceModel, fetch_catalogue, pars
 from ..config import CATALOGUE_MAX_AGE_S, DEFAULT_CONNECT_TIMEOUT_S
 from ..errors import ManifestError
 from ..manifest import ParsedManifest, ProviderProfile
+from ..redact import redact, register_secret
 from ..siwx import SiwxSigner
 from ..store.base import Store
 from .base import Provider
@@ -59,6 +60,7 @@ def credentials(parsed: ParsedManifest, needed: set[str]) -> dict[str, Credentia
                 file=str(parsed.path),
                 field=field,
             )
+        register_secret(value)  # before anything can echo it
         if wallet:
             try:
                 found[name] = Credential(signer=SiwxSigner(value, env_name=env))
@@ -138,9 +140,10 @@ async def load_catalogue(
             profile.name, exc,
         )  # fmt: skip
         return None
+    text = redact(body.decode("utf-8", "replace"))  # a provider's text, kept in the database
     if store is not None:
-        await store.save_catalogue(source, body.decode("utf-8", "replace"))
-    return _parsed(body.decode("utf-8", "replace"))
+        await store.save_catalogue(source, text)
+    return _parsed(text)
 
 
 def _parsed(body: str) -> Catalogue | None:

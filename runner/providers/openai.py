@@ -17,6 +17,7 @@ from pybase64 import b64decode  # SIMD: ~3x faster than binascii on a 2 MB reply
 from ..errors import ProviderError, RetryableError
 from ..images import OPENAI_LIMITS, ImageLimits, read_image_info
 from ..models import EditRequest, EditResult, ReplyImage, Usage
+from ..redact import redact_error, redact_result
 from ..work import run_cpu_work
 from .base import classify, post_streamed, request_id_of
 from .replies import lift_base64, restore
@@ -48,7 +49,18 @@ class OpenAIProvider:
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._wall_clock = wall_clock
 
+    def __repr__(self) -> str:  # the key stays out of logs and tracebacks
+        return f"OpenAIProvider(name={self.name!r}, url={self._url!r})"
+
     async def edit(self, request: EditRequest) -> EditResult:
+        """The provider boundary: every text in what comes back is redacted here."""
+        try:
+            return redact_result(await self._edit(request))
+        except ProviderError as exc:
+            redact_error(exc)
+            raise
+
+    async def _edit(self, request: EditRequest) -> EditResult:
         response, content = await self._post(request)
         if response.status_code != 200:
             raise classify(response, self._wall_clock())

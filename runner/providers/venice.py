@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..images import ImageLimits, read_image_info
 from ..models import EditRequest, EditResult, ReplyFacts
+from ..redact import redact_error, redact_result
 from ..siwx import HEADER as SIWX_HEADER
 from ..siwx import SiwxSigner
 from ..work import run_cpu_work
@@ -95,6 +96,14 @@ class VeniceProvider:
         check_job(request.model, request.params, request.prompt, images, self._catalogue)
 
     async def edit(self, request: EditRequest) -> EditResult:
+        """The provider boundary: every text in what comes back is redacted here."""
+        try:
+            return redact_result(await self._edit(request))
+        except ProviderError as exc:
+            redact_error(exc)
+            raise
+
+    async def _edit(self, request: EditRequest) -> EditResult:
         response, content = await self._post(request)
         if self._signer and response.status_code == 401 and _is_bad_sign_in(response):
             # A clock skew or a consumed nonce: one fresh signature settles it, or nothing will.

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..digests import DigestEntry
 from ..errors import RunnerError
 from ..models import AttemptRecord, ExportRow, Job, JobSpec, JobState, Outcome, OutputRef, Summary
+from ..redact import redact
 from . import admin, queries
 from . import tables as t
 from .base import AttemptTicket, RunInfo
@@ -75,7 +76,7 @@ def _usage_columns(record: AttemptRecord) -> dict[str, Any]:
             "balance_diem": facts.balance_diem,
             "balance_after_usd": facts.balance_after_usd,
             "content_violation": facts.content_violation,
-            "served_model": facts.served_model,
+            "served_model": redact(facts.served_model),
         }
     if usage is None:
         return columns
@@ -87,7 +88,7 @@ def _usage_columns(record: AttemptRecord) -> dict[str, Any]:
         "output_tokens": usage.output_tokens,
         "output_image_tokens": usage.output_image_tokens,
         "total_tokens": usage.total_tokens,
-        "usage_json": usage.raw,
+        "usage_json": redact(usage.raw),
     }
 
 
@@ -181,7 +182,7 @@ class SqlStore:
 
     async def save_catalogue(self, source_url: str, body: str) -> None:
         now = self._now()
-        await self._db.run(lambda conn: admin.save_catalogue(conn, source_url, body, now))
+        await self._db.run(lambda conn: admin.save_catalogue(conn, source_url, redact(body), now))
 
     # -- runs and leases ----------------------------------------------------------------
     async def start_run(self, run: RunInfo) -> None:
@@ -206,7 +207,7 @@ class SqlStore:
             await conn.execute(
                 update(t.runs)
                 .where(t.runs.c.id == run_id)
-                .values(ended_at=self._now(), exit_code=exit_code, stop_reason=stop_reason)
+                .values(ended_at=self._now(), exit_code=exit_code, stop_reason=redact(stop_reason))
             )
 
         await self._db.run(write)
@@ -387,9 +388,10 @@ class SqlStore:
                 finished_at=self._now(),
                 latency_ms=record.latency_ms,
                 http_status=record.http_status,
-                error_code=record.error_code,
-                error_message=record.error_message,
-                request_id=record.request_id,
+                # Provider texts: redacted at the provider already, and again here.
+                error_code=redact(record.error_code),
+                error_message=redact(record.error_message),
+                request_id=redact(record.request_id),
                 cost_usd=record.cost_usd,
                 **_usage_columns(record),
             )
@@ -448,7 +450,9 @@ class SqlStore:
 
     async def fail(self, key: str, owner: str, reason: str) -> None:
         now = self._now()
-        await self._settle(key, owner, status=JobState.FAILED, error=reason, finished_at=now)
+        await self._settle(
+            key, owner, status=JobState.FAILED, error=redact(reason), finished_at=now
+        )
 
     async def release(self, key: str, owner: str, *, fresh_attempts: bool = False) -> None:
         extra = {"attempt_floor": queries.latest_attempt_id()} if fresh_attempts else {}
