@@ -60,7 +60,15 @@ def credentials(parsed: ParsedManifest, needed: set[str]) -> dict[str, Credentia
                 file=str(parsed.path),
                 field=field,
             )
-        register_secret(value)  # before anything can echo it
+        register_secret(value)  # before anything can echo it, even the refusals below
+        if problem := odd_characters(value):
+            # The value itself is never shown: it is a secret, and may be one mistyped.
+            raise ManifestError(
+                f"environment variable {env} {problem}; a key is one line of printable ASCII "
+                f"(check how {env} is set)",
+                file=str(parsed.path),
+                field=field,
+            )
         if wallet:
             try:
                 found[name] = Credential(signer=SiwxSigner(value, env_name=env))
@@ -69,6 +77,22 @@ def credentials(parsed: ParsedManifest, needed: set[str]) -> dict[str, Credentia
         else:
             found[name] = Credential(api_key=value)
     return found
+
+
+def odd_characters(value: str) -> str | None:
+    """Why `value` cannot go into an HTTP header as a key, or None. Inner line breaks,
+    control characters and spaces would be sent (or refused by httpx) as part of a header;
+    non-ASCII ones cannot be encoded into one at all."""
+    for char in value:
+        if char in "\r\n":
+            return "contains a line break"
+        if not char.isascii():
+            return "contains a non-ASCII character"
+        if char == " ":
+            return "contains a space"
+        if not char.isprintable():
+            return "contains a control character (a tab, or another invisible one)"
+    return None
 
 
 def http_client(profile: ProviderProfile) -> httpx.AsyncClient:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from runner.errors import (
     AuthRejected,
+    ManifestError,
     PaymentRequired,
     PermanentJobError,
     ProviderError,
@@ -27,7 +28,7 @@ from runner.errors import (
 )
 from runner.manifest import parse_manifest
 from runner.models import AttemptRecord, EditRequest, ImagePart, Outcome, ReplyFacts, Usage
-from runner.providers.factory import load_catalogue
+from runner.providers.factory import credentials, load_catalogue
 from runner.providers.openai import OpenAIProvider
 from runner.providers.venice import VeniceProvider
 from runner.redact import (
@@ -368,6 +369,9 @@ def test_runner_log_records_are_redacted_once_a_key_is_registered(
     assert f"echoed {REDACTED}" in caplog.text
 
 
+# --- odd keys -------------------------------------------------------------------------------
+
+
 def _venice_manifest() -> dict[str, Any]:
     return {
         "providers": {"v": {"dialect": "venice", "base_url": VENICE_BASE,
@@ -381,3 +385,47 @@ def _manifest_path(document: dict[str, Any], folder: Path) -> Path:
     path = folder / "jobs.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("sk-abc\ndef123", "line break"),
+        ("sk-abc\rdef123", "line break"),
+        ("sk-abc def123", "space"),
+        ("sk-abc\tdef123", "control character"),
+        ("sk-abc\x01def123", "control character"),
+        ("sk-abcdéf123", "non-ASCII"),
+        ("sk-abc\u200bdef", "non-ASCII"),
+    ],
+)
+def test_odd_keys_are_refused_naming_the_variable_not_the_value(
+    value: str, problem: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ODD_KEY_ENV", f"  {value}\n")
+    parsed = parse_manifest(_manifest_path(_venice_manifest(), tmp_path))
+    with pytest.raises(ManifestError) as caught:
+        credentials(parsed, {"v"})
+    message = str(caught.value)
+    assert "ODD_KEY_ENV" in message
+    assert "providers.v.api_key_env" in message
+    assert problem in message
+    assert "\n" not in message
+    for piece in ("abc", "def"):
+        assert piece not in message
+
+
+def test_surrounding_whitespace_is_still_stripped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ODD_KEY_ENV", "\t sk-fine-key-123 \n")
+    parsed = parse_manifest(_manifest_path(_venice_manifest(), tmp_path))
+    assert credentials(parsed, {"v"})["v"].api_key == "sk-fine-key-123"
+
+
+def test_a_key_read_from_the_environment_is_registered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ODD_KEY_ENV", "plain-secret-value-77")
+    credentials(parse_manifest(_manifest_path(_venice_manifest(), tmp_path)), {"v"})
+    assert redact("echo plain-secret-value-77") == f"echo {REDACTED}"
