@@ -19,6 +19,8 @@ Accounting choices worth knowing when writing assertions:
   402 until `top_up()`; `reset_counters()` starts the K over.
 * `echo_key=True` plays a provider that sends the key back, as some gateways do: in every
   `x-request-id`, error message, HTML error page and in the reply's `usage` JSON.
+* `drip` answers a normal 200 (headers with the full Content-Length) and then sends its body
+  one byte every `DRIP_INTERVAL` seconds; it counts under 200, never in `paid`.
 
 An edit request is judged in this order: credentials (401), then the body (400 for bad
 multipart, a missing image or prompt, `n` outside 1..10, a mask of another size or an
@@ -35,6 +37,7 @@ from typing import ClassVar, Literal
 
 from .common import MAX_RECORDED, FakeBase
 from .openai_http import (
+    DRIP_INTERVAL,
     EDIT_PATH,
     FAULTS,
     MAX_FILES,
@@ -45,6 +48,7 @@ from .openai_http import (
 from .render import digest, fingerprint
 
 __all__ = [
+    "DRIP_INTERVAL",
     "EDIT_PATH",
     "FAULTS",
     "MAX_FILES",

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .openai import FakeProvider
 
 __all__ = [
+    "DRIP_INTERVAL",
     "EDIT_PATH",
     "FAULTS",
     "MAX_FILES",
@@ -41,10 +42,12 @@ FAULTS = (
     "empty_200",
     "html_404",
     "slow",
+    "drip",
 )
 
 EDIT_PATH = "/v1/images/edits"
 SLOW_EXTRA_SECONDS = 5.0
+DRIP_INTERVAL = 0.2  # seconds between the bytes of a `drip` reply
 MAX_FILES = 512
 
 FILE_PATH = re.compile(r"/files/([A-Za-z0-9_-]+)\.png")
@@ -249,8 +252,27 @@ class OpenAIHandler(BaseHandler):
             self.close_connection = True
             self._send(200, body, headers=headers, truncate=True)
             return
+        if fault == "drip":
+            record(200)
+            self.close_connection = True
+            self._drip(b"".join(body), headers)
+            return
         record(200, paid=fault is None)
         self._send(200, body, headers=headers)
+
+    def _drip(self, body: bytes, headers: list[tuple[str, str]]) -> None:
+        """A whole 200's headers, then its body a byte at a time, until the client leaves."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        for index in range(len(body)):
+            if self.server.provider._sleep(DRIP_INTERVAL):
+                return
+            self.wfile.write(body[index : index + 1])
+            self.wfile.flush()
 
     def _reply_fault(self, fault: str, request_id: str, record: Callable[..., None]) -> None:
         provider = self.server.provider
@@ -317,7 +339,7 @@ HTML_404 = (
 )
 
 # Faults whose reply is (the start of) a normal success.
-SUCCESS_LIKE = frozenset({"slow", "truncate", "empty_200"})
+SUCCESS_LIKE = frozenset({"slow", "truncate", "empty_200", "drip"})
 
 FAULT_REPLIES: dict[str, tuple[int, str, str, str]] = {
     "rate_limit": (

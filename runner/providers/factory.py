@@ -21,6 +21,7 @@ from ..siwx import SiwxSigner
 from ..store.base import Store
 from .base import Provider
 from .openai import OpenAIProvider
+from .transfer import MIB, ReplyLimits
 from .venice import VeniceProvider
 
 log = logging.getLogger("runner")
@@ -117,6 +118,7 @@ def build_provider(
     wall_clock: Callable[[], float] = time.time,
 ) -> Provider:
     """`wall_clock` (epoch seconds) reads reset headers that are points in time."""
+    limits = reply_limits(profile)
     if profile.dialect == "venice":
         return VeniceProvider(
             profile.name,
@@ -126,12 +128,23 @@ def build_provider(
             signer=credential.signer,
             catalogue=catalogue,
             wall_clock=wall_clock,
+            limits=limits,
         )
     if credential.api_key is None:  # the manifest check refuses x402 outside Venice
         raise ManifestError(f"providers.{profile.name}: needs an API key")
     return OpenAIProvider(
-        profile.name, profile.base_url, credential.api_key, client, wall_clock=wall_clock
+        profile.name,
+        profile.base_url,
+        credential.api_key,
+        client,
+        wall_clock=wall_clock,
+        limits=limits,
     )
+
+
+def reply_limits(profile: ProviderProfile) -> ReplyLimits:
+    """`timeout_s` bounds each read (httpx) and, here, the whole exchange."""
+    return ReplyLimits(int(profile.max_reply_mb * MIB), deadline_s=profile.timeout_s)
 
 
 async def load_catalogue(

@@ -42,6 +42,7 @@ from .base import (
     request_id_of,
     retry_after_seconds,
 )
+from .transfer import DEFAULT_LIMITS, ReplyLimits
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
 TOP_UP_URL = "https://venice.ai/settings/api"
@@ -71,6 +72,7 @@ class VeniceProvider:
         catalogue: Mapping[str, VeniceModel] | None = None,
         wall_clock: Callable[[], float] = time.time,
         json_limit_bytes: int = 256 * 1024,
+        limits: ReplyLimits = DEFAULT_LIMITS,
     ) -> None:
         if (api_key is None) == (signer is None):
             raise ValueError("VeniceProvider needs exactly one of api_key and signer")
@@ -83,6 +85,7 @@ class VeniceProvider:
         self._catalogue = catalogue
         self._wall_clock = wall_clock
         self._json_limit = json_limit_bytes
+        self._limits = limits
 
     def __repr__(self) -> str:  # the key stays out of logs and tracebacks
         auth = f"wallet {self._signer.address}" if self._signer else "api key"
@@ -170,7 +173,9 @@ class VeniceProvider:
 
     async def _post(self, request: EditRequest) -> tuple[httpx.Response, bytes]:
         url, body = self._request_body(request)
-        return await post_streamed(self._client, url, headers=self._headers(), **body)
+        return await post_streamed(
+            self._client, url, headers=self._headers(), limits=self._limits, **body
+        )
 
 
 def _form_value(value: Any) -> str:

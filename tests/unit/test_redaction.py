@@ -30,6 +30,7 @@ from runner.manifest import parse_manifest
 from runner.models import AttemptRecord, EditRequest, ImagePart, Outcome, ReplyFacts, Usage
 from runner.providers.factory import credentials, load_catalogue
 from runner.providers.openai import OpenAIProvider
+from runner.providers.transfer import AddressPolicy
 from runner.providers.venice import VeniceProvider
 from runner.redact import (
     REDACTED,
@@ -68,9 +69,15 @@ def request(**params: Any) -> EditRequest:
     return EditRequest("m", "make it blue", ImagePart("a.png", "image/png", PNG), None, params)
 
 
+async def _public(host: str, port: int) -> list[str]:
+    return ["93.184.216.34"]
+
+
 async def openai_edit(answer: Callable[[httpx.Request], httpx.Response]) -> Any:
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-        provider = OpenAIProvider("comet", BASE, KEY, client)
+        provider = OpenAIProvider(
+            "comet", BASE, KEY, client, addresses=AddressPolicy(BASE, resolve=_public)
+        )
         try:
             return await provider.edit(request())
         except ProviderError as exc:
