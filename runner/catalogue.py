@@ -210,7 +210,7 @@ def _parse_model(entry: Any) -> VeniceModel | None:
 def parse_catalogue(body: bytes) -> dict[str, VeniceModel]:
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: hostile nesting, "[[[[…"
         raise CatalogueUnavailable(f"model list is not JSON ({len(body)} bytes)") from exc
     data = document.get("data") if isinstance(document, dict) else None
     if not isinstance(data, list):

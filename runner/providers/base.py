@@ -80,7 +80,7 @@ def parse_error_body(response: httpx.Response) -> ErrorBody:
     `{"message"|"detail": ...}`, or not JSON at all (proxies, gateways, HTML pages)."""
     try:
         body = json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting, "[[[[…"
         return ErrorBody(message=_non_json_summary(response))
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):

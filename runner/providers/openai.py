@@ -154,7 +154,7 @@ def _parse_reply(content: bytes, request_id: str | None) -> _Parsed:
     small, lifted = lift_base64(content)
     try:
         body = json.loads(small)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: hostile nesting, "[[[[…"
         raise RetryableError(
             f"reply is not JSON ({len(content)} bytes)", status_code=200, request_id=request_id
         ) from exc

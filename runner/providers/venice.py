@@ -264,7 +264,7 @@ def parse_facts(headers: Mapping[str, str], now: float) -> ReplyFacts:
 def _json_object(content: bytes) -> Mapping[str, Any]:
     try:
         body = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting, "[[[[…"
         return {}
     return body if isinstance(body, dict) else {}
 

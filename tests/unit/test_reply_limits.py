@@ -18,12 +18,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from runner.catalogue import CatalogueUnavailable, fetch_catalogue
+from runner.catalogue import CatalogueUnavailable, fetch_catalogue, parse_catalogue
 from runner.config import DEFAULT_MAX_REPLY_MB
 from runner.errors import (
     AttemptTimeout,
     ManifestError,
     PaymentRequired,
+    PermanentJobError,
     ProviderError,
     RetryableError,
 )
@@ -153,6 +154,25 @@ async def test_a_compressed_error_body_is_classified() -> None:
     error = await openai_edit(lambda _: httpx.Response(429, content=body, headers=headers))
     assert type(error) is RetryableError
     assert error.message == "slow down"
+
+
+NESTED = b"[" * 200_000  # parsing it recurses past Python's limit
+
+
+@pytest.mark.parametrize("status", [200, 500])
+async def test_hostile_nesting_is_a_bad_reply_not_a_crash(status: int) -> None:
+    error = await openai_edit(lambda _: httpx.Response(status, content=NESTED))
+    assert type(error) is RetryableError
+
+
+async def test_hostile_nesting_from_venice_is_classified_by_status() -> None:
+    error = await venice_edit(lambda _: httpx.Response(400, content=NESTED))
+    assert type(error) is PermanentJobError
+
+
+def test_hostile_nesting_in_the_model_list_makes_it_unavailable() -> None:
+    with pytest.raises(CatalogueUnavailable, match="not JSON"):
+        parse_catalogue(NESTED)
 
 
 # --- data[].url downloads -------------------------------------------------------------------
