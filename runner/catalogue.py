@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import httpx
 
 from .errors import InputError, RetryableError, RunnerError
 from .images import ImageLimits
+from .providers.replies import loads
 from .providers.transfer import read_capped
 
 ENHANCE_SURCHARGE_USD = 0.04  # per applied `enhance_prompt` rewrite
@@ -209,8 +209,8 @@ def _parse_model(entry: Any) -> VeniceModel | None:
 
 def parse_catalogue(body: bytes) -> dict[str, VeniceModel]:
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # RecursionError: hostile nesting, "[[[[…"
+        document = loads(body)
+    except ValueError as exc:
         raise CatalogueUnavailable(f"model list is not JSON ({len(body)} bytes)") from exc
     data = document.get("data") if isinstance(document, dict) else None
     if not isinstance(data, list):

@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..images import ImageLimits
 from ..models import EditRequest, EditResult
+from .replies import loads
 from .transfer import DEFAULT_LIMITS, ReplyLimits, read_capped, read_head
 
 
@@ -79,8 +80,8 @@ def parse_error_body(response: httpx.Response) -> ErrorBody:
     """`{"error": {...}}` (OpenAI, CometAPI), `{"error": "..."}` (Venice), a bare
     `{"message"|"detail": ...}`, or not JSON at all (proxies, gateways, HTML pages)."""
     try:
-        body = json.loads(response.content)
-    except (ValueError, RecursionError):  # RecursionError: hostile nesting, "[[[[…"
+        body = loads(response.content)
+    except ValueError:
         return ErrorBody(message=_non_json_summary(response))
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):

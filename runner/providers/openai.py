@@ -20,7 +20,7 @@ from ..models import EditRequest, EditResult, ReplyImage, Usage
 from ..redact import redact_error, redact_result
 from ..work import run_cpu_work
 from .base import classify, post_streamed, request_id_of
-from .replies import lift_base64, restore
+from .replies import lift_base64, loads, restore
 from .transfer import DEFAULT_LIMITS, AddressPolicy, DownloadRefused, ReplyLimits, download
 
 # ProviderError: an image over the cap.
@@ -153,8 +153,8 @@ def _bad_image(request_id: str | None, usage: Usage | None) -> ProviderError:
 def _parse_reply(content: bytes, request_id: str | None) -> _Parsed:
     small, lifted = lift_base64(content)
     try:
-        body = json.loads(small)
-    except (ValueError, RecursionError) as exc:  # RecursionError: hostile nesting, "[[[[…"
+        body = loads(small)
+    except ValueError as exc:
         raise RetryableError(
             f"reply is not JSON ({len(content)} bytes)", status_code=200, request_id=request_id
         ) from exc

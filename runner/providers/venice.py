@@ -7,7 +7,6 @@ Auth is an API key (Bearer) or an x402 wallet (a fresh SIGN-IN-WITH-X header per
 from __future__ import annotations
 
 import base64
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +41,7 @@ from .base import (
     request_id_of,
     retry_after_seconds,
 )
+from .replies import loads
 from .transfer import DEFAULT_LIMITS, ReplyLimits
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
@@ -263,8 +263,8 @@ def parse_facts(headers: Mapping[str, str], now: float) -> ReplyFacts:
 
 def _json_object(content: bytes) -> Mapping[str, Any]:
     try:
-        body = json.loads(content)
-    except (ValueError, RecursionError):  # RecursionError: hostile nesting, "[[[[…"
+        body = loads(content)
+    except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
 

@@ -8,6 +8,8 @@ import base64
 import gzip
 import io
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from runner.manifest import parse_manifest
 from runner.models import EditRequest, ImagePart
 from runner.providers.factory import reply_limits
 from runner.providers.openai import OpenAIProvider
+from runner.providers.replies import too_deep
 from runner.providers.transfer import MIB, AddressPolicy, ReplyLimits, non_public
 from runner.providers.venice import VeniceProvider
 
@@ -356,3 +359,34 @@ def test_max_reply_mb_defaults_and_timeout_bounds_the_exchange(tmp_path: Path) -
 def test_max_reply_mb_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"providers\.p\.max_reply_mb"):
         _profile(tmp_path, max_reply_mb=0)
+
+
+@pytest.mark.parametrize(
+    ("content", "deep"),
+    [
+        (b"[" * 64 + b"]" * 64, False),
+        (b"[" * 65 + b"]" * 65, True),
+        (b"[0," * 65, True),  # invalid, and deep before it is invalid
+        (b'{"a": "' + b"[" * 500 + b'", "b": [1, {"c": 2}]}', False),  # inside a string
+        (b'{"a": "\\"[[[[' + b"[" * 500 + b'"}', False),  # after an escaped quote
+        (b"[]" * 10_000, False),  # many, but shallow
+    ],
+)
+def test_nesting_depth(content: bytes, deep: bool) -> None:
+    assert too_deep(content) is deep
+
+
+@pytest.mark.slow
+def test_hostile_nesting_is_refused_even_with_a_raised_recursion_limit() -> None:
+    # eth-account (imported for wallet profiles) sets the recursion limit to 100,000, past
+    # what the C stack holds: json.loads then crashes the process instead of raising.
+    script = (
+        "import sys, eth_account; assert sys.getrecursionlimit() >= 100_000\n"
+        "from runner.providers.replies import loads\n"
+        "try:\n    loads(b'[' * 2_000_000)\nexcept ValueError:\n    print('refused')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout == "refused\n"
