@@ -149,7 +149,10 @@ class RedactingFilter(logging.Filter):
     """Rewrites each record's message (and traceback text) with secrets redacted."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: the handler reports it, as without us
+            return True
         cleaned = redact(message)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None

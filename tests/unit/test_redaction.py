@@ -436,3 +436,17 @@ def test_a_key_read_from_the_environment_is_registered(
     monkeypatch.setenv("ODD_KEY_ENV", "plain-secret-value-77")
     credentials(parse_manifest(_manifest_path(_venice_manifest(), tmp_path)), {"v"})
     assert redact("echo plain-secret-value-77") == f"echo {REDACTED}"
+
+
+def test_a_record_that_cannot_be_formatted_still_reaches_its_handler() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    protect_handlers([handler])
+    other = logging.getLogger("some.library")
+    other.addHandler(handler)
+    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
+    try:
+        other.warning("two %s %s", "args wanted")  # logging reports it; the caller goes on
+    finally:
+        logging.raiseExceptions = raise_exceptions
+        other.removeHandler(handler)
