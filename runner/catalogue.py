@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 
-from .errors import InputError, RunnerError
+from .errors import InputError, RetryableError, RunnerError
 from .images import ImageLimits
+from .providers.replies import loads
+from .providers.transfer import read_capped
 
 ENHANCE_SURCHARGE_USD = 0.04  # per applied `enhance_prompt` rewrite
 DEFAULT_MAX_INPUT_IMAGES = 3
 DEFAULT_RESOLUTION = "1K"
 _FETCH_TIMEOUT = httpx.Timeout(30.0)  # the edit client's read timeout is minutes long
+_FETCH_DEADLINE_S = 60.0
+_MAX_CATALOGUE_BYTES = 8 * 1024 * 1024
 _MB = 1024 * 1024
 
 VENICE_LIMITS = ImageLimits(
@@ -205,8 +209,8 @@ def _parse_model(entry: Any) -> VeniceModel | None:
 
 def parse_catalogue(body: bytes) -> dict[str, VeniceModel]:
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        document = loads(body)
+    except ValueError as exc:
         raise CatalogueUnavailable(f"model list is not JSON ({len(body)} bytes)") from exc
     data = document.get("data") if isinstance(document, dict) else None
     if not isinstance(data, list):
@@ -219,16 +223,24 @@ async def fetch_catalogue(client: httpx.AsyncClient, base_url: str) -> bytes:
     """The raw list (for caching), once it is known to parse into at least one model."""
     url = f"{base_url.rstrip('/')}/models"
     try:
-        # Public endpoint: no credential is sent, so none can leak through it.
-        response = await client.get(url, params={"type": "inpaint"}, timeout=_FETCH_TIMEOUT)
+        # Bounded like every reply: the real list is ~100 KB, a hostile one may never end.
+        with anyio.fail_after(_FETCH_DEADLINE_S):
+            # Public endpoint: no credential is sent, so none can leak through it.
+            request = client.stream("GET", url, params={"type": "inpaint"}, timeout=_FETCH_TIMEOUT)
+            async with request as response:
+                if response.status_code != 200:
+                    raise CatalogueUnavailable(f"GET {url} answered HTTP {response.status_code}")
+                content = await read_capped(response, _MAX_CATALOGUE_BYTES)
     except httpx.HTTPError as exc:
         raise CatalogueUnavailable(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc
-    if response.status_code != 200:
-        raise CatalogueUnavailable(f"GET {url} answered HTTP {response.status_code}")
-    if not parse_catalogue(response.content):
+    except TimeoutError as exc:
+        raise CatalogueUnavailable(f"GET {url} took over {_FETCH_DEADLINE_S:g} s") from exc
+    except RetryableError as exc:  # over the cap
+        raise CatalogueUnavailable(f"GET {url}: {exc.message}") from exc
+    if not parse_catalogue(content):
         # An empty list would make every model look unknown; the static checks do better.
         raise CatalogueUnavailable(f"GET {url} listed no usable edit model")
-    return response.content
+    return content
 
 
 # --- checks ---------------------------------------------------------------------------------

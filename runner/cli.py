@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import anyio
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import app, render
@@ -27,6 +28,7 @@ from .errors import ManifestError, RunnerError
 from .manifest import RunLimits
 from .models import JobState
 from .progress import ProgressReporter, make_reporter
+from .redact import protect_handlers, protect_logger, redact, redact_document
 from .session import DEFAULT_GRACE_S
 
 T = TypeVar("T")
@@ -52,7 +54,7 @@ def _guard() -> Iterator[None]:
     except (ManifestError, RunnerError) as exc:
         if os.environ.get("RUNNER_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", markup=True, soft_wrap=True)
         raise SystemExit(app.EXIT_USAGE if isinstance(exc, ManifestError) else 1) from None
 
 
@@ -172,18 +174,19 @@ def run(
         render.print_summary(outcome.summary, err)
         for stop in outcome.stops:
             where = "run" if stop.provider == "*" else stop.provider
-            err.print(f"[bold red]stopped {where} ({stop.kind}):[/] {stop.message}")
+            err.print(f"[bold red]stopped {where} ({stop.kind}):[/] {escape(redact(stop.message))}")
         err.print(_exit_hint(outcome.exit_code))
     raise SystemExit(outcome.exit_code)
 
 
 def _outcome_document(outcome: app.RunOutcome) -> dict[str, Any]:
-    return {
+    document = {
         "event": "result",
         "exit_code": outcome.exit_code,
         "stops": [asdict(stop) for stop in outcome.stops],
         **render.status_document(outcome.summary),
     }
+    return dict(redact_document(document))
 
 
 def _exit_hint(code: int) -> str:
@@ -204,7 +207,7 @@ def status(manifest: Path, db: str | None, as_json: bool) -> None:
     """Jobs per state, tokens used and cost so far."""
     summary = _run_async(lambda: app.status(manifest, app.Options(db=db)))
     if as_json:
-        click.echo(json.dumps(render.status_document(summary)))
+        click.echo(json.dumps(redact_document(render.status_document(summary))))
     else:
         render.print_summary(summary, out)
 
@@ -361,11 +364,14 @@ def _setup_logging(verbose: bool, reporter: ProgressReporter | None = None) -> N
         stream=sys.stderr,
         force=True,
     )
+    root = logging.getLogger()
     if reporter is not None:
         # Warnings and errors go through the progress display (above a live bar, or as
         # plain/JSON lines), so the two never interleave on the terminal.
-        root = logging.getLogger()
         root.handlers[:] = [ReporterHandler(reporter)]
+    # Whatever logger a record comes from, no key reaches the terminal or a log file.
+    protect_handlers(root.handlers)
+    protect_logger(logging.getLogger("runner"))
     # Library chatter (httpx logs every request at INFO) is not the user's business.
     for noisy in ("httpx", "httpcore", "alembic", "aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -79,8 +79,11 @@ def _short_text(value: Any) -> str | None:
     return f"must be text such as 1K, 2K or 4K (got {value!r})"
 
 
-# Which values a model takes (aspect ratios, resolutions, qualities) is per model and comes
-# from Venice's catalogue at run time; these are the checks that hold for every model.
+# Venice's EditImageRequest and MultiEditImageRequest (swagger, 2026-08-22) declare
+# `additionalProperties: false`: any other field is a 400 for every job (each one counting
+# towards Venice's lock-out), so this table is the whole list, not a selection. Which values
+# a model takes (aspect ratios, resolutions, qualities) is per model and comes from Venice's
+# catalogue at run time; these are the checks that hold for every model.
 _VENICE_PARAMS: Mapping[str, Callable[[Any], str | None]] = {
     "aspect_ratio": _one_of("auto", "1:1", "3:2", "16:9", "21:9", "9:16", "2:3", "3:4", "4:5"),
     "resolution": _short_text,
@@ -98,12 +101,15 @@ _RULES = {"openai": _OPENAI_PARAMS, "venice": _VENICE_PARAMS}
 
 
 def check_params(dialect: str, params: Mapping[str, Any]) -> tuple[str, str] | None:
-    """First problem as (param name, message), or None. Unknown params pass through:
-    providers add fields faster than this table can follow."""
+    """First problem as (param name, message), or None. On `openai`, unknown params pass
+    through (gateways add fields faster than this table can follow); Venice refuses them."""
     rules = _RULES.get(dialect, {})
     for name, value in params.items():
         if name in _RESERVED:
             return name, f"'{name}' is set by the job itself, not by params"
+        if dialect == "venice" and name not in rules:
+            accepted = ", ".join(sorted(n for n in rules if n != "n"))
+            return name, f"unknown param: Venice refuses it (HTTP 400); accepted: {accepted}"
         if not isinstance(value, _SCALAR):
             return name, f"must be a plain value (text, number or true/false), got {value!r}"
         rule = rules.get(name)

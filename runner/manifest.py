@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import dialects
 from .config import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_REPLY_MB,
     DEFAULT_OUTPUT_NAME,
     DEFAULT_READ_TIMEOUT_S,
     VENICE_BREAKER_FAILURES,
@@ -46,6 +47,7 @@ class ProviderProfile:
     wallet_key_env: str | None = None
     # Failures (any non-2xx) within 30 s that pause the provider for 30 s; None = no breaker.
     breaker_failures: int | None = None
+    max_reply_mb: float = DEFAULT_MAX_REPLY_MB  # largest reply per image asked for
 
     @property
     def secret_env(self) -> str | None:
@@ -88,6 +90,7 @@ class _Profile(_Strict):
     requests_per_minute: float | None = Field(None, gt=0)
     timeout_s: float = Field(DEFAULT_READ_TIMEOUT_S, gt=0)
     breaker_failures: int | None = Field(None, ge=1)
+    max_reply_mb: float = Field(DEFAULT_MAX_REPLY_MB, gt=0)
 
 
 class _Limits(_Strict):
@@ -306,6 +309,7 @@ def _profile(name: str, raw: _Profile, file: str) -> ProviderProfile:
         auth=raw.auth,
         wallet_key_env=raw.wallet_key_env,
         breaker_failures=raw.breaker_failures or (VENICE_BREAKER_FAILURES if venice else None),
+        max_reply_mb=raw.max_reply_mb,
     )
 
 

@@ -17,6 +17,10 @@ Accounting choices worth knowing when writing assertions:
   before the answer arrived has still "paid", as with a real provider.
 * `payment_after=K` allows exactly K paid edits, concurrent requests included, then answers
   402 until `top_up()`; `reset_counters()` starts the K over.
+* `echo_key=True` plays a provider that sends the key back, as some gateways do: in every
+  `x-request-id`, error message, HTML error page and in the reply's `usage` JSON.
+* `drip` answers a normal 200 (headers with the full Content-Length) and then sends its body
+  one byte every `DRIP_INTERVAL` seconds; it counts under 200, never in `paid`.
 
 An edit request is judged in this order: credentials (401), then the body (400 for bad
 multipart, a missing image or prompt, `n` outside 1..10, a mask of another size or an
@@ -33,6 +37,7 @@ from typing import ClassVar, Literal
 
 from .common import MAX_RECORDED, FakeBase
 from .openai_http import (
+    DRIP_INTERVAL,
     EDIT_PATH,
     FAULTS,
     MAX_FILES,
@@ -43,6 +48,7 @@ from .openai_http import (
 from .render import digest, fingerprint
 
 __all__ = [
+    "DRIP_INTERVAL",
     "EDIT_PATH",
     "FAULTS",
     "MAX_FILES",
@@ -73,6 +79,7 @@ class FakeProvider(FakeBase[RecordedRequest]):
         payment_after: int | None = None,
         retry_after: float | None = 0.0,
         reply: Literal["b64_json", "url"] = "b64_json",
+        echo_key: bool = False,
         port: int = 0,
     ) -> None:
         if reply not in ("b64_json", "url"):
@@ -82,6 +89,7 @@ class FakeProvider(FakeBase[RecordedRequest]):
         self.payment_after = payment_after
         self.retry_after = retry_after
         self.reply = reply
+        self.echo_key = echo_key
         super().__init__(script=script, fault_mix=fault_mix, seed=seed, port=port)
 
         self._paid_total = 0
@@ -111,6 +119,12 @@ class FakeProvider(FakeBase[RecordedRequest]):
         return fingerprint(digest(image), digest(mask) if mask is not None else None, prompt, model)
 
     # ---------------------------------------------------------------- used by the handler
+
+    def _echo(self, text: str, suffix: str = " (key {key})") -> str:
+        """`text` with the key appended when this fake plays a provider that echoes it."""
+        if not (self.echo_key and self.api_key):
+            return text
+        return text + suffix.format(key=self.api_key)
 
     def _next_request_number(self) -> int:
         return self._count_request()

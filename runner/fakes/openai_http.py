@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .openai import FakeProvider
 
 __all__ = [
+    "DRIP_INTERVAL",
     "EDIT_PATH",
     "FAULTS",
     "MAX_FILES",
@@ -41,10 +42,12 @@ FAULTS = (
     "empty_200",
     "html_404",
     "slow",
+    "drip",
 )
 
 EDIT_PATH = "/v1/images/edits"
 SLOW_EXTRA_SECONDS = 5.0
+DRIP_INTERVAL = 0.2  # seconds between the bytes of a `drip` reply
 MAX_FILES = 512
 
 FILE_PATH = re.compile(r"/files/([A-Za-z0-9_-]+)\.png")
@@ -86,7 +89,7 @@ class OpenAIHandler(BaseHandler):
     def _edit(self) -> None:
         provider = self.server.provider
         number = provider._next_request_number()
-        request_id = f"req_{number}"
+        request_id = provider._echo(f"req_{number}", "-{key}")
         headers = {name.lower(): value for name, value in self.headers.items()}
         fields: dict[str, str] = {}
         files: dict[str, tuple[str, str, int]] = {}
@@ -180,7 +183,7 @@ class OpenAIHandler(BaseHandler):
                 record(400)
                 self._send(
                     400,
-                    envelope(problem, "invalid_request_error", "invalid_request"),
+                    envelope(provider._echo(problem), "invalid_request_error", "invalid_request"),
                     headers=[("x-request-id", request_id)],
                 )
             else:
@@ -208,7 +211,10 @@ class OpenAIHandler(BaseHandler):
     ) -> None:
         provider = self.server.provider
         headers = [("x-request-id", request_id), ("x-ratelimit-remaining-requests", "1000")]
-        usage = json.dumps(usage_of(prompt, mask is not None, n)).encode()
+        used = usage_of(prompt, mask is not None, n)
+        if provider.echo_key and provider.api_key:
+            used["user"] = provider.api_key
+        usage = json.dumps(used).encode()
         created = str(int(time.time())).encode()
         if fault == "empty_200":
             record(200)
@@ -246,8 +252,27 @@ class OpenAIHandler(BaseHandler):
             self.close_connection = True
             self._send(200, body, headers=headers, truncate=True)
             return
+        if fault == "drip":
+            record(200)
+            self.close_connection = True
+            self._drip(b"".join(body), headers)
+            return
         record(200, paid=fault is None)
         self._send(200, body, headers=headers)
+
+    def _drip(self, body: bytes, headers: list[tuple[str, str]]) -> None:
+        """A whole 200's headers, then its body a byte at a time, until the client leaves."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        for index in range(len(body)):
+            if self.server.provider._sleep(DRIP_INTERVAL):
+                return
+            self.wfile.write(body[index : index + 1])
+            self.wfile.flush()
 
     def _reply_fault(self, fault: str, request_id: str, record: Callable[..., None]) -> None:
         provider = self.server.provider
@@ -259,7 +284,10 @@ class OpenAIHandler(BaseHandler):
             return
         if fault == "html_404":
             record(404)
-            self._send(404, HTML_404, "text/html; charset=utf-8", headers)
+            page = HTML_404.replace(
+                b"404 Not Found</title>", provider._echo("404 Not Found").encode() + b"</title>"
+            )
+            self._send(404, page, "text/html; charset=utf-8", headers)
             return
         if fault not in FAULT_REPLIES:
             # Only reachable through script.append(), which cannot validate its argument.
@@ -271,7 +299,7 @@ class OpenAIHandler(BaseHandler):
         record(status)
         self._send(
             status,
-            envelope(message.replace("{request_id}", request_id), type_, code),
+            envelope(provider._echo(message.replace("{request_id}", request_id)), type_, code),
             headers=headers,
         )
 
@@ -311,7 +339,7 @@ HTML_404 = (
 )
 
 # Faults whose reply is (the start of) a normal success.
-SUCCESS_LIKE = frozenset({"slow", "truncate", "empty_200"})
+SUCCESS_LIKE = frozenset({"slow", "truncate", "empty_200", "drip"})
 
 FAULT_REPLIES: dict[str, tuple[int, str, str, str]] = {
     "rate_limit": (

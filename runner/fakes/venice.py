@@ -78,6 +78,8 @@ class FakeVenice(FakeBase[VeniceRequest]):
       failures within `window` seconds lock every edit out for `duration` seconds.
     * `min_pixels`: smaller images get 400 IMAGE_TOO_SMALL (Venice: 65,536); 0 disables.
     * `edit_accepts_quality`, `payment_key_code`: switch the two UNCONFIRMED behaviours.
+    * `echo_key`: play a provider that sends `api_key` back: in every CF-RAY, error message,
+      model and deprecation header, and in the model list's names.
     """
 
     FAULT_NAMES: ClassVar[tuple[str, ...]] = VENICE_FAULTS
@@ -107,6 +109,7 @@ class FakeVenice(FakeBase[VeniceRequest]):
         min_pixels: int = 65_536,
         edit_accepts_quality: bool = True,
         payment_key_code: bool = True,
+        echo_key: bool = False,
         port: int = 0,
     ) -> None:
         self.api_key = api_key
@@ -128,6 +131,7 @@ class FakeVenice(FakeBase[VeniceRequest]):
         self.edit_accepts_quality = edit_accepts_quality
         # Whether the real API-key 402 body carries `code` is UNCONFIRMED.
         self.payment_key_code = payment_key_code
+        self.echo_key = echo_key
         super().__init__(script=script, fault_mix=fault_mix, seed=seed, port=port)
         self._catalogue = copy.deepcopy([dict(entry) for entry in catalogue or default_catalogue()])
         self._balance = None if balance_usd is None else round(balance_usd * 1_000_000)
@@ -221,9 +225,15 @@ class FakeVenice(FakeBase[VeniceRequest]):
 
     # ---------------------------------------------------------------- used by the handler
 
+    def _echo(self, text: str, suffix: str = " (key {key})") -> str:
+        """`text` with the key appended when this fake plays a provider that echoes it."""
+        if not (self.echo_key and self.api_key):
+            return text
+        return text + suffix.format(key=self.api_key)
+
     def _begin(self) -> str:
         """Count one edit request and return its CF-RAY."""
-        return f"{self._count_request():016x}-FAKE"
+        return self._echo(f"{self._count_request():016x}-FAKE", "-{key}")
 
     def _note_catalogue_fetch(self) -> tuple[bool, list[dict[str, Any]]]:
         with self._lock:

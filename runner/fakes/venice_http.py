@@ -7,6 +7,7 @@ import binascii
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, quote, urlsplit
@@ -258,6 +259,18 @@ def _check_image(data: bytes, min_pixels: int, sizes: list[tuple[int, int]]) -> 
     return None
 
 
+def _echoed(body: bytes, echo: Callable[[str], str]) -> bytes:
+    """An error body whose `error` (or `message`) text goes through `echo`."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return body
+    for name in ("error", "message"):
+        if isinstance(document, dict) and isinstance(document.get(name), str):
+            document[name] = echo(document[name])
+    return json.dumps(document).encode()
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -296,6 +309,10 @@ class VeniceHandler(BaseHandler):
             return
         wanted = parse_qs(url.query).get("type", ["text"])[0]
         data = [e for e in entries if wanted == "all" or e.get("type") == wanted]
+        for entry in data:
+            spec = entry.get("model_spec")
+            if isinstance(spec, dict) and "name" in spec:
+                spec["name"] = self.server.provider._echo(str(spec["name"]))
         self._send(200, json.dumps({"object": "list", "type": wanted, "data": data}).encode())
 
     def do_POST(self) -> None:
@@ -369,7 +386,9 @@ class VeniceHandler(BaseHandler):
         if stopped:
             self.close_connection = True
             return
-        self._send(reply.status, reply.body, reply.content_type, reply.headers)
+        echo = fake.echo_key and reply.status != 200
+        payload = _echoed(reply.body, fake._echo) if echo else reply.body
+        self._send(reply.status, payload, reply.content_type, reply.headers)
 
     def _judge(
         self,
@@ -434,7 +453,7 @@ class VeniceHandler(BaseHandler):
     def _model_headers(self, job: _Job) -> list[tuple[str, str]]:
         fake = self.server.provider
         headers = [
-            ("x-venice-model-id", job.model),
+            ("x-venice-model-id", fake._echo(job.model)),
             ("x-venice-model-name", str(job.entry.get("model_spec", {}).get("name", job.model))),
             ("x-venice-is-content-violation", "false"),
         ]
@@ -449,7 +468,7 @@ class VeniceHandler(BaseHandler):
                 ("x-venice-deprecated", "true"),
                 (
                     "x-venice-model-deprecation-warning",
-                    warning + (f"; use {replacement}" if replacement else ""),
+                    fake._echo(warning + (f"; use {replacement}" if replacement else "")),
                 ),
                 ("x-venice-model-deprecation-date", fake.deprecation_date),
             ]

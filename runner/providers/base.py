@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import anyio
 import httpx
 
 from ..errors import (
@@ -29,6 +30,8 @@ from ..errors import (
 )
 from ..images import ImageLimits
 from ..models import EditRequest, EditResult
+from .replies import loads
+from .transfer import DEFAULT_LIMITS, ReplyLimits, read_capped, read_head
 
 
 class Provider(Protocol):
@@ -79,7 +82,7 @@ def parse_error_body(response: httpx.Response) -> ErrorBody:
     """`{"error": {...}}` (OpenAI, CometAPI), `{"error": "..."}` (Venice), a bare
     `{"message"|"detail": ...}`, or not JSON at all (proxies, gateways, HTML pages)."""
     try:
-        body = json.loads(response.content)
+        body = loads(response.content)
     except ValueError:
         return ErrorBody(message=_non_json_summary(response))
     error = body.get("error") if isinstance(body, dict) else None
@@ -180,30 +183,56 @@ def is_throttling(status: int, headers: Mapping[str, str]) -> bool:
 
 
 async def post_streamed(
-    client: httpx.AsyncClient, url: str, **request: Any
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    limits: ReplyLimits = DEFAULT_LIMITS,
+    images: int = 1,
+    **request: Any,
 ) -> tuple[httpx.Response, bytes]:
     """POST and read the whole reply; the body is returned apart from the response object.
 
     Streamed, the reply (an image of up to tens of MB) is ours and goes when the caller drops
     it, instead of riding on the Response; only error bodies are put on a Response, for
-    classifying. Transport failures come back as ProviderErrors.
+    classifying. A 200 over `limits` (for `images` images) is refused, an error body is cut
+    to its head, and the whole exchange has `limits.deadline_s`. Transport failures come back
+    as ProviderErrors.
     """
+    status: int | None = None  # once the status line is in: a 200 cut short was billed
     try:
-        async with client.stream("POST", url, **request) as streamed:
-            content = b"".join([chunk async for chunk in streamed.aiter_bytes()])
+        with anyio.fail_after(limits.deadline_s):
+            async with client.stream("POST", url, **request) as streamed:
+                status = streamed.status_code
+                if status == 200:
+                    content = await read_capped(streamed, limits.reply_cap(images))
+                else:
+                    content = await read_head(streamed)
+    except TimeoutError as exc:
+        raise AttemptTimeout(
+            f"no complete reply within {limits.deadline_s:g} s (the profile's timeout_s); "
+            "the provider may have billed it",
+            status_code=status,
+        ) from exc
     except httpx.HTTPError as exc:
-        raise translate_transport_error(exc) from exc
+        error = translate_transport_error(exc)
+        error.status_code = status
+        raise error from exc
     # Its stream points back at the response, which holds the request and so our upload: a
     # cycle only a full garbage collection frees (encode/httpx#3733). Read and closed, the
     # stream is not needed; dropping it lets the whole exchange go at once.
     streamed.stream = httpx.ByteStream(b"")
     if streamed.status_code == 200:
         return streamed, content
+    # The body is decoded already and may be cut short: its length and encoding headers
+    # would no longer describe it.
+    headers = [(k, v) for k, v in streamed.headers.multi_items() if k not in _BODY_HEADERS]
     complete = httpx.Response(
-        streamed.status_code, headers=streamed.headers, content=content, request=streamed.request
+        streamed.status_code, headers=headers, content=content, request=streamed.request
     )
     return complete, content
 
+
+_BODY_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
 
 # No connection, or it broke while the request was being written: a provider cannot act on
 # (nor bill) a request it never received whole.

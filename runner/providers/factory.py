@@ -16,10 +16,12 @@ from ..catalogue import CatalogueUnavailable, VeniceModel, fetch_catalogue, pars
 from ..config import CATALOGUE_MAX_AGE_S, DEFAULT_CONNECT_TIMEOUT_S
 from ..errors import ManifestError
 from ..manifest import ParsedManifest, ProviderProfile
+from ..redact import redact, register_secret
 from ..siwx import SiwxSigner
 from ..store.base import Store
 from .base import Provider
 from .openai import OpenAIProvider
+from .transfer import MIB, ReplyLimits
 from .venice import VeniceProvider
 
 log = logging.getLogger("runner")
@@ -59,6 +61,15 @@ def credentials(parsed: ParsedManifest, needed: set[str]) -> dict[str, Credentia
                 file=str(parsed.path),
                 field=field,
             )
+        register_secret(value)  # before anything can echo it, even the refusals below
+        if problem := odd_characters(value):
+            # The value itself is never shown: it is a secret, and may be one mistyped.
+            raise ManifestError(
+                f"environment variable {env} {problem}; a key is one line of printable ASCII "
+                f"(check how {env} is set)",
+                file=str(parsed.path),
+                field=field,
+            )
         if wallet:
             try:
                 found[name] = Credential(signer=SiwxSigner(value, env_name=env))
@@ -67,6 +78,22 @@ def credentials(parsed: ParsedManifest, needed: set[str]) -> dict[str, Credentia
         else:
             found[name] = Credential(api_key=value)
     return found
+
+
+def odd_characters(value: str) -> str | None:
+    """Why `value` cannot go into an HTTP header as a key, or None. Inner line breaks,
+    control characters and spaces would be sent (or refused by httpx) as part of a header;
+    non-ASCII ones cannot be encoded into one at all."""
+    for char in value:
+        if char in "\r\n":
+            return "contains a line break"
+        if not char.isascii():
+            return "contains a non-ASCII character"
+        if char == " ":
+            return "contains a space"
+        if not char.isprintable():
+            return "contains a control character (a tab, or another invisible one)"
+    return None
 
 
 def http_client(profile: ProviderProfile) -> httpx.AsyncClient:
@@ -91,6 +118,7 @@ def build_provider(
     wall_clock: Callable[[], float] = time.time,
 ) -> Provider:
     """`wall_clock` (epoch seconds) reads reset headers that are points in time."""
+    limits = reply_limits(profile)
     if profile.dialect == "venice":
         return VeniceProvider(
             profile.name,
@@ -100,12 +128,23 @@ def build_provider(
             signer=credential.signer,
             catalogue=catalogue,
             wall_clock=wall_clock,
+            limits=limits,
         )
     if credential.api_key is None:  # the manifest check refuses x402 outside Venice
         raise ManifestError(f"providers.{profile.name}: needs an API key")
     return OpenAIProvider(
-        profile.name, profile.base_url, credential.api_key, client, wall_clock=wall_clock
+        profile.name,
+        profile.base_url,
+        credential.api_key,
+        client,
+        wall_clock=wall_clock,
+        limits=limits,
     )
+
+
+def reply_limits(profile: ProviderProfile) -> ReplyLimits:
+    """`timeout_s` bounds each read (httpx) and, here, the whole exchange."""
+    return ReplyLimits(int(profile.max_reply_mb * MIB), deadline_s=profile.timeout_s)
 
 
 async def load_catalogue(
@@ -138,9 +177,10 @@ async def load_catalogue(
             profile.name, exc,
         )  # fmt: skip
         return None
+    text = redact(body.decode("utf-8", "replace"))  # a provider's text, kept in the database
     if store is not None:
-        await store.save_catalogue(source, body.decode("utf-8", "replace"))
-    return _parsed(body.decode("utf-8", "replace"))
+        await store.save_catalogue(source, text)
+    return _parsed(text)
 
 
 def _parsed(body: str) -> Catalogue | None:

@@ -17,9 +17,14 @@ from pybase64 import b64decode  # SIMD: ~3x faster than binascii on a 2 MB reply
 from ..errors import ProviderError, RetryableError
 from ..images import OPENAI_LIMITS, ImageLimits, read_image_info
 from ..models import EditRequest, EditResult, ReplyImage, Usage
+from ..redact import redact_error, redact_result
 from ..work import run_cpu_work
 from .base import classify, post_streamed, request_id_of
-from .replies import lift_base64, restore
+from .replies import lift_base64, loads, restore
+from .transfer import DEFAULT_LIMITS, AddressPolicy, DownloadRefused, ReplyLimits, download
+
+# ProviderError: an image over the cap.
+_DOWNLOAD_FAILURES = (httpx.HTTPError, httpx.InvalidURL, ValueError, DownloadRefused, ProviderError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,9 @@ class OpenAIProvider:
         api_key: str,
         client: httpx.AsyncClient,
         wall_clock: Callable[[], float] = time.time,
+        *,
+        limits: ReplyLimits = DEFAULT_LIMITS,
+        addresses: AddressPolicy | None = None,
     ) -> None:
         self.name = name
         self._url = f"{base_url.rstrip('/')}/images/edits"
@@ -47,8 +55,21 @@ class OpenAIProvider:
         # other hosts, and those downloads must not carry the key.
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._wall_clock = wall_clock
+        self._limits = limits
+        self._addresses = addresses or AddressPolicy(base_url)
+
+    def __repr__(self) -> str:  # the key stays out of logs and tracebacks
+        return f"OpenAIProvider(name={self.name!r}, url={self._url!r})"
 
     async def edit(self, request: EditRequest) -> EditResult:
+        """The provider boundary: every text in what comes back is redacted here."""
+        try:
+            return redact_result(await self._edit(request))
+        except ProviderError as exc:
+            redact_error(exc)
+            raise
+
+    async def _edit(self, request: EditRequest) -> EditResult:
         response, content = await self._post(request)
         if response.status_code != 200:
             raise classify(response, self._wall_clock())
@@ -71,6 +92,8 @@ class OpenAIProvider:
             data=_form_fields(request),
             files=_file_parts(request),
             headers=self._auth,
+            limits=self._limits,
+            images=_images_asked(request),
         )
 
     async def _download(self, parsed: _Parsed, request_id: str | None) -> tuple[ReplyImage, ...]:
@@ -78,16 +101,14 @@ class OpenAIProvider:
         fetched = []
         for url in parsed.urls:
             try:
-                # CDNs redirect; following is safe here because no credential is sent.
-                response = await self._client.get(url, follow_redirects=True)
-                response.raise_for_status()
-            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+                content = await download(self._client, url, self._addresses, self._limits)
+            except _DOWNLOAD_FAILURES as exc:  # the reply was paid for: its usage stays with it
                 raise RetryableError(
                     f"could not download the result image {url}: {exc}",
                     request_id=request_id,
                     usage=parsed.usage,
                 ) from exc
-            image = await run_cpu_work(len(response.content), read_image_info, response.content)
+            image = await run_cpu_work(len(content), read_image_info, content)
             if image is None:
                 raise _bad_image(request_id, parsed.usage)
             fetched.append(image)
@@ -98,6 +119,14 @@ class OpenAIProvider:
 
     def check_request(self, request: EditRequest) -> None:
         """Nothing beyond the manifest's and pre-flight's checks: no model list to ask."""
+
+
+def _images_asked(request: EditRequest) -> int:
+    n = request.params.get("n", 1)
+    try:
+        return max(1, int(n))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _form_fields(request: EditRequest) -> dict[str, str]:
@@ -124,7 +153,7 @@ def _bad_image(request_id: str | None, usage: Usage | None) -> ProviderError:
 def _parse_reply(content: bytes, request_id: str | None) -> _Parsed:
     small, lifted = lift_base64(content)
     try:
-        body = json.loads(small)
+        body = loads(small)
     except ValueError as exc:
         raise RetryableError(
             f"reply is not JSON ({len(content)} bytes)", status_code=200, request_id=request_id

@@ -10,6 +10,11 @@ parsing the whole body.
 
 from __future__ import annotations
 
+import itertools
+import json
+import re
+from typing import Any
+
 _KEY = b'"b64_json"'
 _SPACE = b" \t\r\n"
 PLACEHOLDER = "\x00lifted:"  # never the start of base64 text
@@ -55,3 +60,28 @@ def restore(value: object, lifted: list[memoryview]) -> object:
         if index.isdigit() and int(index) < len(lifted):
             return lifted[int(index)]
     return value
+
+
+# Provider JSON nests a few levels. Deeper is hostile, and json.loads must never see it: it
+# recurses in C, and with eth-account imported (py_ecc raises the recursion limit to
+# 100,000) "[[[[…" overflows the C stack and kills the process instead of raising.
+MAX_JSON_DEPTH = 64
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)  # possessive: linear on megabytes
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_STEP = [1 if byte in b"[{" else -1 if byte in b"]}" else 0 for byte in range(256)]
+
+
+def too_deep(content: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether `content` nests arrays and objects more than `limit` deep (brackets inside
+    strings do not count)."""
+    if content.count(b"[") + content.count(b"{") <= limit:  # most replies: done here
+        return False
+    brackets = _STRING.sub(b"", content).translate(None, _NOT_BRACKET)
+    return any(depth > limit for depth in itertools.accumulate(map(_STEP.__getitem__, brackets)))
+
+
+def loads(content: bytes) -> Any:
+    """`json.loads` for what a provider sent: ValueError for nesting past MAX_JSON_DEPTH."""
+    if too_deep(content):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return json.loads(content)

@@ -7,7 +7,7 @@ Auth is an API key (Bearer) or an x402 wallet (a fresh SIGN-IN-WITH-X header per
 from __future__ import annotations
 
 import base64
-import json
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +33,7 @@ from ..errors import (
 )
 from ..images import ImageLimits, read_image_info
 from ..models import EditRequest, EditResult, ReplyFacts
+from ..redact import redact_error, redact_result
 from ..siwx import HEADER as SIWX_HEADER
 from ..siwx import SiwxSigner
 from ..work import run_cpu_work
@@ -43,6 +44,8 @@ from .base import (
     request_id_of,
     retry_after_seconds,
 )
+from .replies import loads
+from .transfer import DEFAULT_LIMITS, ReplyLimits
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
 TOP_UP_URL = "https://venice.ai/settings/api"
@@ -72,6 +75,7 @@ class VeniceProvider:
         catalogue: Mapping[str, VeniceModel] | None = None,
         wall_clock: Callable[[], float] = time.time,
         json_limit_bytes: int = 256 * 1024,
+        limits: ReplyLimits = DEFAULT_LIMITS,
     ) -> None:
         if (api_key is None) == (signer is None):
             raise ValueError("VeniceProvider needs exactly one of api_key and signer")
@@ -84,6 +88,7 @@ class VeniceProvider:
         self._catalogue = catalogue
         self._wall_clock = wall_clock
         self._json_limit = json_limit_bytes
+        self._limits = limits
 
     def __repr__(self) -> str:  # the key stays out of logs and tracebacks
         auth = f"wallet {self._signer.address}" if self._signer else "api key"
@@ -97,6 +102,14 @@ class VeniceProvider:
         check_job(request.model, request.params, request.prompt, images, self._catalogue)
 
     async def edit(self, request: EditRequest) -> EditResult:
+        """The provider boundary: every text in what comes back is redacted here."""
+        try:
+            return redact_result(await self._edit(request))
+        except ProviderError as exc:
+            redact_error(exc)
+            raise
+
+    async def _edit(self, request: EditRequest) -> EditResult:
         response, content = await self._post(request)
         if self._signer and response.status_code == 401 and _is_bad_sign_in(response):
             # A clock skew or a consumed nonce: one fresh signature settles it, or nothing will.
@@ -149,7 +162,7 @@ class VeniceProvider:
         parts = [request.image] if request.mask is None else [request.image, request.mask]
         url = f"{self._base}/image/multi-edit" if multi else f"{self._base}/image/edit"
         model_field = "modelId" if multi else "model"
-        params = {k: v for k, v in request.params.items() if k not in _RESERVED}
+        params = {k: _wire_value(k, v) for k, v in request.params.items() if k not in _RESERVED}
         if sum(len(part.data) for part in parts) <= self._json_limit:
             encoded = [base64.b64encode(part.data).decode("ascii") for part in parts]
             images: dict[str, Any] = {"images": encoded} if multi else {"image": encoded[0]}
@@ -163,7 +176,14 @@ class VeniceProvider:
 
     async def _post(self, request: EditRequest) -> tuple[httpx.Response, bytes]:
         url, body = self._request_body(request)
-        return await post_streamed(self._client, url, headers=self._headers(), **body)
+        return await post_streamed(
+            self._client, url, headers=self._headers(), limits=self._limits, **body
+        )
+
+
+def _wire_value(name: str, value: Any) -> Any:
+    """Venice's schemas enumerate `jpeg` only (their prose also names `jpg`)."""
+    return "jpeg" if name == "output_format" and value == "jpg" else value
 
 
 def _form_value(value: Any) -> str:
@@ -251,8 +271,8 @@ def parse_facts(headers: Mapping[str, str], now: float) -> ReplyFacts:
 
 def _json_object(content: bytes) -> Mapping[str, Any]:
     try:
-        body = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+        body = loads(content)
+    except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
 
@@ -317,11 +337,45 @@ def _venice_reset(headers: Mapping[str, str], now: float) -> float | None:
     return max(known) if known else None
 
 
+_DETAILS_CHARS = 300
+
+
+def _zod_errors(node: Any, path: str, found: list[str], depth: int = 0) -> None:
+    """Collect zod's `format()` tree: `{"_errors": [...], "field": {"_errors": [...]}}`."""
+    if not isinstance(node, dict) or depth > 8:  # a request's fields nest a level or two
+        return
+    errors = node.get("_errors")
+    if isinstance(errors, list):
+        found.extend(f"{path}: {m}" if path else str(m) for m in errors)
+    for name, child in node.items():
+        if name != "_errors":
+            _zod_errors(child, f"{path}.{name}" if path else str(name), found, depth + 1)
+
+
+def invalid_params(raw: Mapping[str, Any]) -> str | None:
+    """A 400's field-by-field reasons (`details`, or zod `issues`), on one short line."""
+    found: list[str] = []
+    _zod_errors(raw.get("details"), "", found)
+    issues = raw.get("issues")
+    for issue in issues if isinstance(issues, list) else []:
+        if isinstance(issue, dict) and issue.get("message"):
+            path = issue.get("path")
+            where = ".".join(map(str, path)) if isinstance(path, list) else str(path or "")
+            found.append(f"{where}: {issue['message']}" if where else str(issue["message"]))
+    if not found:
+        return None
+    text = " ".join("; ".join(dict.fromkeys(found)).split())  # one line, no repeats
+    return text if len(text) <= _DETAILS_CHARS else text[: _DETAILS_CHARS - 1] + "…"
+
+
 def classify_venice(response: httpx.Response, now: float) -> ProviderError:
     """The error a non-200 Venice answer stands for (PROVIDERS.md §4.1)."""
     status = response.status_code
     body = parse_error_body(response)
     raw = _json_object(response.content)
+    if details := invalid_params(raw):  # "Invalid request" alone does not say what to fix
+        message = f"{body.message.rstrip('.')}: invalid params: {details}"
+        body = dataclasses.replace(body, message=message)
     code = (body.code or "").upper()
     facts = parse_facts(response.headers, now)
     request_id = response.headers.get("cf-ray") or request_id_of(response, body.message)

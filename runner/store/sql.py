@@ -33,6 +33,7 @@ from ..models import (
     OutputRef,
     Summary,
 )
+from ..redact import redact
 from . import admin, queries
 from . import tables as t
 from .base import AttemptTicket, RunInfo
@@ -85,7 +86,7 @@ def _usage_columns(record: AttemptRecord) -> dict[str, Any]:
             "balance_diem": facts.balance_diem,
             "balance_after_usd": facts.balance_after_usd,
             "content_violation": facts.content_violation,
-            "served_model": facts.served_model,
+            "served_model": redact(facts.served_model),
         }
     if usage is None:
         return columns
@@ -97,8 +98,8 @@ def _usage_columns(record: AttemptRecord) -> dict[str, Any]:
         "output_tokens": usage.output_tokens,
         "output_image_tokens": usage.output_image_tokens,
         "total_tokens": usage.total_tokens,
-        "usage_json": usage.raw,
-        "usage_flag": usage.suspect[:200] if usage.suspect else None,
+        "usage_json": redact(usage.raw),
+        "usage_flag": redact(usage.suspect[:200]) if usage.suspect else None,
     }
 
 
@@ -208,7 +209,7 @@ class SqlStore:
 
     async def save_catalogue(self, source_url: str, body: str) -> None:
         now = self._now()
-        await self._db.run(lambda conn: admin.save_catalogue(conn, source_url, body, now))
+        await self._db.run(lambda conn: admin.save_catalogue(conn, source_url, redact(body), now))
 
     # -- runs and leases ----------------------------------------------------------------
     async def start_run(self, run: RunInfo) -> None:
@@ -233,7 +234,7 @@ class SqlStore:
             await conn.execute(
                 update(t.runs)
                 .where(t.runs.c.id == run_id)
-                .values(ended_at=self._now(), exit_code=exit_code, stop_reason=stop_reason)
+                .values(ended_at=self._now(), exit_code=exit_code, stop_reason=redact(stop_reason))
             )
 
         await self._db.run(write)
@@ -415,9 +416,10 @@ class SqlStore:
                 finished_at=self._now(),
                 latency_ms=record.latency_ms,
                 http_status=record.http_status,
-                error_code=record.error_code,
-                error_message=record.error_message,
-                request_id=record.request_id,
+                # Provider texts: redacted at the provider already, and again here.
+                error_code=redact(record.error_code),
+                error_message=redact(record.error_message),
+                request_id=redact(record.request_id),
                 cost_usd=record.cost_usd,
                 **_usage_columns(record),
             )
@@ -493,7 +495,7 @@ class SqlStore:
             .values(
                 status=JobState.SUCCEEDED.value,
                 # A success may still carry a note (fewer images than asked for).
-                error=record.error_message,
+                error=redact(record.error_message),
                 failure_kind=None,
                 lease_owner=None,
                 lease_expires_at=None,
@@ -514,7 +516,7 @@ class SqlStore:
             key,
             owner,
             status=JobState.FAILED,
-            error=reason,
+            error=redact(reason),
             failure_kind=kind.value,
             finished_at=now,
         )

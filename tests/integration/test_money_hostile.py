@@ -408,3 +408,22 @@ async def test_a_database_disk_that_fills_loses_no_paid_reply(
     )
     assert second.exit_code == app.EXIT_OK
     assert paid_once(fake) and len(fake.paid) == 60
+
+
+# --- item 17: a 200 cut short was billed all the same --------------------------------------
+
+
+async def test_a_truncated_200_is_recorded_as_paid(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    manifest = workspace.manifest([{"image": workspace.image("p.png"), "prompt": "x"}])
+    fake.script = ["truncate"]
+
+    outcome = await app.run(manifest, options())
+
+    assert outcome.exit_code == app.EXIT_OK
+    rows = workspace.db().execute("SELECT outcome, http_status, cost_usd FROM attempts ORDER BY id")
+    (cut, whole) = rows.fetchall()
+    assert cut[0] == "retryable" and cut[1] == 200
+    assert cut[2] is not None and cut[2] > 0  # costed at the job's estimate: no usage arrived
+    assert outcome.summary.totals.cost_usd == pytest.approx(cut[2] + whole[2])

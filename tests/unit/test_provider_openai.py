@@ -28,6 +28,7 @@ from runner.errors import (
 from runner.images import OPENAI_LIMITS
 from runner.models import EditRequest, EditResult, ImagePart, ReplyImage, Usage
 from runner.providers.openai import OpenAIProvider
+from runner.providers.transfer import AddressPolicy
 
 BASE_URL = "https://api.cometapi.test/v1"
 EDITS_URL = f"{BASE_URL}/images/edits"
@@ -132,8 +133,14 @@ async def run_edit(
 ) -> EditResult:
     async with httpx.AsyncClient(transport=httpx.MockTransport(api)) as client:
         extra = {"wall_clock": wall_clock} if wall_clock else {}
-        provider = OpenAIProvider("comet", base_url, API_KEY, client, **extra)
+        # Every *.test host "resolves" to a public address: downloads are checked for it.
+        addresses = AddressPolicy(base_url, resolve=lambda host, port: _public_address())
+        provider = OpenAIProvider("comet", base_url, API_KEY, client, addresses=addresses, **extra)
         return await provider.edit(request or make_request())
+
+
+async def _public_address() -> list[str]:
+    return ["93.184.216.34"]
 
 
 async def edit_error(api: FakeAPI, request: EditRequest | None = None) -> ProviderError:
