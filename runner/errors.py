@@ -115,6 +115,12 @@ class ProviderError(RunnerError):
         self.retry_after = retry_after
         super().__init__(message)
 
+    @property
+    def billed(self) -> bool:
+        """A 200 (or a reply with usage) came back, so the provider charged for it, even
+        though no usable image came with it."""
+        return self.status_code == 200 or self.usage is not None
+
     def describe(self) -> str:
         """One line for status and export: 'HTTP 429 rate_limit_exceeded: slow down'."""
         head = " ".join(

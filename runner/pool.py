@@ -419,7 +419,7 @@ class Pool:
                 self._stop(gate, exc)  # first, before any write: no worker may send again
             self._pace(gate, spec, exc)
             record = _error_record(exc, _ms_since(started))
-            if exc.status_code == 200:  # billed, though no usable image came back
+            if exc.billed:  # though no usable image came back
                 cost, flag = self._paid_cost(spec, exc.usage, exc.facts)
                 record = replace(record, cost_usd=cost, usage=_flagged(exc.usage, flag))
             await self._store.finish_attempt(ticket, record)

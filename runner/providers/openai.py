@@ -14,14 +14,21 @@ from typing import Any
 import httpx
 from pybase64 import b64decode  # SIMD: ~3x faster than binascii on a 2 MB reply
 
-from ..errors import ProviderError, RetryableError
+from ..errors import PermanentJobError, ProviderError, RetryableError
 from ..images import OPENAI_LIMITS, ImageLimits, read_image_info
 from ..models import EditRequest, EditResult, ReplyImage, Usage
 from ..redact import redact_error, redact_result
 from ..work import run_cpu_work
 from .base import classify, post_streamed, request_id_of
 from .replies import lift_base64, loads, restore
-from .transfer import DEFAULT_LIMITS, AddressPolicy, DownloadRefused, ReplyLimits, download
+from .transfer import (
+    DEFAULT_LIMITS,
+    AddressPolicy,
+    AddressRefused,
+    DownloadRefused,
+    ReplyLimits,
+    download,
+)
 
 # ProviderError: an image over the cap.
 _DOWNLOAD_FAILURES = (httpx.HTTPError, httpx.InvalidURL, ValueError, DownloadRefused, ProviderError)
@@ -102,9 +109,18 @@ class OpenAIProvider:
         for url in parsed.urls:
             try:
                 content = await download(self._client, url, self._addresses, self._limits)
+            except AddressRefused as exc:
+                # Sending it again would pay again for another link the runner will not follow.
+                raise PermanentJobError(
+                    f"the result image is at an address the runner does not fetch from: {exc}",
+                    status_code=200,
+                    request_id=request_id,
+                    usage=parsed.usage,
+                ) from exc
             except _DOWNLOAD_FAILURES as exc:  # the reply was paid for: its usage stays with it
                 raise RetryableError(
                     f"could not download the result image {url}: {exc}",
+                    status_code=200,  # the edit itself was answered, and billed
                     request_id=request_id,
                     usage=parsed.usage,
                 ) from exc

@@ -48,7 +48,13 @@ DEFAULT_LIMITS = ReplyLimits()
 
 
 class DownloadRefused(Exception):
-    """A `data[].url` the runner will not fetch; providers translate it to RetryableError."""
+    """A `data[].url` the runner could not fetch (too slow, too many redirects, no such
+    host); providers translate it to RetryableError."""
+
+
+class AddressRefused(DownloadRefused):
+    """A `data[].url` the runner will never fetch (a non-public address, not http(s)):
+    asking again would pay for another such link, so the job fails."""
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -152,12 +158,12 @@ class AddressPolicy:
     async def check(self, url: httpx.URL) -> None:
         """Raise DownloadRefused unless `url` may be fetched."""
         if url.scheme not in ("http", "https"):
-            raise DownloadRefused(f"not an http(s) URL: {url.scheme}:")
+            raise AddressRefused(f"not an http(s) URL: {url.scheme}:")
         if await self.private_allowed():
             return
         for address in await self._addresses(url):
             if reason := non_public(address):
-                raise DownloadRefused(
+                raise AddressRefused(
                     f"{url.host} is at {address}, a {reason} address; result images are "
                     "fetched from public addresses only"
                 )

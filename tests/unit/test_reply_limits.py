@@ -216,7 +216,7 @@ class Downloads:
 async def test_downloads_to_non_public_addresses_are_refused(url: str) -> None:
     api = Downloads(url)
     error = await openai_edit(api)
-    assert type(error) is RetryableError
+    assert type(error) is PermanentJobError  # sending again would pay for another such link
     assert "public addresses only" in error.message
     assert error.usage is not None  # the reply was billed: its usage is kept
     assert api.gets == []  # nothing was fetched
@@ -229,7 +229,7 @@ async def test_a_redirect_to_a_private_address_is_refused() -> None:
         {first: lambda _: httpx.Response(302, headers={"location": "http://169.254.169.254/"})},
     )
     error = await openai_edit(api)
-    assert type(error) is RetryableError
+    assert type(error) is PermanentJobError
     assert "169.254.169.254" in error.message and "link-local" in error.message
     assert api.gets == [first]
 
