@@ -24,7 +24,7 @@ from rich.table import Table
 
 from . import app, render
 from .config import ENV_DB, ENV_MAX_ATTEMPTS, RetrySettings, RunSettings
-from .errors import ManifestError, RunnerError
+from .errors import ManifestError, NewerSchema, RunnerError
 from .manifest import RunLimits
 from .models import JobState
 from .progress import ProgressReporter, make_reporter
@@ -55,7 +55,8 @@ def _guard() -> Iterator[None]:
         if os.environ.get("RUNNER_DEBUG"):
             raise
         err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", markup=True, soft_wrap=True)
-        raise SystemExit(app.EXIT_USAGE if isinstance(exc, ManifestError) else 1) from None
+        usage = isinstance(exc, ManifestError | NewerSchema)  # nothing sent: fix and rerun
+        raise SystemExit(app.EXIT_USAGE if usage else 1) from None
 
 
 def _run_async(function: Callable[[], Awaitable[T]]) -> T:

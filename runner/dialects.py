@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .config import OPENAI_MAX_N
+from .errors import shown
 
 DIALECTS = ("openai", "venice")
 # Venice: swagger's default since 2026-05; the seed's qwen-edit left the docs (PROVIDERS.md §3).
@@ -28,7 +29,7 @@ def _one_of(*allowed: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if value in allowed:
             return None
-        return f"must be one of {', '.join(allowed)} (got {value!r})"
+        return f"must be one of {', '.join(allowed)} (got {shown(value)})"
 
     return check
 
@@ -36,7 +37,7 @@ def _one_of(*allowed: str) -> Callable[[Any], str | None]:
 def _int_between(low: int, high: int) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            return f"must be a whole number from {low} to {high} (got {value!r})"
+            return f"must be a whole number from {low} to {high} (got {shown(value)})"
         return None
 
     return check
@@ -45,7 +46,7 @@ def _int_between(low: int, high: int) -> Callable[[Any], str | None]:
 def _size(value: Any) -> str | None:
     if isinstance(value, str) and _SIZE.match(value):
         return None
-    return f"must be 'auto' or WIDTHxHEIGHT such as 1024x1024 (got {value!r})"
+    return f"must be 'auto' or WIDTHxHEIGHT such as 1024x1024 (got {shown(value)})"
 
 
 def _unsupported(reason: str) -> Callable[[Any], str | None]:
@@ -70,13 +71,13 @@ _OPENAI_PARAMS: Mapping[str, Callable[[Any], str | None]] = {
 
 
 def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"must be true or false (got {value!r})"
+    return None if isinstance(value, bool) else f"must be true or false (got {shown(value)})"
 
 
 def _short_text(value: Any) -> str | None:
     if isinstance(value, str) and 1 <= len(value) <= 10:
         return None
-    return f"must be text such as 1K, 2K or 4K (got {value!r})"
+    return f"must be text such as 1K, 2K or 4K (got {shown(value)})"
 
 
 # Venice's EditImageRequest and MultiEditImageRequest (swagger, 2026-08-22) declare
@@ -111,7 +112,7 @@ def check_params(dialect: str, params: Mapping[str, Any]) -> tuple[str, str] | N
             accepted = ", ".join(sorted(n for n in rules if n != "n"))
             return name, f"unknown param: Venice refuses it (HTTP 400); accepted: {accepted}"
         if not isinstance(value, _SCALAR):
-            return name, f"must be a plain value (text, number or true/false), got {value!r}"
+            return name, f"must be a plain value (text, number or true/false), got {shown(value)}"
         rule = rules.get(name)
         problem = rule(value) if rule else None
         if problem:

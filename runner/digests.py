@@ -3,12 +3,15 @@ thousands of images only hashes the files that changed."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 _CHUNK = 1024 * 1024
 _HASH_THREADS = 4  # hashlib releases the GIL on large buffers, so threads overlap disk and CPU
@@ -22,9 +25,22 @@ class DigestEntry:
     sha256: str
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading, never blocking: a FIFO or a device (`/dev/zero`
+    reads forever) is refused with an OSError, even if one was swapped in after a stat."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open_regular(path) as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -45,15 +61,18 @@ class Digester:
         to_hash: list[tuple[Path, os.stat_result]] = []
         for path in unique:
             try:
-                stat = path.stat()
-            except OSError:
+                info = path.stat()
+            except OSError:  # missing, unreadable, a symlink loop: pre-flight says which
+                results[path] = None
+                continue
+            if not stat.S_ISREG(info.st_mode):  # a device, a FIFO, a folder: never read for a key
                 results[path] = None
                 continue
             cached = self._known.get(str(path))
-            if cached and cached.size == stat.st_size and cached.mtime_ns == stat.st_mtime_ns:
+            if cached and cached.size == info.st_size and cached.mtime_ns == info.st_mtime_ns:
                 results[path] = cached.sha256
             else:
-                to_hash.append((path, stat))
+                to_hash.append((path, info))
         with ThreadPoolExecutor(max_workers=_HASH_THREADS) as executor:
             hashed = executor.map(self._hash_one, to_hash)
             for (path, _), digest in zip(to_hash, hashed, strict=True):
@@ -61,12 +80,12 @@ class Digester:
         return results
 
     def _hash_one(self, item: tuple[Path, os.stat_result]) -> str | None:
-        path, stat = item
+        path, info = item
         try:
             digest = sha256_file(path)
         except OSError:
             return None
-        entry = DigestEntry(str(path), stat.st_size, stat.st_mtime_ns, digest)
+        entry = DigestEntry(str(path), info.st_size, info.st_mtime_ns, digest)
         self._known[entry.path] = entry
         self.fresh.append(entry)  # list.append is atomic under the GIL
         return digest

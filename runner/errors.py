@@ -26,11 +26,28 @@ with `raise ... from exc`, so callers only ever catch these.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .models import ReplyFacts, Usage
+
+
+# A value echoed in an error is cut short: a hostile manifest must not make one line of
+# error hundreds of megabytes (nor take minutes to write).
+SHOWN_CHARS = 200
+_SHORT_REPR = reprlib.Repr()  # its limits walk only the head of a nested value
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxdict, _SHORT_REPR.maxlist = 3, 8, 8
+_SHORT_REPR.maxtuple, _SHORT_REPR.maxset, _SHORT_REPR.maxlong = 8, 8, 60
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = SHOWN_CHARS
+MAX_MESSAGE_CHARS = 1000
+
+
+def shown(value: Any) -> str:
+    """`value`'s repr, at most about SHOWN_CHARS characters, for an error message."""
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
 
 
 class RunnerError(Exception):
@@ -62,7 +79,8 @@ class ManifestError(RunnerError):
             if part
         )
         parts = [part for part in (self.file, location) if part]
-        return ": ".join([*parts, self.reason])
+        line = ": ".join([*parts, self.reason])
+        return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 class InputError(RunnerError):

@@ -17,6 +17,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from runner import config
 
+from .digests import open_regular
 from .errors import InputError
 from .models import EditRequest, ImagePart, JobSpec, ReplyImage
 
@@ -105,7 +106,7 @@ def _read_file(field: str, path: Path, max_bytes: int, sha256: str | None) -> by
         raise InputError(field, f"not a regular file: {where}")
     _check_size(field, where, st.st_size, max_bytes)
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:  # never blocks on a FIFO swapped in since stat()
             # One byte past the limit is enough to notice a file that grew since stat().
             data = f.read(max_bytes + 1)
     except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import dialects
+from . import dialects, yaml_load
 from .config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_REPLY_MB,
@@ -27,7 +28,7 @@ from .config import (
     VENICE_DEFAULT_RPM,
 )
 from .digests import Digester
-from .errors import ManifestError
+from .errors import ManifestError, shown
 from .models import JobSpec, ReplyImage
 from .pricing import Price, price_from_fields
 
@@ -129,21 +130,6 @@ class _Document(_Strict):
     jobs: list[_JobFields] = Field(min_length=1)
 
 
-class _NoDuplicatesLoader(yaml.SafeLoader):
-    """Safe loader that refuses duplicate keys, which plain YAML silently overwrites."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def read_document(path: Path) -> _Document:
     name = str(path)
     try:
@@ -151,12 +137,13 @@ def read_document(path: Path) -> _Document:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read manifest: {exc}", file=name) from exc
     try:
-        raw = yaml.load(text, Loader=_NoDuplicatesLoader)
+        raw = yaml_load.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ManifestError(f"{where}invalid YAML: {problem}", file=name) from exc
+        kind = "" if isinstance(exc, yaml_load.YamlRefused) else "invalid YAML: "
+        raise ManifestError(f"{where}{kind}{problem}", file=name) from exc
     if not isinstance(raw, dict):
         raise ManifestError("the manifest must be a mapping with providers: and jobs:", file=name)
     try:
@@ -175,7 +162,7 @@ def _translate(exc: ValidationError, file: str) -> ManifestError:
     elif error["type"] == "missing":
         message = "required"
     else:
-        message = f"{error['msg']} (got {error.get('input')!r})"
+        message = f"{error['msg']} (got {shown(error.get('input'))})"
     more = exc.error_count() - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"
@@ -219,7 +206,7 @@ class ParsedManifest:
 
 def parse_manifest(path: Path) -> ParsedManifest:
     """Read and validate a manifest and expand its globs; exit-2 material raises here."""
-    path = path.resolve()
+    path = _absolute(path)
     doc = read_document(path)
     base = path.parent
     profiles = {name: _profile(name, p, str(path)) for name, p in doc.providers.items()}
@@ -232,7 +219,7 @@ def parse_manifest(path: Path) -> ParsedManifest:
     return ParsedManifest(
         path,
         profiles,
-        (base / doc.output_dir).resolve(),
+        _absolute(base / doc.output_dir),
         doc.database,
         drafts,
         limits,
@@ -429,10 +416,19 @@ def _pick_provider(
     return profiles[name]
 
 
+def _absolute(path: Path) -> Path:
+    """The real path where there is one; a symlink loop (RuntimeError in Python 3.11) or an
+    unreadable folder leaves it as written, for pre-flight to fail that job alone."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.normpath(path.absolute()))
+
+
 def _image_paths(pattern: str, base: Path, fail: Any) -> list[Path]:
     full = base / Path(pattern).expanduser()
     if not glob.has_magic(pattern):
-        return [full.resolve()]
+        return [_absolute(full)]
     # glob.glob, not Path.glob: it takes absolute patterns and '**' across the whole pattern.
     matches = sorted(
         Path(hit).resolve()
@@ -440,7 +436,7 @@ def _image_paths(pattern: str, base: Path, fail: Any) -> list[Path]:
         if Path(hit).is_file()
     )
     if not matches:
-        raise fail("image", f"the glob {pattern!r} matched no file (searched from {base})")
+        raise fail("image", f"the glob {shown(pattern)} matched no file (searched from {base})")
     return matches
 
 
@@ -449,7 +445,7 @@ def _mask_path(template: str, image: Path, base: Path, fail: Any) -> Path:
         relative = template.format(stem=image.stem, name=image.name)
     except (KeyError, IndexError, ValueError) as exc:
         raise fail("mask", f"only {{stem}} and {{name}} may appear in braces ({exc})") from exc
-    return (base / Path(relative).expanduser()).resolve()
+    return _absolute(base / Path(relative).expanduser())
 
 
 def _check_template(template: str) -> str | None:

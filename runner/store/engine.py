@@ -19,15 +19,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ..errors import RunnerError
+from ..errors import NewerSchema, StoreError
 from . import tables as t
 from .sql import SqlStore
 
 BUSY_TIMEOUT_MS = 60_000
-
-
-class StoreError(RunnerError):
-    """The database could not be opened or migrated."""
 
 
 def database_url(value: str, base: Path) -> str:
@@ -52,10 +48,26 @@ SCHEMA_HEAD = "0003"
 
 
 def _needs_upgrade(connection: Connection) -> bool:
+    """Whether to migrate; NewerSchema when a newer runner made the database (migrating
+    "down" to what this runner knows would destroy what the newer one keeps there)."""
     if not inspect(connection).has_table("alembic_version"):
         return True
     current = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-    return current != SCHEMA_HEAD
+    if current == SCHEMA_HEAD:
+        return False
+    if current is not None and not _known_revision(str(current)):
+        raise NewerSchema(
+            f"this database was made by a newer runner (schema {current}; this runner knows "
+            f"up to {SCHEMA_HEAD}): upgrade the runner, or use another database (--db)"
+        )
+    return True
+
+
+def _known_revision(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory(str(migrations_dir()))
+    return any(script.revision == revision for script in scripts.walk_revisions())
 
 
 def upgrade_to_head(connection: Connection) -> None:
@@ -105,6 +117,9 @@ async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlS
         async with engine.begin() as conn:
             if await conn.run_sync(_needs_upgrade):
                 await conn.run_sync(upgrade_to_head)
+    except NewerSchema as exc:
+        await engine.dispose()
+        raise NewerSchema(f"{redact_url(url)}: {exc}") from None
     except (SQLAlchemyError, OSError) as exc:
         await engine.dispose()
         raise StoreError(f"cannot open database {redact_url(url)}: {exc}") from exc

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,7 @@ def test_unreadable_image(png: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     # Patched only around the call: root would read a chmod 000 file anyway.
     with monkeypatch.context() as m:
-        m.setattr(Path, "open", refuse)
+        m.setattr(os, "open", refuse)
         err = input_error(spec(png))
     assert err.field == "image"
     assert err.reason == f"cannot read {png}: Permission denied"
