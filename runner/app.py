@@ -42,8 +42,9 @@ from .running import (
     price_book,
     run,
 )
-from .session import Options, opened, parse
+from .session import Options, opened, parse, resolve_db
 from .store.base import Store
+from .store.engine import peek_output_paths
 from .store.tables import utcnow
 
 __all__ = [
@@ -198,7 +199,8 @@ async def validate(path: Path) -> Validation:
     (Venice's public model list is fetched, as `run` would)."""
     parsed = await parse(path)
     creds = credentials(parsed, {d.provider.name for d in parsed.drafts})
-    manifest = await anyio.to_thread.run_sync(parsed.resolve)
+    known_outputs = await anyio.to_thread.run_sync(peek_output_paths, resolve_db(parsed, None))
+    manifest = await anyio.to_thread.run_sync(parsed.resolve, None, known_outputs)
     catalogues = await _catalogues(parsed, None, utcnow())
     async with AsyncExitStack() as stack:  # the checkers need a client, never use it
         checkers = {

@@ -10,7 +10,7 @@ import glob
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +29,8 @@ from .config import (
 )
 from .digests import Digester
 from .errors import ManifestError, shown
-from .models import JobSpec, ReplyImage
+from .models import JobSpec
+from .output_rules import check_outputs
 from .pricing import Price, price_from_fields
 
 KEY_VERSION = 1  # bump only if the key recipe changes: it would re-send every job
@@ -182,17 +183,22 @@ class ParsedManifest:
     limits: RunLimits = field(default_factory=RunLimits)
     pricing: Mapping[str, Mapping[str, Price]] = field(default_factory=dict)
 
-    def resolve(self, digester: Digester | None = None) -> Manifest:
-        """Hash the inputs and make the job specs, keyed by content."""
+    def resolve(
+        self, digester: Digester | None = None, known_outputs: Collection[str] = frozenset()
+    ) -> Manifest:
+        """Hash the inputs and make the job specs, keyed by content. A glob's matches that
+        the database knows as outputs (`known_outputs`, absolute paths) are not inputs."""
+        drafts = _without_known_outputs(self.drafts, known_outputs, str(self.path))
         digests = (digester or Digester()).digest_many(
-            [p for d in self.drafts for p in (d.image, d.mask) if p is not None]
+            [p for d in drafts for p in (d.image, d.mask) if p is not None]
         )
         jobs: dict[str, JobSpec] = {}
-        for draft in self.drafts:
+        for draft in drafts:
             spec = draft.spec(digests, self.output_dir)
             jobs.setdefault(spec.key, spec)  # an identical entry twice is the same work once
         specs = tuple(jobs.values())
-        _check_output_clashes(specs, str(self.path))
+        inputs = {path for d in drafts for path in (d.image, d.mask) if path is not None}
+        check_outputs(specs, inputs, str(self.path))
         return Manifest(
             self.path,
             self.providers,
@@ -209,17 +215,18 @@ def parse_manifest(path: Path) -> ParsedManifest:
     path = _absolute(path)
     doc = read_document(path)
     base = path.parent
+    output_dir = _absolute(base / doc.output_dir)
     profiles = {name: _profile(name, p, str(path)) for name, p in doc.providers.items()}
     drafts = tuple(
         draft
         for index, entry in enumerate(doc.jobs)
-        for draft in _expand(index, entry, doc, profiles, base, str(path))
+        for draft in _expand(index, entry, doc, profiles, (base, output_dir), str(path))
     )
     limits = RunLimits(doc.limits.deadline, doc.limits.max_jobs, doc.limits.max_cost)
     return ParsedManifest(
         path,
         profiles,
-        _absolute(base / doc.output_dir),
+        output_dir,
         doc.database,
         drafts,
         limits,
@@ -310,6 +317,7 @@ class _Draft:
     model: str
     params: Mapping[str, Any]
     output_name: str
+    glob: str | None = None  # the pattern that matched `image`; None when named explicitly
 
     def spec(self, digests: Mapping[Path, str | None], output_dir: Path) -> JobSpec:
         image_sha = digests.get(self.image)
@@ -351,9 +359,11 @@ def _expand(
     entry: _JobFields,
     doc: _Document,
     profiles: Mapping[str, ProviderProfile],
-    base: Path,
+    folders: tuple[Path, Path],
     file: str,
 ) -> list[_Draft]:
+    """One job entry's drafts; `folders` is (the manifest's folder, the output folder)."""
+    base, output_dir = folders
     merged = _merge(doc.defaults, entry)
 
     def fail(field: str, message: str) -> ManifestError:
@@ -375,7 +385,7 @@ def _expand(
     output_name = merged.get("output_name") or DEFAULT_OUTPUT_NAME
     if problem := _check_template(output_name):
         raise fail("output_name", problem)
-    images = _image_paths(image, base, fail)
+    images = _image_paths(image, base, fail, output_dir)
     mask_template = merged.get("mask")
     if mask_template and glob.has_magic(mask_template):
         raise fail("mask", "cannot be a glob; use {stem} to pair each image with its mask")
@@ -389,6 +399,7 @@ def _expand(
             model=model,
             params=params,
             output_name=output_name,
+            glob=image if glob.has_magic(image) else None,
         )
         for path in images
     ]
@@ -425,18 +436,24 @@ def _absolute(path: Path) -> Path:
         return Path(os.path.normpath(path.absolute()))
 
 
-def _image_paths(pattern: str, base: Path, fail: Any) -> list[Path]:
+def _image_paths(pattern: str, base: Path, fail: Any, output_dir: Path) -> list[Path]:
+    """An explicit path as it is; a glob's matches, sorted, never under the output folder
+    (a re-run must never pay to edit its own results)."""
     full = base / Path(pattern).expanduser()
     if not glob.has_magic(pattern):
         return [_absolute(full)]
     # glob.glob, not Path.glob: it takes absolute patterns and '**' across the whole pattern.
-    matches = sorted(
-        Path(hit).resolve()
+    found = {
+        _absolute(Path(hit))
         for hit in glob.glob(str(full), recursive=True)  # noqa: PTH207
         if Path(hit).is_file()
-    )
+    }
+    matches = sorted(path for path in found if not path.is_relative_to(output_dir))
     if not matches:
-        raise fail("image", f"the glob {shown(pattern)} matched no file (searched from {base})")
+        why = " outside the output folder (output_dir)" if found else ""
+        raise fail(
+            "image", f"the glob {shown(pattern)} matched no file{why} (searched from {base})"
+        )
     return matches
 
 
@@ -454,19 +471,23 @@ def _check_template(template: str) -> str | None:
     return check_output_template(template, Path("/output-dir-check"))
 
 
-def _check_output_clashes(specs: tuple[JobSpec, ...], file: str) -> None:
-    from .outputs import output_paths
-
-    owners: dict[Path, JobSpec] = {}
-    for spec in specs:
-        likely = ReplyImage(b"", dialects.expected_format(spec.params), 0, 0)
-        for name in output_paths(spec, [likely] * dialects.images_per_job(spec.params)):
-            other = owners.setdefault(name, spec)
-            if other is not spec:
-                raise ManifestError(
-                    f"writes the same output file {name} as jobs[{other.entry}] "
-                    f"({other.image.name}); add {{key8}} to output_name",
-                    file=file,
-                    job=spec.entry,
-                    field="output_name",
-                )
+def _without_known_outputs(
+    drafts: tuple[_Draft, ...], known_outputs: Collection[str], file: str
+) -> tuple[_Draft, ...]:
+    """Drop what globs matched among earlier outputs (of any manifest, any output folder):
+    a re-run must never pay to edit its own results."""
+    if not known_outputs:
+        return drafts
+    kept = tuple(d for d in drafts if d.glob is None or str(d.image) not in known_outputs)
+    emptied = {d.entry for d in drafts if d.glob} - {d.entry for d in kept}
+    if emptied:
+        entry = min(emptied)
+        pattern = next(d.glob for d in drafts if d.entry == entry)
+        raise ManifestError(
+            f"the glob {shown(pattern)} matched only earlier outputs (files the database "
+            "records as outputs are never inputs)",
+            file=file,
+            job=entry,
+            field="image",
+        )
+    return kept

@@ -64,11 +64,12 @@ async def opened(parsed: ParsedManifest, options: Options) -> AsyncIterator[Open
     url = resolve_db(parsed, options.db)
     store = await open_threaded(lambda: open_store(url, options.wall_clock))
     try:
+        await record_late_completions(store, parsed.output_dir)
         digester = Digester(await store.load_digests())
-        manifest = await anyio.to_thread.run_sync(parsed.resolve, digester)
+        known_outputs = await store.output_paths()
+        manifest = await anyio.to_thread.run_sync(parsed.resolve, digester, known_outputs)
         await store.save_digests(digester.fresh)
         new_jobs = await store.sync_manifest(str(manifest.path), manifest.jobs)
-        await record_late_completions(store, manifest.output_dir)
         yield Opened(manifest, store, new_jobs)
     finally:
         await store.close()

@@ -132,6 +132,10 @@ class Store(Protocol):
 
     async def job_states(self, manifest: str) -> Mapping[str, str]: ...
 
+    async def output_paths(self) -> frozenset[str]:
+        """Every output file ever recorded, any manifest: never an input of a glob."""
+        ...
+
     # -- input digest cache -------------------------------------------------------------
     async def load_digests(self) -> Mapping[str, DigestEntry]: ...
 

@@ -9,6 +9,8 @@ SQLite settings, and why:
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -134,3 +136,19 @@ def redact_url(url: str) -> str:
         return url
     scheme, rest = url.split("://", 1)
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def peek_output_paths(url: str) -> frozenset[str]:
+    """The outputs a SQLite database records, read without creating, migrating or locking
+    it (for `validate`, which stores nothing); empty where there is no such file yet, or
+    for a database server."""
+    if not url.startswith("sqlite") or ":///" not in url:
+        return frozenset()
+    path = Path(url.split(":///", 1)[1])
+    if not path.is_file():
+        return frozenset()
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            return frozenset(row[0] for row in db.execute("SELECT DISTINCT path FROM outputs"))
+    except sqlite3.Error:
+        return frozenset()  # not a runner database (yet): nothing recorded

@@ -159,6 +159,10 @@ async def job_states(conn: AsyncConnection, manifest: str) -> Mapping[str, str]:
     return {str(key): str(status) for key, status in rows}
 
 
+async def output_paths(conn: AsyncConnection) -> frozenset[str]:
+    return frozenset((await conn.execute(select(t.outputs.c.path).distinct())).scalars())
+
+
 def _run_dict(row: Any) -> dict[str, Any]:
     return {
         "id": row.id,
