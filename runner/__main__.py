@@ -1,5 +1,21 @@
-"""`python -m runner` is the `runner` command."""
+"""The `runner` command and `python -m runner`: signal rules first, then the command line.
 
-from .cli import main
+The signal handler goes in before `runner.cli` is imported: those imports take most of a
+second, and a Ctrl-C during them must exit 75 like any other, not end in a traceback.
+"""
 
-main(prog_name="runner")
+from .signals import ROUTER
+
+
+def main() -> None:
+    ROUTER.install()
+    from .cli import main as command_line  # here: imported under the handler
+
+    try:
+        command_line(prog_name="runner")
+    finally:
+        ROUTER.exiting()
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from . import app, render
 from .config import ENV_DB, ENV_MAX_ATTEMPTS, RetrySettings, RunSettings
-from .errors import ManifestError, NewerSchema, RunnerError
+from .errors import ManifestError, NewerSchema, RunnerError, StoreError
 from .manifest import RunLimits
 from .models import JobState
 from .progress import ProgressReporter, make_reporter
@@ -55,8 +55,15 @@ def _guard() -> Iterator[None]:
         if os.environ.get("RUNNER_DEBUG"):
             raise
         err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", markup=True, soft_wrap=True)
-        usage = isinstance(exc, ManifestError | NewerSchema)  # nothing sent: fix and rerun
-        raise SystemExit(app.EXIT_USAGE if usage else 1) from None
+        raise SystemExit(_exit_code_for(exc)) from None
+
+
+def _exit_code_for(exc: RunnerError) -> int:
+    if isinstance(exc, ManifestError | NewerSchema):  # nothing sent: fix and rerun
+        return app.EXIT_USAGE
+    if isinstance(exc, StoreError):  # a full disk, a lost server: the work is kept for later
+        return app.EXIT_EARLY
+    return 1
 
 
 def _run_async(function: Callable[[], Awaitable[T]]) -> T:

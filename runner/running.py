@@ -6,14 +6,15 @@ a budget) is refused before the run is recorded or anything is sent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +43,7 @@ from .providers.factory import (
 )
 from .ratelimit import ProviderGate, SystemClock
 from .session import Options, opened, parse, resolve_db
+from .signals import ROUTER
 from .store.base import RunInfo, Store
 from .store.engine import redact_url
 
@@ -270,13 +272,16 @@ class _Work:
                 done_before=self.done_before,
             )
 
+        # From here the pool may send: a signal is the run's to handle, not a reason to exit.
+        signals = ROUTER.sending() if self.options.handle_signals else _no_signals()
         async with anyio.create_task_group() as helpers:
             if reporter is not None:
                 reporter.start(len(self.to_do) + self.done_before)
                 helpers.start_soon(_report_progress, reporter, snapshot)
-            if self.options.handle_signals:
-                helpers.start_soon(_stop_on_signals, pool, self.options.grace_s)
-            report = await pool.run()
+            async with signals as received:
+                if received is not None:
+                    helpers.start_soon(_stop_on_signals, pool, self.options.grace_s, received)
+                report = await pool.run()
             helpers.cancel_scope.cancel()
         if reporter is not None:
             reporter.finish(snapshot(), "stopped" if report.stops else "finished")
@@ -313,23 +318,29 @@ async def _report_progress(reporter: ProgressReporter, snapshot: Callable[[], Sn
         await anyio.sleep(PROGRESS_TICK_S)
 
 
-async def _stop_on_signals(pool: Pool, grace_s: float) -> None:
+async def _stop_on_signals(pool: Pool, grace_s: float, received: asyncio.Queue[int]) -> None:
     """First SIGINT/SIGTERM: take no new job, let requests out finish for `grace_s`, then
-    abandon them (their jobs go back to pending). A second signal abandons them at once."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            pool.halt(
-                "signal",
-                f"{name}: finishing requests already sent (up to {grace_s:g} s; "
-                "send it again to stop at once)",
-            )
-            log.warning("%s received: no new jobs; waiting for requests already sent", name)
-            with anyio.move_on_after(grace_s):
-                async for _ in signals:
-                    break
-            pool.cancel_in_flight()
-            return
+    abandon them (their jobs go back to pending). A second signal abandons them at once;
+    later ones change nothing (the process never dies under a request that may be paid)."""
+    name = signal.Signals(await received.get()).name
+    pool.halt(
+        "signal",
+        f"{name}: finishing requests already sent (up to {grace_s:g} s; "
+        "send it again to stop at once)",
+    )
+    log.warning("%s received: no new jobs; waiting for requests already sent", name)
+    with anyio.move_on_after(grace_s):
+        await received.get()
+    pool.cancel_in_flight()
+    await received.get()
+    log.warning("already stopping: requests out are being recorded, then the run exits")
+    while True:
+        await received.get()
+
+
+@asynccontextmanager
+async def _no_signals() -> AsyncIterator[None]:
+    yield None
 
 
 def exit_code_for(report: PoolReport, states: Mapping[str, str]) -> int:

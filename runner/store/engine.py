@@ -106,7 +106,10 @@ async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlS
     is_sqlite = url.startswith("sqlite")
     if is_sqlite:
         path = url.split(":///", 1)[1]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from exc
     engine = create_async_engine(
         url,
         connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if is_sqlite else {},

@@ -253,3 +253,18 @@ def test_job_overview_view_joins_jobs_outputs_and_usage(
     assert row["attempts"] == 1 and row["total_tokens"] > 0 and row["cost_usd"] > 0
     assert len(row["output_paths"].splitlines()) == 2  # one row per job, both outputs
     assert json.loads(row["price"])["source"] == "built-in"
+
+
+def test_a_database_that_cannot_be_written_exits_75_in_one_line(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    manifest = workspace.manifest([{"image": workspace.image("a.png"), "prompt": "x"}])
+    blocker = workspace.root / "not-a-folder"
+    blocker.write_text("a file where the database's folder should be")
+
+    result = runner("run", manifest, "--db", blocker / "jobs.db")
+
+    assert result.returncode == 75, result.stderr  # the work is kept: run again when fixed
+    assert "Traceback" not in result.stderr
+    assert "cannot open database" in result.stderr and "jobs.db" in result.stderr
+    assert fake.requests_total == 0
