@@ -81,10 +81,10 @@ def make_data(tmp: Path) -> dict[str, Any]:
 
 
 def rows(d: dict[str, Any], tmp: Path) -> list[tuple[str, Callable[[], Any], int]]:
-    from runner.images import OPENAI_LIMITS, _check_image, _inspect, read_image_info
-    from runner.manifest import load_manifest
-    from runner.outputs import _write_atomic, write_outputs
-    from runner.providers.openai import _parse_reply
+    from runner.dialects.openai.client import _parse_reply
+    from runner.files.outputs import _write_atomic, write_outputs
+    from runner.files.preflight import OPENAI_LIMITS, _check_image, _inspect, read_image_info
+    from runner.manifest.schema import load_manifest
 
     body, png, image = d["body"], d["png"], d["image"]
     text = json.loads(body)["data"][0]["b64_json"]
@@ -126,7 +126,7 @@ def rows(d: dict[str, Any], tmp: Path) -> list[tuple[str, Callable[[], Any], int
             pass
 
     def prepare() -> None:
-        from runner.images import prepare_request
+        from runner.files.preflight import prepare_request
 
         prepare_request(spec, OPENAI_LIMITS)
 
@@ -187,9 +187,9 @@ async def _store_round(tmp: Path, src: Path, jobs: int = 200) -> tuple[float, fl
 
     from sqlalchemy import event
 
-    from runner.manifest import load_manifest
-    from runner.models import AttemptRecord, Outcome, OutputRef
-    from runner.store.base import RunInfo
+    from runner.manifest.schema import load_manifest
+    from runner.records import AttemptRecord, Outcome, OutputRef
+    from runner.store.protocol import RunInfo
 
     try:
         from runner.store.engine import database_url, open_store

@@ -4,12 +4,12 @@ The signal handler goes in before `runner.cli` is imported: those imports take m
 second, and a Ctrl-C during them must exit 75 like any other, not end in a traceback.
 """
 
-from .signals import ROUTER
+from runner.signals import ROUTER
 
 
 def main() -> None:
     ROUTER.install()
-    from .cli import main as command_line  # here: imported under the handler
+    from runner.cli import main as command_line  # here: imported under the handler
 
     try:
         command_line(prog_name="runner")

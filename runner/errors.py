@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .models import ReplyFacts, Usage
+    from runner.records import ReplyFacts, Usage
 
 
 # A value echoed in an error is cut short: a hostile manifest must not make one line of

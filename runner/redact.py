@@ -27,8 +27,8 @@ from collections.abc import Iterable
 from typing import Any, TypeVar, overload
 from urllib.parse import quote
 
-from .errors import ProviderError
-from .models import EditResult, ReplyFacts, Usage
+from runner.errors import ProviderError
+from runner.records import EditResult, ReplyFacts, Usage
 
 REDACTED = "[REDACTED]"
 # Shorter "secrets" would be replaced inside ordinary words; no real credential is that short.

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from runner import app
-from runner.config import RetrySettings, RunSettings
+from runner.settings import RetrySettings, RunSettings
 from runner.testing import FakeProvider
 
 API_KEY = "sk-test-SECRET-7f3a9c2e51"

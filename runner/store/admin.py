@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..models import JobState
-from . import tables as t
-from .queries import in_manifest, latest_attempt_id
+from runner.records import JobState
+from runner.store import tables as t
+from runner.store.queries import in_manifest, latest_attempt_id
 
 
 async def move_jobs(

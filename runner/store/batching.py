@@ -20,7 +20,7 @@ import anyio
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..errors import RunnerError, StoreError
+from runner.errors import RunnerError, StoreError
 
 T = TypeVar("T")
 Write = Callable[[AsyncConnection], Awaitable[T]]

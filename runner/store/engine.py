@@ -21,9 +21,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ..errors import NewerSchema, StoreError
-from . import tables as t
-from .sql import SqlStore
+from runner.errors import NewerSchema, StoreError
+from runner.store import tables as t
+from runner.store.sql import SqlStore
 
 BUSY_TIMEOUT_MS = 60_000
 

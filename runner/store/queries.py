@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..models import ExportRow, JobState, ProviderAccount, Summary, Totals
-from . import tables as t
+from runner.records import ExportRow, JobState, ProviderAccount, Summary, Totals
+from runner.store import tables as t
 
 
 def in_manifest(manifest: str) -> Any:

@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..digests import DigestEntry
-from ..errors import RunnerError
-from ..models import (
+from runner.errors import RunnerError
+from runner.manifest.digests import DigestEntry
+from runner.records import (
     AttemptRecord,
     ExportRow,
     FailureKind,
@@ -33,11 +33,11 @@ from ..models import (
     OutputRef,
     Summary,
 )
-from ..redact import redact
-from . import admin, queries
-from . import tables as t
-from .base import AttemptTicket, RunInfo
-from .batching import GroupCommit
+from runner.redact import redact
+from runner.store import admin, queries
+from runner.store import tables as t
+from runner.store.batching import GroupCommit
+from runner.store.protocol import AttemptTicket, RunInfo
 
 _CHUNK = 500  # keys per IN (...) list, under SQLite's bound-parameter limit
 _PENDING, _RUNNING = JobState.PENDING.value, JobState.RUNNING.value

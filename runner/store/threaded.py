@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ..digests import DigestEntry
-from ..models import (
+from runner.manifest.digests import DigestEntry
+from runner.records import (
     AttemptRecord,
     ExportRow,
     FailureKind,
@@ -28,8 +28,8 @@ from ..models import (
     OutputRef,
     Summary,
 )
-from .base import AttemptTicket, RunInfo
-from .sql import SqlStore
+from runner.store.protocol import AttemptTicket, RunInfo
+from runner.store.sql import SqlStore
 
 T = TypeVar("T")
 

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from conftest import COUNTED_ATTEMPTS, FakeClock, Workspace, options
 
-import runner.fakes.openai_http
-from runner import app, procs
-from runner.config import RetrySettings, RunSettings
-from runner.manifest import RunLimits
-from runner.store.base import RunInfo
+import runner.testing.openai_http
+from runner import app
+from runner.files import procs
+from runner.manifest.schema import RunLimits
+from runner.settings import RetrySettings, RunSettings
 from runner.store.engine import open_store
+from runner.store.protocol import RunInfo
 from runner.store.sql import SqlStore
 from runner.testing import FakeProvider
 
@@ -320,14 +321,14 @@ async def test_absurd_usage_is_flagged_and_costed_at_the_estimate(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    honest = runner.fakes.openai_http.usage_of
+    honest = runner.testing.openai_http.usage_of
 
     def negative(prompt: str, has_mask: bool, n: int) -> dict[str, Any]:
         usage = honest(prompt, has_mask, n)
         usage["output_tokens"] = -1_000_000_000
         return usage
 
-    monkeypatch.setattr(runner.fakes.openai_http, "usage_of", negative)
+    monkeypatch.setattr(runner.testing.openai_http, "usage_of", negative)
     jobs = [{"image": workspace.image(f"u{i}.png"), "prompt": f"e{i}"} for i in range(6)]
     pricing = {"fake": {"gpt-image-2": {"text_input": 1, "image_input": 1, "image_output": 1}}}
     manifest = workspace.manifest(

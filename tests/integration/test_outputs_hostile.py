@@ -11,7 +11,7 @@ from conftest import Workspace, options, sha256
 
 from runner import app
 from runner.errors import ManifestError
-from runner.outputs import TEMP_SUFFIX, sweep_temp_files, write_new
+from runner.files.outputs import TEMP_SUFFIX, sweep_temp_files, write_new
 from runner.testing import FakeProvider
 
 

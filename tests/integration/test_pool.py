@@ -9,15 +9,15 @@ from pathlib import Path
 from conftest import FakeClock
 from PIL import Image
 
-from runner.config import RunSettings
+from runner.engine.pacing import ProviderGate
+from runner.engine.pool import Pool
 from runner.errors import StopNotice
-from runner.images import OPENAI_LIMITS, ImageLimits
-from runner.manifest import load_manifest
-from runner.models import EditRequest, EditResult
-from runner.pool import Pool
-from runner.ratelimit import ProviderGate
-from runner.store.base import AttemptTicket, RunInfo
+from runner.files.preflight import OPENAI_LIMITS, ImageLimits
+from runner.manifest.schema import load_manifest
+from runner.records import EditRequest, EditResult
+from runner.settings import RunSettings
 from runner.store.engine import open_store
+from runner.store.protocol import AttemptTicket, RunInfo
 from runner.store.sql import SqlStore
 
 

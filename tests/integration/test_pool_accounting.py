@@ -13,17 +13,17 @@ import pytest
 from conftest import FakeClock
 from PIL import Image
 
-from runner.config import RetrySettings, RunSettings
+from runner.engine.budget import LimitGuard, ResolvedLimits
+from runner.engine.pacing import ProviderGate
+from runner.engine.pool import Pool
+from runner.engine.pricing import PriceBook
 from runner.errors import RetryableError
-from runner.images import OPENAI_LIMITS, ImageLimits
-from runner.limits import LimitGuard, ResolvedLimits
-from runner.manifest import load_manifest
-from runner.models import EditRequest, EditResult, ReplyFacts, ReplyImage, Usage
-from runner.pool import Pool
-from runner.pricing import PriceBook
-from runner.ratelimit import ProviderGate
-from runner.store.base import RunInfo
+from runner.files.preflight import OPENAI_LIMITS, ImageLimits
+from runner.manifest.schema import load_manifest
+from runner.records import EditRequest, EditResult, ReplyFacts, ReplyImage, Usage
+from runner.settings import RetrySettings, RunSettings
 from runner.store.engine import open_store
+from runner.store.protocol import RunInfo
 
 
 class ScriptedProvider:

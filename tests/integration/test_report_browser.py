@@ -23,7 +23,7 @@ import psutil
 import pytest
 from PIL import Image, ImageDraw
 
-from runner.report import OUTLINE_RGB, ReportJob, ReportTotals, write_report
+from runner.files.html_report import OUTLINE_RGB, ReportJob, ReportTotals, write_report
 
 pytestmark = pytest.mark.slow
 

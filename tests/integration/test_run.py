@@ -301,12 +301,12 @@ async def test_a_timed_out_request_is_resent_only_once(
 async def test_unwritable_output_keeps_the_paid_usage_and_stops_spending(
     workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runner.outputs
+    import runner.files.outputs
 
     def disk_full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runner.outputs.os, "fsync", disk_full)
+    monkeypatch.setattr(runner.files.outputs.os, "fsync", disk_full)
     manifest = workspace.manifest(
         [{"image": workspace.image(f"p{i}.png"), "prompt": f"e{i}"} for i in range(6)],
         profile={"concurrency": 1},
@@ -393,15 +393,15 @@ async def test_too_little_free_space_stops_before_paying(
 async def test_a_rerun_hashes_no_unchanged_file(
     workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runner.digests
+    import runner.manifest.digests
 
     manifest = workspace.manifest(
         [{"image": workspace.image(f"p{i}.png"), "prompt": "e"} for i in range(5)]
     )
     assert (await app.run(manifest, options())).exit_code == app.EXIT_OK
     hashed: list[Path] = []
-    real = runner.digests.sha256_file
-    monkeypatch.setattr(runner.digests, "sha256_file", lambda p: hashed.append(p) or real(p))
+    real = runner.manifest.digests.sha256_file
+    monkeypatch.setattr(runner.manifest.digests, "sha256_file", lambda p: hashed.append(p) or real(p))
     (workspace.root / "p2.png").write_bytes((workspace.root / "p0.png").read_bytes() + b"\0")
 
     again = await app.run(manifest, options())

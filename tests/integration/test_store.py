@@ -22,9 +22,9 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from runner.models import AttemptRecord, JobSpec, Outcome
-from runner.store.base import RunInfo
+from runner.records import AttemptRecord, JobSpec, Outcome
 from runner.store.engine import database_url, open_store
+from runner.store.protocol import RunInfo
 from runner.store.sql import SqlStore
 from runner.store.tables import metadata
 
@@ -160,7 +160,7 @@ CLAIMER = textwrap.dedent(
     """
     import anyio, json, sys
     from datetime import UTC, datetime, timedelta
-    from runner.models import FailureKind
+    from runner.records import FailureKind
     from runner.store.engine import open_store
 
     async def main(url, owner):
@@ -279,7 +279,7 @@ async def test_payment_answer_gives_the_attempt_back(store: tuple[SqlStore, Cloc
 
 
 async def test_digest_cache_round_trip(store: tuple[SqlStore, Clock]) -> None:
-    from runner.digests import DigestEntry
+    from runner.manifest.digests import DigestEntry
 
     db, _ = store
     entries = [DigestEntry(f"/x/{i}", i, i * 10, f"{i:064x}") for i in range(3)]

@@ -16,7 +16,7 @@ import pytest
 from conftest import API_KEY, KEY_ENV, FakeClock, Workspace, options
 
 from runner import app
-from runner.manifest import RunLimits
+from runner.manifest.schema import RunLimits
 from runner.testing import FakeProvider
 
 slow = pytest.mark.slow

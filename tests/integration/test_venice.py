@@ -19,8 +19,9 @@ import yaml
 from conftest import KEY_ENV, FakeClock, Workspace, options
 from eth_account import Account
 
-from runner import app, render
-from runner.config import RetrySettings, RunSettings
+from runner import app
+from runner.cli import present as render
+from runner.settings import RetrySettings, RunSettings
 from runner.testing import FakeProvider, FakeVenice
 
 VENICE_KEY = "venice-test-SECRET-91b2"

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from runner.catalogue import (
+from runner.dialects.venice.catalogue import (
     BUILTIN_VENICE_PRICES,
     ENHANCE_SURCHARGE_USD,
     VENICE_LIMITS,

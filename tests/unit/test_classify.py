@@ -9,6 +9,14 @@ from typing import Any
 import httpx
 import pytest
 
+from runner.dialects.base import (
+    ErrorBody,
+    classify,
+    parse_error_body,
+    parse_go_duration,
+    request_id_of,
+    retry_after_seconds,
+)
 from runner.errors import (
     AttemptTimeout,
     AuthRejected,
@@ -17,14 +25,6 @@ from runner.errors import (
     ProviderError,
     RetryableError,
     Throttled,
-)
-from runner.providers.base import (
-    ErrorBody,
-    classify,
-    parse_error_body,
-    parse_go_duration,
-    request_id_of,
-    retry_after_seconds,
 )
 
 NOW = 1_800_000_000.0  # wall-clock epoch seconds handed to classify()

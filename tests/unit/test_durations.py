@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pytest
 
-from runner.durations import format_duration, parse_deadline
+from runner.manifest.durations import format_duration, parse_deadline
 
 PLUS_ONE = timezone(timedelta(hours=1))
 NOW = datetime(2026, 11, 21, 22, 0, 0, tzinfo=PLUS_ONE)

@@ -23,7 +23,7 @@ import pytest
 from eth_account import Account
 from PIL import Image
 
-from runner.siwx import SiwxSigner
+from runner.dialects.venice.siwx import SiwxSigner
 from runner.testing import VENICE_FAULTS, FakeVenice, VeniceRequest
 
 KEY = "test-key"

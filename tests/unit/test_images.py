@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from runner.errors import InputError
-from runner.images import OPENAI_LIMITS, ImageLimits, prepare_request, read_image_info
-from runner.models import JobSpec
+from runner.files.preflight import OPENAI_LIMITS, ImageLimits, prepare_request, read_image_info
+from runner.records import JobSpec
 
 W, H = 64, 48
 

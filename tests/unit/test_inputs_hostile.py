@@ -13,9 +13,9 @@ import yaml
 from PIL import Image
 
 from runner import app
-from runner.digests import Digester
 from runner.errors import ManifestError, NewerSchema
-from runner.manifest import load_manifest
+from runner.manifest.digests import Digester
+from runner.manifest.schema import load_manifest
 
 PROVIDER = "providers: {p: {dialect: openai, base_url: 'https://x.test/v1', api_key_env: K}}\n"
 
@@ -151,7 +151,7 @@ async def test_a_non_regular_input_fails_its_job_without_hanging(
 
 
 def test_a_fifo_swapped_in_after_the_check_does_not_block(tmp_path: Path) -> None:
-    from runner.digests import open_regular
+    from runner.manifest.digests import open_regular
 
     os.mkfifo(tmp_path / "late.png")
     with pytest.raises(OSError, match="not a regular file"):

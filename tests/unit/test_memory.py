@@ -13,8 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from runner.models import EditRequest, ImagePart
-from runner.providers.openai import OpenAIProvider
+from runner.dialects.openai.client import OpenAIProvider
+from runner.records import EditRequest, ImagePart
 
 
 def png() -> bytes:

@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 
 from runner.errors import OutputError
-from runner.models import JobSpec, ReplyImage
-from runner.outputs import (
+from runner.files.outputs import (
     TEMP_SUFFIX,
     check_output_template,
     ensure_writable,
@@ -22,7 +21,8 @@ from runner.outputs import (
     sweep_temp_files,
     write_outputs,
 )
-from runner.procs import pid_alive
+from runner.files.procs import pid_alive
+from runner.records import JobSpec, ReplyImage
 
 KEY = "1a2b3c4d" + "e" * 56
 
@@ -255,7 +255,7 @@ def test_ensure_writable_under_a_file(tmp_path: Path) -> None:
 
 
 def test_free_bytes_measures_the_nearest_existing_folder(tmp_path: Path) -> None:
-    from runner.outputs import free_bytes
+    from runner.files.outputs import free_bytes
 
     unmade, existing = free_bytes(tmp_path / "not" / "made" / "yet"), free_bytes(tmp_path)
     assert existing > 0 and abs(unmade - existing) < 64 * 2**20  # same disk, give or take

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from runner.catalogue import parse_catalogue
-from runner.models import JobSpec, ReplyFacts, Usage
-from runner.pricing import (
+from runner.dialects.venice.catalogue import parse_catalogue
+from runner.engine.pricing import (
     PriceBook,
     TokenPrice,
     estimate_openai_cost,
     openai_cost,
     price_from_fields,
 )
+from runner.records import JobSpec, ReplyFacts, Usage
 
 
 def test_cost_uses_each_token_kind_at_its_rate() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from runner.progress import (
+from runner.cli.progress import (
     JsonReporter,
     PlainReporter,
     QuietReporter,

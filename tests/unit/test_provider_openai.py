@@ -17,6 +17,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from runner.dialects.openai.client import OpenAIProvider
+from runner.dialects.transfer import AddressPolicy
 from runner.errors import (
     AttemptTimeout,
     AuthRejected,
@@ -25,10 +27,8 @@ from runner.errors import (
     ProviderError,
     RetryableError,
 )
-from runner.images import OPENAI_LIMITS
-from runner.models import EditRequest, EditResult, ImagePart, ReplyImage, Usage
-from runner.providers.openai import OpenAIProvider
-from runner.providers.transfer import AddressPolicy
+from runner.files.preflight import OPENAI_LIMITS
+from runner.records import EditRequest, EditResult, ImagePart, ReplyImage, Usage
 
 BASE_URL = "https://api.cometapi.test/v1"
 EDITS_URL = f"{BASE_URL}/images/edits"

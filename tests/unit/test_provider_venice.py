@@ -18,7 +18,9 @@ import pytest
 from eth_account import Account
 from PIL import Image
 
-from runner.catalogue import VENICE_LIMITS, parse_catalogue
+from runner.dialects.venice.catalogue import VENICE_LIMITS, parse_catalogue
+from runner.dialects.venice.client import VeniceProvider, classify_venice, parse_facts
+from runner.dialects.venice.siwx import SiwxSigner, verify_header
 from runner.errors import (
     AttemptTimeout,
     AuthRejected,
@@ -30,9 +32,7 @@ from runner.errors import (
     RetryableError,
     Throttled,
 )
-from runner.models import EditRequest, EditResult, ImagePart, ReplyFacts
-from runner.providers.venice import VeniceProvider, classify_venice, parse_facts
-from runner.siwx import SiwxSigner, verify_header
+from runner.records import EditRequest, EditResult, ImagePart, ReplyFacts
 
 BASE_URL = "https://api.venice.test/api/v1"
 API_KEY = "venice-test-KEY-5d1e9a77c0"

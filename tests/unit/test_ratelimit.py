@@ -10,8 +10,8 @@ import anyio.lowlevel
 import pytest
 from conftest import FakeClock
 
+from runner.engine.pacing import ProviderGate
 from runner.errors import StopNotice, Stopped
-from runner.ratelimit import ProviderGate
 
 NOTICE = StopNotice("comet", "payment", "HTTP 402: insufficient balance", 3)
 

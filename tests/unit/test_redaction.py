@@ -18,6 +18,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from runner.dialects.factory import credentials, load_catalogue
+from runner.dialects.openai.client import OpenAIProvider
+from runner.dialects.transfer import AddressPolicy
+from runner.dialects.venice.client import VeniceProvider
 from runner.errors import (
     AuthRejected,
     ManifestError,
@@ -26,8 +30,8 @@ from runner.errors import (
     ProviderError,
     RetryableError,
 )
-from runner.manifest import parse_manifest
-from runner.models import (
+from runner.manifest.schema import parse_manifest
+from runner.records import (
     AttemptRecord,
     EditRequest,
     FailureKind,
@@ -36,10 +40,6 @@ from runner.models import (
     ReplyFacts,
     Usage,
 )
-from runner.providers.factory import credentials, load_catalogue
-from runner.providers.openai import OpenAIProvider
-from runner.providers.transfer import AddressPolicy
-from runner.providers.venice import VeniceProvider
 from runner.redact import (
     REDACTED,
     forget_secrets,
@@ -290,7 +290,7 @@ async def test_venice_success_headers_carry_no_key() -> None:
 
 
 async def test_venice_model_list_is_stored_redacted(tmp_path: Path) -> None:
-    from runner.fakes.venice_catalogue import default_catalogue
+    from runner.testing.venice_catalogue import default_catalogue
 
     entries = default_catalogue()
     entries[0]["model_spec"]["name"] = f"Model of {KEY}"
@@ -318,8 +318,8 @@ async def test_venice_model_list_is_stored_redacted(tmp_path: Path) -> None:
 
 
 async def test_the_store_redacts_every_provider_text_it_keeps(tmp_path: Path) -> None:
-    from runner.models import JobSpec
-    from runner.store.base import RunInfo
+    from runner.records import JobSpec
+    from runner.store.protocol import RunInfo
 
     store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'j.db'}")
     try:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from runner.providers.replies import lift_base64, restore
+from runner.dialects.replies import lift_base64, restore
 
 
 def parse(content: bytes) -> tuple[Any, list[bytes]]:

@@ -20,8 +20,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from runner.catalogue import CatalogueUnavailable, fetch_catalogue, parse_catalogue
-from runner.config import DEFAULT_MAX_REPLY_MB
+from runner.dialects.factory import reply_limits
+from runner.dialects.openai.client import OpenAIProvider
+from runner.dialects.replies import too_deep
+from runner.dialects.transfer import MIB, AddressPolicy, ReplyLimits, non_public
+from runner.dialects.venice.catalogue import CatalogueUnavailable, fetch_catalogue, parse_catalogue
+from runner.dialects.venice.client import VeniceProvider
 from runner.errors import (
     AttemptTimeout,
     ManifestError,
@@ -31,13 +35,9 @@ from runner.errors import (
     RetryableError,
     Throttled,
 )
-from runner.manifest import parse_manifest
-from runner.models import EditRequest, ImagePart
-from runner.providers.factory import reply_limits
-from runner.providers.openai import OpenAIProvider
-from runner.providers.replies import too_deep
-from runner.providers.transfer import MIB, AddressPolicy, ReplyLimits, non_public
-from runner.providers.venice import VeniceProvider
+from runner.manifest.schema import parse_manifest
+from runner.records import EditRequest, ImagePart
+from runner.settings import DEFAULT_MAX_REPLY_MB
 
 BASE = "https://api.gateway.test/v1"
 VENICE_BASE = "https://api.venice.test/api/v1"
@@ -383,7 +383,7 @@ def test_hostile_nesting_is_refused_even_with_a_raised_recursion_limit() -> None
     # what the C stack holds: json.loads then crashes the process instead of raising.
     script = (
         "import sys, eth_account; assert sys.getrecursionlimit() >= 100_000\n"
-        "from runner.providers.replies import loads\n"
+        "from runner.dialects.replies import loads\n"
         "try:\n    loads(b'[' * 2_000_000)\nexcept ValueError:\n    print('refused')\n"
     )
     done = subprocess.run(

@@ -15,8 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from runner.errors import OutputError
-from runner.outputs import TEMP_SUFFIX
-from runner.report import (
+from runner.files.html_report import (
     MISSING_TEXT,
     OUTLINE_RGB,
     JobThumbnails,
@@ -25,6 +24,7 @@ from runner.report import (
     render_html,
     write_report,
 )
+from runner.files.outputs import TEMP_SUFFIX
 
 THUMB = 96
 EVIL_PROMPT = 'Add a hat <script>alert("x")</script> & a "scarf"'
@@ -406,7 +406,7 @@ def test_render_html_is_pure_and_handles_no_jobs_and_odd_states() -> None:
 def test_thumbnails_are_made_once_per_distinct_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runner import report
+    from runner.files import html_report as report
 
     calls: list[Path] = []
     real = report._load_small

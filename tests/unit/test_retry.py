@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from runner.config import RetrySettings
+from runner.engine.retry import RetryPolicy, Tries
 from runner.errors import (
     AttemptTimeout,
     AuthRejected,
@@ -18,7 +18,7 @@ from runner.errors import (
     RetryableError,
     Stopped,
 )
-from runner.retry import RetryPolicy, Tries
+from runner.settings import RetrySettings
 
 SETTINGS = RetrySettings(backoff_base_s=1.0, backoff_cap_s=60.0, max_wait_s=300.0)
 

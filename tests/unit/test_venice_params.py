@@ -14,10 +14,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from runner.dialects.venice.client import VeniceProvider, classify_venice, invalid_params
 from runner.errors import ManifestError, PermanentJobError
-from runner.manifest import parse_manifest
-from runner.models import EditRequest, ImagePart
-from runner.providers.venice import VeniceProvider, classify_venice, invalid_params
+from runner.manifest.schema import parse_manifest
+from runner.records import EditRequest, ImagePart
 
 BASE = "https://api.venice.test/api/v1"
 ACCEPTED = (

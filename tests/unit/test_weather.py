@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from conftest import FakeClock
 
-from runner.config import RetrySettings
+from runner.engine.pacing import ProviderGate
+from runner.engine.retry import GaveUp, Tries
 from runner.errors import AttemptTimeout, NotDelivered, RetryableError, Throttled
-from runner.ratelimit import ProviderGate
-from runner.retry import GaveUp, Tries
+from runner.settings import RetrySettings
 
 SETTINGS = RetrySettings(max_attempts=3, max_timeout_resends=1, max_weather_retries=4)
 

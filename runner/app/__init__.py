@@ -1,0 +1,47 @@
+"""The use cases, one function per command: `run`, `validate`, `status`, `jobs`, `retry`,
+`cancel`, `export`, `report`, `models`. The CLI and library callers import them from here.
+
+- `context.py`: `Options`, and opening a manifest with its database (`opened`).
+- `run_jobs.py`: `runner run`, from a manifest to a finished (or cleanly stopped) run.
+- `commands.py`: every other command.
+"""
+
+from runner.app.commands import (
+    EXIT_AUTH,
+    EXIT_EARLY,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PAYMENT,
+    EXIT_USAGE,
+    Options,
+    RunOutcome,
+    cancel,
+    export,
+    jobs,
+    models,
+    report,
+    retry,
+    run,
+    status,
+    validate,
+)
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_EARLY",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_PAYMENT",
+    "EXIT_USAGE",
+    "Options",
+    "RunOutcome",
+    "cancel",
+    "export",
+    "jobs",
+    "models",
+    "report",
+    "retry",
+    "run",
+    "status",
+    "validate",
+]

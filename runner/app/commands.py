@@ -1,0 +1,249 @@
+"""Composition root: each use case wires manifest, store, providers and pool together.
+
+The CLI calls these and renders what they return; nothing here prints. `runner run` itself
+lives in `running`; what every command shares, in `session`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import anyio.to_thread
+
+from runner.app.context import Options, opened, parse, resolve_db
+from runner.app.run_jobs import (
+    EXIT_AUTH,
+    EXIT_EARLY,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PAYMENT,
+    EXIT_USAGE,
+    RunOutcome,
+    exit_code_for,
+    price_book,
+    run,
+)
+from runner.dialects.factory import (
+    Catalogue,
+    build_provider,
+    credentials,
+    http_client,
+    load_catalogue,
+)
+from runner.dialects.venice.catalogue import describe_models
+from runner.engine.pricing import OPENAI_TOKEN_PRICES
+from runner.errors import InputError
+from runner.files.html_report import ReportJob, ReportStats, ReportTotals, write_report
+from runner.files.preflight import prepare_request
+from runner.manifest.schema import Manifest, ParsedManifest
+from runner.records import ExportRow, JobState, Summary
+from runner.store.engine import peek_output_paths
+from runner.store.protocol import Store
+from runner.store.tables import utcnow
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_EARLY",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_PAYMENT",
+    "EXIT_USAGE",
+    "Options",
+    "RunOutcome",
+    "exit_code_for",
+    "run",
+]
+log = logging.getLogger("runner")
+
+
+async def status(path: Path, options: Options) -> Summary:
+    async with opened(await parse(path), options) as session:
+        return await session.store.summary(session.id)
+
+
+async def export(path: Path, options: Options) -> Sequence[ExportRow]:
+    async with opened(await parse(path), options) as session:
+        return await session.store.export_rows(session.id)
+
+
+async def jobs(path: Path, options: Options, state: str | None = None) -> Sequence[ExportRow]:
+    """The manifest's jobs in manifest order, optionally of one state only."""
+    rows = await export(path, options)
+    return [row for row in rows if state is None or row.status == state]
+
+
+async def retry(path: Path, options: Options, key: str | None = None) -> int:
+    async with opened(await parse(path), options) as session:
+        return await session.store.retry(session.id, key)
+
+
+async def cancel(
+    path: Path, options: Options, key: str | None, states: Collection[JobState]
+) -> int:
+    """Cancelled jobs are never sent; `runner retry --job KEY` brings one back."""
+    async with opened(await parse(path), options) as session:
+        return await session.store.cancel(session.id, key, states)
+
+
+async def report(path: Path, options: Options, output: Path) -> ReportStats:
+    async with opened(await parse(path), options) as session:
+        rows = await session.store.export_rows(session.id)
+        summary = await session.store.summary(session.id)
+    report_jobs = [
+        ReportJob(
+            key=row.key,
+            image=Path(row.image),
+            mask=Path(row.mask) if row.mask else None,
+            prompt=row.prompt,
+            provider=row.provider,
+            model=row.model,
+            state=row.status,
+            attempts=row.attempts,
+            cost_usd=row.usage.cost_usd,
+            error=row.error,
+            outputs=tuple(Path(p) for p in row.outputs),
+        )
+        for row in rows
+    ]
+    totals = ReportTotals(
+        counts=summary.counts,
+        cost_usd=summary.totals.cost_usd,
+        manifest=str(path),
+        generated_at=options.wall_clock(),
+    )
+    workers = max(1, os.cpu_count() or 1)  # decoding the images is most of the time
+    return await anyio.to_thread.run_sync(
+        lambda: write_report(report_jobs, totals, output, workers=workers)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    provider: str
+    dialect: str
+    model: str
+    limits: str
+    price: str
+
+
+async def models(path: Path, options: Options) -> tuple[list[ModelRow], list[str]]:
+    """Each provider profile's edit models with their limits and prices, and a note per
+    profile whose list could not be had."""
+    parsed = await parse(path)
+    rows: list[ModelRow] = []
+    notes: list[str] = []
+    async with opened(parsed, options) as session:
+        catalogues = await _catalogues(parsed, session.store, options.wall_clock())
+    for name, profile in parsed.providers.items():
+        if profile.dialect == "openai":
+            rows.extend(
+                ModelRow(name, "openai", model, "see PROVIDERS.md §4.3",
+                         f"${price.text_input:g}/${price.image_input:g}/"
+                         f"${price.image_output:g} per M tokens (text in/image in/out)")
+                for model, price in OPENAI_TOKEN_PRICES.items()
+            )  # fmt: skip
+        elif name not in catalogues:
+            notes.append(f"{name}: model list unavailable; built-in prices apply")
+        else:
+            rows.extend(
+                ModelRow(
+                    name,
+                    "venice",
+                    entry["id"],
+                    f"prompt ≤ {entry['prompt_limit']} chars; aspect {entry['aspect_ratios']}; "
+                    f"resolution {entry['resolutions']}; quality {entry['qualities']}; "
+                    f"≤ {entry['max_input_images']} input images",
+                    entry["price"],
+                )
+                for entry in describe_models(catalogues[name])
+            )
+    return rows, notes
+
+
+@dataclass(frozen=True, slots=True)
+class JobCheck:
+    entry: int
+    image: str
+    problem: str | None
+    estimated_cost_usd: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    manifest: Manifest
+    checks: Sequence[JobCheck]
+    notes: Sequence[str] = ()
+
+    @property
+    def bad(self) -> list[JobCheck]:
+        return [c for c in self.checks if c.problem]
+
+    @property
+    def estimated_cost_usd(self) -> float:
+        """For the jobs that would be sent; a model without a price adds nothing."""
+        return sum(c.estimated_cost_usd or 0.0 for c in self.checks if not c.problem)
+
+    @property
+    def unpriced(self) -> int:
+        return sum(1 for c in self.checks if not c.problem and c.estimated_cost_usd is None)
+
+
+async def validate(path: Path) -> Validation:
+    """Everything `run` checks before sending, for every job; nothing is sent or stored
+    (Venice's public model list is fetched, as `run` would)."""
+    parsed = await parse(path)
+    creds = credentials(parsed, {d.provider.name for d in parsed.drafts})
+    known_outputs = await anyio.to_thread.run_sync(peek_output_paths, resolve_db(parsed, None))
+    manifest = await anyio.to_thread.run_sync(parsed.resolve, None, known_outputs)
+    catalogues = await _catalogues(parsed, None, utcnow())
+    async with AsyncExitStack() as stack:  # the checkers need a client, never use it
+        checkers = {
+            name: build_provider(
+                profile,
+                creds[name],
+                await stack.enter_async_context(http_client(profile)),
+                catalogues.get(name),
+            )
+            for name, profile in parsed.providers.items()
+            if name in creds
+        }
+    books = {
+        name: price_book(manifest, name, profile.dialect, catalogues.get(name))
+        for name, profile in parsed.providers.items()
+    }
+
+    def check_all() -> list[JobCheck]:
+        checks = []
+        for spec in manifest.jobs:
+            checker = checkers[spec.provider]
+            try:
+                checker.check_request(prepare_request(spec, checker.limits_for(spec.model)))
+                problem = None
+            except InputError as exc:
+                problem = str(exc)
+            estimate = books[spec.provider].estimate(spec)
+            checks.append(JobCheck(spec.entry, str(spec.image), problem, estimate))
+        return checks
+
+    return Validation(manifest, await anyio.to_thread.run_sync(check_all))
+
+
+async def _catalogues(
+    parsed: ParsedManifest, store: Store | None, now: datetime
+) -> dict[str, Catalogue]:
+    """Each Venice profile's model list (`store`: the database's day-old copy may do)."""
+    found: dict[str, Catalogue] = {}
+    for name, profile in parsed.providers.items():
+        if profile.dialect != "venice":
+            continue
+        async with http_client(profile) as client:
+            catalogue = await load_catalogue(profile, client, store, now)
+        if catalogue is not None:
+            found[name] = catalogue
+    return found

@@ -1,0 +1,94 @@
+"""What every command shares: its options, and opening a manifest with its database."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import anyio.to_thread
+
+from runner.engine.pacing import Clock
+from runner.files import journal
+from runner.manifest.digests import Digester
+from runner.manifest.schema import Manifest, ParsedManifest, RunLimits, parse_manifest
+from runner.records import ProgressReporter
+from runner.settings import RunSettings
+from runner.store.engine import database_url, open_store
+from runner.store.protocol import Store
+from runner.store.tables import utcnow
+from runner.store.threaded import open_threaded
+
+DEFAULT_GRACE_S = 60.0
+log = logging.getLogger("runner")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    db: str | None = None  # --db / RUNNER_DB: a path (relative to the cwd) or a URL
+    settings: RunSettings = field(default_factory=RunSettings)
+    clock: Clock | None = None  # tests inject a clock whose sleeps return at once
+    wall_clock: Callable[[], datetime] = utcnow
+    # Limits from flags; each one set wins over the manifest's.
+    limits: RunLimits = field(default_factory=RunLimits)
+    grace_s: float = DEFAULT_GRACE_S  # after SIGINT/SIGTERM, how long requests out may take
+    reporter: ProgressReporter | None = None
+    handle_signals: bool = False  # the CLI turns this on; library callers keep their own
+
+
+def resolve_db(parsed: ParsedManifest, override: str | None) -> str:
+    if override:
+        return database_url(override, Path.cwd())
+    if parsed.database:
+        return database_url(parsed.database, parsed.path.parent)
+    return database_url(f"{parsed.path.stem}.db", parsed.path.parent)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    manifest: Manifest
+    store: Store
+    new_jobs: int
+
+    @property
+    def id(self) -> str:
+        return str(self.manifest.path)
+
+
+@asynccontextmanager
+async def opened(parsed: ParsedManifest, options: Options) -> AsyncIterator[Opened]:
+    """Open the manifest's database, hash its inputs (cached there) and sync its jobs."""
+    url = resolve_db(parsed, options.db)
+    store = await open_threaded(lambda: open_store(url, options.wall_clock))
+    try:
+        await record_late_completions(store, parsed.output_dir)
+        digester = Digester(await store.load_digests())
+        known_outputs = await store.output_paths()
+        manifest = await anyio.to_thread.run_sync(parsed.resolve, digester, known_outputs)
+        await store.save_digests(digester.fresh)
+        new_jobs = await store.sync_manifest(str(manifest.path), manifest.jobs)
+        yield Opened(manifest, store, new_jobs)
+    finally:
+        await store.close()
+
+
+async def record_late_completions(store: Store, output_dir: Path) -> int:
+    """Record the paid replies an earlier run wrote to files while the database took no
+    writes (see `journal`), before anything could send their jobs again."""
+    recorded = 0
+    for path in await anyio.to_thread.run_sync(journal.pending_files, output_dir):
+        for entry in await anyio.to_thread.run_sync(journal.read, path):
+            recorded += await store.record_late(
+                entry.key, entry.attempt_id, entry.record, entry.outputs
+            )
+        path.unlink(missing_ok=True)
+    if recorded:
+        log.warning("recorded %d replies an earlier run could not write to the database", recorded)
+    return recorded
+
+
+async def parse(path: Path) -> ParsedManifest:
+    return await anyio.to_thread.run_sync(parse_manifest, path)

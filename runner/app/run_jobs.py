@@ -1,0 +1,360 @@
+"""`runner run`: from a manifest to a finished (or cleanly stopped) run.
+
+Order matters: everything that can be refused (manifest, limits, credentials, prices under
+a budget) is refused before the run is recorded or anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from runner.app.context import Options, opened, parse, resolve_db
+from runner.dialects.base import Provider
+from runner.dialects.factory import (
+    Catalogue,
+    Credential,
+    build_provider,
+    credentials,
+    http_client,
+    load_catalogue,
+)
+from runner.engine.budget import LimitGuard, ResolvedLimits
+from runner.engine.pacing import ProviderGate, SystemClock
+from runner.engine.pool import Pool, PoolReport, Unrecorded
+from runner.engine.pricing import PriceBook
+from runner.errors import ManifestError, OutputError, StopNotice, StoreError
+from runner.files import journal, procs
+from runner.files.outputs import ensure_writable, sweep_temp_files
+from runner.manifest.durations import parse_deadline
+from runner.manifest.schema import Manifest, ParsedManifest, RunLimits
+from runner.records import JobSpec, JobState, ProgressReporter, Snapshot, Summary, Totals
+from runner.signals import ROUTER
+from runner.store.engine import redact_url
+from runner.store.protocol import RunInfo, Store
+
+log = logging.getLogger("runner")
+TO_DO = frozenset({JobState.PENDING.value, JobState.RUNNING.value})
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PAYMENT, EXIT_AUTH, EXIT_EARLY = 0, 1, 2, 3, 4, 75
+PROGRESS_TICK_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    exit_code: int
+    summary: Summary
+    report: PoolReport
+    new_jobs: int
+    stops: Sequence[StopNotice] = field(default_factory=tuple)
+
+
+def resolve_limits(parsed: ParsedManifest, flags: RunLimits, now: datetime) -> ResolvedLimits:
+    """Flags win over the manifest's `limits:`, one key at a time."""
+    deadline_text = flags.deadline or parsed.limits.deadline
+    deadline = None
+    if deadline_text:
+        try:
+            deadline = parse_deadline(deadline_text, now.astimezone())
+        except ValueError as exc:
+            field_name = "--deadline" if flags.deadline else "limits.deadline"
+            raise ManifestError(str(exc), file=str(parsed.path), field=field_name) from None
+    return ResolvedLimits(
+        deadline=deadline,
+        max_jobs=flags.max_jobs or parsed.limits.max_jobs,
+        max_cost_usd=flags.max_cost_usd or parsed.limits.max_cost_usd,
+    )
+
+
+async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
+    parsed = await parse(Path(path))
+    try:
+        ensure_writable(parsed.output_dir)
+    except OutputError as exc:
+        raise ManifestError(str(exc), file=str(parsed.path), field="output_dir") from exc
+    limits = resolve_limits(parsed, options.limits, options.wall_clock())
+    async with opened(parsed, options) as session:
+        manifest, store = session.manifest, session.store
+        states = await store.job_states(session.id)
+        to_do = [spec for spec in manifest.jobs if states[spec.key] in TO_DO]
+        # Only providers with work left need a key: a finished manifest re-runs keyless.
+        creds = credentials(parsed, {spec.provider for spec in to_do})
+        await anyio.to_thread.run_sync(sweep_temp_files, manifest.output_dir)
+        await _reclaim_dead_runs(store)
+        log.info(
+            "%s: %d jobs (%d new), %d to send; database %s",
+            manifest.path.name,
+            len(manifest.jobs),
+            session.new_jobs,
+            len(to_do),
+            redact_url(resolve_db(parsed, options.db)),
+        )
+        run_info = RunInfo(
+            uuid.uuid4().hex, str(manifest.path), procs.hostname(), os.getpid(), procs.process_tag()
+        )
+        done_before = sum(
+            1 for s in states.values() if s in (JobState.SUCCEEDED.value, JobState.FAILED.value)
+        )
+        db_folder = _database_folder(resolve_db(parsed, options.db))
+        work = _Work(
+            manifest, store, creds, to_do, run_info.id, options, limits, done_before, db_folder
+        )
+        await store.start_run(run_info)
+        exit_code: int = EXIT_FAILED
+        stop_reason: str | None = "interrupted"
+        try:
+            report = await work.run()
+            exit_code = await _final_exit_code(store, str(manifest.path), report)
+            stop_reason = "; ".join(f"{s.provider}: {s.message}" for s in report.stops) or None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _end_run(store, run_info.id, exit_code, stop_reason)
+        summary = await _summary_if_readable(store, str(manifest.path))
+        return RunOutcome(exit_code, summary, report, session.new_jobs, tuple(report.stops))
+
+
+async def _final_exit_code(store: Store, manifest: str, report: PoolReport) -> int:
+    try:
+        states = await store.job_states(manifest)
+    except StoreError:
+        return EXIT_EARLY  # a database that fails to read after a stop: run again later
+    return exit_code_for(report, states)
+
+
+async def _end_run(store: Store, run_id: str, exit_code: int, stop_reason: str | None) -> None:
+    """Close the run's record; a database that takes no writes keeps it open, and the next
+    run on this host, finding our process gone, closes it and takes back our jobs."""
+    try:
+        await store.end_run(run_id, exit_code, stop_reason)
+    except StoreError as exc:
+        log.error("could not record the end of this run: %s", exc)
+
+
+async def _summary_if_readable(store: Store, manifest: str) -> Summary:
+    try:
+        return await store.summary(manifest)
+    except StoreError as exc:
+        log.error("could not read the totals: %s", exc)
+        return Summary(counts={}, totals=Totals())
+
+
+def _database_folder(url: str) -> Path | None:
+    """Where a SQLite database's file lives (its disk must not fill up); None for a server."""
+    if not url.startswith("sqlite") or ":///" not in url:
+        return None
+    return Path(url.split(":///", 1)[1]).parent
+
+
+async def _reclaim_dead_runs(store: Store) -> int:
+    """Runs on this host whose process is gone: their jobs go back to pending at once,
+    instead of after their leases expire. Returns how many jobs came back."""
+    runs = await store.unfinished_runs(procs.hostname())
+    dead = [r.id for r in runs if not procs.same_process_alive(r.pid, r.process_tag)]
+    return await store.reclaim_dead_runs(dead)
+
+
+@dataclass(slots=True)
+class _Work:
+    manifest: Manifest
+    store: Store
+    creds: Mapping[str, Credential]
+    to_do: Sequence[JobSpec]
+    owner: str
+    options: Options
+    limits: ResolvedLimits
+    done_before: int
+    db_folder: Path | None = None
+
+    async def run(self) -> PoolReport:
+        options = self.options
+        clock = options.clock or SystemClock()
+        profiles = {name: self.manifest.providers[name] for name in self.creds}
+        async with AsyncExitStack() as stack:
+            providers: dict[str, Provider] = {}
+            books: dict[str, PriceBook] = {}
+            for name, profile in profiles.items():
+                client = await stack.enter_async_context(http_client(profile))
+                catalogue = await load_catalogue(profile, client, self.store, options.wall_clock())
+                providers[name] = build_provider(
+                    profile, self.creds[name], client, catalogue, _epoch(options)
+                )
+                books[name] = price_book(self.manifest, name, profile.dialect, catalogue)
+            estimates = await self._price_jobs(books)
+            pool = Pool(
+                self.store,
+                providers,
+                manifest=str(self.manifest.path),
+                owner=self.owner,
+                settings=options.settings,
+                concurrency={name: p.concurrency for name, p in profiles.items()},
+                gates={
+                    name: ProviderGate(
+                        name,
+                        clock,
+                        p.requests_per_minute,
+                        p.breaker_failures,
+                        options.settings.breaker_window_s,
+                    )
+                    for name, p in profiles.items()
+                },
+                clock=clock,
+                wall_clock=options.wall_clock,
+                prices=books,
+                limits=LimitGuard(self.limits, options.wall_clock) if self.limits.any else None,
+                reclaim_dead=lambda: _reclaim_dead_runs(self.store),
+                watch_folders=[("database folder", self.db_folder)] if self.db_folder else [],
+                keep_unrecorded=self._keep_unrecorded,
+            )
+            return await self._drive(pool, estimates)
+
+    async def _keep_unrecorded(self, items: Sequence[Unrecorded]) -> None:
+        entries = [
+            journal.LateRecord(item.spec.key, item.ticket.id, item.record, item.outputs)
+            for item in items
+        ]
+        await anyio.to_thread.run_sync(journal.keep, self.manifest.output_dir, self.owner, entries)
+
+    async def _price_jobs(self, books: Mapping[str, PriceBook]) -> list[float | None]:
+        """Store each job's price; under a budget, refuse jobs nobody can price."""
+        prices: dict[str, str] = {}
+        estimates: list[float | None] = []
+        for spec in self.to_do:
+            book = books[spec.provider]
+            described = book.describe(spec)
+            if described is not None:
+                prices[spec.key] = json.dumps(described, sort_keys=True)
+            estimates.append(book.estimate(spec))
+            if self.limits.max_cost_usd is not None and estimates[-1] is None:
+                raise ManifestError(
+                    f"no price known for model {spec.model!r} on {spec.provider}, so a "
+                    f"--max-cost budget cannot be kept; add it under pricing.{spec.provider}",
+                    file=str(self.manifest.path),
+                    job=spec.entry,
+                    field="model",
+                )
+        await self.store.set_prices(prices)
+        return estimates
+
+    async def _drive(self, pool: Pool, estimates: Sequence[float | None]) -> PoolReport:
+        reporter = self.options.reporter
+        started = time.monotonic()
+        known = [e for e in estimates if e is not None]
+        per_job = sum(known) / len(known) if known else None
+
+        def snapshot() -> Snapshot:
+            report = pool.report
+            left = len(self.to_do) - report.succeeded - report.failed
+            estimated = report.spent_usd + per_job * max(0, left) if per_job is not None else None
+            paused = "; ".join(f"{s.provider}: {s.message}" for s in report.stops) or None
+            return Snapshot(
+                total=len(self.to_do) + self.done_before,
+                succeeded=report.succeeded,
+                failed=report.failed,
+                in_flight=report.in_flight,
+                retries_waiting=report.retries_waiting,
+                spent_usd=report.spent_usd,
+                estimated_total_usd=estimated,
+                elapsed_s=time.monotonic() - started,
+                paused=paused,
+                done_before=self.done_before,
+            )
+
+        # From here the pool may send: a signal is the run's to handle, not a reason to exit.
+        signals = ROUTER.sending() if self.options.handle_signals else _no_signals()
+        async with anyio.create_task_group() as helpers:
+            if reporter is not None:
+                reporter.start(len(self.to_do) + self.done_before)
+                helpers.start_soon(_report_progress, reporter, snapshot)
+            async with signals as received:
+                if received is not None:
+                    helpers.start_soon(_stop_on_signals, pool, self.options.grace_s, received)
+                report = await pool.run()
+            helpers.cancel_scope.cancel()
+        if reporter is not None:
+            reporter.finish(snapshot(), "stopped" if report.stops else "finished")
+        return report
+
+
+def _epoch(options: Options) -> Callable[[], float]:
+    return lambda: options.wall_clock().timestamp()
+
+
+def price_book(
+    manifest: Manifest, name: str, dialect: str, catalogue: Catalogue | None
+) -> PriceBook:
+    catalogue_prices = (
+        {model_id: m.price for model_id, m in catalogue.items() if m.price is not None}
+        if catalogue
+        else None
+    )
+    resolutions = (
+        {
+            model_id: m.default_resolution
+            for model_id, m in catalogue.items()
+            if m.default_resolution
+        }
+        if catalogue
+        else None
+    )
+    return PriceBook(dialect, manifest.pricing.get(name, {}), catalogue_prices, resolutions)
+
+
+async def _report_progress(reporter: ProgressReporter, snapshot: Callable[[], Snapshot]) -> None:
+    while True:
+        reporter.update(snapshot())
+        await anyio.sleep(PROGRESS_TICK_S)
+
+
+async def _stop_on_signals(pool: Pool, grace_s: float, received: asyncio.Queue[int]) -> None:
+    """First SIGINT/SIGTERM: take no new job, let requests out finish for `grace_s`, then
+    abandon them (their jobs go back to pending). A second signal abandons them at once;
+    later ones change nothing (the process never dies under a request that may be paid)."""
+    name = signal.Signals(await received.get()).name
+    pool.halt(
+        "signal",
+        f"{name}: finishing requests already sent (up to {grace_s:g} s; "
+        "send it again to stop at once)",
+    )
+    log.warning("%s received: no new jobs; waiting for requests already sent", name)
+    with anyio.move_on_after(grace_s):
+        await received.get()
+    pool.cancel_in_flight()
+    await received.get()
+    log.warning("already stopping: requests out are being recorded, then the run exits")
+    while True:
+        await received.get()
+
+
+@asynccontextmanager
+async def _no_signals() -> AsyncIterator[None]:
+    yield None
+
+
+def exit_code_for(report: PoolReport, states: Mapping[str, str]) -> int:
+    """Credentials before money (fixing a key comes first), then a stop with work left
+    (outage, disk, limit, signal), then failures, then success."""
+    kinds = {stop.kind for stop in report.stops}
+    if "auth" in kinds:
+        return EXIT_AUTH
+    if "payment" in kinds:
+        return EXIT_PAYMENT
+    if any(stop.exit_code == EXIT_EARLY for stop in report.stops):
+        return EXIT_EARLY
+    values = set(states.values())
+    if JobState.FAILED in values or "output" in kinds:
+        return EXIT_FAILED
+    if values <= {JobState.SUCCEEDED, JobState.CANCELLED}:
+        return EXIT_OK
+    return EXIT_EARLY

@@ -1,0 +1,386 @@
+"""The `runner` command: parse arguments, call `app`, render the result. No business logic.
+
+One error boundary (`_guard`): known errors become one line on stderr and an exit code,
+never a traceback. RUNNER_DEBUG=1 re-raises them for a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from runner import app
+from runner.app.context import DEFAULT_GRACE_S
+from runner.cli import present as render
+from runner.cli.progress import make_reporter
+from runner.errors import ManifestError, NewerSchema, RunnerError, StoreError
+from runner.manifest.schema import RunLimits
+from runner.records import JobState, ProgressReporter
+from runner.redact import protect_handlers, protect_logger, redact, redact_document
+from runner.settings import ENV_DB, ENV_MAX_ATTEMPTS, RetrySettings, RunSettings
+
+T = TypeVar("T")
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+MANIFEST = click.argument(
+    "manifest", type=click.Path(path_type=Path, dir_okay=False), metavar="MANIFEST"
+)
+DB = click.option(
+    "--db",
+    envvar=ENV_DB,
+    show_envvar=True,
+    metavar="PATH_OR_URL",
+    help="Database file or SQLAlchemy URL (default: <manifest stem>.db beside the manifest).",
+)
+
+
+@contextmanager
+def _guard() -> Iterator[None]:
+    try:
+        yield
+    except (ManifestError, RunnerError) as exc:
+        if os.environ.get("RUNNER_DEBUG"):
+            raise
+        err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", markup=True, soft_wrap=True)
+        raise SystemExit(_exit_code_for(exc)) from None
+
+
+def _exit_code_for(exc: RunnerError) -> int:
+    if isinstance(exc, ManifestError | NewerSchema):  # nothing sent: fix and rerun
+        return app.EXIT_USAGE
+    if isinstance(exc, StoreError):  # a full disk, a lost server: the work is kept for later
+        return app.EXIT_EARLY
+    return 1
+
+
+def _run_async(function: Callable[[], Awaitable[T]]) -> T:
+    with _guard():
+        try:
+            return anyio.run(function)
+        except KeyboardInterrupt:
+            # The run has put back what it held; nothing is lost.
+            err.print("interrupted: run the same command again to resume (exit 75)")
+            raise SystemExit(app.EXIT_EARLY) from None
+
+
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        # Every flag also reads RUNNER_<COMMAND>_<FLAG>, e.g. RUNNER_RUN_VERBOSE=1.
+        "auto_envvar_prefix": "RUNNER",
+        "show_default": True,
+    }
+)
+@click.version_option(package_name="runner")
+def main() -> None:
+    """Run thousands of paid image edits from a YAML manifest: resumable, 402-safe.
+
+    Exit codes of `run`: 0 all succeeded, 1 some failed, 2 usage or manifest error
+    (nothing sent), 3 payment required (top up, run again), 4 credentials rejected,
+    75 stopped early with work left (run again).
+    """
+
+
+@main.command()
+@MANIFEST
+@DB
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, 100),
+    envvar=ENV_MAX_ATTEMPTS,
+    show_envvar=True,
+    default=RetrySettings().max_attempts,
+    show_default=True,
+    help="HTTP attempts per job, the first one included.",
+)
+@click.option(
+    "--deadline",
+    metavar="WHEN",
+    help="Take no new job after this: a duration (6h, 90m) or a clock time (07:30).",
+)
+@click.option(
+    "--max-jobs", type=click.IntRange(min=1), metavar="N", help="Send at most N jobs in this run."
+)
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="USD",
+    help="Take no job that could take this run's spend over USD.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_GRACE_S,
+    metavar="SECONDS",
+    help="After SIGINT/SIGTERM, how long requests already sent may take to finish.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "plain", "json"]),
+    default="auto",
+    help="auto: a live display on a terminal, plain lines otherwise.",
+)
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    metavar="SECONDS",
+    help="How often plain and json logs print a progress line.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress; warnings and the result only.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every finished job.")
+def run(
+    manifest: Path,
+    db: str | None,
+    max_attempts: int,
+    deadline: str | None,
+    max_jobs: int | None,
+    max_cost: float | None,
+    grace: float,
+    log_format: str,
+    progress_interval: float,
+    quiet: bool,
+    verbose: bool,
+) -> None:  # fmt: skip
+    """Send every job that is not done yet, then exit (see exit codes above)."""
+    reporter = make_reporter(
+        log_format=log_format,
+        quiet=quiet,
+        stream=sys.stderr,
+        is_tty=sys.stderr.isatty(),
+        interval_s=progress_interval,
+    )
+    _setup_logging(verbose, reporter)
+    options = app.Options(
+        db=db,
+        settings=RunSettings(retry=RetrySettings(max_attempts)),
+        limits=RunLimits(deadline, max_jobs, max_cost),
+        grace_s=grace,
+        reporter=reporter,
+        handle_signals=True,
+    )
+    try:
+        outcome = _run_async(lambda: app.run(manifest, options))
+    finally:
+        reporter.close()
+    if log_format == "json":
+        click.echo(json.dumps(_outcome_document(outcome)), err=True)
+    else:
+        render.print_summary(outcome.summary, err)
+        for stop in outcome.stops:
+            where = "run" if stop.provider == "*" else stop.provider
+            err.print(f"[bold red]stopped {where} ({stop.kind}):[/] {escape(redact(stop.message))}")
+        err.print(_exit_hint(outcome.exit_code))
+    raise SystemExit(outcome.exit_code)
+
+
+def _outcome_document(outcome: app.RunOutcome) -> dict[str, Any]:
+    document = {
+        "event": "result",
+        "exit_code": outcome.exit_code,
+        "stops": [asdict(stop) for stop in outcome.stops],
+        **render.status_document(outcome.summary),
+    }
+    return dict(redact_document(document))
+
+
+def _exit_hint(code: int) -> str:
+    return {
+        app.EXIT_OK: "all jobs succeeded (exit 0)",
+        app.EXIT_FAILED: "some jobs failed (exit 1): see `runner export`; `runner retry` re-queues",
+        app.EXIT_PAYMENT: "payment required (exit 3): top up, then run the same command again",
+        app.EXIT_AUTH: "credentials rejected (exit 4): fix the API key, then run again",
+        app.EXIT_EARLY: "stopped with work left (exit 75): run the same command again later",
+    }.get(code, f"exit {code}")
+
+
+@main.command()
+@MANIFEST
+@DB
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(manifest: Path, db: str | None, as_json: bool) -> None:
+    """Jobs per state, tokens used and cost so far."""
+    summary = _run_async(lambda: app.status(manifest, app.Options(db=db)))
+    if as_json:
+        click.echo(json.dumps(redact_document(render.status_document(summary))))
+    else:
+        render.print_summary(summary, out)
+
+
+@main.command()
+@MANIFEST
+@DB
+@click.option("--job", "key", metavar="KEY", help="Only the job whose key starts with KEY.")
+def retry(manifest: Path, db: str | None, key: str | None) -> None:
+    """Move failed jobs back to pending with a fresh set of attempts (history kept);
+    with --job, a cancelled job too."""
+    count = _run_async(lambda: app.retry(manifest, app.Options(db=db), key))
+    out.print(f"{count} job{'s' if count != 1 else ''} moved back to pending")
+
+
+@main.command()
+@MANIFEST
+@DB
+@click.option("--job", "key", metavar="KEY", help="Only the job whose key starts with KEY.")
+@click.option(
+    "--state",
+    type=click.Choice(["pending", "failed"]),
+    default=None,
+    help="Cancel every job in this state (default with no --job: pending).",
+)
+def cancel(manifest: Path, db: str | None, key: str | None, state: str | None) -> None:
+    """Mark jobs cancelled so no run sends them (`runner retry --job KEY` undoes it)."""
+    if key is None and state is None:
+        state = "pending"
+    states = [JobState(state)] if state else [JobState.PENDING, JobState.FAILED]
+    count = _run_async(lambda: app.cancel(manifest, app.Options(db=db), key, states))
+    out.print(f"{count} job{'s' if count != 1 else ''} cancelled")
+
+
+@main.command()
+@MANIFEST
+@DB
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in JobState]),
+    default=None,
+    help="Only jobs in this state.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def jobs(manifest: Path, db: str | None, state: str | None, as_json: bool) -> None:
+    """List the manifest's jobs with their state, attempts, cost and last error."""
+    rows = _run_async(lambda: app.jobs(manifest, app.Options(db=db), state))
+    if as_json:
+        render.write_jsonl(rows, sys.stdout)
+    elif rows:
+        out.print(render.jobs_table(rows))
+    else:
+        out.print("no jobs" + (f" in state {state}" if state else ""))
+
+
+@main.command()
+@MANIFEST
+@DB
+def models(manifest: Path, db: str | None) -> None:
+    """Each provider's edit models with their limits and prices (Venice: its live list)."""
+    rows, notes = _run_async(lambda: app.models(manifest, app.Options(db=db)))
+    table = Table(box=None, pad_edge=False)
+    for column in ("provider", "model", "limits", "price"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row.provider, row.model, row.limits, row.price)
+    out.print(table)
+    for note in notes:
+        err.print(note)
+
+
+@main.command()
+@MANIFEST
+@DB
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("report.html"),
+    help="The HTML file to write.",
+)
+def report(manifest: Path, db: str | None, output: Path) -> None:
+    """A self-contained HTML page: totals, before/after thumbnails, failures and reasons."""
+    stats = _run_async(lambda: app.report(manifest, app.Options(db=db), output))
+    out.print(f"wrote {output} ({stats.jobs} jobs, {stats.bytes_written / 1e6:.1f} MB)")
+
+
+@main.command()
+@MANIFEST
+@DB
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
+              show_default=True)  # fmt: skip
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-",
+              help="File to write (default: standard output).")  # fmt: skip
+def export(manifest: Path, db: str | None, fmt: str, output: Any) -> None:
+    """One row per job: inputs, status, attempts, error, usage, cost, outputs."""
+    rows = _run_async(lambda: app.export(manifest, app.Options(db=db)))
+    (render.write_csv if fmt == "csv" else render.write_jsonl)(rows, output)
+
+
+@main.command()
+@MANIFEST
+def validate(manifest: Path) -> None:
+    """Check the manifest and every job's files as `run` would; send nothing."""
+    result = _run_async(lambda: app.validate(manifest))
+    jobs = result.manifest.jobs
+    for check in result.bad:
+        err.print(f"{result.manifest.path}: jobs[{check.entry}] {check.image}: {check.problem}")
+    out.print(f"{len(jobs)} jobs, {len(jobs) - len(result.bad)} ready, {len(result.bad)} "
+              f"would fail without being sent")  # fmt: skip
+    unpriced = f" ({result.unpriced} jobs with no known price left out)" if result.unpriced else ""
+    out.print(
+        f"estimated cost if every ready job is sent: ${result.estimated_cost_usd:,.2f}{unpriced}"
+        " (an estimate from typical token counts; jobs already done in the database are"
+        " not sent again)"
+    )
+    raise SystemExit(1 if result.bad else 0)
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("runner-demo"), show_default=True,
+              help="Where the demo's manifest, images and outputs go.")  # fmt: skip
+def demo(directory: Path) -> None:
+    """Run the example manifest offline against the built-in fake provider."""
+    from runner.cli.demo import run_demo
+
+    _setup_logging(verbose=False)
+    with _guard():
+        code = run_demo(directory, out)
+    raise SystemExit(code)
+
+
+class ReporterHandler(logging.Handler):
+    """Hands log records to the progress reporter, which owns the terminal during a run."""
+
+    def __init__(self, reporter: ProgressReporter) -> None:
+        super().__init__()
+        self._reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "error" if record.levelno >= logging.ERROR else (
+            "warning" if record.levelno >= logging.WARNING else "info")  # fmt: skip
+        try:
+            self._reporter.event(level, record.getMessage())
+        except Exception:  # a logging call must never break the run
+            self.handleError(record)
+
+
+def _setup_logging(verbose: bool, reporter: ProgressReporter | None = None) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    root = logging.getLogger()
+    if reporter is not None:
+        # Warnings and errors go through the progress display (above a live bar, or as
+        # plain/JSON lines), so the two never interleave on the terminal.
+        root.handlers[:] = [ReporterHandler(reporter)]
+    # Whatever logger a record comes from, no key reaches the terminal or a log file.
+    protect_handlers(root.handlers)
+    protect_logger(logging.getLogger("runner"))
+    # Library chatter (httpx logs every request at INFO) is not the user's business.
+    for noisy in ("httpx", "httpcore", "alembic", "aiosqlite", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,166 @@
+"""How results look: `status` as a table or JSON, `export` as JSONL or CSV, job lists.
+
+Pure functions from domain data to text or plain dicts; the CLI decides where they go.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from runner.records import ExportRow, Summary
+
+
+def status_document(summary: Summary) -> dict[str, Any]:
+    totals = summary.totals
+    return {
+        "counts": dict(summary.counts),
+        "usage": {
+            "input_tokens": totals.input_tokens,
+            "output_tokens": totals.output_tokens,
+            "total_tokens": totals.total_tokens,
+        },
+        "cost_usd": round(totals.cost_usd, 6),
+        "last_run": summary.last_run,
+        "providers": {name: asdict(account) for name, account in summary.providers.items()},
+        "failed_by_kind": dict(summary.failed_by_kind),
+    }
+
+
+# What each kind of failure means and what to do, for `status` (models.FailureKind).
+_FAILURE_HELP = {
+    "input": "bad input, nothing sent: fix the file or prompt",
+    "refused": "refused by the provider: see `runner jobs --state failed`",
+    "attempts": "out of attempts: `runner retry` re-queues",
+    "unanswered": "no reply in time, may have been billed; not re-sent automatically: "
+    "`runner retry` sends again (consider a larger timeout_s)",
+    "output": "reply could not be written: free space or fix permissions, then `runner retry`",
+}
+
+
+def _failed_line(summary: Summary) -> str:
+    failed = summary.counts.get("failed", 0)
+    parts = [
+        f"{count} {_FAILURE_HELP.get(kind, kind)}"
+        for kind, count in sorted(summary.failed_by_kind.items())
+        if kind != "unknown"
+    ]
+    return f"{failed} ({'; '.join(parts)})" if parts else str(failed)
+
+
+def print_summary(summary: Summary, console: Console) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    for state, count in summary.counts.items():
+        table.add_row(state, _failed_line(summary) if state == "failed" else str(count))
+    totals = summary.totals
+    table.add_row("tokens", f"{totals.total_tokens:,} ({totals.input_tokens:,} in, "
+                  f"{totals.output_tokens:,} out)")  # fmt: skip
+    table.add_row("cost", f"${totals.cost_usd:,.4f}")
+    last = summary.last_run
+    if last:
+        ended = last["ended_at"] or "still running (or killed)"
+        reason = f": {last['stop_reason']}" if last["stop_reason"] else ""
+        table.add_row("last run", f"{ended}, exit {last['exit_code']}{reason}")
+    for name, account in summary.providers.items():
+        table.add_row(f"{name} spend", f"${account.cost_usd:,.4f}")
+        balance = _balance(account.balance_usd, account.balance_diem, account.balance_after_usd)
+        if balance:
+            table.add_row(f"{name} balance", f"{balance} (as of {account.balance_seen_at})")
+    console.print(table)
+
+
+def _balance(usd: float | None, diem: float | None, after: float | None) -> str | None:
+    parts = []
+    if after is not None:
+        parts.append(f"${after:,.4f} wallet credit")
+    if usd is not None:
+        parts.append(f"${usd:,.4f}")
+    if diem is not None:
+        parts.append(f"{diem:,.4f} DIEM")
+    return ", ".join(parts) or None
+
+
+def export_record(row: ExportRow) -> dict[str, Any]:
+    usage = asdict(row.usage)
+    cost = usage.pop("cost_usd")
+    return {
+        "key": row.key,
+        "image": row.image,
+        "mask": row.mask,
+        "prompt": row.prompt,
+        "provider": row.provider,
+        "model": row.model,
+        "params": dict(row.params),
+        "status": row.status,
+        "attempts": row.attempts,
+        "error": row.error,
+        "usage": usage,
+        "cost_usd": round(cost, 8),
+        "outputs": list(row.outputs),
+        "price": dict(row.price) if row.price else None,
+        "balance_usd": row.balance_usd,
+    }
+
+
+def write_jsonl(rows: Sequence[ExportRow], stream: Any) -> None:
+    for row in rows:
+        stream.write(json.dumps(export_record(row), ensure_ascii=False) + "\n")
+
+
+CSV_COLUMNS = (
+    "key",
+    "image",
+    "mask",
+    "prompt",
+    "provider",
+    "model",
+    "params",
+    "status",
+    "attempts",
+    "error",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_usd",
+    "outputs",
+    "price",
+    "balance_usd",
+)
+
+
+def write_csv(rows: Sequence[ExportRow], stream: Any) -> None:
+    writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        record = export_record(row)
+        usage = record.pop("usage")
+        record["params"] = json.dumps(record["params"], sort_keys=True)
+        record["outputs"] = ";".join(record["outputs"])
+        record["price"] = json.dumps(record["price"], sort_keys=True) if record["price"] else ""
+        writer.writerow({**record, **usage})
+
+
+def jobs_table(rows: Sequence[ExportRow]) -> Table:
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for column in ("key", "state", "tries", "cost"):
+        table.add_column(column, no_wrap=True)
+    for column in ("image", "provider/model", "reason"):
+        table.add_column(column, overflow="fold", ratio=2 if column == "reason" else 1)
+    for row in rows:
+        table.add_row(
+            row.key[:10],
+            row.status,
+            str(row.attempts),
+            f"${row.usage.cost_usd:,.4f}",
+            Path(row.image).name,
+            f"{row.provider}/{row.model}",
+            row.error or "",
+        )
+    return table

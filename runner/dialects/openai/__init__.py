@@ -1,0 +1,1 @@
+"""The OpenAI / CometAPI dialect: multipart `POST /images/edits`, JSON reply."""

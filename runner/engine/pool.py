@@ -1,0 +1,667 @@
+"""The worker pool: claims jobs, sends them with retries, writes results, records it all.
+
+Per provider profile, `concurrency` workers share one ProviderGate. A job's own failure is
+recorded on the job; a ProviderStop closes that provider's gate (in-flight requests
+finish, nobody sends again); an OutputError closes every gate (a full disk would make
+every following paid reply a loss). Anything unexpected cancels the whole task group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from runner.cpu_work import run_cpu_work
+from runner.dialects import params as dialects
+from runner.dialects.base import Provider
+from runner.engine.budget import LimitGuard
+from runner.engine.pacing import Clock, ProviderGate, SystemClock
+from runner.engine.pricing import PriceBook
+from runner.engine.retry import GaveUp, RetryPolicy, Tries
+from runner.errors import (
+    InputError,
+    NotDelivered,
+    OutputError,
+    PermanentJobError,
+    ProviderDown,
+    ProviderError,
+    ProviderStop,
+    RetryableError,
+    StopNotice,
+    Stopped,
+    StoreError,
+    Throttled,
+)
+from runner.files.outputs import free_bytes, write_outputs
+from runner.files.preflight import ImageLimits, prepare_request
+from runner.records import (
+    AttemptRecord,
+    EditRequest,
+    EditResult,
+    FailureKind,
+    Job,
+    JobSpec,
+    Outcome,
+    OutputRef,
+    ReplyFacts,
+    ReplyImage,
+    Usage,
+)
+from runner.settings import RunSettings
+from runner.store.protocol import AttemptTicket, Store
+
+log = logging.getLogger("runner")
+
+Prepare = Callable[[JobSpec, ImageLimits], EditRequest]
+WriteOutputs = Callable[[JobSpec, Sequence[ReplyImage]], tuple[OutputRef, ...]]
+# Completions whose files are written but which the database would not take (a full disk):
+# handed to this at the end of the run, to be kept until a database write succeeds.
+KeepUnrecorded = Callable[[Sequence["Unrecorded"]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Unrecorded:
+    """A paid, written reply that is not in the database yet."""
+
+    spec: JobSpec
+    ticket: AttemptTicket
+    record: AttemptRecord
+    outputs: tuple[OutputRef, ...]
+
+
+@dataclass(slots=True)
+class PoolReport:
+    """What this run has done so far; progress displays read it while the run goes on."""
+
+    succeeded: int = 0
+    failed: int = 0
+    released: int = 0
+    spent_usd: float = 0.0
+    in_flight: int = 0  # jobs between pre-flight and their last answer
+    retries_waiting: int = 0  # jobs asleep before their next attempt
+    stops: list[StopNotice] = field(default_factory=list)
+
+
+class Pool:
+    def __init__(
+        self,
+        store: Store,
+        providers: Mapping[str, Provider],
+        *,
+        manifest: str,
+        owner: str,
+        settings: RunSettings,
+        concurrency: Mapping[str, int],
+        gates: Mapping[str, ProviderGate],
+        clock: Clock | None = None,
+        wall_clock: Callable[[], datetime],
+        policy: RetryPolicy | None = None,
+        prepare: Prepare = prepare_request,
+        write: WriteOutputs = write_outputs,
+        prices: Mapping[str, PriceBook] | None = None,
+        limits: LimitGuard | None = None,
+        reclaim_dead: Callable[[], Awaitable[int]] | None = None,
+        watch_folders: Sequence[tuple[str, Path]] = (),
+        free_space: Callable[[Path], int] = free_bytes,
+        keep_unrecorded: KeepUnrecorded | None = None,
+    ) -> None:
+        self._store = store
+        self._providers = providers
+        self._manifest = manifest
+        self._owner = owner
+        self._settings = settings
+        self._concurrency = concurrency
+        self._gates = gates
+        self._clock = clock or SystemClock()
+        self._wall_clock = wall_clock
+        self._policy = policy or RetryPolicy(settings.retry)
+        self._prepare = prepare
+        self._write = write
+        self._prices = prices or {}
+        self._limits = limits
+        # Runs on this host that died while we were running: their jobs are ours at once.
+        self._reclaim_dead = reclaim_dead
+        # Besides each job's output folder: (what, folder) whose disk must not fill up.
+        self._watch_folders = watch_folders
+        self._free_space = free_space
+        self._keep_unrecorded = keep_unrecorded
+        self._unrecorded: list[Unrecorded] = []
+        self._warned: set[tuple[str, str]] = set()
+        self._intake_open = True
+        self.report = PoolReport()
+        # Claims come in batches of a quarter of the concurrency: one store call per batch.
+        # A batch's unstarted jobs stay leased to this run; ending the run releases them.
+        self._claimed: dict[str, deque[Job]] = {name: deque() for name in providers}
+        self._claiming = {name: anyio.Lock() for name in providers}
+
+    async def run(self) -> PoolReport:
+        slots = sum(self._concurrency[name] for name in self._providers)
+        # Finished replies wait here for their files and their commit while the worker
+        # sends its next request; the semaphore bounds the images held in memory.
+        self._finishing = anyio.Semaphore(slots)
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._keep_leases)
+            async with anyio.create_task_group() as background:
+                self._background = background
+                async with anyio.create_task_group() as workers:
+                    self._workers = workers.cancel_scope
+                    for name in self._providers:
+                        for _ in range(self._concurrency[name]):
+                            workers.start_soon(self._worker, name)
+            outer.cancel_scope.cancel()  # all done and committed: stop renewing leases
+        with anyio.CancelScope(shield=True):
+            await self._record_the_unrecorded()
+        return self.report
+
+    def close_intake(self, kind: str, message: str) -> None:
+        """A limit is reached: take no new job. Jobs already admitted go on, retries
+        included, so `--max-jobs 3` means three jobs, not three minus those waiting."""
+        if not self._intake_open:
+            return
+        self._intake_open = False
+        self.report.stops.append(StopNotice("*", kind, message, 75))
+        log.warning("no new jobs: %s", message)
+
+    def halt(self, kind: str, message: str) -> None:
+        """Stop taking jobs (a limit, a signal); requests already out finish and are kept."""
+        self._halt(kind, message, exit_code=75)
+
+    def cancel_in_flight(self) -> None:
+        """The grace period is over (or a second signal came): abandon requests still out.
+        Their attempts are recorded as abandoned (they may have been billed) and their jobs
+        go back to pending; replies already received are still written."""
+        self.halt("signal", "stopped")
+        with contextlib.suppress(AttributeError):
+            self._workers.cancel()
+
+    def _lease_until(self) -> datetime:
+        return self._wall_clock() + timedelta(seconds=self._settings.lease_s)
+
+    async def _keep_leases(self) -> None:
+        # Real time, not the injected clock: leases expire in real time.
+        while True:
+            await anyio.sleep(self._settings.lease_s / 3)
+            try:
+                await self._store.renew_leases(self._owner, self._lease_until())
+            except StoreError as exc:
+                self._database_failed(exc)
+                return
+
+    async def _worker(self, provider: str) -> None:
+        try:
+            await self._work(provider)
+        except StoreError as exc:
+            # The database takes no more writes (a full disk, a lost server): nothing more
+            # may be sent, since its outcome could not be recorded.
+            self._database_failed(exc)
+
+    async def _work(self, provider: str) -> None:
+        gate = self._gates[provider]
+        while not gate.stopped and self._intake_open:
+            job = await self._next_job(provider, gate)
+            if job is None:
+                if (
+                    gate.stopped
+                    or not self._intake_open
+                    or not await self._store.held_elsewhere(self._manifest, provider, self._owner)
+                ):
+                    return
+                # Another runner holds some of this manifest's jobs. If it is a run on this
+                # host whose process is gone, its jobs are ours now; one elsewhere that dies
+                # lets its leases lapse, and then they are ours too.
+                if self._reclaim_dead is None or not await self._reclaim_dead():
+                    await anyio.sleep(self._settings.poll_s)
+                continue
+            await self._process(job, gate)
+
+    def _database_failed(self, exc: StoreError) -> None:
+        self._halt(
+            "database",
+            f"the database stopped taking writes ({exc}); free space where it lives, then "
+            "run again",
+            exit_code=75,
+        )
+
+    async def _next_job(self, provider: str, gate: ProviderGate) -> Job | None:
+        """A job from this provider's small batch of claims, fetching a batch when empty."""
+        claimed = self._claimed[provider]
+        async with self._claiming[provider]:
+            if not claimed and not gate.stopped and self._intake_open:
+                claimed.extend(
+                    await self._store.claim_many(
+                        self._manifest,
+                        provider,
+                        self._owner,
+                        self._lease_until(),
+                        max(1, self._concurrency[provider] // 4),
+                    )
+                )
+            return claimed.popleft() if claimed else None
+
+    async def _process(self, job: Job, gate: ProviderGate) -> None:
+        spec = job.spec
+        provider = self._providers[spec.provider]
+        try:
+            request = await run_cpu_work(
+                _input_bytes(spec), self._prepare, spec, provider.limits_for(spec.model)
+            )
+            provider.check_request(request)
+        except InputError as exc:
+            await self._fail(spec, f"{exc} (nothing was sent)", FailureKind.INPUT)
+            return
+        estimate = self._estimate(spec)
+        if self._limits is not None and (reason := self._limits.admit(estimate)):
+            self.close_intake("limit", reason)
+            await self._release(spec)
+            return
+        self.report.in_flight += 1
+        try:
+            await self._send_job(job, request, provider, gate)
+        finally:
+            self.report.in_flight -= 1
+            if self._limits is not None:
+                self._limits.settle(estimate)
+
+    def _estimate(self, spec: JobSpec) -> float | None:
+        book = self._prices.get(spec.provider)
+        return book.estimate(spec) if book is not None else None
+
+    def _price(self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None) -> float | None:
+        book = self._prices.get(spec.provider)
+        return book.cost(spec, usage, facts) if book is not None else None
+
+    def _spend(self, cost: float | None) -> None:
+        if cost:
+            self.report.spent_usd += cost
+            if self._limits is not None:
+                self._limits.spent(cost)
+
+    async def _send_job(
+        self, job: Job, request: EditRequest, provider: Provider, gate: ProviderGate
+    ) -> None:
+        spec = job.spec
+        if (full := self._short_of_space(spec)) is not None:
+            self._halt("disk", full)
+            await self._release(spec)
+            return
+        retry = self._settings.retry
+        if job.unanswered > retry.max_timeout_resends:
+            await self._fail(spec, _unanswered_reason(job.unanswered), FailureKind.UNANSWERED)
+            return
+        tries = Tries(retry.max_attempts - job.attempts_this_round, job.unanswered)
+        if tries.attempts_left <= 0:
+            reason = "no attempts left; `runner retry` gives it a new set"
+            await self._fail(spec, reason, FailureKind.ATTEMPTS)
+            return
+        sending = _Sending(spec, request, provider, gate)
+        for extra_round in range(self._settings.weather_rounds + 1):
+            try:
+                result, ticket, record = await self._send(sending, tries)
+            except RetryableError as exc:
+                if tries.gave_up is GaveUp.ATTEMPTS and self._weather_not_job(sending, extra_round):
+                    await self._store.renew_attempts(spec.key, self._owner)
+                    tries = Tries(retry.max_attempts, tries.unanswered, weather=tries.weather)
+                    continue
+                await self._gave_up(sending, tries, exc)
+                return
+            except (Stopped, ProviderStop):
+                # A stop (402, 401, a signal, a limit) was handled when it happened.
+                await self._release(spec)
+                return
+            except PermanentJobError as exc:
+                await self._fail(spec, exc.describe(), FailureKind.REFUSED)
+                return
+            await self._finishing.acquire()
+            self._background.start_soon(self._finish, spec, result, ticket, record)
+            return
+
+    def _weather_not_job(self, sending: _Sending, extra_round: int) -> bool:
+        """Whether a job that used up its attempts deserves another set in this run: the
+        provider fails other jobs' requests often too (its weather, not the job's fault),
+        yet not all of them (then it is down, and the run stops for it)."""
+        gate = sending.gate
+        if extra_round >= self._settings.weather_rounds or gate.failure_streak > sending.attempts:
+            return False
+        return gate.weather(sending.spec.key) == "storm"
+
+    def _short_of_space(self, spec: JobSpec) -> str | None:
+        """Why nothing may be sent now (a disk nearly full), or None. Checked before each
+        job: a paid reply that cannot be saved or recorded is money lost."""
+        floor = self._settings.min_free_bytes
+        for what, folder in (("output folder", spec.output_dir), *self._watch_folders):
+            if self._free_space(folder) < floor:
+                return (
+                    f"less than {floor // 2**20} MB free in the {what} {folder}: free some "
+                    "space, then run again"
+                )
+        return None
+
+    async def _gave_up(self, sending: _Sending, tries: Tries, exc: RetryableError) -> None:
+        spec, gate = sending.spec, sending.gate
+        if tries.gave_up is GaveUp.WEATHER:
+            # Throttled or unreachable again and again: the provider, not the job.
+            self._stop(gate, _still_throttled(gate, tries, exc))
+            await self._release(spec)
+        elif tries.gave_up is GaveUp.UNANSWERED:
+            await self._fail(spec, _unanswered_reason(tries.unanswered), FailureKind.UNANSWERED)
+        elif gate.failure_streak > sending.attempts:
+            # Other jobs' requests failed too, with no success in between: the provider is
+            # down. Keep the job for the next run instead of failing it.
+            self._stop(gate, _outage(gate, exc))
+            await self._release(spec, fresh_attempts=True)
+        else:
+            reason = "gave up after retries: " + exc.describe()
+            await self._fail(spec, reason, FailureKind.ATTEMPTS)
+
+    async def _send(
+        self, sending: _Sending, tries: Tries
+    ) -> tuple[EditResult, AttemptTicket, AttemptRecord]:
+        async for attempt in self._policy.retrying(tries, self._retry_sleep(sending)):
+            with attempt:
+                return await self._attempt(sending)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _retry_sleep(self, sending: _Sending) -> Callable[[float], Awaitable[None]]:
+        async def sleep(seconds: float) -> None:
+            self.report.retries_waiting += 1
+            try:
+                await sending.gate.sleep(seconds)
+            finally:
+                self.report.retries_waiting -= 1
+
+        return sleep
+
+    async def _attempt(self, sending: _Sending) -> tuple[EditResult, AttemptTicket, AttemptRecord]:
+        spec, request, provider, gate = (
+            sending.spec,
+            sending.request,
+            sending.provider,
+            sending.gate,
+        )
+        refused = self._limits.resend_refused() if sending.attempts and self._limits else None
+        if refused is not None:
+            self.close_intake("limit", refused)
+            raise Stopped(refused)
+        await gate.wait_turn()
+        sending.attempts += 1
+        # On disk before the request leaves: a provider bills what it received even if we
+        # die a millisecond later, and the record must say the attempt may have been paid.
+        try:
+            ticket = await self._store.begin_attempt(
+                spec.key, self._owner, spec.provider, spec.model
+            )
+        except BaseException:
+            gate.answered()
+            raise
+        if gate.stopped:  # a 402 arrived for another job while this was being recorded
+            gate.answered()
+            await self._store.finish_attempt(
+                ticket, AttemptRecord(outcome=Outcome.NOT_SENT, counted=False)
+            )
+            raise Stopped(f"{gate.name} stopped before this request was sent")
+        started = time.monotonic()
+        try:
+            try:
+                result = await provider.edit(request)
+            finally:
+                gate.answered()
+        except ProviderError as exc:
+            if isinstance(exc, ProviderStop):
+                self._stop(gate, exc)  # first, before any write: no worker may send again
+            self._pace(gate, spec, exc)
+            record = _error_record(exc, _ms_since(started))
+            if exc.billed:  # though no usable image came back
+                cost, flag = self._paid_cost(spec, exc.usage, exc.facts)
+                record = replace(record, cost_usd=cost, usage=_flagged(exc.usage, flag))
+            await self._store.finish_attempt(ticket, record)
+            raise
+        except BaseException:
+            # Cancelled mid-request (the grace period ran out): it may have been billed.
+            with anyio.CancelScope(shield=True):
+                await self._store.finish_attempt(
+                    ticket, AttemptRecord(outcome=Outcome.ABANDONED, latency_ms=_ms_since(started))
+                )
+                await self._store.release(spec.key, self._owner)
+            raise
+        gate.record(succeeded=True)
+        gate.note_answer(spec.key, failed=False)
+        self._observe(gate, spec, result.facts, failed=False)
+        latency_ms = _ms_since(started)
+        if self._limits is not None:
+            self._limits.took(latency_ms / 1000)
+        cost, flag = self._paid_cost(spec, result.usage, result.facts)
+        record = AttemptRecord(
+            outcome=Outcome.SUCCEEDED,
+            latency_ms=latency_ms,
+            http_status=result.status_code,
+            error_message=_fewer_images(spec, result),
+            request_id=result.request_id,
+            usage=_flagged(result.usage, flag),
+            cost_usd=cost,
+            facts=result.facts,
+        )
+        return result, ticket, record
+
+    def _pace(self, gate: ProviderGate, spec: JobSpec, exc: ProviderError) -> None:
+        """What a failed request tells the provider's gate: weather slows everyone down,
+        other failures count toward telling an outage (and a storm) from a bad job."""
+        if isinstance(exc, RetryableError):
+            gate.record(succeeded=False)
+        if isinstance(exc, Throttled | NotDelivered):
+            # Weather uses no attempts, so no job runs out of them to tell an outage: the
+            # provider's own streak of failures does.
+            if self._down(gate):
+                self._stop(gate, _outage(gate, exc))
+            hint = exc.retry_after
+            gate.note_weather(
+                min(hint, self._settings.retry.max_wait_s) if hint is not None else None
+            )
+        else:
+            if exc.retry_after:
+                gate.pause_for(min(exc.retry_after, self._settings.retry.max_wait_s))
+            if isinstance(exc, RetryableError):
+                gate.note_answer(spec.key, failed=True)
+        self._observe(gate, spec, exc.facts, failed=exc.status_code is not None)
+
+    def _down(self, gate: ProviderGate) -> bool:
+        """Failed requests in a row, across jobs, past the point a blip explains."""
+        threshold = max(self._settings.outage_streak, 2 * self._concurrency[gate.name])
+        return gate.failure_streak >= threshold
+
+    def _paid_cost(
+        self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None
+    ) -> tuple[float | None, str | None]:
+        """What a 200 cost, counted against the budget: from its usage, or the job's
+        estimate when the usage is missing or cannot be trusted (then with why)."""
+        suspect = usage.suspect if usage is not None else None
+        cost = None if suspect else self._price(spec, usage, facts)
+        if cost is None:
+            cost = self._estimate(spec)
+            if suspect:
+                log.warning(
+                    "jobs[%d] %s (%s): %s reported usage that cannot be right (%s); "
+                    "costed at its estimate%s",
+                    spec.entry, spec.image.name, spec.key8, spec.provider, suspect,
+                    f" ${cost:.4f}" if cost is not None else " (unknown)",
+                )  # fmt: skip
+        self._spend(cost)
+        return cost, suspect
+
+    def _observe(
+        self, gate: ProviderGate, spec: JobSpec, facts: ReplyFacts | None, *, failed: bool
+    ) -> None:
+        """The provider's side of pacing: its rate counters, its lock-out rule, its notices."""
+        if failed and gate.note_failure():
+            log.warning(
+                "%s: %d failed requests within %g s; pausing it for as long to stay clear of "
+                "its lock-out", gate.name, gate.breaker_threshold, gate.breaker_window_s,
+            )  # fmt: skip
+        if facts is None:
+            return
+        gate.observe_rate(facts.rate_remaining, facts.rate_reset_in_s)
+        if facts.deprecation and (gate.name, spec.model) not in self._warned:
+            self._warned.add((gate.name, spec.model))
+            log.warning("%s: model %s: %s", gate.name, spec.model, facts.deprecation)
+
+    async def _finish(
+        self, spec: JobSpec, result: EditResult, ticket: AttemptTicket, record: AttemptRecord
+    ) -> None:
+        try:
+            await self._write_and_complete(spec, result, ticket, record)
+        finally:
+            self._finishing.release()
+
+    async def _write_and_complete(
+        self, spec: JobSpec, result: EditResult, ticket: AttemptTicket, record: AttemptRecord
+    ) -> None:
+        try:
+            outputs = await anyio.to_thread.run_sync(self._write, spec, result.images)
+        except OutputError as exc:
+            self._halt("output", f"cannot write outputs: {exc}")  # first: stop paying
+            lost = replace(record, outcome=Outcome.OUTPUT_ERROR, error_message=str(exc))
+            try:
+                await self._store.finish_attempt(ticket, lost)  # the usage was paid: keep it
+                await self._fail(spec, f"output not written: {exc}", FailureKind.OUTPUT)
+            except StoreError as store_exc:
+                self._database_failed(store_exc)
+            return
+        if record.error_message:
+            log.warning("jobs[%d] %s (%s): %s", spec.entry, spec.image.name, spec.key8,
+                        record.error_message)  # fmt: skip
+        try:
+            await self._store.complete(spec.key, self._owner, ticket, record, outputs)
+        except StoreError as exc:
+            self._database_failed(exc)  # first: stop paying for replies we cannot record
+            self._unrecorded.append(Unrecorded(spec, ticket, record, outputs))
+            return
+        self.report.succeeded += 1
+        log.debug("succeeded %s -> %s", spec.image.name, ", ".join(str(o.path) for o in outputs))
+
+    async def _record_the_unrecorded(self) -> None:
+        """Once more into the database (space may have been freed meanwhile); what still
+        will not go in is kept beside the outputs, for the next command to record."""
+        left = []
+        for item in self._unrecorded:
+            try:
+                await self._store.complete(
+                    item.spec.key, self._owner, item.ticket, item.record, item.outputs
+                )
+                self.report.succeeded += 1
+            except StoreError:
+                left.append(item)
+        if left and self._keep_unrecorded is not None:
+            await self._keep_unrecorded(left)
+        self._unrecorded = left
+
+    async def _fail(self, spec: JobSpec, reason: str, kind: FailureKind) -> None:
+        await self._store.fail(spec.key, self._owner, reason, kind)
+        self.report.failed += 1
+        log.warning(
+            "failed %s (jobs[%d], %s): %s", spec.image.name, spec.entry, spec.key[:8], reason
+        )
+
+    async def _release(self, spec: JobSpec, *, fresh_attempts: bool = False) -> None:
+        await self._store.release(spec.key, self._owner, fresh_attempts=fresh_attempts)
+        self.report.released += 1
+
+    def _halt(self, kind: str, message: str, exit_code: int | None = None) -> None:
+        """Stop every provider: the reason is ours (the disk, a limit, a signal), not theirs."""
+        # Once per kind: a signal after a limit must still stop the gates, a repeat need not.
+        if any(stop.provider == "*" and stop.kind == kind for stop in self.report.stops):
+            return
+        code = exit_code if exit_code is not None else (75 if kind == "disk" else 1)
+        notice = StopNotice("*", kind, message, code)
+        for gate in self._gates.values():
+            gate.stop(notice)
+        self.report.stops.append(notice)
+        log.error("stopped sending: %s", message)
+
+    def _stop(self, gate: ProviderGate, exc: ProviderStop) -> None:
+        if gate.stopped:
+            return
+        notice = StopNotice(gate.name, exc.outcome, exc.describe(), exc.exit_code)
+        gate.stop(notice)
+        self.report.stops.append(notice)
+        log.error("stopped sending to %s: %s", gate.name, notice.message)
+
+
+@dataclass(slots=True)
+class _Sending:
+    """One job on its way out: what it needs, and how many requests it has made."""
+
+    spec: JobSpec
+    request: EditRequest
+    provider: Provider
+    gate: ProviderGate
+    attempts: int = 0
+
+
+def _outage(gate: ProviderGate, last: ProviderError) -> ProviderDown:
+    return ProviderDown(
+        f"{gate.failure_streak} requests in a row failed, for more than one job; the provider "
+        f"looks down. Run again later. Last error: {last.describe()}"
+    )
+
+
+def _still_throttled(gate: ProviderGate, tries: Tries, last: ProviderError) -> ProviderDown:
+    return ProviderDown(
+        f"a job was rate-limited or could not reach {gate.name} {tries.weather} times in this "
+        f"run; stopping it for now. Run again later. Last error: {last.describe()}"
+    )
+
+
+def _unanswered_reason(count: int) -> str:
+    return (
+        f"{count} requests got no reply in time and each may have been billed; not sent "
+        "again automatically: `runner retry` sends it once more (consider a larger timeout_s)"
+    )
+
+
+def _fewer_images(spec: JobSpec, result: EditResult) -> str | None:
+    """A note when the provider returned fewer images than the job asked for (`n`)."""
+    asked = dialects.images_per_job(spec.params)
+    got = len(result.images)
+    return f"asked for {asked} images (n), the provider returned {got}" if got < asked else None
+
+
+def _flagged(usage: Usage | None, flag: str | None) -> Usage | None:
+    return usage if usage is None or flag is None else replace(usage, suspect=flag)
+
+
+def _input_bytes(spec: JobSpec) -> int:
+    """Bytes pre-flight will read; unreadable files count as nothing (it fails at once)."""
+    total = 0
+    for path in (spec.image, spec.mask):
+        if path is not None:
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+    return total
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _error_record(exc: ProviderError, latency_ms: int) -> AttemptRecord:
+    return AttemptRecord(
+        outcome=Outcome(exc.outcome),
+        latency_ms=latency_ms,
+        http_status=exc.status_code,
+        error_code=exc.provider_code,
+        error_message=exc.message[:2000],
+        request_id=exc.request_id,
+        usage=exc.usage,
+        facts=exc.facts,
+        # A stop (402, 401) is the provider refusing the account, not this job: the job
+        # keeps its attempts for when the account is fixed. Weather costs no attempt either.
+        counted=not isinstance(exc, ProviderStop | Throttled | NotDelivered),
+    )

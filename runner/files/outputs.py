@@ -1,0 +1,387 @@
+"""Output files: named from the job's template, written whole or not at all.
+
+A reply has been paid for by the time it gets here, so a crash or a full disk must never
+leave a half-written file under the final name that a later run would take for a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePath
+from string import Formatter
+from typing import Any
+
+from runner.errors import OutputError, shown
+from runner.files.procs import pid_alive
+from runner.records import JobSpec, OutputRef, ReplyImage
+
+TEMP_SUFFIX = ".runner-tmp"
+FIELDS = frozenset({"stem", "key", "key8", "index", "ext", "job"})
+_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+# Temp files are named `.{pid}-{hex}.runner-tmp`, whatever the final name's length (an older
+# runner put the final name in front: `.{name}.{pid}-{hex}.runner-tmp`; swept all the same).
+_TEMP_NAME = re.compile(r"\.(?:.+\.)?(\d+)-[0-9a-f]+" + re.escape(TEMP_SUFFIX))
+# When a file of the final name exists (another job's, or the user's), the output goes to
+# `name~2.ext`, `name~3.ext`, ...: never replaced, both kept.
+CLASH_MARK = "~"
+MAX_CLASH_SUFFIX_CHARS = 6  # "~99999": what a name may grow by at write time
+_FALLBACK_NAME_MAX = 255  # bytes, where the filesystem does not say
+_FALLBACK_PATH_MAX = 4096
+_STALE_AFTER_S = 24 * 3600
+log = logging.getLogger("runner")
+_SAMPLE: dict[str, Any] = {
+    "stem": "image",
+    "key": "0" * 64,
+    "key8": "0" * 8,
+    "index": 1,
+    "ext": "png",
+    "job": 0,
+}
+
+
+def output_paths(spec: JobSpec, images: Sequence[ReplyImage]) -> list[Path]:
+    """The absolute file each image goes to, in order; OutputError for a bad template."""
+    template = _template_for(spec.output_name, len(images))
+    base = spec.output_dir.absolute()
+    fields: dict[str, Any] = {"stem": spec.image.stem, "key": spec.key, "key8": spec.key8}
+    fields["job"] = spec.entry
+    paths = []
+    for index, image in enumerate(images, start=1):
+        ext = _EXTENSIONS.get(image.format, image.format.lower())
+        try:
+            name = template.format(**fields, index=index, ext=ext)
+        except (ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise OutputError(f"output name {shown(spec.output_name)} is unusable: {exc}") from exc
+        problem = _escape_problem(name, base)
+        if problem is not None:
+            raise OutputError(f"output name {shown(spec.output_name)} {problem}; nothing written")
+        paths.append(base / name)
+    return paths
+
+
+REPLY_FORMATS = tuple(_EXTENSIONS)  # every format a reply may come back in
+
+
+def possible_paths(spec: JobSpec, count: int) -> list[Path]:
+    """Every file a reply of `count` images could go to, whatever format it comes back in
+    (the extension follows the reply, not the request): for manifest-time checks, without
+    the filesystem lookups `output_paths` makes."""
+    base = spec.output_dir.absolute()
+    template = _template_for(spec.output_name, count)
+    fields: dict[str, Any] = {"stem": spec.image.stem, "key": spec.key, "key8": spec.key8}
+    fields["job"] = spec.entry
+    return [
+        base / template.format(**fields, index=index, ext=_EXTENSIONS[fmt])
+        for fmt in REPLY_FORMATS
+        for index in range(1, count + 1)
+    ]
+
+
+def check_output_template(template: str, output_dir: Path) -> str | None:
+    """For manifest validation: what is wrong with `template`, or None if it is usable."""
+    try:
+        for count in (1, 2):
+            name = _template_for(template, count).format(**_SAMPLE)
+            problem = _escape_problem(name, output_dir.absolute())
+            if problem is not None:
+                return f"output name {shown(template)} {problem}"
+    except OutputError as exc:
+        return str(exc)
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        return f"output name {shown(template)} is unusable: {exc}"
+    return None
+
+
+def write_outputs(spec: JobSpec, images: Sequence[ReplyImage]) -> tuple[OutputRef, ...]:
+    """Write every image atomically, never over an existing file, and describe what was
+    written (a clash keeps both files: the new one under a suffixed name, with a warning)."""
+    refs = []
+    own_name = _names_its_job(spec.output_name)
+    for index, (image, wanted) in enumerate(zip(images, output_paths(spec, images), strict=True)):
+        path = write_new(wanted, image.data, replace_existing=own_name)
+        if path != wanted:
+            log.warning(
+                "jobs[%d] %s (%s): %s already exists (another job's output, or a file of "
+                "yours); kept it, and wrote %s instead",
+                spec.entry, spec.image.name, spec.key8, wanted, path.name,
+            )  # fmt: skip
+        refs.append(
+            OutputRef(
+                index=index + 1,
+                path=path,
+                sha256=hashlib.sha256(image.data).hexdigest(),
+                size=len(image.data),
+                width=image.width,
+                height=image.height,
+                format=image.format,
+            )
+        )
+    return tuple(refs)
+
+
+def sweep_temp_files(output_dir: Path, is_alive: Callable[[int], bool] = pid_alive) -> int:
+    """Remove temp files left by runners that died (or anything over a day old)."""
+    removed = 0
+    now = time.time()
+    for folder, _dirs, files in os.walk(output_dir):
+        for name in files:
+            match = _TEMP_NAME.fullmatch(name)
+            if match is None:
+                continue
+            path = Path(folder, name)
+            try:
+                stale = now - path.stat().st_mtime > _STALE_AFTER_S
+                if stale or not is_alive(int(match.group(1))):
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                # Gone already (another runner swept it) or not ours to remove: housekeeping
+                # must never stop a run.
+                continue
+    return removed
+
+
+def free_bytes(output_dir: Path) -> int:
+    """Free space where the outputs go (one statvfs: cheap enough to ask before each job).
+    A folder not made yet is measured at its nearest existing parent."""
+    folder = output_dir
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def ensure_writable(output_dir: Path) -> None:
+    """Create the folder if needed and prove a file can be made in it; else OutputError."""
+    where = output_dir.absolute()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = _file_in_the_way(where)
+        reason = f"{blocker} is a file, not a folder" if blocker else _reason(exc)
+        raise OutputError(f"cannot create output folder {where}: {reason}") from exc
+    probe = where / f".write-test.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write in output folder {where}: {_reason(exc)}") from exc
+
+
+def _template_for(template: str, count: int) -> str:
+    """The template with "-{index}" added where several images would otherwise collide."""
+    try:
+        parts = list(Formatter().parse(template))
+    except ValueError as exc:
+        raise OutputError(f"output name {shown(template)} is not a valid template: {exc}") from exc
+    names = [field for _, field, _, _ in parts if field is not None]
+    unknown = sorted({n for n in names if n not in FIELDS})
+    if unknown:
+        known = ", ".join("{" + f + "}" for f in sorted(FIELDS))
+        fields = ", ".join("{" + n + "}" for n in unknown)
+        raise OutputError(f"output name {shown(template)} has unknown field {fields}; use {known}")
+    if count < 2 or "index" in names:
+        return template
+    chunks = [_chunk(*part) for part in parts]
+    # The "." of ".{ext}" ends the literal text that Formatter parses together with {ext}.
+    dotted = [i for i, part in enumerate(parts) if part[1] == "ext" and part[0].endswith(".")]
+    if not dotted:
+        return "".join(chunks) + "-{index}"
+    literal, field, spec, conversion = parts[dotted[-1]]
+    head = _chunk(literal[:-1], None, None, None)
+    chunks[dotted[-1]] = head + "-{index}." + _chunk("", field, spec, conversion)
+    return "".join(chunks)
+
+
+def _chunk(literal: str, field: str | None, spec: str | None, conversion: str | None) -> str:
+    """One parsed piece written back as template text, literal braces escaped again."""
+    text = literal.replace("{", "{{").replace("}", "}}")
+    if field is None:
+        return text
+    return (
+        text
+        + "{"
+        + field
+        + (f"!{conversion}" if conversion else "")
+        + (f":{spec}" if spec else "")
+        + "}"
+    )
+
+
+def _escape_problem(name: str, base: Path) -> str | None:
+    """Why `name` may not be written under `base`, or None if it stays inside."""
+    separators = {"/", os.sep, os.altsep or "/"}
+    pieces = re.split("|".join(re.escape(s) for s in separators), name)
+    if not name or "\0" in name:
+        return "gives an empty or invalid file name"
+    if PurePath(name).is_absolute() or PurePath(name).anchor:
+        return f"gives an absolute path ({name})"
+    if ".." in pieces:
+        return f"leads out of the output folder ({name})"
+    if pieces[-1] in ("", "."):
+        return f"does not end in a file name ({name})"
+    target = (base / name).resolve()
+    if not target.is_relative_to(base.resolve()):
+        return f"leads out of the output folder through a link ({name})"
+    return None
+
+
+def path_limits(folder: Path) -> tuple[int, int]:
+    """(longest file name, longest path) in bytes where `folder` is (or will be made)."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    limits = []
+    for name, fallback in (
+        ("PC_NAME_MAX", _FALLBACK_NAME_MAX),
+        ("PC_PATH_MAX", _FALLBACK_PATH_MAX),
+    ):
+        try:
+            limits.append(int(os.pathconf(existing, name)))
+        except (OSError, ValueError, AttributeError):
+            limits.append(fallback)
+    return limits[0], limits[1]
+
+
+def length_problem(path: Path, name_max: int, path_max: int) -> str | None:
+    """Why `path` could not be written (with room for a clash suffix), or None."""
+    name = os.fsencode(path.name)
+    if len(name) + MAX_CLASH_SUFFIX_CHARS > name_max:
+        return (
+            f"gives a file name of {len(name)} bytes ({shown(path.name)}); the output folder "
+            f"allows {name_max - MAX_CLASH_SUFFIX_CHARS} (a {name_max}-byte limit, less room "
+            "for a suffix)"
+        )
+    whole = os.fsencode(str(path))
+    if len(whole) + MAX_CLASH_SUFFIX_CHARS >= path_max:
+        return f"gives a path of {len(whole)} bytes; the system allows {path_max - 1}"
+    return None
+
+
+def _names_its_job(template: str) -> bool:
+    """Whether names from `template` carry the job's key: a file of such a name can only be
+    this job's own earlier result (written, then the runner died before recording it)."""
+    try:
+        fields = {field for _, field, _, _ in Formatter().parse(template) if field}
+    except ValueError:
+        return False
+    return bool(fields & {"key", "key8"})
+
+
+def write_new(path: Path, data: bytes, *, replace_existing: bool = False) -> Path:
+    """Write `data` whole to `path`, or to `path`'s first free clash name (`a~2.png`, ...)
+    if a file is there already; returns where it went. Placed with a hard link, which fails
+    rather than replace: atomic against another runner writing the same name. With
+    `replace_existing` (the name is the job's own), a file already there is replaced."""
+    temp = _temp_beside(path)
+    try:
+        _write_synced(temp, data)
+        if replace_existing:
+            temp.replace(path)
+            final = path
+        else:
+            final = _place_without_replacing(temp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
+        raise
+    _fsync_dir(final.parent)
+    return final
+
+
+def _clash_name(path: Path, number: int) -> Path:
+    return path.with_name(f"{path.stem}{CLASH_MARK}{number}{path.suffix}")
+
+
+def _place_without_replacing(temp: Path, path: Path) -> Path:
+    for number in range(1, 100_000):
+        candidate = path if number == 1 else _clash_name(path, number)
+        try:
+            os.link(temp, candidate)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            if not _reserve(candidate):
+                continue
+            temp.replace(candidate)  # over our own empty reservation only
+            return candidate
+        temp.unlink()
+        return candidate
+    raise OutputError(f"cannot write {path}: 99,999 files of that name already exist")
+
+
+# Filesystems without hard links (FAT, some network mounts) answer link() with these.
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
+)
+
+
+def _reserve(candidate: Path) -> bool:
+    """Claim `candidate` with an empty file created exclusively; False if taken."""
+    try:
+        os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _temp_beside(path: Path) -> Path:
+    return path.with_name(f".{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def _write_synced(temp: Path, data: bytes) -> None:
+    temp.parent.mkdir(parents=True, exist_ok=True)
+    # os.open with 0o666 leaves the permissions to the umask, as for any new file;
+    # tempfile would make them owner-only.
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never
+    part: a temp file beside it (so the replace is a rename), fsynced, renamed, and the
+    folder fsynced. Any failure removes the temp file; OSErrors become OutputError."""
+    write_new(path, data, replace_existing=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable where the platform allows opening a directory."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        # Some filesystems refuse fsync on a directory; the file's own data is synced anyway.
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    for parent in (path, *path.parents):
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

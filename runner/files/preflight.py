@@ -1,0 +1,268 @@
+"""Pre-flight checks of a job's files: a request is paid for, so bad input never leaves.
+
+Everything here is synchronous and meant for a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from runner import settings as config
+from runner.errors import InputError
+from runner.manifest.digests import open_regular
+from runner.records import EditRequest, ImagePart, JobSpec, ReplyImage
+
+_MIB = 1024 * 1024
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
+_PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
+# Orientations 5-8 turn the picture by a quarter, so width and height swap on screen.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+# IEND carries no data, so its CRC is a constant; verify() stops before reading it.
+_IEND_CRC = b"\xaeB`\x82"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    formats: frozenset[str]  # Pillow format names accepted for the image
+    max_image_bytes: int
+    max_mask_bytes: int
+    max_prompt_chars: int
+    min_pixels: int | None = None  # bounds on width * height
+    max_pixels: int | None = None
+
+
+OPENAI_LIMITS = ImageLimits(
+    formats=config.OPENAI_IMAGE_FORMATS,
+    max_image_bytes=config.OPENAI_MAX_IMAGE_BYTES,
+    max_mask_bytes=config.OPENAI_MAX_MASK_BYTES,
+    max_prompt_chars=config.OPENAI_MAX_PROMPT_CHARS,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Info:
+    format: str
+    width: int
+    height: int
+    orientation: int  # EXIF orientation, 1 when absent
+
+
+class _BadImage(Exception):
+    """Bytes Pillow cannot use; `reason` reads after the file's path ("is truncated ...")."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def prepare_request(spec: JobSpec, limits: ImageLimits) -> EditRequest:
+    """Check the job's files and prompt and build what to send; raise InputError if unusable."""
+    image_data = _read_file("image", spec.image, limits.max_image_bytes, spec.image_sha256)
+    info = _check_image(spec.image, image_data, limits)
+    _check_prompt(spec.prompt, limits.max_prompt_chars)
+    image = ImagePart(spec.image.name, _content_type(info.format), image_data)
+    mask = None
+    if spec.mask is not None:
+        mask_data = _read_file("mask", spec.mask, limits.max_mask_bytes, spec.mask_sha256)
+        mask = ImagePart(spec.mask.name, "image/png", mask_data)
+        turned = info.format != "PNG" and info.orientation in _QUARTER_TURNS
+        size = (info.height, info.width) if turned else (info.width, info.height)
+        _check_mask(spec.mask, mask_data, size, turned)
+        if info.format != "PNG":
+            # OpenAI wants image and mask in one format, and the mask must be PNG for its
+            # alpha. Converting is the slow step (seconds for 12 MP), so it comes last.
+            image = _as_png(spec.image, image_data, limits.max_image_bytes)
+    return EditRequest(spec.model, spec.prompt, image, mask, spec.params)
+
+
+def read_image_info(data: bytes) -> ReplyImage | None:
+    """Describe a provider's reply image, or None if the bytes are not a whole image."""
+    try:
+        info = _inspect(data)
+        _check_intact(data, info.format)
+    except _BadImage:
+        return None
+    return ReplyImage(data, info.format, info.width, info.height)
+
+
+def _read_file(field: str, path: Path, max_bytes: int, sha256: str | None) -> bytes:
+    where = path.absolute()
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise InputError(field, f"file not found: {where}") from exc
+    except OSError as exc:
+        raise InputError(field, f"cannot read {where}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(field, f"not a regular file: {where}")
+    _check_size(field, where, st.st_size, max_bytes)
+    try:
+        with open_regular(path) as f:  # never blocks on a FIFO swapped in since stat()
+            # One byte past the limit is enough to notice a file that grew since stat().
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise InputError(field, f"cannot read {where}: {exc.strerror or exc}") from exc
+    _check_size(field, where, len(data), max_bytes)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
+        raise InputError(
+            field, f"{where} changed since the job was queued; run again to queue the new version"
+        )
+    return data
+
+
+def _check_size(field: str, where: Path, size: int, max_bytes: int) -> None:
+    if size == 0:
+        raise InputError(field, f"file is empty: {where}")
+    if size > max_bytes:
+        raise InputError(
+            field, f"{where} is {_mb(size)}, over the {_mb(max_bytes)} limit ({size:,} bytes)"
+        )
+
+
+def _mb(size: int) -> str:
+    return f"{size / _MIB:.1f} MB"
+
+
+def _check_image(path: Path, data: bytes, limits: ImageLimits) -> _Info:
+    where = path.absolute()
+    try:
+        info = _inspect(data)
+    except _BadImage as exc:
+        raise InputError("image", f"{where} {exc.reason}") from exc
+    if info.format not in limits.formats:
+        names = sorted(limits.formats)
+        accepted = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+        raise InputError("image", f"{where}: format {info.format} not accepted; use {accepted}")
+    pixels = info.width * info.height
+    dims = f"{where} is {info.width}x{info.height} ({pixels:,} pixels)"
+    if limits.min_pixels is not None and pixels < limits.min_pixels:
+        raise InputError("image", f"{dims}; at least {limits.min_pixels:,} pixels required")
+    if limits.max_pixels is not None and pixels > limits.max_pixels:
+        raise InputError("image", f"{dims}; at most {limits.max_pixels:,} pixels allowed")
+    try:
+        _check_intact(data, info.format)
+    except _BadImage as exc:
+        raise InputError("image", f"{where} {exc.reason}") from exc
+    return info
+
+
+def _check_prompt(prompt: str, max_chars: int) -> None:
+    if not prompt.strip():
+        raise InputError("prompt", "prompt is empty")
+    if len(prompt) > max_chars:
+        raise InputError(
+            "prompt", f"prompt is {len(prompt):,} characters, over the {max_chars:,} limit"
+        )
+
+
+def _check_mask(path: Path, data: bytes, image_size: tuple[int, int], turned: bool) -> None:
+    where = path.absolute()
+    try:
+        info = _inspect(data)
+        if info.format != "PNG":
+            raise InputError("mask", f"{where} is {info.format}; a mask must be a PNG")
+        _check_intact(data, "PNG")
+        with _pillow(io.BytesIO(data)) as im:
+            mode = im.mode
+            alpha = im.getchannel("A").getextrema() if mode in _ALPHA_MODES else None
+    except _BadImage as exc:
+        raise InputError("mask", f"{where} {exc.reason}") from exc
+    if alpha is None:
+        raise InputError(
+            "mask",
+            f"{where} has no alpha channel (mode {mode}); "
+            "transparent pixels (alpha 0) mark the area to edit",
+        )
+    if (info.width, info.height) != image_size:
+        note = " after its EXIF rotation" if turned else ""
+        raise InputError(
+            "mask",
+            f"{where} is {info.width}x{info.height}, "
+            f"image is {image_size[0]}x{image_size[1]}{note}",
+        )
+    if alpha[0] != 0:
+        raise InputError(
+            "mask", f"{where} has no fully transparent pixel, so nothing would be edited"
+        )
+
+
+def _as_png(path: Path, data: bytes, max_bytes: int) -> ImagePart:
+    out = io.BytesIO()
+    try:
+        with _pillow(io.BytesIO(data)) as im:
+            # The PNG has no orientation tag, so bake the rotation viewers show into the pixels.
+            upright = ImageOps.exif_transpose(im)
+            if upright.mode not in _PNG_MODES:
+                upright = upright.convert("RGBA" if "A" in upright.getbands() else "RGB")
+            upright.save(out, "PNG")
+    except _BadImage as exc:
+        raise InputError("image", f"{path.absolute()} {exc.reason}") from exc
+    size = out.getbuffer().nbytes
+    if size > max_bytes:
+        raise InputError(
+            "image",
+            f"{path.absolute()} converted to PNG (to match the mask) is {_mb(size)}, "
+            f"over the {_mb(max_bytes)} limit",
+        )
+    return ImagePart(path.with_suffix(".png").name, "image/png", out.getvalue())
+
+
+def _content_type(fmt: str) -> str:
+    return Image.MIME.get(fmt, "application/octet-stream")
+
+
+def _inspect(data: bytes) -> _Info:
+    """Read the header only: format, size and orientation, without decoding pixels."""
+    with _pillow(io.BytesIO(data)) as im:
+        if im.format is None:
+            raise _BadImage("is not an image (or a format Pillow cannot read)")
+        # PNG keeps eXIf wherever it likes, so getexif() would decode every pixel to find it;
+        # orientation only matters for the JPEG/WEBP that get converted anyway.
+        exif = im.getexif() if im.format != "PNG" else {}
+        orientation = exif.get(ExifTags.Base.Orientation, 1)
+        return _Info(im.format, im.width, im.height, int(orientation))
+
+
+def _check_intact(data: bytes, fmt: str) -> None:
+    """Raise _BadImage unless the whole file is there and sound, as cheaply as is sure."""
+    buf = io.BytesIO(data)
+    with _pillow(buf) as im:
+        if fmt == "PNG":
+            # Every chunk's CRC without inflating the pixels; stops just short of IEND's CRC.
+            im.verify()
+            if buf.read(4) != _IEND_CRC:
+                raise _BadImage("is truncated or corrupt (IEND chunk incomplete)")
+            return
+        if fmt == "JPEG":
+            # Scaled decoding still reads every entropy-coded byte, so a cut file still fails,
+            # but holds an eighth of the width and height in memory.
+            im.draft(None, (max(1, im.width // 8), max(1, im.height // 8)))
+        im.load()
+
+
+@contextmanager
+def _pillow(buf: io.BytesIO) -> Iterator[Image.Image]:
+    """Open an image, turning whatever Pillow raises for bad bytes into _BadImage."""
+    try:
+        with Image.open(buf) as im:
+            yield im
+    except _BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _BadImage(
+            f"has too many pixels to decode safely (decompression bomb?): {exc}"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise _BadImage("is not an image (or a format Pillow cannot read)") from exc
+    # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, EOFError and more
+    # for damaged files; none of them should reach the caller as anything but bad input.
+    except Exception as exc:
+        raise _BadImage(f"is truncated or corrupt ({type(exc).__name__}: {exc})") from exc

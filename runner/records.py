@@ -1,0 +1,284 @@
+"""Plain data passed between the layers: no I/O, no framework types."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Outcome(StrEnum):
+    """What one HTTP attempt came to, as recorded in the attempts table."""
+
+    IN_FLIGHT = "in_flight"  # sent, no answer recorded yet (a crash leaves this behind)
+    SUCCEEDED = "succeeded"
+    RETRYABLE = "retryable"
+    TIMEOUT = "timeout"
+    PERMANENT = "permanent"
+    PAYMENT = "payment"
+    AUTH = "auth"
+    OUTPUT_ERROR = "output_error"
+    ABANDONED = "abandoned"  # the runner that sent it died before recording an answer
+    # Never reached the provider: stopped just before it went out, or no connection.
+    NOT_SENT = "not_sent"
+    THROTTLED = "throttled"  # a rate-limit answer: nothing done, nothing billed
+
+
+class FailureKind(StrEnum):
+    """Why a job ended `failed`, for `status` and `jobs` (stored in jobs.failure_kind)."""
+
+    INPUT = "input"  # its files or prompt failed pre-flight: nothing was sent
+    REFUSED = "refused"  # the provider refused it for good (400, moderation, ...)
+    ATTEMPTS = "attempts"  # it used up its attempts on errors of its own
+    UNANSWERED = "unanswered"  # requests got no reply in time and may have been billed
+    OUTPUT = "output"  # the reply could not be written to disk
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job as the manifest describes it; `key` is its content hash."""
+
+    key: str
+    entry: int  # index of the manifest's `jobs:` entry it came from (globs expand one entry)
+    image: Path
+    mask: Path | None
+    prompt: str
+    provider: str
+    model: str
+    params: Mapping[str, Any]
+    output_dir: Path
+    output_name: str
+    # sha256 of the inputs when the key was made; None where the file could not be read.
+    image_sha256: str | None = None
+    mask_sha256: str | None = None
+
+    @property
+    def key8(self) -> str:
+        return self.key[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job claimed for work: its spec plus what the store knows about it."""
+
+    spec: JobSpec
+    attempts_this_round: int  # attempts that used up its budget since the last `runner retry`
+    # Requests that got no reply in time since the last `runner retry`, in any run: each may
+    # have been billed, so their number is capped across runs, not per run.
+    unanswered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EditRequest:
+    model: str
+    prompt: str
+    image: ImagePart
+    mask: ImagePart | None
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage as the provider reported it; `raw` keeps its JSON untouched."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    input_image_tokens: int | None = None
+    input_text_tokens: int | None = None
+    output_image_tokens: int | None = None
+    raw: str | None = None
+    # Why these figures cannot be trusted (negative, not whole numbers, beyond any real
+    # image); the fields that were wrong are left empty and `raw` keeps what was sent.
+    suspect: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyImage:
+    """One image a provider returned, already checked to decode."""
+
+    data: bytes
+    format: str  # Pillow's name: PNG, JPEG, WEBP
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyFacts:
+    """What a provider says about the account and the request beside its answer (Venice
+    headers, PROVIDERS.md §3): kept per attempt, successful or not."""
+
+    balance_usd: float | None = None  # x-venice-balance-usd: before this request
+    balance_diem: float | None = None  # x-venice-balance-diem: before this request
+    balance_after_usd: float | None = None  # X-Balance-Remaining (x402 wallets): after it
+    content_violation: bool | None = None  # x-venice-is-content-violation
+    served_model: str | None = None  # x-venice-model-id
+    enhanced_prompt: bool = False  # x-venice-enhanced-prompt present: the $0.04 rewrite applied
+    deprecation: str | None = None  # the deprecation headers, as one sentence for a warning
+    rate_limit: int | None = None  # x-ratelimit-limit-requests
+    rate_remaining: int | None = None  # x-ratelimit-remaining-requests
+    rate_reset_in_s: float | None = None  # seconds until the request window resets
+
+
+@dataclass(frozen=True, slots=True)
+class EditResult:
+    """A successful reply: the images and its accounting."""
+
+    images: tuple[ReplyImage, ...]
+    usage: Usage | None
+    request_id: str | None
+    status_code: int = 200
+    facts: ReplyFacts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRef:
+    index: int
+    path: Path
+    sha256: str
+    size: int
+    width: int
+    height: int
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """What the store keeps of one finished HTTP attempt."""
+
+    outcome: Outcome
+    latency_ms: int | None = None
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    request_id: str | None = None
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    counted: bool = True  # False for answers that must not use up an attempt (402)
+    facts: ReplyFacts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAccount:
+    """Spend on one provider profile, and the balance it last reported (Venice)."""
+
+    cost_usd: float = 0.0
+    balance_usd: float | None = None  # the latest `x-venice-balance-usd` (before a request)
+    balance_diem: float | None = None
+    balance_after_usd: float | None = None  # the latest x402 `X-Balance-Remaining`
+    balance_seen_at: str | None = None  # ISO time of the answer that carried it
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """`runner status` in data form."""
+
+    counts: Mapping[str, int]
+    totals: Totals
+    last_run: Mapping[str, Any] | None = None
+    providers: Mapping[str, ProviderAccount] = field(default_factory=dict)
+    # Failed jobs by why they failed (FailureKind values); jobs failed before this was
+    # recorded count as "unknown".
+    failed_by_kind: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRow:
+    key: str
+    image: str
+    mask: str | None
+    prompt: str
+    provider: str
+    model: str
+    params: Mapping[str, Any]
+    status: str
+    attempts: int
+    error: str | None
+    usage: Totals
+    outputs: tuple[str, ...] = field(default_factory=tuple)
+    price: Mapping[str, Any] | None = None  # what the job is costed at (see pricing.py)
+    balance_usd: float | None = None  # the provider's balance on this job's latest answer
+
+
+MIN_ELAPSED_S = 1.0  # below this a rate is noise: report 0 jobs/min and no ETA
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    total: int  # jobs this run works on, including `done_before`
+    succeeded: int  # in this run
+    failed: int  # in this run
+    in_flight: int
+    retries_waiting: int  # jobs sleeping before a retry
+    spent_usd: float  # cost so far in this run
+    estimated_total_usd: float | None  # spent + estimate for what is left; None: unknown
+    elapsed_s: float  # since the run started (injected clock)
+    paused: str | None = None  # "venice paused 12s (rate limit)", or a stop reason
+    done_before: int = 0  # jobs of `total` already finished before this run started
+
+    @property
+    def done_in_run(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def done(self) -> int:
+        return self.done_before + self.done_in_run
+
+    @property
+    def remaining(self) -> int:
+        return max(self.total - self.done, 0)
+
+    @property
+    def jobs_per_minute(self) -> float:
+        """Jobs finished in this run per minute; 0 while elapsed is under a second."""
+        if not self.elapsed_s >= MIN_ELAPSED_S or not math.isfinite(self.elapsed_s):
+            return 0.0
+        return self.done_in_run * 60.0 / self.elapsed_s
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds until the remaining jobs finish at the current rate; None at rate 0."""
+        if self.remaining == 0:
+            return 0.0
+        rate = self.jobs_per_minute
+        return self.remaining * 60.0 / rate if rate > 0 else None
+
+
+class ProgressReporter(Protocol):
+    def start(self, total: int) -> None: ...
+
+    def update(self, snapshot: Snapshot) -> None: ...
+
+    def event(self, level: str, message: str, **fields: Any) -> None:
+        """level: "info", "warning" or "error"."""
+
+    def finish(self, snapshot: Snapshot, outcome: str) -> None: ...
+
+    def close(self) -> None:
+        """Release the terminal if `finish` was never reached; safe to call twice."""

@@ -1,0 +1,142 @@
+"""The Store protocol: everything the runner asks of its database, in domain verbs.
+
+`sql.SqlStore` implements it over SQLAlchemy; `memory.MemoryStore` is its in-memory twin
+for pool tests. Nothing outside `store/` writes SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from runner.manifest.digests import DigestEntry
+from runner.records import (
+    AttemptRecord,
+    ExportRow,
+    FailureKind,
+    Job,
+    JobSpec,
+    JobState,
+    OutputRef,
+    Summary,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    id: str
+    manifest: str
+    host: str
+    pid: int
+    process_tag: str
+
+
+class AttemptTicket(Protocol):
+    """A recorded attempt, handed back to the store to finish it."""
+
+    @property
+    def id(self) -> int:
+        """The attempt's row id, for a completion that has to be recorded later."""
+        ...
+
+
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    # -- the manifest's jobs ------------------------------------------------------------
+    async def sync_manifest(self, manifest: str, specs: Sequence[JobSpec]) -> int:
+        """Add new jobs (pending), refresh where known jobs' inputs now live, and make
+        `specs` the manifest's job list. Returns how many jobs were new."""
+        ...
+
+    async def retry(self, manifest: str, key: str | None = None) -> int:
+        """Failed jobs back to pending with a fresh attempt budget (a cancelled one too when
+        named by `key`); history kept. Returns how many moved."""
+        ...
+
+    async def cancel(self, manifest: str, key: str | None, states: Collection[JobState]) -> int:
+        """Jobs in `states` (never running ones) to cancelled; `runner retry --job` undoes it."""
+        ...
+
+    async def set_prices(self, prices: Mapping[str, str]) -> None:
+        """job key -> the price (JSON) it is costed at; only unfinished jobs change."""
+        ...
+
+    async def load_catalogue(self, source_url: str) -> tuple[datetime, str] | None: ...
+
+    async def save_catalogue(self, source_url: str, body: str) -> None: ...
+
+    # -- runs and leases ----------------------------------------------------------------
+    async def start_run(self, run: RunInfo) -> None: ...
+
+    async def end_run(self, run_id: str, exit_code: int, stop_reason: str | None) -> None: ...
+
+    async def reclaim_dead_runs(self, dead_run_ids: Iterable[str]) -> int:
+        """Close runs whose process is gone and release the jobs they held; their
+        unanswered attempts become `abandoned`. Returns how many jobs were released."""
+        ...
+
+    async def unfinished_runs(self, host: str) -> Sequence[RunInfo]: ...
+
+    async def claim_many(
+        self, manifest: str, provider: str, owner: str, lease_until: datetime, limit: int
+    ) -> Sequence[Job]:
+        """Take up to `limit` claimable jobs (pending; else running with an expired lease) of
+        this manifest and provider, in manifest order; no two callers get the same job."""
+        ...
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> None: ...
+
+    async def held_elsewhere(self, manifest: str, provider: str, owner: str) -> int:
+        """Jobs of this manifest and provider that other live runners hold."""
+        ...
+
+    # -- one job's life -----------------------------------------------------------------
+    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> AttemptTicket:
+        """Record an `in_flight` attempt; returns once it is committed, so that a request sent
+        afterwards is on record even if the runner dies before the answer."""
+        ...
+
+    async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None: ...
+
+    async def complete(
+        self, key: str, owner: str, ticket: AttemptTicket, record: AttemptRecord,
+        outputs: Sequence[OutputRef],
+    ) -> None: ...  # fmt: skip
+
+    async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None: ...
+
+    async def release(self, key: str, owner: str, *, fresh_attempts: bool = False) -> None:
+        """Back to pending; `fresh_attempts` restarts its attempt budget (history kept)."""
+        ...
+
+    async def renew_attempts(self, key: str, owner: str) -> None:
+        """A fresh set of attempts for a job we hold (its failures were the provider's
+        weather); the limit on blind re-sends is not reset."""
+        ...
+
+    async def record_late(
+        self, key: str, attempt_id: int, record: AttemptRecord, outputs: Sequence[OutputRef]
+    ) -> bool:
+        """Record a completion whose files were written while the database took no writes:
+        the attempt's answer, its outputs, the job succeeded. False (and nothing changed) if
+        the job has succeeded meanwhile or the attempt is unknown."""
+        ...
+
+    # -- reading ------------------------------------------------------------------------
+    async def summary(self, manifest: str) -> Summary: ...
+
+    async def export_rows(self, manifest: str) -> Sequence[ExportRow]: ...
+
+    async def job_states(self, manifest: str) -> Mapping[str, str]: ...
+
+    async def output_paths(self) -> frozenset[str]:
+        """Every output file ever recorded, any manifest: never an input of a glob."""
+        ...
+
+    # -- input digest cache -------------------------------------------------------------
+    async def load_digests(self) -> Mapping[str, DigestEntry]: ...
+
+    async def save_digests(self, entries: Sequence[DigestEntry]) -> None: ...
