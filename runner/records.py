@@ -67,6 +67,12 @@ class JobSpec:
     def key8(self) -> str:
         return self.key[:8]
 
+    @property
+    def images_asked(self) -> int:
+        """Images the job asks for (`n`), 1 unless a whole number is given."""
+        n = self.params.get("n", 1)
+        return n if isinstance(n, int) and not isinstance(n, bool) else 1
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
@@ -282,3 +288,13 @@ class ProgressReporter(Protocol):
 
     def close(self) -> None:
         """Release the terminal if `finish` was never reached; safe to call twice."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    formats: frozenset[str]  # Pillow format names accepted for the image
+    max_image_bytes: int
+    max_mask_bytes: int
+    max_prompt_chars: int
+    min_pixels: int | None = None  # bounds on width * height
+    max_pixels: int | None = None

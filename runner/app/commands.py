@@ -26,9 +26,9 @@ from runner.app.run_jobs import (
     EXIT_USAGE,
     RunOutcome,
     exit_code_for,
-    price_book,
     run,
 )
+from runner.dialects import dialect_named
 from runner.dialects.factory import (
     Catalogue,
     build_provider,
@@ -36,8 +36,6 @@ from runner.dialects.factory import (
     http_client,
     load_catalogue,
 )
-from runner.dialects.venice.catalogue import describe_models
-from runner.engine.pricing import OPENAI_TOKEN_PRICES
 from runner.errors import InputError
 from runner.files.html_report import ReportJob, ReportStats, ReportTotals, write_report
 from runner.files.preflight import prepare_request
@@ -141,28 +139,11 @@ async def models(path: Path, options: Options) -> tuple[list[ModelRow], list[str
     async with opened(parsed, options) as session:
         catalogues = await _catalogues(parsed, session.store, options.wall_clock())
     for name, profile in parsed.providers.items():
-        if profile.dialect == "openai":
-            rows.extend(
-                ModelRow(name, "openai", model, "see PROVIDERS.md §4.3",
-                         f"${price.text_input:g}/${price.image_input:g}/"
-                         f"${price.image_output:g} per M tokens (text in/image in/out)")
-                for model, price in OPENAI_TOKEN_PRICES.items()
-            )  # fmt: skip
-        elif name not in catalogues:
+        found = dialect_named(profile.dialect).model_rows(catalogues.get(name))
+        if found is None:
             notes.append(f"{name}: model list unavailable; built-in prices apply")
-        else:
-            rows.extend(
-                ModelRow(
-                    name,
-                    "venice",
-                    entry["id"],
-                    f"prompt ≤ {entry['prompt_limit']} chars; aspect {entry['aspect_ratios']}; "
-                    f"resolution {entry['resolutions']}; quality {entry['qualities']}; "
-                    f"≤ {entry['max_input_images']} input images",
-                    entry["price"],
-                )
-                for entry in describe_models(catalogues[name])
-            )
+            continue
+        rows.extend(ModelRow(name, profile.dialect, *row) for row in found)
     return rows, notes
 
 
@@ -214,7 +195,9 @@ async def validate(path: Path) -> Validation:
             if name in creds
         }
     books = {
-        name: price_book(manifest, name, profile.dialect, catalogues.get(name))
+        name: dialect_named(profile.dialect).price_book(
+            manifest.pricing.get(name, {}), catalogues.get(name)
+        )
         for name, profile in parsed.providers.items()
     }
 
@@ -237,10 +220,11 @@ async def validate(path: Path) -> Validation:
 async def _catalogues(
     parsed: ParsedManifest, store: Store | None, now: datetime
 ) -> dict[str, Catalogue]:
-    """Each Venice profile's model list (`store`: the database's day-old copy may do)."""
+    """Each profile's model list, where its dialect has one (`store`: the database's
+    day-old copy may do)."""
     found: dict[str, Catalogue] = {}
     for name, profile in parsed.providers.items():
-        if profile.dialect != "venice":
+        if not dialect_named(profile.dialect).has_catalogue:
             continue
         async with http_client(profile) as client:
             catalogue = await load_catalogue(profile, client, store, now)

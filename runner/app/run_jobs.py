@@ -23,9 +23,8 @@ import anyio
 import anyio.abc
 
 from runner.app.context import Options, opened, parse, resolve_db
-from runner.dialects.base import Provider
+from runner.dialects import dialect_named
 from runner.dialects.factory import (
-    Catalogue,
     Credential,
     build_provider,
     credentials,
@@ -35,9 +34,11 @@ from runner.dialects.factory import (
 from runner.engine.budget import LimitGuard, ResolvedLimits
 from runner.engine.pacing import ProviderGate, SystemClock
 from runner.engine.pool import Pool, PoolReport, Unrecorded
+from runner.engine.ports import Lane, Provider
 from runner.engine.pricing import PriceBook
 from runner.errors import ManifestError, OutputError, StopNotice, StoreError
 from runner.files import journal, procs
+from runner.files.local import local_files
 from runner.files.outputs import ensure_writable, sweep_temp_files
 from runner.manifest.durations import parse_deadline
 from runner.manifest.schema import Manifest, ParsedManifest, RunLimits
@@ -190,31 +191,37 @@ class _Work:
                 providers[name] = build_provider(
                     profile, self.creds[name], client, catalogue, _epoch(options)
                 )
-                books[name] = price_book(self.manifest, name, profile.dialect, catalogue)
+                books[name] = dialect_named(profile.dialect).price_book(
+                    self.manifest.pricing.get(name, {}), catalogue
+                )
             estimates = await self._price_jobs(books)
-            pool = Pool(
-                self.store,
-                providers,
-                manifest=str(self.manifest.path),
-                owner=self.owner,
-                settings=options.settings,
-                concurrency={name: p.concurrency for name, p in profiles.items()},
-                gates={
-                    name: ProviderGate(
+            lanes = {
+                name: Lane(
+                    providers[name],
+                    ProviderGate(
                         name,
                         clock,
                         p.requests_per_minute,
                         p.breaker_failures,
                         options.settings.breaker_window_s,
-                    )
-                    for name, p in profiles.items()
-                },
+                    ),
+                    p.concurrency,
+                    books[name],
+                )
+                for name, p in profiles.items()
+            }
+            folders = [("database folder", self.db_folder)] if self.db_folder else []
+            pool = Pool(
+                self.store,
+                lanes,
+                manifest=str(self.manifest.path),
+                owner=self.owner,
+                settings=options.settings,
+                files=local_files(folders),
                 clock=clock,
                 wall_clock=options.wall_clock,
-                prices=books,
                 limits=LimitGuard(self.limits, options.wall_clock) if self.limits.any else None,
                 reclaim_dead=lambda: _reclaim_dead_runs(self.store),
-                watch_folders=[("database folder", self.db_folder)] if self.db_folder else [],
                 keep_unrecorded=self._keep_unrecorded,
             )
             return await self._drive(pool, estimates)
@@ -289,26 +296,6 @@ class _Work:
 
 def _epoch(options: Options) -> Callable[[], float]:
     return lambda: options.wall_clock().timestamp()
-
-
-def price_book(
-    manifest: Manifest, name: str, dialect: str, catalogue: Catalogue | None
-) -> PriceBook:
-    catalogue_prices = (
-        {model_id: m.price for model_id, m in catalogue.items() if m.price is not None}
-        if catalogue
-        else None
-    )
-    resolutions = (
-        {
-            model_id: m.default_resolution
-            for model_id, m in catalogue.items()
-            if m.default_resolution
-        }
-        if catalogue
-        else None
-    )
-    return PriceBook(dialect, manifest.pricing.get(name, {}), catalogue_prices, resolutions)
 
 
 async def _report_progress(reporter: ProgressReporter, snapshot: Callable[[], Snapshot]) -> None:

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import httpx
@@ -30,23 +30,6 @@ from runner.errors import (
     RetryableError,
     Throttled,
 )
-from runner.files.preflight import ImageLimits
-from runner.records import EditRequest, EditResult
-
-
-class Provider(Protocol):
-    name: str
-
-    def limits_for(self, model: str) -> ImageLimits:
-        """File and prompt bounds that pre-flight checks a job's inputs against."""
-        ...
-
-    def check_request(self, request: EditRequest) -> None:
-        """Model-specific checks before paying (Venice's catalogue); raises InputError."""
-        ...
-
-    async def edit(self, request: EditRequest) -> EditResult: ...
-
 
 # Codes that mean "no money left" whatever status carries them: OpenAI's 429 quota codes,
 # and the new-api gateway's (which CometAPI appears to run) user and key quota codes.

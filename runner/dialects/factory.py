@@ -6,31 +6,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import httpx
 
-from runner.dialects.base import Provider
-from runner.dialects.openai.client import OpenAIProvider
-from runner.dialects.transfer import MIB, ReplyLimits
-from runner.dialects.venice.catalogue import (
-    CatalogueUnavailable,
-    VeniceModel,
-    fetch_catalogue,
-    parse_catalogue,
-)
-from runner.dialects.venice.client import VeniceProvider
+from runner.dialects import ModelList, dialect_named
 from runner.dialects.venice.siwx import SiwxSigner
+from runner.engine.ports import Provider
 from runner.errors import ManifestError
 from runner.manifest.schema import ParsedManifest, ProviderProfile
-from runner.redact import redact, register_secret
-from runner.settings import CATALOGUE_MAX_AGE_S, DEFAULT_CONNECT_TIMEOUT_S
+from runner.redact import register_secret
+from runner.settings import DEFAULT_CONNECT_TIMEOUT_S
 from runner.store.protocol import Store
 
 log = logging.getLogger("runner")
-Catalogue = Mapping[str, VeniceModel]
+Catalogue = ModelList
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,33 +115,7 @@ def build_provider(
     wall_clock: Callable[[], float] = time.time,
 ) -> Provider:
     """`wall_clock` (epoch seconds) reads reset headers that are points in time."""
-    limits = reply_limits(profile)
-    if profile.dialect == "venice":
-        return VeniceProvider(
-            profile.name,
-            profile.base_url,
-            client,
-            api_key=credential.api_key,
-            signer=credential.signer,
-            catalogue=catalogue,
-            wall_clock=wall_clock,
-            limits=limits,
-        )
-    if credential.api_key is None:  # the manifest check refuses x402 outside Venice
-        raise ManifestError(f"providers.{profile.name}: needs an API key")
-    return OpenAIProvider(
-        profile.name,
-        profile.base_url,
-        credential.api_key,
-        client,
-        wall_clock=wall_clock,
-        limits=limits,
-    )
-
-
-def reply_limits(profile: ProviderProfile) -> ReplyLimits:
-    """`timeout_s` bounds each read (httpx) and, here, the whole exchange."""
-    return ReplyLimits(int(profile.max_reply_mb * MIB), deadline_s=profile.timeout_s)
+    return dialect_named(profile.dialect).build(profile, credential, client, catalogue, wall_clock)
 
 
 async def load_catalogue(
@@ -158,38 +124,5 @@ async def load_catalogue(
     store: Store | None,
     now: datetime,
 ) -> Catalogue | None:
-    """Venice's model list: the database's copy when under a day old, else a fresh one
-    (saved), else an older copy, else None. Without one, runs go on with the checks that
-    need no list and the built-in prices, and say so once."""
-    if profile.dialect != "venice":
-        return None
-    source = f"{profile.base_url}/models?type=inpaint"
-    cached = await store.load_catalogue(source) if store is not None else None
-    if cached is not None and now - cached[0] < timedelta(seconds=CATALOGUE_MAX_AGE_S):
-        return _parsed(cached[1])
-    try:
-        body = await fetch_catalogue(client, profile.base_url)
-    except CatalogueUnavailable as exc:
-        if cached is not None:
-            log.warning(
-                "%s: model list unavailable (%s); using the copy from %s",
-                profile.name, exc, cached[0].isoformat(timespec="minutes"),
-            )  # fmt: skip
-            return _parsed(cached[1])
-        log.warning(
-            "%s: model list unavailable (%s); checking only what needs no list (image size "
-            "and bytes), with built-in prices",
-            profile.name, exc,
-        )  # fmt: skip
-        return None
-    text = redact(body.decode("utf-8", "replace"))  # a provider's text, kept in the database
-    if store is not None:
-        await store.save_catalogue(source, text)
-    return _parsed(text)
-
-
-def _parsed(body: str) -> Catalogue | None:
-    try:
-        return parse_catalogue(body.encode())
-    except CatalogueUnavailable:
-        return None
+    """The profile's model list, for dialects that have one (Venice); else None."""
+    return await dialect_named(profile.dialect).load_catalogue(profile, client, store, now)

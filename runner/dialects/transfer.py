@@ -17,12 +17,16 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
 
 from runner.errors import RetryableError
 from runner.settings import DEFAULT_MAX_REPLY_MB
+
+if TYPE_CHECKING:
+    from runner.manifest.schema import ProviderProfile
 
 MIB = 1024 * 1024
 # Error bodies are a few hundred bytes of JSON; their head is all classifying needs.
@@ -45,6 +49,11 @@ class ReplyLimits:
 
 
 DEFAULT_LIMITS = ReplyLimits()
+
+
+def reply_limits(profile: ProviderProfile) -> ReplyLimits:
+    """`timeout_s` bounds each read (httpx) and, here, the whole exchange."""
+    return ReplyLimits(int(profile.max_reply_mb * MIB), deadline_s=profile.timeout_s)
 
 
 class DownloadRefused(Exception):

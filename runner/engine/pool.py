@@ -15,17 +15,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
 from runner.cpu_work import run_cpu_work
-from runner.dialects import params as dialects
-from runner.dialects.base import Provider
 from runner.engine.budget import LimitGuard
 from runner.engine.pacing import Clock, ProviderGate, SystemClock
-from runner.engine.pricing import PriceBook
+from runner.engine.ports import Files, Lane, Provider
 from runner.engine.retry import GaveUp, RetryPolicy, Tries
 from runner.errors import (
     InputError,
@@ -41,8 +38,6 @@ from runner.errors import (
     StoreError,
     Throttled,
 )
-from runner.files.outputs import free_bytes, write_outputs
-from runner.files.preflight import ImageLimits, prepare_request
 from runner.records import (
     AttemptRecord,
     EditRequest,
@@ -53,7 +48,6 @@ from runner.records import (
     Outcome,
     OutputRef,
     ReplyFacts,
-    ReplyImage,
     Usage,
 )
 from runner.settings import RunSettings
@@ -61,8 +55,6 @@ from runner.store.protocol import AttemptTicket, Store
 
 log = logging.getLogger("runner")
 
-Prepare = Callable[[JobSpec, ImageLimits], EditRequest]
-WriteOutputs = Callable[[JobSpec, Sequence[ReplyImage]], tuple[OutputRef, ...]]
 # Completions whose files are written but which the database would not take (a full disk):
 # handed to this at the end of the run, to be kept until a database write succeeds.
 KeepUnrecorded = Callable[[Sequence["Unrecorded"]], Awaitable[None]]
@@ -95,44 +87,37 @@ class Pool:
     def __init__(
         self,
         store: Store,
-        providers: Mapping[str, Provider],
+        lanes: Mapping[str, Lane],
         *,
         manifest: str,
         owner: str,
         settings: RunSettings,
-        concurrency: Mapping[str, int],
-        gates: Mapping[str, ProviderGate],
-        clock: Clock | None = None,
+        files: Files,
         wall_clock: Callable[[], datetime],
+        clock: Clock | None = None,
         policy: RetryPolicy | None = None,
-        prepare: Prepare = prepare_request,
-        write: WriteOutputs = write_outputs,
-        prices: Mapping[str, PriceBook] | None = None,
         limits: LimitGuard | None = None,
         reclaim_dead: Callable[[], Awaitable[int]] | None = None,
-        watch_folders: Sequence[tuple[str, Path]] = (),
-        free_space: Callable[[Path], int] = free_bytes,
         keep_unrecorded: KeepUnrecorded | None = None,
     ) -> None:
         self._store = store
-        self._providers = providers
+        self._providers = {name: lane.provider for name, lane in lanes.items()}
         self._manifest = manifest
         self._owner = owner
         self._settings = settings
-        self._concurrency = concurrency
-        self._gates = gates
+        self._concurrency = {name: lane.concurrency for name, lane in lanes.items()}
+        self._gates = {name: lane.gate for name, lane in lanes.items()}
         self._clock = clock or SystemClock()
         self._wall_clock = wall_clock
         self._policy = policy or RetryPolicy(settings.retry)
-        self._prepare = prepare
-        self._write = write
-        self._prices = prices or {}
+        self._prepare = files.prepare
+        self._write = files.write
+        self._prices = {name: lane.prices for name, lane in lanes.items() if lane.prices}
         self._limits = limits
         # Runs on this host that died while we were running: their jobs are ours at once.
         self._reclaim_dead = reclaim_dead
-        # Besides each job's output folder: (what, folder) whose disk must not fill up.
-        self._watch_folders = watch_folders
-        self._free_space = free_space
+        self._watch_folders = files.watch_folders
+        self._free_space = files.free_space
         self._keep_unrecorded = keep_unrecorded
         self._unrecorded: list[Unrecorded] = []
         self._warned: set[tuple[str, str]] = set()
@@ -140,8 +125,8 @@ class Pool:
         self.report = PoolReport()
         # Claims come in batches of a quarter of the concurrency: one store call per batch.
         # A batch's unstarted jobs stay leased to this run; ending the run releases them.
-        self._claimed: dict[str, deque[Job]] = {name: deque() for name in providers}
-        self._claiming = {name: anyio.Lock() for name in providers}
+        self._claimed: dict[str, deque[Job]] = {name: deque() for name in lanes}
+        self._claiming = {name: anyio.Lock() for name in lanes}
 
     async def run(self) -> PoolReport:
         slots = sum(self._concurrency[name] for name in self._providers)
@@ -628,7 +613,7 @@ def _unanswered_reason(count: int) -> str:
 
 def _fewer_images(spec: JobSpec, result: EditResult) -> str | None:
     """A note when the provider returned fewer images than the job asked for (`n`)."""
-    asked = dialects.images_per_job(spec.params)
+    asked = spec.images_asked
     got = len(result.images)
     return f"asked for {asked} images (n), the provider returned {got}" if got < asked else None
 

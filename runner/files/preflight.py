@@ -15,10 +15,9 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from runner import settings as config
 from runner.errors import InputError
 from runner.manifest.digests import open_regular
-from runner.records import EditRequest, ImagePart, JobSpec, ReplyImage
+from runner.records import EditRequest, ImageLimits, ImagePart, JobSpec, ReplyImage
 
 _MIB = 1024 * 1024
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
@@ -27,24 +26,6 @@ _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 # IEND carries no data, so its CRC is a constant; verify() stops before reading it.
 _IEND_CRC = b"\xaeB`\x82"
-
-
-@dataclass(frozen=True, slots=True)
-class ImageLimits:
-    formats: frozenset[str]  # Pillow format names accepted for the image
-    max_image_bytes: int
-    max_mask_bytes: int
-    max_prompt_chars: int
-    min_pixels: int | None = None  # bounds on width * height
-    max_pixels: int | None = None
-
-
-OPENAI_LIMITS = ImageLimits(
-    formats=config.OPENAI_IMAGE_FORMATS,
-    max_image_bytes=config.OPENAI_MAX_IMAGE_BYTES,
-    max_mask_bytes=config.OPENAI_MAX_MASK_BYTES,
-    max_prompt_chars=config.OPENAI_MAX_PROMPT_CHARS,
-)
 
 
 @dataclass(frozen=True, slots=True)

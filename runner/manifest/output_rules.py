@@ -24,7 +24,7 @@ def check_outputs(specs: Sequence[JobSpec], inputs: Collection[Path], file: str)
     name_max, path_max = path_limits(specs[0].output_dir)
     owners: dict[Path, JobSpec] = {}
     for spec in specs:
-        count = dialects.images_per_job(spec.params)
+        count = spec.images_asked
         try:
             possible = possible_paths(spec, count)
         except OutputError as exc:  # the template was checked when the manifest was read

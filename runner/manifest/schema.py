@@ -18,8 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runner.dialects import params as dialects
-from runner.engine.pricing import Price, price_from_fields
+from runner.dialects import DIALECTS, dialect_named
 from runner.errors import ManifestError, shown
 from runner.manifest import yaml_load
 from runner.manifest.digests import Digester
@@ -30,8 +29,6 @@ from runner.settings import (
     DEFAULT_MAX_REPLY_MB,
     DEFAULT_OUTPUT_NAME,
     DEFAULT_READ_TIMEOUT_S,
-    VENICE_BREAKER_FAILURES,
-    VENICE_DEFAULT_RPM,
 )
 
 KEY_VERSION = 1  # bump only if the key recipe changes: it would re-send every job
@@ -76,7 +73,7 @@ class Manifest:
     database: str | None  # as written: a path relative to the manifest, or a URL
     limits: RunLimits = field(default_factory=RunLimits)
     # provider -> model -> price, from the manifest's `pricing:`; built-ins fill the rest.
-    pricing: Mapping[str, Mapping[str, Price]] = field(default_factory=dict)
+    pricing: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
 
 class _Strict(BaseModel):
@@ -182,7 +179,7 @@ class ParsedManifest:
     database: str | None
     drafts: tuple[_Draft, ...]
     limits: RunLimits = field(default_factory=RunLimits)
-    pricing: Mapping[str, Mapping[str, Price]] = field(default_factory=dict)
+    pricing: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def resolve(
         self, digester: Digester | None = None, known_outputs: Collection[str] = frozenset()
@@ -237,9 +234,9 @@ def parse_manifest(path: Path) -> ParsedManifest:
 
 def _pricing(
     raw: Mapping[str, Mapping[str, _Price]], profiles: Mapping[str, ProviderProfile], file: str
-) -> dict[str, dict[str, Price]]:
+) -> dict[str, dict[str, object]]:
     """`pricing: {profile: {model: {...}}}`: token rates for openai, per edit for venice."""
-    prices: dict[str, dict[str, Price]] = {}
+    prices: dict[str, dict[str, object]] = {}
     for name, models in raw.items():
         if name not in profiles:
             raise ManifestError(
@@ -247,11 +244,11 @@ def _pricing(
                 file=file,
                 field=f"pricing.{name}",
             )
-        dialect = profiles[name].dialect
+        dialect = dialect_named(profiles[name].dialect)
         for model, price in models.items():
             try:
-                prices.setdefault(name, {})[model] = price_from_fields(
-                    dialect, price.model_dump(exclude_none=True)
+                prices.setdefault(name, {})[model] = dialect.price_from_fields(
+                    price.model_dump(exclude_none=True)
                 )
             except ValueError as exc:
                 raise ManifestError(str(exc), file=file, field=f"pricing.{name}.{model}") from exc
@@ -264,9 +261,9 @@ def load_manifest(path: Path, digester: Digester | None = None) -> Manifest:
 
 def _profile(name: str, raw: _Profile, file: str) -> ProviderProfile:
     field = f"providers.{name}"
-    if raw.dialect not in dialects.DIALECTS:
+    if raw.dialect not in DIALECTS:
         raise ManifestError(
-            f"unknown dialect {raw.dialect!r}; supported: {', '.join(dialects.DIALECTS)}",
+            f"unknown dialect {raw.dialect!r}; supported: {', '.join(DIALECTS)}",
             file=file,
             field=f"{field}.dialect",
         )
@@ -275,7 +272,7 @@ def _profile(name: str, raw: _Profile, file: str) -> ProviderProfile:
             "must start with http:// or https://", file=file, field=f"{field}.base_url"
         )
     if raw.auth == "x402":
-        if raw.dialect != "venice":
+        if not dialect_named(raw.dialect).wallet_sign_in:
             raise ManifestError(
                 "x402 wallet sign-in is Venice's; use api_key_env", file=file, field=f"{field}.auth"
             )
@@ -290,20 +287,18 @@ def _profile(name: str, raw: _Profile, file: str) -> ProviderProfile:
         raise ManifestError(
             "wallet_key_env is only used with auth: x402", file=file, field=f"{field}.auth"
         )
-    venice = raw.dialect == "venice"
+    dialect = dialect_named(raw.dialect)
     return ProviderProfile(
         name=name,
         dialect=raw.dialect,
         base_url=raw.base_url.rstrip("/"),
         api_key_env=raw.api_key_env,
         concurrency=raw.concurrency,
-        # Venice allows 20 image requests a minute by default and locks a key out for 30 s
-        # after more than 20 failures in 30 s (PROVIDERS.md §3): both are respected unasked.
-        requests_per_minute=raw.requests_per_minute or (VENICE_DEFAULT_RPM if venice else None),
+        requests_per_minute=raw.requests_per_minute or dialect.default_requests_per_minute,
         timeout_s=raw.timeout_s,
         auth=raw.auth,
         wallet_key_env=raw.wallet_key_env,
-        breaker_failures=raw.breaker_failures or (VENICE_BREAKER_FAILURES if venice else None),
+        breaker_failures=raw.breaker_failures or dialect.default_breaker_failures,
         max_reply_mb=raw.max_reply_mb,
     )
 
@@ -377,11 +372,12 @@ def _expand(
     if not isinstance(prompt, str) or not prompt.strip():
         raise fail("prompt", "required (the edit instruction)")
     provider = _pick_provider(merged.get("provider"), profiles, fail)
-    model = merged.get("model") or dialects.DEFAULT_MODELS[provider.dialect]
-    if problem := dialects.check_model(provider.dialect, model):
+    dialect = dialect_named(provider.dialect)
+    model = merged.get("model") or dialect.default_model
+    if problem := dialect.check_model(model):
         raise fail("model", problem)
     params = merged.get("params") or {}
-    if found := dialects.check_params(provider.dialect, params):
+    if found := dialect.check_params(params):
         raise fail(f"params.{found[0]}", found[1])
     output_name = merged.get("output_name") or DEFAULT_OUTPUT_NAME
     if problem := _check_template(output_name):

@@ -4,8 +4,8 @@
 `runner.testing.openai` for its accounting rules) and `FakeVenice` the Venice
 `/api/v1/image/edit` and `/image/multi-edit` dialect (`runner.testing.venice`). Both are real
 HTTP/1.1 servers on 127.0.0.1 that can be told to misbehave in every way the runner must
-survive. The machinery they share lives in the other modules of this package; this module keeps the public
-names and the command line (`python -m runner.testing`, see `__main__.py`).
+survive. The machinery they share lives in the other modules of this package; this module
+keeps the public names and the command line (`python -m runner.testing`, see `__main__.py`).
 """
 
 from __future__ import annotations

@@ -9,12 +9,14 @@ from pathlib import Path
 from conftest import FakeClock
 from PIL import Image
 
+from runner.dialects.openai.rules import LIMITS as OPENAI_LIMITS
 from runner.engine.pacing import ProviderGate
 from runner.engine.pool import Pool
+from runner.engine.ports import Lane
 from runner.errors import StopNotice
-from runner.files.preflight import OPENAI_LIMITS, ImageLimits
+from runner.files.local import local_files
 from runner.manifest.schema import load_manifest
-from runner.records import EditRequest, EditResult
+from runner.records import EditRequest, EditResult, ImageLimits
 from runner.settings import RunSettings
 from runner.store.engine import open_store
 from runner.store.protocol import AttemptTicket, RunInfo
@@ -68,12 +70,11 @@ async def test_a_stop_while_recording_the_attempt_sends_nothing(tmp_path: Path) 
         await store.start_run(RunInfo("r", "m", "host", 1, "tag"))
         pool = Pool(
             store,
-            {"p": provider},
+            {"p": Lane(provider, gate, concurrency=1)},
             manifest="m",
             owner="r",
             settings=RunSettings(),
-            concurrency={"p": 1},
-            gates={"p": gate},
+            files=local_files(),
             clock=clock,
             wall_clock=lambda: datetime.now(UTC),
         )
@@ -97,12 +98,11 @@ def test_a_signal_after_a_limit_still_stops_every_gate() -> None:
     gate = ProviderGate("p", FakeClock())
     pool = Pool(
         None,  # type: ignore[arg-type]  # neither call below touches the store
-        {"p": StubProvider()},
+        {"p": Lane(StubProvider(), gate, concurrency=1)},
         manifest="m",
         owner="o",
         settings=RunSettings(),
-        concurrency={"p": 1},
-        gates={"p": gate},
+        files=local_files(),
         wall_clock=lambda: datetime.now(UTC),
     )
     pool.close_intake("limit", "--max-jobs 1 reached")

@@ -13,14 +13,16 @@ import pytest
 from conftest import FakeClock
 from PIL import Image
 
+from runner.dialects import dialect_named
+from runner.dialects.openai.rules import LIMITS as OPENAI_LIMITS
 from runner.engine.budget import LimitGuard, ResolvedLimits
 from runner.engine.pacing import ProviderGate
 from runner.engine.pool import Pool
-from runner.engine.pricing import PriceBook
+from runner.engine.ports import Lane
 from runner.errors import RetryableError
-from runner.files.preflight import OPENAI_LIMITS, ImageLimits
+from runner.files.local import local_files
 from runner.manifest.schema import load_manifest
-from runner.records import EditRequest, EditResult, ReplyFacts, ReplyImage, Usage
+from runner.records import EditRequest, EditResult, ImageLimits, ReplyFacts, ReplyImage, Usage
 from runner.settings import RetrySettings, RunSettings
 from runner.store.engine import open_store
 from runner.store.protocol import RunInfo
@@ -77,15 +79,20 @@ async def run_pool(
         await store.start_run(RunInfo("r", "m", "host", 1, "tag"))
         pool = Pool(
             store,
-            {"p": provider},
+            {
+                "p": Lane(
+                    provider,
+                    ProviderGate("p", FakeClock()),
+                    concurrency=1,
+                    prices=dialect_named(dialect).price_book({}, None),
+                )
+            },
             manifest="m",
             owner="r",
             settings=RunSettings(retry=RetrySettings(max_attempts=3)),
-            concurrency={"p": 1},
-            gates={"p": ProviderGate("p", FakeClock())},
+            files=local_files(),
             clock=FakeClock(),
             wall_clock=lambda: datetime.now(UTC),
-            prices={"p": PriceBook(dialect, {})},
             limits=LimitGuard(limits, lambda: datetime.now(UTC)) if budget else None,
         )
         await pool.run()

@@ -401,7 +401,9 @@ async def test_a_rerun_hashes_no_unchanged_file(
     assert (await app.run(manifest, options())).exit_code == app.EXIT_OK
     hashed: list[Path] = []
     real = runner.manifest.digests.sha256_file
-    monkeypatch.setattr(runner.manifest.digests, "sha256_file", lambda p: hashed.append(p) or real(p))
+    monkeypatch.setattr(
+        runner.manifest.digests, "sha256_file", lambda p: hashed.append(p) or real(p)
+    )
     (workspace.root / "p2.png").write_bytes((workspace.root / "p0.png").read_bytes() + b"\0")
 
     again = await app.run(manifest, options())

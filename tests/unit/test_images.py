@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from runner.dialects.openai.rules import LIMITS as OPENAI_LIMITS
 from runner.errors import InputError
-from runner.files.preflight import OPENAI_LIMITS, ImageLimits, prepare_request, read_image_info
-from runner.records import JobSpec
+from runner.files.preflight import prepare_request, read_image_info
+from runner.records import ImageLimits, JobSpec
 
 W, H = 64, 48
 

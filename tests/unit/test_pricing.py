@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from runner.dialects import dialect_named
+from runner.dialects.openai import OPENAI
+from runner.dialects.openai.rules import TokenPrice, estimate_openai_cost, openai_cost
+from runner.dialects.venice import VENICE
 from runner.dialects.venice.catalogue import parse_catalogue
-from runner.engine.pricing import (
-    PriceBook,
-    TokenPrice,
-    estimate_openai_cost,
-    openai_cost,
-    price_from_fields,
-)
+from runner.engine.pricing import PriceBook
 from runner.records import JobSpec, ReplyFacts, Usage
 
 
@@ -117,19 +115,17 @@ def spec(model: str, *, mask: bool = False, **params: object) -> JobSpec:
 
 
 def venice_book(manifest: dict[str, object] | None = None, catalogue: bool = True) -> PriceBook:
-    prices = {m.id: m.price for m in CATALOGUE.values() if m.price} if catalogue else None
-    defaults = {m.id: m.default_resolution for m in CATALOGUE.values() if m.default_resolution}
-    return PriceBook("venice", manifest or {}, prices, defaults if catalogue else None)  # type: ignore[arg-type]
+    return VENICE.price_book(manifest or {}, CATALOGUE if catalogue else None)
 
 
 def test_openai_book_costs_reported_tokens_at_built_in_or_manifest_rates() -> None:
-    book = PriceBook("openai", {})
+    book = OPENAI.price_book({}, None)
     assert book.cost(spec("gpt-image-2"), SEED_USAGE, None) == pytest.approx(
         (17 * 4 + 768 * 4 + 196 * 24) / 1e6
     )
     assert book.cost(spec("qwen-image-edit"), SEED_USAGE, None) is None
     assert book.cost(spec("gpt-image-2"), None, None) is None
-    mine = PriceBook("openai", {"qwen-image-edit": TokenPrice(1.0, 2.0, 3.0)})
+    mine = OPENAI.price_book({"qwen-image-edit": TokenPrice(1.0, 2.0, 3.0)}, None)
     assert mine.cost(spec("qwen-image-edit"), SEED_USAGE, None) == pytest.approx(
         (17 * 1 + 768 * 2 + 196 * 3) / 1e6
     )
@@ -142,7 +138,7 @@ def test_openai_book_costs_reported_tokens_at_built_in_or_manifest_rates() -> No
 def test_venice_book_prefers_manifest_then_catalogue_then_built_in() -> None:
     assert venice_book().cost(spec("firered-image-edit"), None, None) == 0.05
     assert venice_book(catalogue=False).cost(spec("firered-image-edit"), None, None) == 0.04
-    override = price_from_fields("venice", {"per_edit": 0.07})
+    override = VENICE.price_from_fields({"per_edit": 0.07})
     book = venice_book({"firered-image-edit": override})
     assert book.cost(spec("firered-image-edit"), None, None) == 0.07
     assert book.describe(spec("firered-image-edit"))["source"] == "manifest"  # type: ignore[index]
@@ -174,4 +170,4 @@ def test_venice_book_uses_default_resolution_quality_mask_and_applied_enhancemen
 )
 def test_price_fields_must_fit_the_dialect(dialect: str, fields: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=r"per million tokens|per edit"):
-        price_from_fields(dialect, fields)
+        dialect_named(dialect).price_from_fields(fields)

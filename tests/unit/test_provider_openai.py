@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from runner.dialects.openai.client import OpenAIProvider
+from runner.dialects.openai.rules import LIMITS as OPENAI_LIMITS
 from runner.dialects.transfer import AddressPolicy
 from runner.errors import (
     AttemptTimeout,
@@ -27,7 +28,6 @@ from runner.errors import (
     ProviderError,
     RetryableError,
 )
-from runner.files.preflight import OPENAI_LIMITS
 from runner.records import EditRequest, EditResult, ImagePart, ReplyImage, Usage
 
 BASE_URL = "https://api.cometapi.test/v1"

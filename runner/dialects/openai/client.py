@@ -16,6 +16,7 @@ from pybase64 import b64decode  # SIMD: ~3x faster than binascii on a 2 MB reply
 
 from runner.cpu_work import run_cpu_work
 from runner.dialects.base import classify, post_streamed, request_id_of
+from runner.dialects.openai.rules import LIMITS as OPENAI_LIMITS
 from runner.dialects.replies import lift_base64, loads, restore
 from runner.dialects.transfer import (
     DEFAULT_LIMITS,
@@ -26,8 +27,8 @@ from runner.dialects.transfer import (
     download,
 )
 from runner.errors import PermanentJobError, ProviderError, RetryableError
-from runner.files.preflight import OPENAI_LIMITS, ImageLimits, read_image_info
-from runner.records import EditRequest, EditResult, ReplyImage, Usage
+from runner.files.preflight import read_image_info
+from runner.records import EditRequest, EditResult, ImageLimits, ReplyImage, Usage
 from runner.redact import redact_error, redact_result
 
 # ProviderError: an image over the cap.

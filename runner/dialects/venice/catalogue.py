@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -20,7 +22,15 @@ import httpx
 from runner.dialects.replies import loads
 from runner.dialects.transfer import read_capped
 from runner.errors import InputError, RetryableError, RunnerError
-from runner.files.preflight import ImageLimits
+from runner.records import ImageLimits
+from runner.redact import redact
+from runner.settings import CATALOGUE_MAX_AGE_S
+
+if TYPE_CHECKING:
+    from runner.manifest.schema import ProviderProfile
+    from runner.store.protocol import Store
+
+log = logging.getLogger("runner")
 
 ENHANCE_SURCHARGE_USD = 0.04  # per applied `enhance_prompt` rewrite
 DEFAULT_MAX_INPUT_IMAGES = 3
@@ -81,6 +91,9 @@ class VeniceModel:
     single_image_aspect_ratio: bool = True
     offline: bool = False
     price: VenicePrice | None = None
+
+
+Catalogue = Mapping[str, VeniceModel]
 
 
 def _flat(usd: float, extra: float = 0.0) -> VenicePrice:
@@ -360,3 +373,47 @@ def describe_models(catalogue: Mapping[str, VeniceModel]) -> list[dict[str, str]
         }
         for model in sorted(catalogue.values(), key=lambda m: m.id)
     ]
+
+
+# --- loading, with the database's copy as a cache ------------------------------------------
+
+
+async def load_catalogue(
+    profile: ProviderProfile,
+    client: httpx.AsyncClient,
+    store: Store | None,
+    now: datetime,
+) -> Catalogue | None:
+    """The model list: the database's copy when under a day old, else a fresh one
+    (saved), else an older copy, else None. Without one, runs go on with the checks that
+    need no list and the built-in prices, and say so once."""
+    source = f"{profile.base_url}/models?type=inpaint"
+    cached = await store.load_catalogue(source) if store is not None else None
+    if cached is not None and now - cached[0] < timedelta(seconds=CATALOGUE_MAX_AGE_S):
+        return _parsed(cached[1])
+    try:
+        body = await fetch_catalogue(client, profile.base_url)
+    except CatalogueUnavailable as exc:
+        if cached is not None:
+            log.warning(
+                "%s: model list unavailable (%s); using the copy from %s",
+                profile.name, exc, cached[0].isoformat(timespec="minutes"),
+            )  # fmt: skip
+            return _parsed(cached[1])
+        log.warning(
+            "%s: model list unavailable (%s); checking only what needs no list (image size "
+            "and bytes), with built-in prices",
+            profile.name, exc,
+        )  # fmt: skip
+        return None
+    text = redact(body.decode("utf-8", "replace"))  # a provider's text, kept in the database
+    if store is not None:
+        await store.save_catalogue(source, text)
+    return _parsed(text)
+
+
+def _parsed(body: str) -> Catalogue | None:
+    try:
+        return parse_catalogue(body.encode())
+    except CatalogueUnavailable:
+        return None

@@ -43,8 +43,8 @@ from runner.errors import (
     RetryableError,
     Throttled,
 )
-from runner.files.preflight import ImageLimits, read_image_info
-from runner.records import EditRequest, EditResult, ReplyFacts
+from runner.files.preflight import read_image_info
+from runner.records import EditRequest, EditResult, ImageLimits, ReplyFacts
 from runner.redact import redact_error, redact_result
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})

@@ -1,0 +1,55 @@
+"""The layout's rules, checked: the engine imports no I/O library, and no code outside
+`runner/dialects/` picks a dialect by its name."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUNNER = Path(__file__).resolve().parents[2] / "runner"
+DIALECT_NAMES = {"openai", "venice"}
+
+
+@pytest.mark.slow
+def test_the_engine_imports_no_http_sql_or_image_library() -> None:
+    probe = (
+        "import sys, runner.engine.pool, runner.engine.retry, runner.engine.pacing, "
+        "runner.engine.budget, runner.engine.pricing, runner.engine.ports\n"
+        "print(sorted(m for m in ('httpx', 'sqlalchemy', 'aiosqlite', 'PIL', 'pydantic') "
+        "if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert found == "[]"
+
+
+def _compared_names(tree: ast.AST) -> list[tuple[int, str]]:
+    """String constants that take part in a comparison: `x == "venice"`, `in ("openai",)`."""
+    return [
+        (node.lineno, inner.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare)
+        for part in [node.left, *node.comparators]
+        for inner in ast.walk(part)
+        if isinstance(inner, ast.Constant) and inner.value in DIALECT_NAMES
+    ]
+
+
+def test_only_the_dialects_package_tests_a_dialect_name() -> None:
+    offenders = []
+    for path in sorted(RUNNER.rglob("*.py")):
+        relative = path.relative_to(RUNNER)
+        if relative.parts[0] in ("dialects", "testing"):  # the fakes play the dialects
+            continue
+        for line, name in _compared_names(ast.parse(path.read_text())):
+            offenders.append(f"{relative}:{line} compares with {name!r}")
+    assert offenders == []
+
+
+def test_the_name_check_would_catch_a_switch() -> None:
+    assert _compared_names(ast.parse('if profile.dialect == "venice": pass')) == [(1, "venice")]
