@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, overload
 from urllib.parse import quote
 
@@ -131,6 +131,19 @@ def redact_result(result: EditResult) -> EditResult:
         usage=redact_usage(result.usage),
         facts=redact_facts(result.facts),
     )
+
+
+# Event fields named like credentials are never printed, whatever they hold.
+_SECRET_NAME = re.compile(
+    r"(api|private|secret|access|signing)_?key|secret|token|passw|authoriz|credential|cookie"
+    r"|bearer|signature",
+    re.IGNORECASE,
+)
+
+
+def redact_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Log event fields with the values of credential-named ones replaced."""
+    return {k: REDACTED if _SECRET_NAME.search(k) else v for k, v in fields.items()}
 
 
 def redact_document(value: Any) -> Any:

@@ -5,7 +5,13 @@ Precedence everywhere: command-line flag > environment variable > manifest > def
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import anyio
 
 DEFAULT_CONCURRENCY = 4  # in-flight requests per provider
 DEFAULT_MAX_ATTEMPTS = 5  # HTTP attempts per job, the first included
@@ -86,3 +92,23 @@ class RunSettings:
 VENICE_DEFAULT_RPM = 20.0
 VENICE_BREAKER_FAILURES = 10
 CATALOGUE_MAX_AGE_S = 24 * 3600.0
+
+
+class Clock(Protocol):
+    """Monotonic time and waiting, injected everywhere a wait or a rate is measured: tests
+    pass a clock whose sleeps return at once."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+WallClock = Callable[[], datetime]  # the date and time, for records and deadlines

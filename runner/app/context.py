@@ -11,12 +11,11 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from runner.engine.pacing import Clock
 from runner.files import journal
 from runner.manifest.digests import Digester
 from runner.manifest.schema import Manifest, ParsedManifest, RunLimits, parse_manifest
 from runner.records import ProgressReporter
-from runner.settings import RunSettings
+from runner.settings import Clock, RunSettings
 from runner.store.engine import database_url, open_store
 from runner.store.protocol import Store
 from runner.store.tables import utcnow

@@ -32,7 +32,7 @@ from runner.dialects.factory import (
     load_catalogue,
 )
 from runner.engine.budget import LimitGuard, ResolvedLimits
-from runner.engine.pacing import ProviderGate, SystemClock
+from runner.engine.pacing import ProviderGate
 from runner.engine.pool import Pool, PoolReport, Unrecorded
 from runner.engine.ports import Lane, Provider
 from runner.engine.pricing import PriceBook
@@ -43,6 +43,7 @@ from runner.files.outputs import ensure_writable, sweep_temp_files
 from runner.manifest.durations import parse_deadline
 from runner.manifest.schema import Manifest, ParsedManifest, RunLimits
 from runner.records import JobSpec, JobState, ProgressReporter, Snapshot, Summary, Totals
+from runner.settings import SystemClock
 from runner.signals import ROUTER
 from runner.store.engine import redact_url
 from runner.store.protocol import RunInfo, Store

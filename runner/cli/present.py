@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from runner.money import format_usd
 from runner.records import ExportRow, Summary
 
 
@@ -62,14 +63,14 @@ def print_summary(summary: Summary, console: Console) -> None:
     totals = summary.totals
     table.add_row("tokens", f"{totals.total_tokens:,} ({totals.input_tokens:,} in, "
                   f"{totals.output_tokens:,} out)")  # fmt: skip
-    table.add_row("cost", f"${totals.cost_usd:,.4f}")
+    table.add_row("cost", format_usd(totals.cost_usd, 4, fixed=True))
     last = summary.last_run
     if last:
         ended = last["ended_at"] or "still running (or killed)"
         reason = f": {last['stop_reason']}" if last["stop_reason"] else ""
         table.add_row("last run", f"{ended}, exit {last['exit_code']}{reason}")
     for name, account in summary.providers.items():
-        table.add_row(f"{name} spend", f"${account.cost_usd:,.4f}")
+        table.add_row(f"{name} spend", format_usd(account.cost_usd, 4, fixed=True))
         balance = _balance(account.balance_usd, account.balance_diem, account.balance_after_usd)
         if balance:
             table.add_row(f"{name} balance", f"{balance} (as of {account.balance_seen_at})")
@@ -81,7 +82,7 @@ def _balance(usd: float | None, diem: float | None, after: float | None) -> str 
     if after is not None:
         parts.append(f"${after:,.4f} wallet credit")
     if usd is not None:
-        parts.append(f"${usd:,.4f}")
+        parts.append(format_usd(usd, 4, fixed=True))
     if diem is not None:
         parts.append(f"{diem:,.4f} DIEM")
     return ", ".join(parts) or None

@@ -24,27 +24,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.text import Text
 
 from runner.manifest.durations import format_duration
+from runner.money import format_usd
 from runner.records import ProgressReporter, Snapshot
-
-REDACTED = "[redacted]"
-_SECRET_NAME = re.compile(
-    r"(api|private|secret|access|signing)_?key|secret|token|passw|authoriz|credential|cookie"
-    r"|bearer|signature",
-    re.IGNORECASE,
-)
+from runner.redact import redact_fields
+from runner.settings import WallClock
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _STYLES = {"error": "bold red", "warning": "yellow", "info": "dim"}
 
-Monotonic = Callable[[], float]
-WallClock = Callable[[], datetime]
+Monotonic = Callable[[], float]  # a Clock's `monotonic`
 
 
 def format_money(usd: float | None) -> str:
-    """`$4.80`, `$1,234.50`; under a dollar four places (`$0.0400`); None/NaN as `?`."""
-    if usd is None or not math.isfinite(usd):
-        return "?"
-    return f"${usd:,.2f}" if abs(usd) >= 1 else f"${usd:.4f}"
+    """A running total: `$4.80`, `$1,234.50`; under a dollar four places (`$0.0400`)."""
+    return format_usd(usd, 4, fixed=True)
 
 
 def format_eta(eta_s: float | None) -> str:
@@ -53,10 +46,6 @@ def format_eta(eta_s: float | None) -> str:
 
 def utc_stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def safe_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: REDACTED if _SECRET_NAME.search(k) else v for k, v in fields.items()}
 
 
 def one_line(text: object) -> str:
@@ -136,7 +125,7 @@ class _LineReporter:
             self._write("progress", {"snapshot": snapshot})
 
     def event(self, level: str, message: str, **fields: Any) -> None:
-        self._write(level.lower(), {"message": message, "fields": safe_fields(fields)})
+        self._write(level.lower(), {"message": message, "fields": redact_fields(fields)})
 
     def finish(self, snapshot: Snapshot, outcome: str) -> None:
         self._write("finished", {"outcome": outcome, "snapshot": snapshot})
@@ -267,7 +256,7 @@ class RichReporter:
         )
 
     def event(self, level: str, message: str, **fields: Any) -> None:
-        pairs = "".join(f" {k}={_plain_value(v)}" for k, v in safe_fields(fields).items())
+        pairs = "".join(f" {k}={_plain_value(v)}" for k, v in redact_fields(fields).items())
         style = _STYLES.get(level.lower(), "")
         self._console.print(Text(f"{level.upper()} {one_line(message)}{pairs}", style=style))
 

@@ -7,31 +7,15 @@ worker before its next request. Clock and sleep are injected: tests record, not 
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from typing import Protocol
 
 import anyio
 
 from runner.errors import StopNotice, Stopped
-from runner.settings import STORM_FAILURE_RATIO, STORM_MIN_ANSWERS, STORM_WINDOW
+from runner.settings import STORM_FAILURE_RATIO, STORM_MIN_ANSWERS, STORM_WINDOW, Clock
 
 WEATHER_PAUSE_BASE_S = 1.0  # the provider's pause after a rate limit with no hint; doubles
 WEATHER_PAUSE_CAP_S = 60.0
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
 
 
 class ProviderGate:

@@ -21,7 +21,7 @@ import anyio.to_thread
 
 from runner.cpu_work import run_cpu_work
 from runner.engine.budget import LimitGuard
-from runner.engine.pacing import Clock, ProviderGate, SystemClock
+from runner.engine.pacing import ProviderGate
 from runner.engine.ports import Files, Lane, Provider
 from runner.engine.retry import GaveUp, RetryPolicy, Tries
 from runner.errors import (
@@ -50,7 +50,7 @@ from runner.records import (
     ReplyFacts,
     Usage,
 )
-from runner.settings import RunSettings
+from runner.settings import Clock, RunSettings, SystemClock
 from runner.store.protocol import AttemptTicket, Store
 
 log = logging.getLogger("runner")

@@ -25,6 +25,7 @@ from pathlib import Path
 from PIL import Image, ImageFilter, ImageOps, features
 
 from runner.files.outputs import write_atomic
+from runner.money import format_usd
 from runner.records import JobState
 
 # The outline of the edited area: magenta is rare in photographs, so it stands out.
@@ -319,7 +320,7 @@ def _render_totals(totals: ReportTotals, job_count: int) -> str:
         f"<dt>Manifest</dt><dd>{e(totals.manifest)}</dd>"
         f"<dt>Generated</dt><dd>{e(when)}</dd>"
         f"<dt>Jobs</dt><dd>{job_count}</dd>"
-        f'<dt>Total cost</dt><dd class="total-cost">{e(_money(totals.cost_usd))}</dd>'
+        f'<dt>Total cost</dt><dd class="total-cost">{e(format_usd(totals.cost_usd, 4))}</dd>'
         f'</dl>\n<ul class="counts">{counts}</ul>\n</header>\n'
     )
 
@@ -344,7 +345,7 @@ def _render_job(job: ReportJob, thumbs: JobThumbnails) -> str:
         figures.append(
             '<figure><div class="ph none">no output</div><figcaption>after</figcaption></figure>'
         )
-    cost = "—" if job.cost_usd is None else _money(job.cost_usd)
+    cost = "—" if job.cost_usd is None else format_usd(job.cost_usd, 4)
     return (
         f'<article class="job {_state_class(job.state)}" id="job-{e(job.key)}">'
         f'<div class="head"><span class="badge">{e(job.state)}</span>'
@@ -376,13 +377,6 @@ def _state_class(state: str) -> str:
     # A class name built from a provider/database string could break out of the
     # attribute or collide with layout classes, so only known states get their own.
     return f"state-{state}" if state in _KNOWN_STATES else "state-other"
-
-
-def _money(usd: float) -> str:
-    # Cents for round amounts ($12.30), up to four places for per-image prices ($0.0425).
-    text = f"{usd:,.4f}".rstrip("0")
-    whole, _, fraction = text.partition(".")
-    return f"${whole}.{fraction.ljust(2, '0')}"
 
 
 def _esc(text: str) -> str:

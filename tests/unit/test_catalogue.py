@@ -19,11 +19,11 @@ from runner.dialects.venice.catalogue import (
     check_job,
     describe_models,
     fetch_catalogue,
-    format_usd,
     limits_for,
     parse_catalogue,
 )
 from runner.errors import InputError, RunnerError
+from runner.money import format_usd
 
 BASE_URL = "https://api.venice.test/api/v1"
 

@@ -22,6 +22,7 @@ from runner.cli.progress import (
     format_money,
     make_reporter,
 )
+from runner.redact import REDACTED
 
 START = datetime(2026, 11, 21, 3, 0, 0, tzinfo=UTC)
 
@@ -192,7 +193,7 @@ def test_fields_named_like_credentials_are_redacted() -> None:
     reporter.event("info", "hello", api_key=secret, authorization=f"Bearer {secret}", key="ab12")
     text = out.getvalue()
     assert secret not in text
-    assert "api_key=[redacted]" in text
+    assert f"api_key={REDACTED}" in text
     assert "key=ab12" in text  # a job's content key is not a credential
 
 
@@ -269,7 +270,7 @@ def test_json_events_and_finish() -> None:
     }
     assert (clash["ts"], clash["event"]) == ("2026-11-21T03:00:00Z", "error")
     assert (clash["ts_"], clash["event_"]) == ("not mine", "nor this")
-    assert clash["token"] == "[redacted]"
+    assert clash["token"] == REDACTED
     assert finished["event"] == "finished"
     assert finished["outcome"] == "completed"
     assert finished["done"] == 500

@@ -22,6 +22,7 @@ import httpx
 from runner.dialects.replies import loads
 from runner.dialects.transfer import read_capped
 from runner.errors import InputError, RetryableError, RunnerError
+from runner.money import format_usd
 from runner.records import ImageLimits
 from runner.redact import redact
 from runner.settings import CATALOGUE_MAX_AGE_S
@@ -332,12 +333,6 @@ def limits_for(model_id: str, catalogue: Mapping[str, VeniceModel] | None) -> Im
 
 
 # --- presentation ---------------------------------------------------------------------------
-
-
-def format_usd(usd: float) -> str:
-    """Dollars with cents, and up to six decimals where they matter ($0.0035)."""
-    whole, _, decimals = f"{usd:,.6f}".partition(".")
-    return f"${whole}.{decimals.rstrip('0').ljust(2, '0')}"
 
 
 def price_summary(price: VenicePrice | None) -> str:

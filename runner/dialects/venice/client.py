@@ -29,7 +29,6 @@ from runner.dialects.venice.catalogue import (
     VENICE_LIMITS,
     VeniceModel,
     check_job,
-    format_usd,
     limits_for,
 )
 from runner.dialects.venice.siwx import HEADER as SIWX_HEADER
@@ -44,6 +43,7 @@ from runner.errors import (
     Throttled,
 )
 from runner.files.preflight import read_image_info
+from runner.money import format_usd
 from runner.records import EditRequest, EditResult, ImageLimits, ReplyFacts
 from runner.redact import redact_error, redact_result
 
