@@ -5,8 +5,10 @@
      ├── InputError             one job's inputs are unusable: the job fails, nothing sent
      ├── OutputError            an output file could not be written
      ├── Stopped                the run is stopping: put the job back, untouched
-     ├── StoreError             the database could not be opened, read or written
-     │    └── NewerSchema       the database was made by a newer runner: exit 2
+     ├── StoreError             the database could not be opened, read or written: exit 75
+     │    ├── NewerSchema       the database was made by a newer runner: exit 2
+     │    └── WriteFailed       a write that shared a failed transaction; nothing of it kept
+     ├── CatalogueUnavailable   a provider's model list could not be had (built-ins apply)
      └── ProviderError          anything a provider answered (or failed to answer)
           ├── RetryableError    worth another attempt (5xx, resets, bad 200 bodies)
           │    ├── AttemptTimeout   no answer in time: the provider may still have charged
@@ -22,16 +24,28 @@
 
 Foreign errors (httpx, sqlite, Pillow) are translated at the boundary that meets them,
 with `raise ... from exc`, so callers only ever catch these.
+
+`ExitCode` is the one list of the process's exit codes (README, "Exit codes").
 """
 
 from __future__ import annotations
 
 import reprlib
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runner.records import ReplyFacts, Usage
+
+
+class ExitCode(IntEnum):
+    OK = 0  # every job succeeded
+    FAILED = 1  # some jobs failed (or an unexpected error)
+    USAGE = 2  # a usage or manifest error: nothing was sent
+    PAYMENT = 3  # payment required: top up, run again
+    AUTH = 4  # credentials rejected: fix the key, run again
+    EARLY = 75  # stopped early with work left (EX_TEMPFAIL): run the same command again
 
 
 # A value echoed in an error is cut short: a hostile manifest must not make one line of
@@ -102,6 +116,14 @@ class StoreError(RunnerError):
 
 class NewerSchema(StoreError):
     """The database's schema is newer than this runner knows: it is left untouched."""
+
+
+class WriteFailed(StoreError):
+    """A write shared a transaction with one that failed; nothing of it was kept."""
+
+
+class CatalogueUnavailable(RunnerError):
+    """The model list could not be had; callers fall back to the built-in prices."""
 
 
 class Stopped(RunnerError):
@@ -185,17 +207,17 @@ class PermanentJobError(ProviderError):
 class ProviderStop(ProviderError):
     """Stop sending to this provider; the job goes back to pending, attempt not counted."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILED
 
 
 class PaymentRequired(ProviderStop):
     outcome = "payment"
-    exit_code = 3
+    exit_code = ExitCode.PAYMENT
 
 
 class AuthRejected(ProviderStop):
     outcome = "auth"
-    exit_code = 4
+    exit_code = ExitCode.AUTH
 
 
 class ProviderDown(ProviderStop):
@@ -203,7 +225,7 @@ class ProviderDown(ProviderStop):
     fault. The job keeps its place; the run ends so it can be resumed later."""
 
     outcome = "outage"
-    exit_code = 75
+    exit_code = ExitCode.EARLY
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,10 +28,11 @@ from enum import Enum
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from runner.errors import ExitCode
+
 if TYPE_CHECKING:  # asyncio itself takes a tenth of a second to import
     import asyncio
 
-EXIT_EARLY = 75  # the same value as app.EXIT_EARLY, kept here to import nothing heavy
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -73,10 +74,10 @@ class SignalRouter:
                 self._write(f"{name} ignored: the run is recording its results and exiting\n")
         else:
             self._write(f"interrupted by {name} before anything was sent: run the same "
-                        f"command again (exit {EXIT_EARLY})\n")  # fmt: skip
+                        f"command again (exit {ExitCode.EARLY})\n")  # fmt: skip
             # SystemExit, not KeyboardInterrupt: asyncio re-raises both out of its loop,
             # but click turns KeyboardInterrupt into "Aborted!" and exit 1.
-            raise SystemExit(EXIT_EARLY)
+            raise SystemExit(ExitCode.EARLY)
 
     @asynccontextmanager
     async def sending(self) -> AsyncIterator[asyncio.Queue[int]]:

@@ -7,12 +7,6 @@
 """
 
 from runner.app.commands import (
-    EXIT_AUTH,
-    EXIT_EARLY,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_PAYMENT,
-    EXIT_USAGE,
     Options,
     RunOutcome,
     cancel,
@@ -27,12 +21,6 @@ from runner.app.commands import (
 )
 
 __all__ = [
-    "EXIT_AUTH",
-    "EXIT_EARLY",
-    "EXIT_FAILED",
-    "EXIT_OK",
-    "EXIT_PAYMENT",
-    "EXIT_USAGE",
     "Options",
     "RunOutcome",
     "cancel",

@@ -18,12 +18,6 @@ import anyio.to_thread
 
 from runner.app.context import Options, opened, parse, resolve_db
 from runner.app.run_jobs import (
-    EXIT_AUTH,
-    EXIT_EARLY,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_PAYMENT,
-    EXIT_USAGE,
     RunOutcome,
     exit_code_for,
     run,
@@ -46,12 +40,6 @@ from runner.store.protocol import Store
 from runner.store.tables import utcnow
 
 __all__ = [
-    "EXIT_AUTH",
-    "EXIT_EARLY",
-    "EXIT_FAILED",
-    "EXIT_OK",
-    "EXIT_PAYMENT",
-    "EXIT_USAGE",
     "Options",
     "RunOutcome",
     "exit_code_for",

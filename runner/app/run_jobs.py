@@ -36,7 +36,7 @@ from runner.engine.pacing import ProviderGate
 from runner.engine.pool import Pool, PoolReport, Unrecorded
 from runner.engine.ports import Lane, Provider
 from runner.engine.pricing import PriceBook
-from runner.errors import ManifestError, OutputError, StopNotice, StoreError
+from runner.errors import ExitCode, ManifestError, OutputError, StopNotice, StoreError
 from runner.files import journal, procs
 from runner.files.local import local_files
 from runner.files.outputs import ensure_writable, sweep_temp_files
@@ -50,13 +50,12 @@ from runner.store.protocol import RunInfo, Store
 
 log = logging.getLogger("runner")
 TO_DO = frozenset({JobState.PENDING.value, JobState.RUNNING.value})
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PAYMENT, EXIT_AUTH, EXIT_EARLY = 0, 1, 2, 3, 4, 75
 PROGRESS_TICK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
-    exit_code: int
+    exit_code: ExitCode
     summary: Summary
     report: PoolReport
     new_jobs: int
@@ -114,7 +113,7 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
             manifest, store, creds, to_do, run_info.id, options, limits, done_before, db_folder
         )
         await store.start_run(run_info)
-        exit_code: int = EXIT_FAILED
+        exit_code: ExitCode = ExitCode.FAILED
         stop_reason: str | None = "interrupted"
         try:
             report = await work.run()
@@ -127,11 +126,11 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
         return RunOutcome(exit_code, summary, report, session.new_jobs, tuple(report.stops))
 
 
-async def _final_exit_code(store: Store, manifest: str, report: PoolReport) -> int:
+async def _final_exit_code(store: Store, manifest: str, report: PoolReport) -> ExitCode:
     try:
         states = await store.job_states(manifest)
     except StoreError:
-        return EXIT_EARLY  # a database that fails to read after a stop: run again later
+        return ExitCode.EARLY  # a database that fails to read after a stop: run again later
     return exit_code_for(report, states)
 
 
@@ -330,19 +329,19 @@ async def _no_signals() -> AsyncIterator[None]:
     yield None
 
 
-def exit_code_for(report: PoolReport, states: Mapping[str, str]) -> int:
+def exit_code_for(report: PoolReport, states: Mapping[str, str]) -> ExitCode:
     """Credentials before money (fixing a key comes first), then a stop with work left
     (outage, disk, limit, signal), then failures, then success."""
     kinds = {stop.kind for stop in report.stops}
     if "auth" in kinds:
-        return EXIT_AUTH
+        return ExitCode.AUTH
     if "payment" in kinds:
-        return EXIT_PAYMENT
-    if any(stop.exit_code == EXIT_EARLY for stop in report.stops):
-        return EXIT_EARLY
+        return ExitCode.PAYMENT
+    if any(stop.exit_code == ExitCode.EARLY for stop in report.stops):
+        return ExitCode.EARLY
     values = set(states.values())
     if JobState.FAILED in values or "output" in kinds:
-        return EXIT_FAILED
+        return ExitCode.FAILED
     if values <= {JobState.SUCCEEDED, JobState.CANCELLED}:
-        return EXIT_OK
-    return EXIT_EARLY
+        return ExitCode.OK
+    return ExitCode.EARLY

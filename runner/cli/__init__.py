@@ -26,7 +26,7 @@ from runner import app
 from runner.app.context import DEFAULT_GRACE_S
 from runner.cli import present as render
 from runner.cli.progress import make_reporter
-from runner.errors import ManifestError, NewerSchema, RunnerError, StoreError
+from runner.errors import ExitCode, ManifestError, NewerSchema, RunnerError, StoreError
 from runner.manifest.schema import RunLimits
 from runner.records import JobState, ProgressReporter
 from runner.redact import protect_handlers, protect_logger, redact, redact_document
@@ -59,12 +59,12 @@ def _guard() -> Iterator[None]:
         raise SystemExit(_exit_code_for(exc)) from None
 
 
-def _exit_code_for(exc: RunnerError) -> int:
+def _exit_code_for(exc: RunnerError) -> ExitCode:
     if isinstance(exc, ManifestError | NewerSchema):  # nothing sent: fix and rerun
-        return app.EXIT_USAGE
+        return ExitCode.USAGE
     if isinstance(exc, StoreError):  # a full disk, a lost server: the work is kept for later
-        return app.EXIT_EARLY
-    return 1
+        return ExitCode.EARLY
+    return ExitCode.FAILED
 
 
 def _run_async(function: Callable[[], Awaitable[T]]) -> T:
@@ -74,7 +74,7 @@ def _run_async(function: Callable[[], Awaitable[T]]) -> T:
         except KeyboardInterrupt:
             # The run has put back what it held; nothing is lost.
             err.print("interrupted: run the same command again to resume (exit 75)")
-            raise SystemExit(app.EXIT_EARLY) from None
+            raise SystemExit(ExitCode.EARLY) from None
 
 
 @click.group(
@@ -198,13 +198,13 @@ def _outcome_document(outcome: app.RunOutcome) -> dict[str, Any]:
     return dict(redact_document(document))
 
 
-def _exit_hint(code: int) -> str:
+def _exit_hint(code: ExitCode) -> str:
     return {
-        app.EXIT_OK: "all jobs succeeded (exit 0)",
-        app.EXIT_FAILED: "some jobs failed (exit 1): see `runner export`; `runner retry` re-queues",
-        app.EXIT_PAYMENT: "payment required (exit 3): top up, then run the same command again",
-        app.EXIT_AUTH: "credentials rejected (exit 4): fix the API key, then run again",
-        app.EXIT_EARLY: "stopped with work left (exit 75): run the same command again later",
+        ExitCode.OK: "all jobs succeeded (exit 0)",
+        ExitCode.FAILED: "some jobs failed (exit 1): see `runner export`; `runner retry` re-queues",
+        ExitCode.PAYMENT: "payment required (exit 3): top up, then run the same command again",
+        ExitCode.AUTH: "credentials rejected (exit 4): fix the API key, then run again",
+        ExitCode.EARLY: "stopped with work left (exit 75): run the same command again later",
     }.get(code, f"exit {code}")
 
 
@@ -333,7 +333,7 @@ def validate(manifest: Path) -> None:
         " (an estimate from typical token counts; jobs already done in the database are"
         " not sent again)"
     )
-    raise SystemExit(1 if result.bad else 0)
+    raise SystemExit(ExitCode.FAILED if result.bad else ExitCode.OK)
 
 
 @main.command()

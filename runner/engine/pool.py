@@ -25,6 +25,7 @@ from runner.engine.pacing import ProviderGate
 from runner.engine.ports import Files, Lane, Provider
 from runner.engine.retry import GaveUp, RetryPolicy, Tries
 from runner.errors import (
+    ExitCode,
     InputError,
     NotDelivered,
     OutputError,
@@ -153,12 +154,12 @@ class Pool:
         if not self._intake_open:
             return
         self._intake_open = False
-        self.report.stops.append(StopNotice("*", kind, message, 75))
+        self.report.stops.append(StopNotice("*", kind, message, ExitCode.EARLY))
         log.warning("no new jobs: %s", message)
 
     def halt(self, kind: str, message: str) -> None:
         """Stop taking jobs (a limit, a signal); requests already out finish and are kept."""
-        self._halt(kind, message, exit_code=75)
+        self._halt(kind, message, exit_code=ExitCode.EARLY)
 
     def cancel_in_flight(self) -> None:
         """The grace period is over (or a second signal came): abandon requests still out.
@@ -213,7 +214,7 @@ class Pool:
             "database",
             f"the database stopped taking writes ({exc}); free space where it lives, then "
             "run again",
-            exit_code=75,
+            exit_code=ExitCode.EARLY,
         )
 
     async def _next_job(self, provider: str, gate: ProviderGate) -> Job | None:
@@ -563,7 +564,11 @@ class Pool:
         # Once per kind: a signal after a limit must still stop the gates, a repeat need not.
         if any(stop.provider == "*" and stop.kind == kind for stop in self.report.stops):
             return
-        code = exit_code if exit_code is not None else (75 if kind == "disk" else 1)
+        code = (
+            exit_code
+            if exit_code is not None
+            else (ExitCode.EARLY if kind == "disk" else ExitCode.FAILED)
+        )
         notice = StopNotice("*", kind, message, code)
         for gate in self._gates.values():
             gate.stop(notice)

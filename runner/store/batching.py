@@ -20,14 +20,10 @@ import anyio
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from runner.errors import RunnerError, StoreError
+from runner.errors import RunnerError, StoreError, WriteFailed
 
 T = TypeVar("T")
 Write = Callable[[AsyncConnection], Awaitable[T]]
-
-
-class WriteFailed(StoreError):
-    """A write shared a transaction with one that failed; nothing of it was kept."""
 
 
 def _translated(exc: Exception) -> Exception:

@@ -13,6 +13,7 @@ import pytest
 from conftest import API_KEY, KEY_ENV, Workspace, options, sha256
 
 from runner import app
+from runner.errors import ExitCode
 from runner.testing import FakeProvider
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ async def test_kill_9_then_rerun_loses_nothing(
     outcome = await app.run(manifest, options())
 
     assert time.monotonic() - started < 20, "waited for the dead run's leases to expire"
-    assert outcome.exit_code == app.EXIT_OK
+    assert outcome.exit_code == ExitCode.OK
     rows = db.execute(
         "SELECT j.key, j.status, COUNT(o.id) AS outputs FROM jobs j "
         "LEFT JOIN outputs o ON o.job_key = j.key GROUP BY j.key"

@@ -16,6 +16,7 @@ from conftest import COUNTED_ATTEMPTS, FakeClock, Workspace, options
 
 import runner.testing.openai_http
 from runner import app
+from runner.errors import ExitCode
 from runner.files import procs
 from runner.manifest.schema import RunLimits
 from runner.settings import RetrySettings, RunSettings
@@ -43,7 +44,7 @@ async def test_a_provider_slower_than_the_timeout_is_paid_twice_at_most_ever(
     second = await app.run(manifest, options())
 
     assert fake.requests_total == 6  # one send and one re-send per job, over both runs
-    assert first.exit_code == second.exit_code == app.EXIT_FAILED
+    assert first.exit_code == second.exit_code == ExitCode.FAILED
     assert second.summary.failed_by_kind == {"unanswered": 3}
     reasons = {row.error for row in await app.jobs(manifest, app.Options(), "failed")}
     assert len(reasons) == 1 and "`runner retry`" in (reasons.pop() or "")
@@ -51,7 +52,7 @@ async def test_a_provider_slower_than_the_timeout_is_paid_twice_at_most_ever(
     assert await app.retry(manifest, app.Options()) == 3
     fake.script = []
     third = await app.run(manifest, options())
-    assert third.exit_code == app.EXIT_OK  # asked for, it is sent again
+    assert third.exit_code == ExitCode.OK  # asked for, it is sent again
     assert fake.requests_total == 9
 
 
@@ -92,7 +93,7 @@ async def test_rate_limits_use_no_attempts(workspace: Workspace, fake: FakeProvi
     clock = FakeClock()
     outcome = await app.run(manifest, options(clock, max_attempts=2))
 
-    assert outcome.exit_code == app.EXIT_OK
+    assert outcome.exit_code == ExitCode.OK
     assert fake.requests_total == 9
     (counted,) = workspace.db().execute(f"SELECT {COUNTED_ATTEMPTS} FROM jobs").fetchone()
     assert counted == 1
@@ -110,7 +111,7 @@ async def test_a_provider_that_only_throttles_ends_the_run_with_75(
 
     outcome = await app.run(manifest, options())
 
-    assert outcome.exit_code == app.EXIT_EARLY
+    assert outcome.exit_code == ExitCode.EARLY
     assert outcome.summary.counts["pending"] == 3 and outcome.summary.counts["failed"] == 0
     (notice,) = outcome.stops
     assert notice.kind == "outage" and "Rate limit" in notice.message
@@ -130,7 +131,7 @@ async def test_nothing_listening_uses_no_attempts(workspace: Workspace) -> None:
 
     outcome = await app.run(manifest, options(max_attempts=2))
 
-    assert outcome.exit_code == app.EXIT_EARLY
+    assert outcome.exit_code == ExitCode.EARLY
     rows = workspace.db().execute("SELECT outcome, counted FROM attempts").fetchall()
     assert len(rows) >= 25 and {tuple(r) for r in rows} == {("not_sent", 0)}
 
@@ -156,7 +157,7 @@ async def test_the_fault_storm_fails_no_job(workspace: Workspace) -> None:
 
         outcome = await app.run(manifest, options())
 
-        assert outcome.exit_code == app.EXIT_OK
+        assert outcome.exit_code == ExitCode.OK
         assert outcome.summary.counts["succeeded"] == 120
         assert paid_once(fake) and len(fake.paid) == 120
 
@@ -191,7 +192,7 @@ async def test_a_full_database_stops_sending_and_nothing_is_paid_twice(
 
     first = await app.run(manifest, options())
 
-    assert first.exit_code == app.EXIT_EARLY  # no traceback: a clean stop
+    assert first.exit_code == ExitCode.EARLY  # no traceback: a clean stop
     assert any(stop.kind == "database" for stop in first.stops)
     sent_first = fake.requests_total
     assert 0 < sent_first < 40  # it stopped sending once a write failed
@@ -200,7 +201,7 @@ async def test_a_full_database_stops_sending_and_nothing_is_paid_twice(
     later = datetime.now(UTC) + timedelta(minutes=10)  # past the first run's leases
     second = await app.run(manifest, app.Options(clock=FakeClock(), wall_clock=lambda: later))
 
-    assert second.exit_code == app.EXIT_OK
+    assert second.exit_code == ExitCode.OK
     assert paid_once(fake) and len(fake.paid) == 40  # every paid reply recorded, none re-sent
     files = sorted((workspace.root / "out").glob("*.png"))
     recorded = [Path(r[0]) for r in workspace.db().execute("SELECT path FROM outputs")]
@@ -229,7 +230,7 @@ async def test_paid_replies_the_database_refused_are_recorded_by_the_next_comman
     first = await app.run(manifest, options())
     monkeypatch.setattr(SqlStore, "complete", original)
 
-    assert first.exit_code == app.EXIT_EARLY
+    assert first.exit_code == ExitCode.EARLY
     sent = fake.requests_total
     assert 2 <= sent <= 3  # the second reply met the failure; at most one more was out
     kept = list((workspace.root / "out" / ".runner-unrecorded").glob("*.jsonl"))
@@ -240,7 +241,7 @@ async def test_paid_replies_the_database_refused_are_recorded_by_the_next_comman
     assert not kept[0].exists()
     later = datetime.now(UTC) + timedelta(minutes=10)
     second = await app.run(manifest, app.Options(clock=FakeClock(), wall_clock=lambda: later))
-    assert second.exit_code == app.EXIT_OK and paid_once(fake) and fake.requests_total == 4
+    assert second.exit_code == ExitCode.OK and paid_once(fake) and fake.requests_total == 4
 
 
 async def test_too_little_space_where_the_database_lives_stops_before_paying(
@@ -261,7 +262,7 @@ async def test_too_little_space_where_the_database_lives_stops_before_paying(
 
     outcome = await app.run(manifest, options())
 
-    assert outcome.exit_code == app.EXIT_EARLY
+    assert outcome.exit_code == ExitCode.EARLY
     assert fake.requests_total == 0
     assert (
         "database folder" in outcome.stops[0].message and str(db_folder) in outcome.stops[0].message
@@ -308,7 +309,7 @@ async def test_a_run_that_dies_on_this_host_gives_its_jobs_back_at_once(
         other.kill()
         other.wait()
 
-    assert outcome.exit_code == app.EXIT_OK
+    assert outcome.exit_code == ExitCode.OK
     assert outcome.summary.counts["succeeded"] == 4 and paid_once(fake)
 
 
@@ -342,7 +343,7 @@ async def test_absurd_usage_is_flagged_and_costed_at_the_estimate(
         manifest, app.Options(clock=FakeClock(), limits=RunLimits(max_cost_usd=budget))
     )
 
-    assert outcome.exit_code == app.EXIT_EARLY  # the budget still holds
+    assert outcome.exit_code == ExitCode.EARLY  # the budget still holds
     assert 1 <= fake.requests_total <= 3
     assert 0 < outcome.summary.totals.cost_usd <= budget
     rows = workspace.db().execute("SELECT usage_flag, cost_usd, output_tokens FROM attempts")
@@ -383,7 +384,7 @@ async def test_a_database_on_a_small_disk_stops_before_paying(
 
     outcome = await app.run(manifest, options())  # default: 200 MB must be free there
 
-    assert outcome.exit_code == app.EXIT_EARLY and fake.requests_total == 0
+    assert outcome.exit_code == ExitCode.EARLY and fake.requests_total == 0
     assert str(small_disk) in outcome.stops[0].message
 
 
@@ -399,7 +400,7 @@ async def test_a_database_disk_that_fills_loses_no_paid_reply(
 
     first = await app.run(manifest, no_floor)
 
-    assert first.exit_code == app.EXIT_EARLY
+    assert first.exit_code == ExitCode.EARLY
     assert 0 < fake.requests_total < 60
     subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
     later = datetime.now(UTC) + timedelta(minutes=10)  # past the first run's leases
@@ -407,7 +408,7 @@ async def test_a_database_disk_that_fills_loses_no_paid_reply(
         manifest,
         app.Options(clock=FakeClock(), wall_clock=lambda: later, settings=no_floor.settings),
     )
-    assert second.exit_code == app.EXIT_OK
+    assert second.exit_code == ExitCode.OK
     assert paid_once(fake) and len(fake.paid) == 60
 
 
@@ -422,7 +423,7 @@ async def test_a_truncated_200_is_recorded_as_paid(
 
     outcome = await app.run(manifest, options())
 
-    assert outcome.exit_code == app.EXIT_OK
+    assert outcome.exit_code == ExitCode.OK
     rows = workspace.db().execute("SELECT outcome, http_status, cost_usd FROM attempts ORDER BY id")
     (cut, whole) = rows.fetchall()
     assert cut[0] == "retryable" and cut[1] == 200

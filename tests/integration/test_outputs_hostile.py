@@ -10,7 +10,7 @@ import pytest
 from conftest import Workspace, options, sha256
 
 from runner import app
-from runner.errors import ManifestError
+from runner.errors import ExitCode, ManifestError
 from runner.files.outputs import TEMP_SUFFIX, sweep_temp_files, write_new
 from runner.testing import FakeProvider
 
@@ -31,7 +31,7 @@ async def test_a_broad_glob_never_picks_up_earlier_outputs(
 
     for _ in range(3):
         outcome = await app.run(manifest, options())
-        assert outcome.exit_code == app.EXIT_OK
+        assert outcome.exit_code == ExitCode.OK
         assert job_count(workspace) == 3  # not 3 -> 6 -> 9
 
     assert fake.requests_total == 3
@@ -44,7 +44,7 @@ async def test_a_glob_skips_outputs_the_database_knows_wherever_they_are(
     for name in ("a.png", "b.png"):
         workspace.image(f"photos/{name}")
     manifest = workspace.manifest([{"image": "**/*.png", "prompt": "x"}], output_dir="first")
-    assert (await app.run(manifest, options())).exit_code == app.EXIT_OK
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
 
     # The outputs folder moves: the old outputs are now just files the glob can see.
     moved = workspace.manifest([{"image": "**/*.png", "prompt": "x"}], output_dir="second")
@@ -52,7 +52,7 @@ async def test_a_glob_skips_outputs_the_database_knows_wherever_they_are(
     outcome = await app.run(moved, options())
 
     assert len(validation.manifest.jobs) == 2
-    assert outcome.exit_code == app.EXIT_OK and job_count(workspace) == 2
+    assert outcome.exit_code == ExitCode.OK and job_count(workspace) == 2
     assert fake.requests_total == 2  # the two photos, once; no edits of edits
 
 
@@ -108,7 +108,7 @@ async def test_two_jobs_writing_one_file_keep_both(
 
     outcome = await app.run(manifest, options())
 
-    assert outcome.exit_code == app.EXIT_OK
+    assert outcome.exit_code == ExitCode.OK
     recorded = dict(workspace.db().execute("SELECT path, sha256 FROM outputs").fetchall())
     files = sorted((workspace.root / "out").iterdir())
     assert [f.name for f in files] == ["a.png", "a~2.png"]
@@ -156,7 +156,7 @@ async def test_a_long_name_that_fits_is_written(workspace: Workspace, fake: Fake
         defaults={"output_name": "{stem:>240}.{ext}"},
     )
     outcome = await app.run(manifest, options())
-    assert outcome.exit_code == app.EXIT_OK
+    assert outcome.exit_code == ExitCode.OK
     (written,) = (workspace.root / "out").iterdir()
     assert len(written.name) == 244
 

@@ -10,6 +10,7 @@ from conftest import COUNTED_ATTEMPTS, FakeClock, Workspace, options, sha256
 from PIL import Image
 
 from runner import app
+from runner.errors import ExitCode
 from runner.testing import FakeProvider, edited_image
 
 
@@ -34,7 +35,7 @@ async def test_happy_path_with_masks_and_two_variants(
 
     outcome = await app.run(manifest, options())
 
-    assert outcome.exit_code == app.EXIT_OK
+    assert outcome.exit_code == ExitCode.OK
     assert dict(outcome.summary.counts) == {
         "pending": 0, "running": 0, "succeeded": 3, "failed": 0, "cancelled": 0,
     }  # fmt: skip
@@ -105,12 +106,12 @@ async def test_rerun_sends_zero_requests(workspace: Workspace, fake: FakeProvide
         [{"image": workspace.image(f"p{i}.png"), "prompt": "edit"} for i in range(4)]
     )
     first = await app.run(manifest, options())
-    assert first.exit_code == app.EXIT_OK and fake.requests_total == 4
+    assert first.exit_code == ExitCode.OK and fake.requests_total == 4
     mtimes = {p: p.stat().st_mtime_ns for p in (workspace.root / "out").iterdir()}
 
     second = await app.run(manifest, options())
 
-    assert second.exit_code == app.EXIT_OK
+    assert second.exit_code == ExitCode.OK
     assert fake.requests_total == 4
     assert second.new_jobs == 0 and second.report.succeeded == 0
     assert {p: p.stat().st_mtime_ns for p in (workspace.root / "out").iterdir()} == mtimes
@@ -125,7 +126,7 @@ async def test_payment_required_stops_then_resumes_without_paying_twice(
 
     stopped = await app.run(manifest, options())
 
-    assert stopped.exit_code == app.EXIT_PAYMENT
+    assert stopped.exit_code == ExitCode.PAYMENT
     counts = stopped.summary.counts
     assert (counts["succeeded"], counts["failed"], counts["pending"]) == (3, 0, 4)
     (notice,) = stopped.stops
@@ -147,7 +148,7 @@ async def test_payment_required_stops_then_resumes_without_paying_twice(
     fake.top_up()
     resumed = await app.run(manifest, options())
 
-    assert resumed.exit_code == app.EXIT_OK
+    assert resumed.exit_code == ExitCode.OK
     assert resumed.summary.counts["succeeded"] == 7
     assert set(fake.paid.values()) == {1}
     assert set(fake.paid) == {workspace.fingerprint(job) for job in jobs}
@@ -166,7 +167,7 @@ async def test_transient_faults_all_end_in_success(
 
     outcome = await app.run(manifest, options(clock, max_attempts=12))
 
-    assert outcome.exit_code == app.EXIT_OK
+    assert outcome.exit_code == ExitCode.OK
     assert outcome.summary.counts["succeeded"] == 12
     assert fake.status_counts[429] >= 2 and fake.status_counts[500] >= 2
     assert fake.status_counts[0] >= 2  # connection resets
@@ -208,7 +209,7 @@ async def test_bad_inputs_fail_alone_and_are_never_sent(
 
     outcome = await app.run(manifest, options())
 
-    assert outcome.exit_code == app.EXIT_FAILED
+    assert outcome.exit_code == ExitCode.FAILED
     assert (outcome.summary.counts["succeeded"], outcome.summary.counts["failed"]) == (2, 4)
     assert fake.requests_total == 2
     assert {r.fields["prompt"] for r in fake.requests} == {"ok", "ok too"}
@@ -234,7 +235,7 @@ async def test_rejected_credentials_stop_with_exit_4(
 
     outcome = await app.run(manifest, options())
 
-    assert outcome.exit_code == app.EXIT_AUTH
+    assert outcome.exit_code == ExitCode.AUTH
     assert outcome.summary.counts["failed"] == 0
     assert fake.status_counts[401] == 1
     assert fake.requests_total <= 2  # the other worker's request was already in flight
@@ -254,7 +255,7 @@ async def test_permanent_error_fails_the_job_without_retrying(
 
     outcome = await app.run(manifest, options())
 
-    assert outcome.exit_code == app.EXIT_FAILED
+    assert outcome.exit_code == ExitCode.FAILED
     assert fake.requests_total == 1
     (error,) = workspace.db().execute("SELECT error FROM jobs").fetchone()
     assert "moderation_blocked" in error and "HTTP 400" in error
@@ -268,7 +269,7 @@ async def test_retries_exhausted_marks_failed_and_retry_requeues(
 
     outcome = await app.run(manifest, options(max_attempts=3))
 
-    assert outcome.exit_code == app.EXIT_FAILED
+    assert outcome.exit_code == ExitCode.FAILED
     assert fake.requests_total == 3
     (error, attempts) = (
         workspace.db().execute(f"SELECT error, {COUNTED_ATTEMPTS} FROM jobs").fetchone()
@@ -277,7 +278,7 @@ async def test_retries_exhausted_marks_failed_and_retry_requeues(
 
     assert await app.retry(manifest, options()) == 1
     again = await app.run(manifest, options(max_attempts=3))
-    assert again.exit_code == app.EXIT_OK
+    assert again.exit_code == ExitCode.OK
     (attempts,) = workspace.db().execute(f"SELECT {COUNTED_ATTEMPTS} FROM jobs").fetchone()
     assert attempts == 4  # history kept: 3 failed + 1 successful
 
@@ -292,7 +293,7 @@ async def test_a_timed_out_request_is_resent_only_once(
 
     outcome = await app.run(manifest, options(max_attempts=5))
 
-    assert outcome.exit_code == app.EXIT_FAILED
+    assert outcome.exit_code == ExitCode.FAILED
     assert fake.requests_total == 2  # the first send and one re-send, not five
     outcomes = [r[0] for r in workspace.db().execute("SELECT outcome FROM attempts")]
     assert outcomes == ["timeout", "timeout"]
@@ -314,7 +315,7 @@ async def test_unwritable_output_keeps_the_paid_usage_and_stops_spending(
 
     outcome = await app.run(manifest, options())
 
-    assert outcome.exit_code == app.EXIT_FAILED
+    assert outcome.exit_code == ExitCode.FAILED
     # Files are written while the next request goes out: at most that one more paid reply
     # meets the broken disk, then nothing is sent.
     assert fake.requests_total <= 2
@@ -339,7 +340,7 @@ async def test_a_provider_failing_for_every_job_is_an_outage_not_failed_jobs(
 
     outcome = await app.run(manifest, options(max_attempts=3))
 
-    assert outcome.exit_code == app.EXIT_EARLY
+    assert outcome.exit_code == ExitCode.EARLY
     assert outcome.summary.counts["failed"] == 0
     assert outcome.summary.counts["pending"] == 6
     (notice,) = outcome.stops
@@ -349,7 +350,7 @@ async def test_a_provider_failing_for_every_job_is_an_outage_not_failed_jobs(
 
     fake.script = []
     resumed = await app.run(manifest, options(max_attempts=3))
-    assert resumed.exit_code == app.EXIT_OK
+    assert resumed.exit_code == ExitCode.OK
 
 
 async def test_nobody_listening_is_an_outage(workspace: Workspace) -> None:
@@ -365,7 +366,7 @@ async def test_nobody_listening_is_an_outage(workspace: Workspace) -> None:
 
     outcome = await app.run(manifest, options(max_attempts=2))
 
-    assert outcome.exit_code == app.EXIT_EARLY
+    assert outcome.exit_code == ExitCode.EARLY
     assert outcome.summary.counts["pending"] == 3
     assert "ConnectError" in outcome.stops[0].message
 
@@ -383,7 +384,7 @@ async def test_too_little_free_space_stops_before_paying(
 
     outcome = await app.run(manifest, options())
 
-    assert outcome.exit_code == app.EXIT_EARLY
+    assert outcome.exit_code == ExitCode.EARLY
     assert fake.requests_total == 0
     assert outcome.summary.counts["pending"] == 3
     (notice,) = outcome.stops
@@ -398,7 +399,7 @@ async def test_a_rerun_hashes_no_unchanged_file(
     manifest = workspace.manifest(
         [{"image": workspace.image(f"p{i}.png"), "prompt": "e"} for i in range(5)]
     )
-    assert (await app.run(manifest, options())).exit_code == app.EXIT_OK
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
     hashed: list[Path] = []
     real = runner.manifest.digests.sha256_file
     monkeypatch.setattr(

@@ -16,6 +16,7 @@ import yaml
 from conftest import API_KEY, KEY_ENV, Workspace, options
 
 from runner import app
+from runner.errors import ExitCode
 from runner.redact import REDACTED
 from runner.testing import FakeProvider, FakeVenice
 
@@ -154,6 +155,6 @@ async def test_a_dripping_reply_ends_at_timeout_s(workspace: Workspace, fake: Fa
     started = time.monotonic()
     outcome = await app.run(manifest, options())
     assert time.monotonic() - started < 5  # the drip alone would take many minutes
-    assert outcome.exit_code == app.EXIT_OK
+    assert outcome.exit_code == ExitCode.OK
     outcomes = [row[0] for row in workspace.db().execute("SELECT outcome FROM attempts")]
     assert outcomes == ["timeout", "succeeded"]

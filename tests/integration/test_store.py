@@ -335,7 +335,8 @@ async def test_concurrent_writes_share_transactions(tmp_path: Path) -> None:
 async def test_a_failing_write_rolls_back_its_whole_batch(store: tuple[SqlStore, Clock]) -> None:
     import anyio
 
-    from runner.store.batching import GroupCommit, WriteFailed
+    from runner.errors import WriteFailed
+    from runner.store.batching import GroupCommit
 
     db, _ = store
     commit = GroupCommit(db._engine.begin)

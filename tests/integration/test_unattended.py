@@ -16,6 +16,7 @@ import pytest
 from conftest import API_KEY, KEY_ENV, FakeClock, Workspace, options
 
 from runner import app
+from runner.errors import ExitCode
 from runner.manifest.schema import RunLimits
 from runner.testing import FakeProvider
 
@@ -46,12 +47,12 @@ def test_max_jobs_stops_with_75_and_the_rerun_finishes(
 
     first = run(manifest, app.Options(clock=FakeClock(), limits=RunLimits(max_jobs=3)))
 
-    assert first.exit_code == app.EXIT_EARLY
+    assert first.exit_code == ExitCode.EARLY
     assert "--max-jobs 3" in first.stops[0].message
     assert first.summary.counts["succeeded"] == 3 and first.summary.counts["pending"] == 4
     assert sum(fake.paid.values()) == 3
     second = run(manifest, options())
-    assert second.exit_code == app.EXIT_OK
+    assert second.exit_code == ExitCode.OK
     assert paid_once(fake, 7)
 
 
@@ -70,11 +71,11 @@ def test_max_cost_takes_no_job_that_could_cross_the_budget(
 
     first = run(manifest, app.Options(clock=FakeClock(), limits=RunLimits(max_cost_usd=budget)))
 
-    assert first.exit_code == app.EXIT_EARLY
+    assert first.exit_code == ExitCode.EARLY
     assert "--max-cost" in first.stops[0].message
     assert 1 <= first.summary.counts["succeeded"] <= 2
     assert first.summary.totals.cost_usd <= budget  # the budget was never crossed
-    assert run(manifest, options()).exit_code == app.EXIT_OK
+    assert run(manifest, options()).exit_code == ExitCode.OK
     assert paid_once(fake, 6)
 
 
@@ -86,7 +87,7 @@ def test_manifest_limits_block_applies_and_flags_win(
 
     assert run(manifest, options()).summary.counts["succeeded"] == 1
     flagged = run(manifest, app.Options(clock=FakeClock(), limits=RunLimits(max_jobs=2)))
-    assert flagged.summary.counts["succeeded"] == 3 and flagged.exit_code == app.EXIT_EARLY
+    assert flagged.summary.counts["succeeded"] == 3 and flagged.exit_code == ExitCode.EARLY
 
 
 def test_deadline_stops_taking_jobs_and_the_rerun_finishes(
@@ -105,10 +106,10 @@ def test_deadline_stops_taking_jobs_and_the_rerun_finishes(
 
     first = run(manifest, app.Options(clock=clock, wall_clock=wall, limits=RunLimits("1m")))
 
-    assert first.exit_code == app.EXIT_EARLY
+    assert first.exit_code == ExitCode.EARLY
     assert "deadline" in first.stops[0].message
     assert 4 <= first.summary.counts["succeeded"] <= 7
-    assert run(manifest, options()).exit_code == app.EXIT_OK
+    assert run(manifest, options()).exit_code == ExitCode.OK
     assert paid_once(fake, 12)
 
 

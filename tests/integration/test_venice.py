@@ -21,6 +21,7 @@ from eth_account import Account
 
 from runner import app
 from runner.cli import present as render
+from runner.errors import ExitCode
 from runner.settings import RetrySettings, RunSettings
 from runner.testing import FakeProvider, FakeVenice
 
@@ -98,7 +99,7 @@ def test_mixed_manifest_runs_end_to_end_each_job_costed_in_its_own_terms(
 
     outcome = run(manifest, timeline.options())
 
-    assert outcome.exit_code == app.EXIT_OK, outcome.stops
+    assert outcome.exit_code == ExitCode.OK, outcome.stops
     routes = sorted((r.path.rsplit("/", 1)[-1], r.images) for r in edits(venice))
     assert routes == [("edit", 1), ("multi-edit", 2)]  # the mask goes as a second image
     assert sum(fake.paid.values()) == 1
@@ -136,7 +137,7 @@ def test_catalogue_preflight_refuses_jobs_without_sending_them(
 
     outcome = run(manifest, timeline.options())
 
-    assert outcome.exit_code == app.EXIT_FAILED
+    assert outcome.exit_code == ExitCode.FAILED
     assert edits(venice) == [] and venice.catalogue_fetches == 1
     rows = {row.image.rsplit("/", 1)[-1]: row for row in anyio.run(app.export, manifest, options())}
     assert all("nothing was sent" in (row.error or "") for row in rows.values())
@@ -154,7 +155,7 @@ def test_without_the_catalogue_the_run_goes_on_and_says_so_once(
 
     outcome = run(manifest, timeline.options())
 
-    assert outcome.exit_code == app.EXIT_OK
+    assert outcome.exit_code == ExitCode.OK
     notes = [r for r in caplog.records if "model list unavailable" in r.getMessage()]
     assert len(notes) == 1
     rows = anyio.run(app.export, manifest, options())
@@ -177,7 +178,7 @@ def test_each_api_key_402_shape_stops_with_exit_3_and_keeps_the_job(
 
     outcome = run(manifest, timeline.options())
 
-    assert outcome.exit_code == app.EXIT_PAYMENT
+    assert outcome.exit_code == ExitCode.PAYMENT
     message = outcome.stops[0].message
     for words in expected:
         assert words.lower() in message.lower(), message
@@ -202,7 +203,7 @@ def test_x402_wallet_signs_every_request_and_a_wallet_402_shows_the_top_up(
         outcome = run(manifest, timeline.options())
 
         sent = edits(server)
-    assert outcome.exit_code == app.EXIT_PAYMENT
+    assert outcome.exit_code == ExitCode.PAYMENT
     # Two edits fit in $0.09; the third gets the wallet-shaped 402.
     assert [r.status for r in sent] == [200, 200, 402]
     assert all(r.wallet == wallet.address for r in sent)  # the signature verified to it
@@ -225,7 +226,7 @@ def test_rate_limit_answers_are_paced_by_venice_headers_not_hammered(
 
     outcome = run(manifest, timeline.options(max_attempts=10))
 
-    assert outcome.exit_code == app.EXIT_OK
+    assert outcome.exit_code == ExitCode.OK
     # Paced from x-ratelimit-remaining-requests before Venice has to refuse: at most one
     # 429 (a request already on its way when the count came back), not one per window.
     refused = venice.status_counts[429]
@@ -253,7 +254,7 @@ def test_breaker_keeps_failures_under_venice_lockout(
 
         assert server.lockouts == 0  # never more than 20 failures within the window
         assert server.status_counts[500] == 36
-    assert outcome.exit_code == app.EXIT_OK
+    assert outcome.exit_code == ExitCode.OK
     assert any("pausing it for as long" in r.getMessage() for r in caplog.records)
 
 
@@ -264,7 +265,7 @@ def test_deprecation_header_is_warned_about_once(
     jobs = [{"image": workspace.image(f"d{i}.png", BIG), "prompt": f"old {i}"} for i in range(3)]
     manifest = write_manifest(workspace, {"venice": venice_profile(venice)}, jobs)
 
-    assert run(manifest, timeline.options()).exit_code == app.EXIT_OK
+    assert run(manifest, timeline.options()).exit_code == ExitCode.OK
     warnings = [r for r in caplog.records if "deprecat" in r.getMessage().lower()]
     assert len(warnings) == 1
     assert "qwen-image-3-edit" in warnings[0].getMessage()

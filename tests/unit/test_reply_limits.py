@@ -23,10 +23,11 @@ from PIL import Image
 from runner.dialects.openai.client import OpenAIProvider
 from runner.dialects.replies import too_deep
 from runner.dialects.transfer import MIB, AddressPolicy, ReplyLimits, non_public, reply_limits
-from runner.dialects.venice.catalogue import CatalogueUnavailable, fetch_catalogue, parse_catalogue
+from runner.dialects.venice.catalogue import fetch_catalogue, parse_catalogue
 from runner.dialects.venice.client import VeniceProvider
 from runner.errors import (
     AttemptTimeout,
+    CatalogueUnavailable,
     ManifestError,
     PaymentRequired,
     PermanentJobError,

@@ -21,7 +21,7 @@ import httpx
 
 from runner.dialects.replies import loads
 from runner.dialects.transfer import read_capped
-from runner.errors import InputError, RetryableError, RunnerError
+from runner.errors import CatalogueUnavailable, InputError, RetryableError
 from runner.money import format_usd
 from runner.records import ImageLimits
 from runner.redact import redact
@@ -49,10 +49,6 @@ VENICE_LIMITS = ImageLimits(
     min_pixels=65_536,
     max_pixels=33_177_600,
 )
-
-
-class CatalogueUnavailable(RunnerError):
-    """The model list could not be had; callers fall back to the built-in prices."""
 
 
 @dataclass(frozen=True, slots=True)
