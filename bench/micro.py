@@ -84,7 +84,7 @@ def rows(d: dict[str, Any], tmp: Path) -> list[tuple[str, Callable[[], Any], int
     from runner.dialects.openai.client import _parse_reply
     from runner.files.outputs import _write_atomic, write_outputs
     from runner.files.preflight import OPENAI_LIMITS, _check_image, _inspect, read_image_info
-    from runner.manifest.schema import load_manifest
+    from runner.manifest.expand import load_manifest
 
     body, png, image = d["body"], d["png"], d["image"]
     text = json.loads(body)["data"][0]["b64_json"]
@@ -187,7 +187,7 @@ async def _store_round(tmp: Path, src: Path, jobs: int = 200) -> tuple[float, fl
 
     from sqlalchemy import event
 
-    from runner.manifest.schema import load_manifest
+    from runner.manifest.expand import load_manifest
     from runner.records import AttemptRecord, Outcome, OutputRef
     from runner.store.protocol import RunInfo
 

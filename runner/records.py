@@ -9,6 +9,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from runner.settings import DEFAULT_MAX_REPLY_MB
+
 
 class JobState(StrEnum):
     PENDING = "pending"
@@ -298,3 +300,45 @@ class ImageLimits:
     max_prompt_chars: int
     min_pixels: int | None = None  # bounds on width * height
     max_pixels: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderProfile:
+    name: str
+    dialect: str
+    base_url: str
+    api_key_env: str | None
+    concurrency: int
+    requests_per_minute: float | None
+    timeout_s: float
+    auth: str = "api_key"  # or "x402": Venice wallet sign-in with the key in wallet_key_env
+    wallet_key_env: str | None = None
+    # Failures (any non-2xx) within 30 s that pause the provider for 30 s; None = no breaker.
+    breaker_failures: int | None = None
+    max_reply_mb: float = DEFAULT_MAX_REPLY_MB  # largest reply per image asked for
+
+    @property
+    def secret_env(self) -> str | None:
+        """The env var this profile's credential is read from."""
+        return self.wallet_key_env if self.auth == "x402" else self.api_key_env
+
+
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    """When a run stops taking new jobs (exit 75); flags override the manifest's `limits:`."""
+
+    deadline: str | None = None  # as written: a duration (6h) or a clock time (07:30)
+    max_jobs: int | None = None
+    max_cost_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    path: Path
+    providers: Mapping[str, ProviderProfile]
+    jobs: tuple[JobSpec, ...]
+    output_dir: Path
+    database: str | None  # as written: a path relative to the manifest, or a URL
+    limits: RunLimits = field(default_factory=RunLimits)
+    # provider -> model -> price, from the manifest's `pricing:`; built-ins fill the rest.
+    pricing: Mapping[str, Mapping[str, object]] = field(default_factory=dict)

@@ -33,8 +33,8 @@ from runner.dialects.factory import (
 from runner.errors import InputError
 from runner.files.html_report import ReportJob, ReportStats, ReportTotals, write_report
 from runner.files.preflight import prepare_request
-from runner.manifest.schema import Manifest, ParsedManifest
-from runner.records import ExportRow, JobState, Summary
+from runner.manifest.expand import ParsedManifest
+from runner.records import ExportRow, JobState, Manifest, Summary
 from runner.store.engine import peek_output_paths
 from runner.store.protocol import Store
 from runner.store.tables import utcnow

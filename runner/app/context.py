@@ -13,8 +13,8 @@ import anyio.to_thread
 
 from runner.files import journal
 from runner.manifest.digests import Digester
-from runner.manifest.schema import Manifest, ParsedManifest, RunLimits, parse_manifest
-from runner.records import ProgressReporter
+from runner.manifest.expand import ParsedManifest, parse_manifest
+from runner.records import Manifest, ProgressReporter, RunLimits
 from runner.settings import Clock, RunSettings
 from runner.store.engine import database_url, open_store
 from runner.store.protocol import Store

@@ -41,8 +41,17 @@ from runner.files import journal, procs
 from runner.files.local import local_files
 from runner.files.outputs import ensure_writable, sweep_temp_files
 from runner.manifest.durations import parse_deadline
-from runner.manifest.schema import Manifest, ParsedManifest, RunLimits
-from runner.records import JobSpec, JobState, ProgressReporter, Snapshot, Summary, Totals
+from runner.manifest.expand import ParsedManifest
+from runner.records import (
+    JobSpec,
+    JobState,
+    Manifest,
+    ProgressReporter,
+    RunLimits,
+    Snapshot,
+    Summary,
+    Totals,
+)
 from runner.settings import SystemClock
 from runner.signals import ROUTER
 from runner.store.engine import redact_url

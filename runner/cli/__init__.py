@@ -27,8 +27,7 @@ from runner.app.context import DEFAULT_GRACE_S
 from runner.cli import present as render
 from runner.cli.progress import make_reporter
 from runner.errors import ExitCode, ManifestError, NewerSchema, RunnerError, StoreError
-from runner.manifest.schema import RunLimits
-from runner.records import JobState, ProgressReporter
+from runner.records import JobState, ProgressReporter, RunLimits
 from runner.redact import protect_handlers, protect_logger, redact, redact_document
 from runner.settings import ENV_DB, ENV_MAX_ATTEMPTS, RetrySettings, RunSettings
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from runner.dialects.factory import Credential
     from runner.engine.ports import Provider
-    from runner.manifest.schema import ProviderProfile
+    from runner.records import ProviderProfile
     from runner.store.protocol import Store
 
 ModelList = Mapping[str, Any]  # a provider's own list of its models, by id

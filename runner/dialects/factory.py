@@ -16,7 +16,8 @@ from runner.dialects import ModelList, dialect_named
 from runner.dialects.venice.siwx import SiwxSigner
 from runner.engine.ports import Provider
 from runner.errors import ManifestError
-from runner.manifest.schema import ParsedManifest, ProviderProfile
+from runner.manifest.expand import ParsedManifest
+from runner.records import ProviderProfile
 from runner.redact import register_secret
 from runner.settings import DEFAULT_CONNECT_TIMEOUT_S
 from runner.store.protocol import Store

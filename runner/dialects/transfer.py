@@ -26,7 +26,7 @@ from runner.errors import RetryableError
 from runner.settings import DEFAULT_MAX_REPLY_MB
 
 if TYPE_CHECKING:
-    from runner.manifest.schema import ProviderProfile
+    from runner.records import ProviderProfile
 
 MIB = 1024 * 1024
 # Error bodies are a few hundred bytes of JSON; their head is all classifying needs.

@@ -1,3 +1,4 @@
-"""From a YAML file to jobs: `yaml_load.py` (bounded YAML), `schema.py` (pydantic schema,
-defaults, globs, job keys), `digests.py` (input hashes, cached), `output_rules.py` (output
-paths checked against inputs and the file system), `durations.py` (deadlines)."""
+"""From a YAML file to jobs: `yaml_load.py` (bounded YAML), `schema.py` (the document's
+pydantic models, provider profiles and prices), `expand.py` (defaults, globs, job keys),
+`digests.py` (input hashes, cached), `output_rules.py` (output paths checked against the
+inputs and the file system), `durations.py` (deadlines and durations)."""

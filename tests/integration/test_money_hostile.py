@@ -18,7 +18,7 @@ import runner.testing.openai_http
 from runner import app
 from runner.errors import ExitCode
 from runner.files import procs
-from runner.manifest.schema import RunLimits
+from runner.records import RunLimits
 from runner.settings import RetrySettings, RunSettings
 from runner.store.engine import open_store
 from runner.store.protocol import RunInfo

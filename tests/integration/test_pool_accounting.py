@@ -21,7 +21,7 @@ from runner.engine.pool import Pool
 from runner.engine.ports import Lane
 from runner.errors import RetryableError
 from runner.files.local import local_files
-from runner.manifest.schema import load_manifest
+from runner.manifest.expand import load_manifest
 from runner.records import EditRequest, EditResult, ImageLimits, ReplyFacts, ReplyImage, Usage
 from runner.settings import RetrySettings, RunSettings
 from runner.store.engine import open_store

@@ -17,7 +17,7 @@ from conftest import API_KEY, KEY_ENV, FakeClock, Workspace, options
 
 from runner import app
 from runner.errors import ExitCode
-from runner.manifest.schema import RunLimits
+from runner.records import RunLimits
 from runner.testing import FakeProvider
 
 slow = pytest.mark.slow

@@ -15,7 +15,7 @@ from PIL import Image
 from runner import app
 from runner.errors import ManifestError, NewerSchema
 from runner.manifest.digests import Digester
-from runner.manifest.schema import load_manifest
+from runner.manifest.expand import load_manifest
 
 PROVIDER = "providers: {p: {dialect: openai, base_url: 'https://x.test/v1', api_key_env: K}}\n"
 

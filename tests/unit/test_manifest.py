@@ -12,7 +12,7 @@ from PIL import Image
 
 from runner.errors import ManifestError
 from runner.manifest.digests import DigestEntry, Digester
-from runner.manifest.schema import load_manifest, parse_manifest
+from runner.manifest.expand import load_manifest, parse_manifest
 
 PROVIDER = {"dialect": "openai", "base_url": "https://api.example.test/v1", "api_key_env": "K"}
 

@@ -30,7 +30,7 @@ from runner.errors import (
     ProviderError,
     RetryableError,
 )
-from runner.manifest.schema import parse_manifest
+from runner.manifest.expand import parse_manifest
 from runner.records import (
     AttemptRecord,
     EditRequest,

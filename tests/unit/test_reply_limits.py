@@ -35,7 +35,7 @@ from runner.errors import (
     RetryableError,
     Throttled,
 )
-from runner.manifest.schema import parse_manifest
+from runner.manifest.expand import parse_manifest
 from runner.records import EditRequest, ImagePart
 from runner.settings import DEFAULT_MAX_REPLY_MB
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from runner.dialects.venice.client import VeniceProvider, classify_venice, invalid_params
 from runner.errors import ManifestError, PermanentJobError
-from runner.manifest.schema import parse_manifest
+from runner.manifest.expand import parse_manifest
 from runner.records import EditRequest, ImagePart
 
 BASE = "https://api.venice.test/api/v1"

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from runner.dialects.factory import Catalogue, Credential
     from runner.engine.ports import Provider
-    from runner.manifest.schema import ProviderProfile
+    from runner.records import ProviderProfile
     from runner.store.protocol import Store
 
 

@@ -28,7 +28,7 @@ from runner.redact import redact
 from runner.settings import CATALOGUE_MAX_AGE_S
 
 if TYPE_CHECKING:
-    from runner.manifest.schema import ProviderProfile
+    from runner.records import ProviderProfile
     from runner.store.protocol import Store
 
 log = logging.getLogger("runner")

@@ -1,0 +1,282 @@
+"""From a validated manifest to job specs: defaults merged into each job, globs expanded
+(never into the output folder, never onto recorded outputs), inputs hashed and each job
+keyed by its content.
+
+Missing input files are *not* manifest errors: those jobs fail at pre-flight, alone.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.dialects import dialect_named
+from runner.errors import ManifestError, shown
+from runner.manifest.digests import Digester
+from runner.manifest.output_rules import check_outputs
+from runner.manifest.schema import Document, JobFields, prices_from, profile_from, read_document
+from runner.records import JobSpec, Manifest, ProviderProfile, RunLimits
+from runner.settings import DEFAULT_OUTPUT_NAME
+
+KEY_VERSION = 1  # bump only if the key recipe changes: it would re-send every job
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedManifest:
+    """A validated manifest whose inputs are not hashed yet (hashing wants the database's
+    digest cache, and where the database is comes from the manifest)."""
+
+    path: Path
+    providers: Mapping[str, ProviderProfile]
+    output_dir: Path
+    database: str | None
+    drafts: tuple[_Draft, ...]
+    limits: RunLimits = field(default_factory=RunLimits)
+    pricing: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+    def resolve(
+        self, digester: Digester | None = None, known_outputs: Collection[str] = frozenset()
+    ) -> Manifest:
+        """Hash the inputs and make the job specs, keyed by content. A glob's matches that
+        the database knows as outputs (`known_outputs`, absolute paths) are not inputs."""
+        drafts = _without_known_outputs(self.drafts, known_outputs, str(self.path))
+        digests = (digester or Digester()).digest_many(
+            [p for d in drafts for p in (d.image, d.mask) if p is not None]
+        )
+        jobs: dict[str, JobSpec] = {}
+        for draft in drafts:
+            spec = draft.spec(digests, self.output_dir)
+            jobs.setdefault(spec.key, spec)  # an identical entry twice is the same work once
+        specs = tuple(jobs.values())
+        inputs = {path for d in drafts for path in (d.image, d.mask) if path is not None}
+        check_outputs(specs, inputs, str(self.path))
+        return Manifest(
+            self.path,
+            self.providers,
+            specs,
+            self.output_dir,
+            self.database,
+            self.limits,
+            self.pricing,
+        )
+
+
+def parse_manifest(path: Path) -> ParsedManifest:
+    """Read and validate a manifest and expand its globs; exit-2 material raises here."""
+    path = _absolute(path)
+    doc = read_document(path)
+    base = path.parent
+    output_dir = _absolute(base / doc.output_dir)
+    profiles = {name: profile_from(name, p, str(path)) for name, p in doc.providers.items()}
+    drafts = tuple(
+        draft
+        for index, entry in enumerate(doc.jobs)
+        for draft in _expand(index, entry, doc, profiles, (base, output_dir), str(path))
+    )
+    limits = RunLimits(doc.limits.deadline, doc.limits.max_jobs, doc.limits.max_cost)
+    return ParsedManifest(
+        path,
+        profiles,
+        output_dir,
+        doc.database,
+        drafts,
+        limits,
+        prices_from(doc.pricing, profiles, str(path)),
+    )
+
+
+def load_manifest(path: Path, digester: Digester | None = None) -> Manifest:
+    return parse_manifest(path).resolve(digester)
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    entry: int
+    image: Path
+    mask: Path | None
+    prompt: str
+    provider: ProviderProfile
+    model: str
+    params: Mapping[str, Any]
+    output_name: str
+    glob: str | None = None  # the pattern that matched `image`; None when named explicitly
+
+    def spec(self, digests: Mapping[Path, str | None], output_dir: Path) -> JobSpec:
+        image_sha = digests.get(self.image)
+        mask_sha = digests.get(self.mask) if self.mask else None
+        return JobSpec(
+            key=job_key(self, image_sha, mask_sha),
+            entry=self.entry,
+            image=self.image,
+            mask=self.mask,
+            prompt=self.prompt,
+            provider=self.provider.name,
+            model=self.model,
+            params=self.params,
+            output_dir=output_dir,
+            output_name=self.output_name,
+            image_sha256=image_sha,
+            mask_sha256=mask_sha,
+        )
+
+
+def job_key(draft: _Draft, image_sha: str | None, mask_sha: str | None) -> str:
+    """Content hash: the same inputs to the same provider profile are the same job.
+    An unreadable file is keyed by its path, so fixing the file makes a new job."""
+    payload = {
+        "v": KEY_VERSION,
+        "image": image_sha or f"unreadable:{draft.image}",
+        "mask": (mask_sha or f"unreadable:{draft.mask}") if draft.mask else None,
+        "prompt": draft.prompt,
+        "provider": draft.provider.name,
+        "model": draft.model,
+        "params": draft.params,
+    }
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _expand(
+    index: int,
+    entry: JobFields,
+    doc: Document,
+    profiles: Mapping[str, ProviderProfile],
+    folders: tuple[Path, Path],
+    file: str,
+) -> list[_Draft]:
+    """One job entry's drafts; `folders` is (the manifest's folder, the output folder)."""
+    base, output_dir = folders
+    merged = _merge(doc.defaults, entry)
+
+    def fail(field: str, message: str) -> ManifestError:
+        return ManifestError(message, file=file, job=index, field=field)
+
+    image = merged.get("image")
+    prompt = merged.get("prompt")
+    if not image:
+        raise fail("image", "required")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise fail("prompt", "required (the edit instruction)")
+    provider = _pick_provider(merged.get("provider"), profiles, fail)
+    dialect = dialect_named(provider.dialect)
+    model = merged.get("model") or dialect.default_model
+    if problem := dialect.check_model(model):
+        raise fail("model", problem)
+    params = merged.get("params") or {}
+    if found := dialect.check_params(params):
+        raise fail(f"params.{found[0]}", found[1])
+    output_name = merged.get("output_name") or DEFAULT_OUTPUT_NAME
+    if problem := _check_template(output_name):
+        raise fail("output_name", problem)
+    images = _image_paths(image, base, fail, output_dir)
+    mask_template = merged.get("mask")
+    if mask_template and glob.has_magic(mask_template):
+        raise fail("mask", "cannot be a glob; use {stem} to pair each image with its mask")
+    return [
+        _Draft(
+            entry=index,
+            image=path,
+            mask=_mask_path(mask_template, path, base, fail) if mask_template else None,
+            prompt=prompt,
+            provider=provider,
+            model=model,
+            params=params,
+            output_name=output_name,
+            glob=image if glob.has_magic(image) else None,
+        )
+        for path in images
+    ]
+
+
+def _merge(defaults: JobFields, entry: JobFields) -> dict[str, Any]:
+    """A job's own value wins; params merge key by key."""
+    merged = defaults.model_dump(exclude_none=True)
+    own = entry.model_dump(exclude_none=True)
+    params = {**merged.get("params", {}), **own.get("params", {})}
+    merged.update(own)
+    merged["params"] = params
+    return merged
+
+
+def _pick_provider(
+    name: Any, profiles: Mapping[str, ProviderProfile], fail: Any
+) -> ProviderProfile:
+    if name is None:
+        if len(profiles) == 1:
+            return next(iter(profiles.values()))
+        raise fail("provider", f"required when there are several providers ({', '.join(profiles)})")
+    if name not in profiles:
+        raise fail("provider", f"no provider profile named {name!r} (have: {', '.join(profiles)})")
+    return profiles[name]
+
+
+def _absolute(path: Path) -> Path:
+    """The real path where there is one; a symlink loop (RuntimeError in Python 3.11) or an
+    unreadable folder leaves it as written, for pre-flight to fail that job alone."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.normpath(path.absolute()))
+
+
+def _image_paths(pattern: str, base: Path, fail: Any, output_dir: Path) -> list[Path]:
+    """An explicit path as it is; a glob's matches, sorted, never under the output folder
+    (a re-run must never pay to edit its own results)."""
+    full = base / Path(pattern).expanduser()
+    if not glob.has_magic(pattern):
+        return [_absolute(full)]
+    # glob.glob, not Path.glob: it takes absolute patterns and '**' across the whole pattern.
+    found = {
+        _absolute(Path(hit))
+        for hit in glob.glob(str(full), recursive=True)  # noqa: PTH207
+        if Path(hit).is_file()
+    }
+    matches = sorted(path for path in found if not path.is_relative_to(output_dir))
+    if not matches:
+        why = " outside the output folder (output_dir)" if found else ""
+        raise fail(
+            "image", f"the glob {shown(pattern)} matched no file{why} (searched from {base})"
+        )
+    return matches
+
+
+def _mask_path(template: str, image: Path, base: Path, fail: Any) -> Path:
+    try:
+        relative = template.format(stem=image.stem, name=image.name)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise fail("mask", f"only {{stem}} and {{name}} may appear in braces ({exc})") from exc
+    return _absolute(base / Path(relative).expanduser())
+
+
+def _check_template(template: str) -> str | None:
+    from runner.files.outputs import check_output_template  # lazy: outputs is an I/O module
+
+    return check_output_template(template, Path("/output-dir-check"))
+
+
+def _without_known_outputs(
+    drafts: tuple[_Draft, ...], known_outputs: Collection[str], file: str
+) -> tuple[_Draft, ...]:
+    """Drop what globs matched among earlier outputs (of any manifest, any output folder):
+    a re-run must never pay to edit its own results."""
+    if not known_outputs:
+        return drafts
+    kept = tuple(d for d in drafts if d.glob is None or str(d.image) not in known_outputs)
+    emptied = {d.entry for d in drafts if d.glob} - {d.entry for d in kept}
+    if emptied:
+        entry = min(emptied)
+        pattern = next(d.glob for d in drafts if d.entry == entry)
+        raise ManifestError(
+            f"the glob {shown(pattern)} matched only earlier outputs (files the database "
+            "records as outputs are never inputs)",
+            file=file,
+            job=entry,
+            field="image",
+        )
+    return kept
