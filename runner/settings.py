@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-import anyio
-
 DEFAULT_CONCURRENCY = 4  # in-flight requests per provider
 DEFAULT_MAX_ATTEMPTS = 5  # HTTP attempts per job, the first included
 DEFAULT_BACKOFF_BASE_S = 1.0  # first backoff step; doubles per attempt, fully jittered
@@ -64,6 +62,8 @@ OPENAI_MAX_N = 10
 
 ENV_DB = "RUNNER_DB"
 ENV_MAX_ATTEMPTS = "RUNNER_MAX_ATTEMPTS"
+ENV_CONCURRENCY = "RUNNER_CONCURRENCY"
+DEFAULT_GRACE_S = 60.0  # after SIGINT/SIGTERM, how long requests already sent may take
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +108,8 @@ class SystemClock:
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
+        import anyio  # here: the CLI reads these settings before it needs an event loop
+
         await anyio.sleep(seconds)
 
 

@@ -15,13 +15,12 @@ from runner.files import journal
 from runner.manifest.digests import Digester
 from runner.manifest.expand import ParsedManifest, parse_manifest
 from runner.records import Manifest, ProgressReporter, RunLimits
-from runner.settings import Clock, RunSettings
+from runner.settings import DEFAULT_GRACE_S, Clock, RunSettings
 from runner.store.engine import database_url, open_store
 from runner.store.protocol import Store
 from runner.store.tables import utcnow
 from runner.store.threaded import open_threaded
 
-DEFAULT_GRACE_S = 60.0
 log = logging.getLogger("runner")
 
 
@@ -34,6 +33,8 @@ class Options:
     # Limits from flags; each one set wins over the manifest's.
     limits: RunLimits = field(default_factory=RunLimits)
     grace_s: float = DEFAULT_GRACE_S  # after SIGINT/SIGTERM, how long requests out may take
+    # --concurrency / RUNNER_CONCURRENCY: requests in flight per provider, over the manifest's
+    concurrency: int | None = None
     reporter: ProgressReporter | None = None
     handle_signals: bool = False  # the CLI turns this on; library callers keep their own
 

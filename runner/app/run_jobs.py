@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from runner.records import (
     JobState,
     Manifest,
     ProgressReporter,
+    ProviderProfile,
     RunLimits,
     Snapshot,
     Summary,
@@ -190,7 +191,10 @@ class _Work:
     async def run(self) -> PoolReport:
         options = self.options
         clock = options.clock or SystemClock()
-        profiles = {name: self.manifest.providers[name] for name in self.creds}
+        profiles = {
+            name: _with_concurrency(self.manifest.providers[name], options.concurrency)
+            for name in self.creds
+        }
         async with AsyncExitStack() as stack:
             providers: dict[str, Provider] = {}
             books: dict[str, PriceBook] = {}
@@ -301,6 +305,11 @@ class _Work:
         if reporter is not None:
             reporter.finish(snapshot(), "stopped" if report.stops else "finished")
         return report
+
+
+def _with_concurrency(profile: ProviderProfile, flag: int | None) -> ProviderProfile:
+    """The flag (or its environment variable) wins over the manifest's `concurrency`."""
+    return profile if flag is None else replace(profile, concurrency=flag)
 
 
 def _epoch(options: Options) -> Callable[[], float]:

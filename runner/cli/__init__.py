@@ -2,6 +2,9 @@
 
 One error boundary (`_guard`): known errors become one line on stderr and an exit code,
 never a traceback. RUNNER_DEBUG=1 re-raises them for a traceback.
+
+Each command imports what it uses when it runs (`runner.app` and the rest load the HTTP,
+SQL and image libraries): `runner --help` and a mistyped flag answer at once.
 """
 
 from __future__ import annotations
@@ -13,27 +16,45 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from runner import app
-from runner.app.context import DEFAULT_GRACE_S
-from runner.cli import present as render
-from runner.cli.progress import make_reporter
 from runner.errors import ExitCode, ManifestError, NewerSchema, RunnerError, StoreError
-from runner.records import JobState, ProgressReporter, RunLimits
-from runner.redact import protect_handlers, protect_logger, redact, redact_document
-from runner.settings import ENV_DB, ENV_MAX_ATTEMPTS, RetrySettings, RunSettings
+from runner.records import JobState, ProgressReporter
+from runner.settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_GRACE_S,
+    DEFAULT_MAX_ATTEMPTS,
+    ENV_CONCURRENCY,
+    ENV_DB,
+    ENV_MAX_ATTEMPTS,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from runner import app
 
 T = TypeVar("T")
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+
+
+@cache
+def err() -> Console:
+    """The terminal's stderr, through rich (made on first use: rich takes a while to load)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+@cache
+def out() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
 
 MANIFEST = click.argument(
     "manifest", type=click.Path(path_type=Path, dir_okay=False), metavar="MANIFEST"
@@ -54,7 +75,11 @@ def _guard() -> Iterator[None]:
     except (ManifestError, RunnerError) as exc:
         if os.environ.get("RUNNER_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", markup=True, soft_wrap=True)
+        from rich.markup import escape
+
+        from runner.redact import redact
+
+        err().print(f"[bold red]error:[/] {escape(redact(str(exc)))}", markup=True, soft_wrap=True)
         raise SystemExit(_exit_code_for(exc)) from None
 
 
@@ -67,12 +92,14 @@ def _exit_code_for(exc: RunnerError) -> ExitCode:
 
 
 def _run_async(function: Callable[[], Awaitable[T]]) -> T:
+    import anyio
+
     with _guard():
         try:
             return anyio.run(function)
         except KeyboardInterrupt:
             # The run has put back what it held; nothing is lost.
-            err.print("interrupted: run the same command again to resume (exit 75)")
+            err().print("interrupted: run the same command again to resume (exit 75)")
             raise SystemExit(ExitCode.EARLY) from None
 
 
@@ -102,7 +129,7 @@ def main() -> None:
     type=click.IntRange(1, 100),
     envvar=ENV_MAX_ATTEMPTS,
     show_envvar=True,
-    default=RetrySettings().max_attempts,
+    default=DEFAULT_MAX_ATTEMPTS,
     show_default=True,
     help="HTTP attempts per job, the first one included.",
 )
@@ -140,6 +167,15 @@ def main() -> None:
     metavar="SECONDS",
     help="How often plain and json logs print a progress line.",
 )
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    envvar=ENV_CONCURRENCY,
+    show_envvar=True,
+    metavar="N",
+    help="Requests in flight per provider, over each profile's `concurrency` "
+    f"(default: the manifest's, else {DEFAULT_CONCURRENCY}).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress; warnings and the result only.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every finished job.")
 def run(
@@ -152,10 +188,20 @@ def run(
     grace: float,
     log_format: str,
     progress_interval: float,
+    concurrency: int | None,
     quiet: bool,
     verbose: bool,
 ) -> None:  # fmt: skip
     """Send every job that is not done yet, then exit (see exit codes above)."""
+    from rich.markup import escape
+
+    from runner import app
+    from runner.cli import present
+    from runner.cli.progress import make_reporter
+    from runner.records import RunLimits
+    from runner.redact import redact
+    from runner.settings import RetrySettings, RunSettings
+
     reporter = make_reporter(
         log_format=log_format,
         quiet=quiet,
@@ -169,6 +215,7 @@ def run(
         settings=RunSettings(retry=RetrySettings(max_attempts)),
         limits=RunLimits(deadline, max_jobs, max_cost),
         grace_s=grace,
+        concurrency=concurrency,
         reporter=reporter,
         handle_signals=True,
     )
@@ -179,20 +226,24 @@ def run(
     if log_format == "json":
         click.echo(json.dumps(_outcome_document(outcome)), err=True)
     else:
-        render.print_summary(outcome.summary, err)
+        present.print_summary(outcome.summary, err())
         for stop in outcome.stops:
             where = "run" if stop.provider == "*" else stop.provider
-            err.print(f"[bold red]stopped {where} ({stop.kind}):[/] {escape(redact(stop.message))}")
-        err.print(_exit_hint(outcome.exit_code))
+            message = escape(redact(stop.message))
+            err().print(f"[bold red]stopped {where} ({stop.kind}):[/] {message}")
+        err().print(_exit_hint(outcome.exit_code))
     raise SystemExit(outcome.exit_code)
 
 
 def _outcome_document(outcome: app.RunOutcome) -> dict[str, Any]:
+    from runner.cli import present
+    from runner.redact import redact_document
+
     document = {
         "event": "result",
         "exit_code": outcome.exit_code,
         "stops": [asdict(stop) for stop in outcome.stops],
-        **render.status_document(outcome.summary),
+        **present.status_document(outcome.summary),
     }
     return dict(redact_document(document))
 
@@ -213,11 +264,15 @@ def _exit_hint(code: ExitCode) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(manifest: Path, db: str | None, as_json: bool) -> None:
     """Jobs per state, tokens used and cost so far."""
+    from runner import app
+    from runner.cli import present
+    from runner.redact import redact_document
+
     summary = _run_async(lambda: app.status(manifest, app.Options(db=db)))
     if as_json:
-        click.echo(json.dumps(redact_document(render.status_document(summary))))
+        click.echo(json.dumps(redact_document(present.status_document(summary))))
     else:
-        render.print_summary(summary, out)
+        present.print_summary(summary, out())
 
 
 @main.command()
@@ -227,8 +282,10 @@ def status(manifest: Path, db: str | None, as_json: bool) -> None:
 def retry(manifest: Path, db: str | None, key: str | None) -> None:
     """Move failed jobs back to pending with a fresh set of attempts (history kept);
     with --job, a cancelled job too."""
+    from runner import app
+
     count = _run_async(lambda: app.retry(manifest, app.Options(db=db), key))
-    out.print(f"{count} job{'s' if count != 1 else ''} moved back to pending")
+    out().print(f"{count} job{'s' if count != 1 else ''} moved back to pending")
 
 
 @main.command()
@@ -243,11 +300,13 @@ def retry(manifest: Path, db: str | None, key: str | None) -> None:
 )
 def cancel(manifest: Path, db: str | None, key: str | None, state: str | None) -> None:
     """Mark jobs cancelled so no run sends them (`runner retry --job KEY` undoes it)."""
+    from runner import app
+
     if key is None and state is None:
         state = "pending"
     states = [JobState(state)] if state else [JobState.PENDING, JobState.FAILED]
     count = _run_async(lambda: app.cancel(manifest, app.Options(db=db), key, states))
-    out.print(f"{count} job{'s' if count != 1 else ''} cancelled")
+    out().print(f"{count} job{'s' if count != 1 else ''} cancelled")
 
 
 @main.command()
@@ -262,13 +321,16 @@ def cancel(manifest: Path, db: str | None, key: str | None, state: str | None) -
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def jobs(manifest: Path, db: str | None, state: str | None, as_json: bool) -> None:
     """List the manifest's jobs with their state, attempts, cost and last error."""
+    from runner import app
+    from runner.cli import present
+
     rows = _run_async(lambda: app.jobs(manifest, app.Options(db=db), state))
     if as_json:
-        render.write_jsonl(rows, sys.stdout)
+        present.write_jsonl(rows, sys.stdout)
     elif rows:
-        out.print(render.jobs_table(rows))
+        out().print(present.jobs_table(rows))
     else:
-        out.print("no jobs" + (f" in state {state}" if state else ""))
+        out().print("no jobs" + (f" in state {state}" if state else ""))
 
 
 @main.command()
@@ -276,15 +338,19 @@ def jobs(manifest: Path, db: str | None, state: str | None, as_json: bool) -> No
 @DB
 def models(manifest: Path, db: str | None) -> None:
     """Each provider's edit models with their limits and prices (Venice: its live list)."""
+    from rich.table import Table
+
+    from runner import app
+
     rows, notes = _run_async(lambda: app.models(manifest, app.Options(db=db)))
     table = Table(box=None, pad_edge=False)
     for column in ("provider", "model", "limits", "price"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row.provider, row.model, row.limits, row.price)
-    out.print(table)
+    out().print(table)
     for note in notes:
-        err.print(note)
+        err().print(note)
 
 
 @main.command()
@@ -299,8 +365,10 @@ def models(manifest: Path, db: str | None) -> None:
 )
 def report(manifest: Path, db: str | None, output: Path) -> None:
     """A self-contained HTML page: totals, before/after thumbnails, failures and reasons."""
+    from runner import app
+
     stats = _run_async(lambda: app.report(manifest, app.Options(db=db), output))
-    out.print(f"wrote {output} ({stats.jobs} jobs, {stats.bytes_written / 1e6:.1f} MB)")
+    out().print(f"wrote {output} ({stats.jobs} jobs, {stats.bytes_written / 1e6:.1f} MB)")
 
 
 @main.command()
@@ -312,22 +380,27 @@ def report(manifest: Path, db: str | None, output: Path) -> None:
               help="File to write (default: standard output).")  # fmt: skip
 def export(manifest: Path, db: str | None, fmt: str, output: Any) -> None:
     """One row per job: inputs, status, attempts, error, usage, cost, outputs."""
+    from runner import app
+    from runner.cli import present
+
     rows = _run_async(lambda: app.export(manifest, app.Options(db=db)))
-    (render.write_csv if fmt == "csv" else render.write_jsonl)(rows, output)
+    (present.write_csv if fmt == "csv" else present.write_jsonl)(rows, output)
 
 
 @main.command()
 @MANIFEST
 def validate(manifest: Path) -> None:
     """Check the manifest and every job's files as `run` would; send nothing."""
+    from runner import app
+
     result = _run_async(lambda: app.validate(manifest))
     jobs = result.manifest.jobs
     for check in result.bad:
-        err.print(f"{result.manifest.path}: jobs[{check.entry}] {check.image}: {check.problem}")
-    out.print(f"{len(jobs)} jobs, {len(jobs) - len(result.bad)} ready, {len(result.bad)} "
+        err().print(f"{result.manifest.path}: jobs[{check.entry}] {check.image}: {check.problem}")
+    out().print(f"{len(jobs)} jobs, {len(jobs) - len(result.bad)} ready, {len(result.bad)} "
               f"would fail without being sent")  # fmt: skip
     unpriced = f" ({result.unpriced} jobs with no known price left out)" if result.unpriced else ""
-    out.print(
+    out().print(
         f"estimated cost if every ready job is sent: ${result.estimated_cost_usd:,.2f}{unpriced}"
         " (an estimate from typical token counts; jobs already done in the database are"
         " not sent again)"
@@ -345,7 +418,7 @@ def demo(directory: Path) -> None:
 
     _setup_logging(verbose=False)
     with _guard():
-        code = run_demo(directory, out)
+        code = run_demo(directory, out())
     raise SystemExit(code)
 
 
@@ -377,6 +450,8 @@ def _setup_logging(verbose: bool, reporter: ProgressReporter | None = None) -> N
         # Warnings and errors go through the progress display (above a live bar, or as
         # plain/JSON lines), so the two never interleave on the terminal.
         root.handlers[:] = [ReporterHandler(reporter)]
+    from runner.redact import protect_handlers, protect_logger
+
     # Whatever logger a record comes from, no key reaches the terminal or a log file.
     protect_handlers(root.handlers)
     protect_logger(logging.getLogger("runner"))

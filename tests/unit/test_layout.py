@@ -53,3 +53,20 @@ def test_only_the_dialects_package_tests_a_dialect_name() -> None:
 
 def test_the_name_check_would_catch_a_switch() -> None:
     assert _compared_names(ast.parse('if profile.dialect == "venice": pass')) == [(1, "venice")]
+
+
+@pytest.mark.slow
+def test_help_loads_no_http_sql_image_or_schema_library() -> None:
+    probe = (
+        "import sys\n"
+        "from runner.cli import main\n"
+        "try:\n"
+        "    main(['--help'], standalone_mode=False)\n"
+        "    main(['run', '--help'], standalone_mode=False)\n"
+        "finally:\n"
+        "    heavy = ('httpx', 'sqlalchemy', 'aiosqlite', 'PIL', 'pydantic', 'rich', 'anyio')\n"
+        "    print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert "--concurrency" in done.stdout  # the help was printed
+    assert done.stderr.strip().splitlines()[-1] == "[]"
