@@ -1,39 +1,28 @@
-"""The `runner` command as a user (or cron) runs it: a real subprocess, real exit codes."""
+"""The `runner` command as a user (or cron) runs it, in process through click's CliRunner:
+real arguments, environment variables, exit codes, stdout and stderr. What needs a real
+process (the console script itself, signals) is in tests/e2e/."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import API_KEY, KEY_ENV, Workspace
+from helpers import Ran, invoke
 
 from runner.testing import FakeProvider
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def runner(
-    *args: str | Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k not in ("RUNNER_DB", KEY_ENV)}
+def runner(*args: str | Path, env: dict[str, str] | None = None) -> Ran:
+    environment: dict[str, str | None] = {"RUNNER_DB": None, KEY_ENV: None}
     environment.update(env if env is not None else {KEY_ENV: API_KEY})
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=60,
-        check=False,
-    )
+    return invoke(*args, env=environment)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+def assert_one_line_error(result: Ran, *fragments: str) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -202,15 +191,6 @@ def test_api_key_never_reaches_database_logs_or_exports(
     for path in workspace.root.rglob("*"):
         if path.is_file():
             assert API_KEY.encode() not in path.read_bytes(), path
-
-
-def test_python_dash_m_and_console_script_agree() -> None:
-    script = Path(sys.executable).with_name("runner")
-    via_script = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
-    via_module = runner("--help")
-    assert via_module.returncode == 0
-    assert via_script.stdout == via_module.stdout
-    assert "Exit codes" in via_script.stdout and "RUNNER_DB" in runner("run", "--help").stdout
 
 
 def test_jobs_cancel_and_retry_of_a_cancelled_job(workspace: Workspace, fake: FakeProvider) -> None:

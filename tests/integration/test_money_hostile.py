@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COUNTED_ATTEMPTS, FakeClock, Workspace, options
+from conftest import COUNTED_ATTEMPTS, Workspace, options
+from helpers import FakeClock
 
 import runner.testing.openai_http
 from runner import app
@@ -33,6 +34,7 @@ def paid_once(fake: FakeProvider) -> bool:
 # --- item 4: blind re-sends counted across runs --------------------------------------------
 
 
+@pytest.mark.slow  # real read timeouts
 async def test_a_provider_slower_than_the_timeout_is_paid_twice_at_most_ever(
     workspace: Workspace, fake: FakeProvider
 ) -> None:
@@ -145,6 +147,7 @@ FAULT_MIX = {
 }
 
 
+@pytest.mark.slow  # 120 jobs through the storm, end to end
 async def test_the_fault_storm_fails_no_job(workspace: Workspace) -> None:
     # Issue 8's mix: 30 % 429s, 10 % 500s, 5 % resets, 5 % truncated, 5 % empty replies.
     # A job fails 5 counted attempts in a row with a chance of (25/70)^5 = 0.6 %: without
@@ -273,6 +276,7 @@ async def test_too_little_space_where_the_database_lives_stops_before_paying(
 # --- item 15: a dead run on this host, overlapping this one --------------------------------
 
 
+@pytest.mark.slow  # another process
 async def test_a_run_that_dies_on_this_host_gives_its_jobs_back_at_once(
     workspace: Workspace, fake: FakeProvider
 ) -> None:

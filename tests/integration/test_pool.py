@@ -6,7 +6,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from conftest import FakeClock
+from helpers import FakeClock
 from PIL import Image
 
 from runner.dialects.openai.rules import LIMITS as OPENAI_LIMITS

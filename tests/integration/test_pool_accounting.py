@@ -3,14 +3,13 @@ with a real SQLite store and a stub provider playing scripted answers."""
 
 from __future__ import annotations
 
-import io
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import FakeClock
+from helpers import FakeClock, png_bytes
 from PIL import Image
 
 from runner.dialects import dialect_named
@@ -53,9 +52,7 @@ class ScriptedProvider:
 
 
 def png() -> ReplyImage:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), (9, 9, 9)).save(buffer, "PNG")
-    return ReplyImage(buffer.getvalue(), "PNG", 16, 16)
+    return ReplyImage(png_bytes((16, 16), (9, 9, 9)), "PNG", 16, 16)
 
 
 async def run_pool(

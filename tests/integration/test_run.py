@@ -6,7 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import COUNTED_ATTEMPTS, FakeClock, Workspace, options, sha256
+from conftest import COUNTED_ATTEMPTS, Workspace, options, sha256
+from helpers import FakeClock
 from PIL import Image
 
 from runner import app

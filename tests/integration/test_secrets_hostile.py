@@ -3,9 +3,6 @@ runs it, every output checked byte by byte), odd keys, and a reply that drips.""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import API_KEY, KEY_ENV, Workspace, options
+from helpers import Ran, invoke
 
 from runner import app
 from runner.errors import ExitCode
@@ -25,17 +23,10 @@ VENICE_ENV = "RUNNER_TEST_VENICE_KEY"
 BIG = (320, 240)  # Venice refuses images under 65,536 pixels
 
 
-def runner(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k not in ("RUNNER_DB", KEY_ENV)}
+def runner(*args: str | Path, env: dict[str, str]) -> Ran:
+    environment: dict[str, str | None] = {"RUNNER_DB": None, KEY_ENV: None}
     environment.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=60,
-        check=False,
-    )
+    return invoke(*args, env=environment)
 
 
 @pytest.fixture

@@ -134,6 +134,7 @@ def pg_database() -> Iterator[str]:
     asyncio.run(admin_sql(f"DROP DATABASE {name} WITH (FORCE)"))
 
 
+@pytest.mark.slow  # a PostgreSQL server
 def test_postgresql_migrations_upgrade_downgrade_upgrade(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -177,6 +178,7 @@ CLAIMER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # several processes
 def test_several_processes_never_claim_the_same_job(tmp_path: Path) -> None:
     import anyio
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import pytest
-from conftest import API_KEY, KEY_ENV, FakeClock, Workspace, options
+from conftest import API_KEY, KEY_ENV, Workspace, options
+from helpers import FakeClock, Ran, invoke
 
 from runner import app
 from runner.errors import ExitCode
@@ -27,12 +24,8 @@ def run(manifest: Path, opts: app.Options) -> app.RunOutcome:
     return anyio.run(app.run, manifest, opts)
 
 
-def cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *map(str, args)],
-        env={**os.environ, KEY_ENV: API_KEY, "RUNNER_DB": ""},
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+def cli(*args: str | Path) -> Ran:
+    return invoke(*args, env={KEY_ENV: API_KEY, "RUNNER_DB": None})
 
 
 def paid_once(fake: FakeProvider, count: int) -> bool:
@@ -121,89 +114,6 @@ def test_a_bad_deadline_is_a_usage_error_naming_the_flag(
     assert result.returncode == 2
     assert "--deadline" in result.stderr and "Traceback" not in result.stderr
     assert fake.requests_total == 0
-
-
-@slow
-def test_sigterm_lets_requests_in_flight_finish_then_exits_75(
-    workspace: Workspace, fake: FakeProvider
-) -> None:
-    jobs = [{"image": workspace.image(f"t{i}.png"), "prompt": f"edit {i}"} for i in range(8)]
-    manifest = workspace.manifest(jobs, profile={"concurrency": 2})
-    fake.latency = 0.8
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runner", "run", str(manifest), "--log-format", "plain"],
-        env={**os.environ, KEY_ENV: API_KEY}, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while sum(fake.received.values()) < 2:  # two requests are out, mid-reply
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=30)
-
-    assert process.returncode == 75, stderr
-    assert "SIGTERM" in stderr and "Traceback" not in stderr
-    db = workspace.db()
-    # The requests already sent were answered and kept: nothing paid is lost.
-    succeeded = db.execute("SELECT COUNT(*) FROM jobs WHERE status='succeeded'").fetchone()[0]
-    assert succeeded == sum(fake.paid.values()) >= 2
-    assert db.execute("SELECT COUNT(*) FROM jobs WHERE status='running'").fetchone()[0] == 0
-    assert db.execute("SELECT COUNT(*) FROM attempts WHERE outcome IN "
-                      "('in_flight', 'abandoned')").fetchone()[0] == 0  # fmt: skip
-    fake.latency = 0
-    rerun = cli("run", manifest)
-    assert rerun.returncode == 0, rerun.stderr
-    assert paid_once(fake, 8)  # no job paid twice
-
-
-@slow
-def test_a_second_signal_abandons_requests_at_once_and_records_them(
-    workspace: Workspace, fake: FakeProvider
-) -> None:
-    jobs = [{"image": workspace.image(f"s{i}.png"), "prompt": f"edit {i}"} for i in range(4)]
-    manifest = workspace.manifest(jobs, profile={"concurrency": 2})
-    fake.latency = 20
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runner", "run", str(manifest), "--log-format", "plain"],
-        env={**os.environ, KEY_ENV: API_KEY}, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while sum(fake.received.values()) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    process.send_signal(signal.SIGINT)
-    started = time.monotonic()
-    _, stderr = process.communicate(timeout=30)
-
-    assert process.returncode == 75, stderr
-    assert time.monotonic() - started < 10  # did not wait for the 20 s replies
-    db = workspace.db()
-    assert db.execute("SELECT COUNT(*) FROM jobs WHERE status='running'").fetchone()[0] == 0
-    abandoned = db.execute("SELECT COUNT(*) FROM attempts WHERE outcome='abandoned'").fetchone()
-    assert abandoned[0] == 2  # on record as possibly billed
-
-
-@slow
-def test_two_overlapping_runs_split_the_work_without_lock_errors(
-    workspace: Workspace, fake: FakeProvider
-) -> None:
-    jobs = [{"image": workspace.image(f"o{i}.png"), "prompt": f"edit {i}"} for i in range(24)]
-    manifest = workspace.manifest(jobs, profile={"concurrency": 3})
-    fake.latency = 0.05
-    command = [sys.executable, "-m", "runner", "run", str(manifest), "--log-format", "plain"]
-    environment = {**os.environ, KEY_ENV: API_KEY}
-    first = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
-    errors = [p.communicate(timeout=90)[1] for p in (first, second)]
-
-    assert [first.returncode, second.returncode] == [0, 0], errors
-    assert not any("locked" in e.lower() or "Traceback" in e for e in errors)
-    assert paid_once(fake, 24)  # every job once, none twice
-    db = workspace.db()
-    by_run = db.execute("SELECT run_id, COUNT(*) FROM attempts GROUP BY run_id").fetchall()
-    assert len(by_run) == 2 and all(n > 0 for _, n in by_run)  # both did some of it
 
 
 def test_plain_and_json_progress_lines_when_not_on_a_terminal(

@@ -16,8 +16,9 @@ from typing import Any
 import anyio
 import pytest
 import yaml
-from conftest import KEY_ENV, FakeClock, Workspace, options
+from conftest import KEY_ENV, Workspace, options
 from eth_account import Account
+from helpers import FakeClock
 
 from runner import app
 from runner.cli import present as render
@@ -235,6 +236,7 @@ def test_rate_limit_answers_are_paced_by_venice_headers_not_hammered(
     assert venice.lockouts == 0
 
 
+@pytest.mark.slow  # real-time windows
 def test_breaker_keeps_failures_under_venice_lockout(
     workspace: Workspace, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

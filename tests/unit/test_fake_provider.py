@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import png_bytes
 from PIL import Image, ImageChops
 
 from runner.testing import FAULTS, FakeProvider, edited_image
@@ -30,14 +31,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def png(size: tuple[int, int] = SIZE) -> bytes:
-    img = Image.new("RGB", size)
-    # A gradient, so that a wrong crop or shift could not go unnoticed.
-    img.putdata(
-        [((x * 4) % 256, (y * 5) % 256, 90) for y in range(size[1]) for x in range(size[0])]
-    )
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(size, gradient=True)
 
 
 def mask_png(size: tuple[int, int] = SIZE, hole: tuple[int, int, int, int] = HOLE) -> bytes:

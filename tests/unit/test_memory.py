@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import base64
 import gc
-import io
 import weakref
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from PIL import Image
+from helpers import png_bytes
 
 from runner.dialects.openai.client import OpenAIProvider
 from runner.records import EditRequest, ImagePart
 
 
 def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, "PNG")
-    return buffer.getvalue()
+    return png_bytes((8, 8), (1, 2, 3))
 
 
 @pytest.fixture

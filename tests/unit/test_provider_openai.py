@@ -9,12 +9,11 @@ import email.utils
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
-from email.message import Message
 from typing import Any
 
 import httpx
 import pytest
+from helpers import multipart_by_name as multipart_parts
 from PIL import Image
 
 from runner.dialects.openai.client import OpenAIProvider
@@ -147,42 +146,6 @@ async def edit_error(api: FakeAPI, request: EditRequest | None = None) -> Provid
     with pytest.raises(ProviderError) as caught:
         await run_edit(api, request)
     return caught.value
-
-
-# --- a tiny multipart/form-data reader ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Part:
-    name: str
-    filename: str | None
-    content_type: str | None
-    data: bytes
-
-
-def multipart_parts(request: httpx.Request) -> dict[str, Part]:
-    content_type = request.headers["content-type"]
-    assert content_type.startswith("multipart/form-data; boundary=")
-    boundary = content_type.split("boundary=", 1)[1].strip('"').encode()
-    chunks = request.content.split(b"--" + boundary)
-    assert chunks[0] == b""
-    assert chunks[-1] == b"--\r\n"
-    parts: dict[str, Part] = {}
-    for chunk in chunks[1:-1]:
-        assert chunk.startswith(b"\r\n")
-        assert chunk.endswith(b"\r\n")
-        head, _, data = chunk[2:-2].partition(b"\r\n\r\n")
-        headers: Message = email.message_from_bytes(head + b"\r\n\r\n")
-        name = headers.get_param("name", header="content-disposition")
-        assert isinstance(name, str)
-        assert name not in parts, f"part {name!r} sent twice"
-        parts[name] = Part(
-            name=name,
-            filename=headers.get_filename(),
-            content_type=headers["content-type"],
-            data=data,
-        )
-    return parts
 
 
 # --- the request ----------------------------------------------------------------------------

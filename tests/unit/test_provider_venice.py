@@ -5,17 +5,15 @@ No network, no sleeping."""
 from __future__ import annotations
 
 import base64
-import email
 import io
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from email.message import Message
 from typing import Any
 
 import httpx
 import pytest
 from eth_account import Account
+from helpers import Part, multipart_parts
 from PIL import Image
 
 from runner.dialects.venice.catalogue import VENICE_LIMITS, parse_catalogue
@@ -111,32 +109,6 @@ def error_reply(status: int, body: Any, **headers: str) -> httpx.Response:
 
 def classify(status: int, body: Any, **headers: str) -> ProviderError:
     return classify_venice(error_reply(status, body, **headers), NOW)
-
-
-@dataclass(frozen=True)
-class Part:
-    name: str
-    filename: str | None
-    content_type: str | None
-    data: bytes
-
-
-def multipart_parts(request: httpx.Request) -> list[Part]:
-    """Every part in order (multi-edit repeats `images`)."""
-    content_type = request.headers["content-type"]
-    assert content_type.startswith("multipart/form-data; boundary=")
-    boundary = content_type.split("boundary=", 1)[1].strip('"').encode()
-    chunks = request.content.split(b"--" + boundary)
-    assert chunks[0] == b""
-    assert chunks[-1] == b"--\r\n"
-    parts = []
-    for chunk in chunks[1:-1]:
-        head, _, data = chunk[2:-2].partition(b"\r\n\r\n")
-        headers: Message = email.message_from_bytes(head + b"\r\n\r\n")
-        name = headers.get_param("name", header="content-disposition")
-        assert isinstance(name, str)
-        parts.append(Part(name, headers.get_filename(), headers["content-type"], data))
-    return parts
 
 
 def fields_of(parts: list[Part]) -> dict[str, bytes]:

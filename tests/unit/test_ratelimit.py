@@ -8,7 +8,7 @@ import itertools
 import anyio
 import anyio.lowlevel
 import pytest
-from conftest import FakeClock
+from helpers import FakeClock
 
 from runner.engine.pacing import ProviderGate
 from runner.errors import StopNotice, Stopped

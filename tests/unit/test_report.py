@@ -317,6 +317,7 @@ def test_missing_and_unreadable_files_become_placeholders(tmp_path: Path) -> Non
         decode(attrs["src"])
 
 
+@pytest.mark.slow  # 200 jobs of images
 def test_two_hundred_jobs_stay_small_per_job(tmp_path: Path) -> None:
     # Noisy 512 px pictures; one before + after measured about 3.8 kB here. The bound
     # keeps a 1,000-job report under ~8 MB, well inside the ~15 MB a browser opens easily.

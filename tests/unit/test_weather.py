@@ -4,7 +4,7 @@ own trouble from a job's (issue 8, items 4 and 5). Sleeps are recorded, never wa
 from __future__ import annotations
 
 import pytest
-from conftest import FakeClock
+from helpers import FakeClock
 
 from runner.engine.pacing import ProviderGate
 from runner.engine.retry import GaveUp, Tries
