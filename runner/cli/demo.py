@@ -18,7 +18,7 @@ from rich.console import Console
 from runner import app
 from runner.testing import FakeProvider
 
-EXAMPLES = Path(__file__).resolve().parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # runner/examples
 DEMO_KEY_ENV = "RUNNER_DEMO_KEY"
 DEMO_KEY = "demo-key-not-secret"
 

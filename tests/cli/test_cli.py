@@ -248,3 +248,10 @@ def test_a_database_that_cannot_be_written_exits_75_in_one_line(
     assert "Traceback" not in result.stderr
     assert "cannot open database" in result.stderr and "jobs.db" in result.stderr
     assert fake.requests_total == 0
+
+
+def test_the_demo_runs_offline_and_writes_its_report(tmp_path: Path) -> None:
+    result = runner("demo", "--dir", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "demo" / "report.html").exists()
+    assert any((tmp_path / "demo").rglob("*.png"))
