@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ import anyio
 import anyio.to_thread
 
 from runner.cpu_work import run_cpu_work
+from runner.engine.attempt import Attempts, Sending, outage
 from runner.engine.budget import LimitGuard
 from runner.engine.pacing import ProviderGate
 from runner.engine.ports import Files, Lane, Provider
@@ -27,7 +27,6 @@ from runner.engine.retry import GaveUp, RetryPolicy, Tries
 from runner.errors import (
     ExitCode,
     InputError,
-    NotDelivered,
     OutputError,
     PermanentJobError,
     ProviderDown,
@@ -37,7 +36,6 @@ from runner.errors import (
     StopNotice,
     Stopped,
     StoreError,
-    Throttled,
 )
 from runner.records import (
     AttemptRecord,
@@ -48,8 +46,6 @@ from runner.records import (
     JobSpec,
     Outcome,
     OutputRef,
-    ReplyFacts,
-    Usage,
 )
 from runner.settings import Clock, RunSettings, SystemClock
 from runner.store.protocol import AttemptTicket, Store
@@ -113,7 +109,6 @@ class Pool:
         self._policy = policy or RetryPolicy(settings.retry)
         self._prepare = files.prepare
         self._write = files.write
-        self._prices = {name: lane.prices for name, lane in lanes.items() if lane.prices}
         self._limits = limits
         # Runs on this host that died while we were running: their jobs are ours at once.
         self._reclaim_dead = reclaim_dead
@@ -121,9 +116,19 @@ class Pool:
         self._free_space = files.free_space
         self._keep_unrecorded = keep_unrecorded
         self._unrecorded: list[Unrecorded] = []
-        self._warned: set[tuple[str, str]] = set()
         self._intake_open = True
         self.report = PoolReport()
+        self._attempts = Attempts(
+            store,
+            owner,
+            settings,
+            concurrency=self._concurrency,
+            prices={name: lane.prices for name, lane in lanes.items() if lane.prices},
+            limits=limits,
+            stop=self._stop,
+            close_intake=self.close_intake,
+            on_spend=self._count_spend,
+        )
         # Claims come in batches of a quarter of the concurrency: one store call per batch.
         # A batch's unstarted jobs stay leased to this run; ending the run releases them.
         self._claimed: dict[str, deque[Job]] = {name: deque() for name in lanes}
@@ -244,7 +249,7 @@ class Pool:
         except InputError as exc:
             await self._fail(spec, f"{exc} (nothing was sent)", FailureKind.INPUT)
             return
-        estimate = self._estimate(spec)
+        estimate = self._attempts.estimate(spec)
         if self._limits is not None and (reason := self._limits.admit(estimate)):
             self.close_intake("limit", reason)
             await self._release(spec)
@@ -256,20 +261,6 @@ class Pool:
             self.report.in_flight -= 1
             if self._limits is not None:
                 self._limits.settle(estimate)
-
-    def _estimate(self, spec: JobSpec) -> float | None:
-        book = self._prices.get(spec.provider)
-        return book.estimate(spec) if book is not None else None
-
-    def _price(self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None) -> float | None:
-        book = self._prices.get(spec.provider)
-        return book.cost(spec, usage, facts) if book is not None else None
-
-    def _spend(self, cost: float | None) -> None:
-        if cost:
-            self.report.spent_usd += cost
-            if self._limits is not None:
-                self._limits.spent(cost)
 
     async def _send_job(
         self, job: Job, request: EditRequest, provider: Provider, gate: ProviderGate
@@ -288,7 +279,7 @@ class Pool:
             reason = "no attempts left; `runner retry` gives it a new set"
             await self._fail(spec, reason, FailureKind.ATTEMPTS)
             return
-        sending = _Sending(spec, request, provider, gate)
+        sending = Sending(spec, request, provider, gate)
         for extra_round in range(self._settings.weather_rounds + 1):
             try:
                 result, ticket, record = await self._send(sending, tries)
@@ -310,7 +301,7 @@ class Pool:
             self._background.start_soon(self._finish, spec, result, ticket, record)
             return
 
-    def _weather_not_job(self, sending: _Sending, extra_round: int) -> bool:
+    def _weather_not_job(self, sending: Sending, extra_round: int) -> bool:
         """Whether a job that used up its attempts deserves another set in this run: the
         provider fails other jobs' requests often too (its weather, not the job's fault),
         yet not all of them (then it is down, and the run stops for it)."""
@@ -331,7 +322,7 @@ class Pool:
                 )
         return None
 
-    async def _gave_up(self, sending: _Sending, tries: Tries, exc: RetryableError) -> None:
+    async def _gave_up(self, sending: Sending, tries: Tries, exc: RetryableError) -> None:
         spec, gate = sending.spec, sending.gate
         if tries.gave_up is GaveUp.WEATHER:
             # Throttled or unreachable again and again: the provider, not the job.
@@ -342,21 +333,21 @@ class Pool:
         elif gate.failure_streak > sending.attempts:
             # Other jobs' requests failed too, with no success in between: the provider is
             # down. Keep the job for the next run instead of failing it.
-            self._stop(gate, _outage(gate, exc))
+            self._stop(gate, outage(gate, exc))
             await self._release(spec, fresh_attempts=True)
         else:
             reason = "gave up after retries: " + exc.describe()
             await self._fail(spec, reason, FailureKind.ATTEMPTS)
 
     async def _send(
-        self, sending: _Sending, tries: Tries
+        self, sending: Sending, tries: Tries
     ) -> tuple[EditResult, AttemptTicket, AttemptRecord]:
         async for attempt in self._policy.retrying(tries, self._retry_sleep(sending)):
             with attempt:
-                return await self._attempt(sending)
+                return await self._attempts.send(sending)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    def _retry_sleep(self, sending: _Sending) -> Callable[[float], Awaitable[None]]:
+    def _retry_sleep(self, sending: Sending) -> Callable[[float], Awaitable[None]]:
         async def sleep(seconds: float) -> None:
             self.report.retries_waiting += 1
             try:
@@ -365,138 +356,6 @@ class Pool:
                 self.report.retries_waiting -= 1
 
         return sleep
-
-    async def _attempt(self, sending: _Sending) -> tuple[EditResult, AttemptTicket, AttemptRecord]:
-        spec, request, provider, gate = (
-            sending.spec,
-            sending.request,
-            sending.provider,
-            sending.gate,
-        )
-        refused = self._limits.resend_refused() if sending.attempts and self._limits else None
-        if refused is not None:
-            self.close_intake("limit", refused)
-            raise Stopped(refused)
-        await gate.wait_turn()
-        sending.attempts += 1
-        # On disk before the request leaves: a provider bills what it received even if we
-        # die a millisecond later, and the record must say the attempt may have been paid.
-        try:
-            ticket = await self._store.begin_attempt(
-                spec.key, self._owner, spec.provider, spec.model
-            )
-        except BaseException:
-            gate.answered()
-            raise
-        if gate.stopped:  # a 402 arrived for another job while this was being recorded
-            gate.answered()
-            await self._store.finish_attempt(
-                ticket, AttemptRecord(outcome=Outcome.NOT_SENT, counted=False)
-            )
-            raise Stopped(f"{gate.name} stopped before this request was sent")
-        started = time.monotonic()
-        try:
-            try:
-                result = await provider.edit(request)
-            finally:
-                gate.answered()
-        except ProviderError as exc:
-            if isinstance(exc, ProviderStop):
-                self._stop(gate, exc)  # first, before any write: no worker may send again
-            self._pace(gate, spec, exc)
-            record = _error_record(exc, _ms_since(started))
-            if exc.billed:  # though no usable image came back
-                cost, flag = self._paid_cost(spec, exc.usage, exc.facts)
-                record = replace(record, cost_usd=cost, usage=_flagged(exc.usage, flag))
-            await self._store.finish_attempt(ticket, record)
-            raise
-        except BaseException:
-            # Cancelled mid-request (the grace period ran out): it may have been billed.
-            with anyio.CancelScope(shield=True):
-                await self._store.finish_attempt(
-                    ticket, AttemptRecord(outcome=Outcome.ABANDONED, latency_ms=_ms_since(started))
-                )
-                await self._store.release(spec.key, self._owner)
-            raise
-        gate.record(succeeded=True)
-        gate.note_answer(spec.key, failed=False)
-        self._observe(gate, spec, result.facts, failed=False)
-        latency_ms = _ms_since(started)
-        if self._limits is not None:
-            self._limits.took(latency_ms / 1000)
-        cost, flag = self._paid_cost(spec, result.usage, result.facts)
-        record = AttemptRecord(
-            outcome=Outcome.SUCCEEDED,
-            latency_ms=latency_ms,
-            http_status=result.status_code,
-            error_message=_fewer_images(spec, result),
-            request_id=result.request_id,
-            usage=_flagged(result.usage, flag),
-            cost_usd=cost,
-            facts=result.facts,
-        )
-        return result, ticket, record
-
-    def _pace(self, gate: ProviderGate, spec: JobSpec, exc: ProviderError) -> None:
-        """What a failed request tells the provider's gate: weather slows everyone down,
-        other failures count toward telling an outage (and a storm) from a bad job."""
-        if isinstance(exc, RetryableError):
-            gate.record(succeeded=False)
-        if isinstance(exc, Throttled | NotDelivered):
-            # Weather uses no attempts, so no job runs out of them to tell an outage: the
-            # provider's own streak of failures does.
-            if self._down(gate):
-                self._stop(gate, _outage(gate, exc))
-            hint = exc.retry_after
-            gate.note_weather(
-                min(hint, self._settings.retry.max_wait_s) if hint is not None else None
-            )
-        else:
-            if exc.retry_after:
-                gate.pause_for(min(exc.retry_after, self._settings.retry.max_wait_s))
-            if isinstance(exc, RetryableError):
-                gate.note_answer(spec.key, failed=True)
-        self._observe(gate, spec, exc.facts, failed=exc.status_code is not None)
-
-    def _down(self, gate: ProviderGate) -> bool:
-        """Failed requests in a row, across jobs, past the point a blip explains."""
-        threshold = max(self._settings.outage_streak, 2 * self._concurrency[gate.name])
-        return gate.failure_streak >= threshold
-
-    def _paid_cost(
-        self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None
-    ) -> tuple[float | None, str | None]:
-        """What a 200 cost, counted against the budget: from its usage, or the job's
-        estimate when the usage is missing or cannot be trusted (then with why)."""
-        suspect = usage.suspect if usage is not None else None
-        cost = None if suspect else self._price(spec, usage, facts)
-        if cost is None:
-            cost = self._estimate(spec)
-            if suspect:
-                log.warning(
-                    "jobs[%d] %s (%s): %s reported usage that cannot be right (%s); "
-                    "costed at its estimate%s",
-                    spec.entry, spec.image.name, spec.key8, spec.provider, suspect,
-                    f" ${cost:.4f}" if cost is not None else " (unknown)",
-                )  # fmt: skip
-        self._spend(cost)
-        return cost, suspect
-
-    def _observe(
-        self, gate: ProviderGate, spec: JobSpec, facts: ReplyFacts | None, *, failed: bool
-    ) -> None:
-        """The provider's side of pacing: its rate counters, its lock-out rule, its notices."""
-        if failed and gate.note_failure():
-            log.warning(
-                "%s: %d failed requests within %g s; pausing it for as long to stay clear of "
-                "its lock-out", gate.name, gate.breaker_threshold, gate.breaker_window_s,
-            )  # fmt: skip
-        if facts is None:
-            return
-        gate.observe_rate(facts.rate_remaining, facts.rate_reset_in_s)
-        if facts.deprecation and (gate.name, spec.model) not in self._warned:
-            self._warned.add((gate.name, spec.model))
-            log.warning("%s: model %s: %s", gate.name, spec.model, facts.deprecation)
 
     async def _finish(
         self, spec: JobSpec, result: EditResult, ticket: AttemptTicket, record: AttemptRecord
@@ -559,6 +418,9 @@ class Pool:
         await self._store.release(spec.key, self._owner, fresh_attempts=fresh_attempts)
         self.report.released += 1
 
+    def _count_spend(self, cost: float) -> None:
+        self.report.spent_usd += cost
+
     def _halt(self, kind: str, message: str, exit_code: int | None = None) -> None:
         """Stop every provider: the reason is ours (the disk, a limit, a signal), not theirs."""
         # Once per kind: a signal after a limit must still stop the gates, a repeat need not.
@@ -584,24 +446,6 @@ class Pool:
         log.error("stopped sending to %s: %s", gate.name, notice.message)
 
 
-@dataclass(slots=True)
-class _Sending:
-    """One job on its way out: what it needs, and how many requests it has made."""
-
-    spec: JobSpec
-    request: EditRequest
-    provider: Provider
-    gate: ProviderGate
-    attempts: int = 0
-
-
-def _outage(gate: ProviderGate, last: ProviderError) -> ProviderDown:
-    return ProviderDown(
-        f"{gate.failure_streak} requests in a row failed, for more than one job; the provider "
-        f"looks down. Run again later. Last error: {last.describe()}"
-    )
-
-
 def _still_throttled(gate: ProviderGate, tries: Tries, last: ProviderError) -> ProviderDown:
     return ProviderDown(
         f"a job was rate-limited or could not reach {gate.name} {tries.weather} times in this "
@@ -616,17 +460,6 @@ def _unanswered_reason(count: int) -> str:
     )
 
 
-def _fewer_images(spec: JobSpec, result: EditResult) -> str | None:
-    """A note when the provider returned fewer images than the job asked for (`n`)."""
-    asked = spec.images_asked
-    got = len(result.images)
-    return f"asked for {asked} images (n), the provider returned {got}" if got < asked else None
-
-
-def _flagged(usage: Usage | None, flag: str | None) -> Usage | None:
-    return usage if usage is None or flag is None else replace(usage, suspect=flag)
-
-
 def _input_bytes(spec: JobSpec) -> int:
     """Bytes pre-flight will read; unreadable files count as nothing (it fails at once)."""
     total = 0
@@ -635,23 +468,3 @@ def _input_bytes(spec: JobSpec) -> int:
             with contextlib.suppress(OSError):
                 total += path.stat().st_size
     return total
-
-
-def _ms_since(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
-
-
-def _error_record(exc: ProviderError, latency_ms: int) -> AttemptRecord:
-    return AttemptRecord(
-        outcome=Outcome(exc.outcome),
-        latency_ms=latency_ms,
-        http_status=exc.status_code,
-        error_code=exc.provider_code,
-        error_message=exc.message[:2000],
-        request_id=exc.request_id,
-        usage=exc.usage,
-        facts=exc.facts,
-        # A stop (402, 401) is the provider refusing the account, not this job: the job
-        # keeps its attempts for when the account is fixed. Weather costs no attempt either.
-        counted=not isinstance(exc, ProviderStop | Throttled | NotDelivered),
-    )

@@ -1,0 +1,267 @@
+"""One HTTP attempt and its journal. The attempt is on record before the request leaves (a
+provider bills what it received, even if the runner dies a millisecond later), finished
+with what came back, costed (a paid answer counts against the budget before any retry),
+and fed back to the provider's gate: weather paces everyone, a stop stops everyone.
+
+`Pool` decides which job goes and how often it is retried; `Attempts` makes each try.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+import anyio
+
+from runner.engine.budget import LimitGuard
+from runner.engine.pacing import ProviderGate
+from runner.engine.ports import Provider
+from runner.engine.pricing import PriceBook
+from runner.errors import (
+    NotDelivered,
+    ProviderDown,
+    ProviderError,
+    ProviderStop,
+    RetryableError,
+    Stopped,
+    Throttled,
+)
+from runner.records import (
+    AttemptRecord,
+    EditRequest,
+    EditResult,
+    JobSpec,
+    Outcome,
+    ReplyFacts,
+    Usage,
+)
+from runner.settings import RunSettings
+from runner.store.protocol import AttemptTicket, Store
+
+log = logging.getLogger("runner")
+
+
+@dataclass(slots=True)
+class Sending:
+    """One job on its way out: what it needs, and how many requests it has made."""
+
+    spec: JobSpec
+    request: EditRequest
+    provider: Provider
+    gate: ProviderGate
+    attempts: int = 0
+
+
+class Attempts:
+    """Makes each request of a run, for every provider profile."""
+
+    def __init__(
+        self,
+        store: Store,
+        owner: str,
+        settings: RunSettings,
+        *,
+        concurrency: Mapping[str, int],
+        prices: Mapping[str, PriceBook],
+        limits: LimitGuard | None,
+        stop: Callable[[ProviderGate, ProviderStop], None],
+        close_intake: Callable[[str, str], None],
+        on_spend: Callable[[float], None],
+    ) -> None:
+        self._store = store
+        self._owner = owner
+        self._settings = settings
+        self._concurrency = concurrency
+        self._prices = prices
+        self._limits = limits
+        self._stop = stop  # a provider's stop, recorded by the pool
+        self._close_intake = close_intake
+        self._on_spend = on_spend
+        self._warned: set[tuple[str, str]] = set()
+
+    def estimate(self, spec: JobSpec) -> float | None:
+        book = self._prices.get(spec.provider)
+        return book.estimate(spec) if book is not None else None
+
+    def _price(self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None) -> float | None:
+        book = self._prices.get(spec.provider)
+        return book.cost(spec, usage, facts) if book is not None else None
+
+    def _spend(self, cost: float | None) -> None:
+        if cost:
+            self._on_spend(cost)
+            if self._limits is not None:
+                self._limits.spent(cost)
+
+    async def send(self, sending: Sending) -> tuple[EditResult, AttemptTicket, AttemptRecord]:
+        """One request: journalled before it leaves, finished with what came back."""
+        spec, request, provider, gate = (
+            sending.spec,
+            sending.request,
+            sending.provider,
+            sending.gate,
+        )
+        refused = self._limits.resend_refused() if sending.attempts and self._limits else None
+        if refused is not None:
+            self._close_intake("limit", refused)
+            raise Stopped(refused)
+        await gate.wait_turn()
+        sending.attempts += 1
+        # On disk before the request leaves: a provider bills what it received even if we
+        # die a millisecond later, and the record must say the attempt may have been paid.
+        try:
+            ticket = await self._store.begin_attempt(
+                spec.key, self._owner, spec.provider, spec.model
+            )
+        except BaseException:
+            gate.answered()
+            raise
+        if gate.stopped:  # a 402 arrived for another job while this was being recorded
+            gate.answered()
+            await self._store.finish_attempt(
+                ticket, AttemptRecord(outcome=Outcome.NOT_SENT, counted=False)
+            )
+            raise Stopped(f"{gate.name} stopped before this request was sent")
+        started = time.monotonic()
+        try:
+            try:
+                result = await provider.edit(request)
+            finally:
+                gate.answered()
+        except ProviderError as exc:
+            if isinstance(exc, ProviderStop):
+                self._stop(gate, exc)  # first, before any write: no worker may send again
+            self._pace(gate, spec, exc)
+            record = _error_record(exc, _ms_since(started))
+            if exc.billed:  # though no usable image came back
+                cost, flag = self._paid_cost(spec, exc.usage, exc.facts)
+                record = replace(record, cost_usd=cost, usage=_flagged(exc.usage, flag))
+            await self._store.finish_attempt(ticket, record)
+            raise
+        except BaseException:
+            # Cancelled mid-request (the grace period ran out): it may have been billed.
+            with anyio.CancelScope(shield=True):
+                await self._store.finish_attempt(
+                    ticket, AttemptRecord(outcome=Outcome.ABANDONED, latency_ms=_ms_since(started))
+                )
+                await self._store.release(spec.key, self._owner)
+            raise
+        gate.record(succeeded=True)
+        gate.note_answer(spec.key, failed=False)
+        self._observe(gate, spec, result.facts, failed=False)
+        latency_ms = _ms_since(started)
+        if self._limits is not None:
+            self._limits.took(latency_ms / 1000)
+        cost, flag = self._paid_cost(spec, result.usage, result.facts)
+        record = AttemptRecord(
+            outcome=Outcome.SUCCEEDED,
+            latency_ms=latency_ms,
+            http_status=result.status_code,
+            error_message=_fewer_images(spec, result),
+            request_id=result.request_id,
+            usage=_flagged(result.usage, flag),
+            cost_usd=cost,
+            facts=result.facts,
+        )
+        return result, ticket, record
+
+    def _pace(self, gate: ProviderGate, spec: JobSpec, exc: ProviderError) -> None:
+        """What a failed request tells the provider's gate: weather slows everyone down,
+        other failures count toward telling an outage (and a storm) from a bad job."""
+        if isinstance(exc, RetryableError):
+            gate.record(succeeded=False)
+        if isinstance(exc, Throttled | NotDelivered):
+            # Weather uses no attempts, so no job runs out of them to tell an outage: the
+            # provider's own streak of failures does.
+            if self._down(gate):
+                self._stop(gate, outage(gate, exc))
+            hint = exc.retry_after
+            gate.note_weather(
+                min(hint, self._settings.retry.max_wait_s) if hint is not None else None
+            )
+        else:
+            if exc.retry_after:
+                gate.pause_for(min(exc.retry_after, self._settings.retry.max_wait_s))
+            if isinstance(exc, RetryableError):
+                gate.note_answer(spec.key, failed=True)
+        self._observe(gate, spec, exc.facts, failed=exc.status_code is not None)
+
+    def _down(self, gate: ProviderGate) -> bool:
+        """Failed requests in a row, across jobs, past the point a blip explains."""
+        threshold = max(self._settings.outage_streak, 2 * self._concurrency[gate.name])
+        return gate.failure_streak >= threshold
+
+    def _paid_cost(
+        self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None
+    ) -> tuple[float | None, str | None]:
+        """What a 200 cost, counted against the budget: from its usage, or the job's
+        estimate when the usage is missing or cannot be trusted (then with why)."""
+        suspect = usage.suspect if usage is not None else None
+        cost = None if suspect else self._price(spec, usage, facts)
+        if cost is None:
+            cost = self.estimate(spec)
+            if suspect:
+                log.warning(
+                    "jobs[%d] %s (%s): %s reported usage that cannot be right (%s); "
+                    "costed at its estimate%s",
+                    spec.entry, spec.image.name, spec.key8, spec.provider, suspect,
+                    f" ${cost:.4f}" if cost is not None else " (unknown)",
+                )  # fmt: skip
+        self._spend(cost)
+        return cost, suspect
+
+    def _observe(
+        self, gate: ProviderGate, spec: JobSpec, facts: ReplyFacts | None, *, failed: bool
+    ) -> None:
+        """The provider's side of pacing: its rate counters, its lock-out rule, its notices."""
+        if failed and gate.note_failure():
+            log.warning(
+                "%s: %d failed requests within %g s; pausing it for as long to stay clear of "
+                "its lock-out", gate.name, gate.breaker_threshold, gate.breaker_window_s,
+            )  # fmt: skip
+        if facts is None:
+            return
+        gate.observe_rate(facts.rate_remaining, facts.rate_reset_in_s)
+        if facts.deprecation and (gate.name, spec.model) not in self._warned:
+            self._warned.add((gate.name, spec.model))
+            log.warning("%s: model %s: %s", gate.name, spec.model, facts.deprecation)
+
+
+def outage(gate: ProviderGate, last: ProviderError) -> ProviderDown:
+    return ProviderDown(
+        f"{gate.failure_streak} requests in a row failed, for more than one job; the provider "
+        f"looks down. Run again later. Last error: {last.describe()}"
+    )
+
+
+def _fewer_images(spec: JobSpec, result: EditResult) -> str | None:
+    """A note when the provider returned fewer images than the job asked for (`n`)."""
+    asked = spec.images_asked
+    got = len(result.images)
+    return f"asked for {asked} images (n), the provider returned {got}" if got < asked else None
+
+
+def _flagged(usage: Usage | None, flag: str | None) -> Usage | None:
+    return usage if usage is None or flag is None else replace(usage, suspect=flag)
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _error_record(exc: ProviderError, latency_ms: int) -> AttemptRecord:
+    return AttemptRecord(
+        outcome=Outcome(exc.outcome),
+        latency_ms=latency_ms,
+        http_status=exc.status_code,
+        error_code=exc.provider_code,
+        error_message=exc.message[:2000],
+        request_id=exc.request_id,
+        usage=exc.usage,
+        facts=exc.facts,
+        # A stop (402, 401) is the provider refusing the account, not this job: the job
+        # keeps its attempts for when the account is fixed. Weather costs no attempt either.
+        counted=not isinstance(exc, ProviderStop | Throttled | NotDelivered),
+    )
