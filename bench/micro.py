@@ -82,8 +82,9 @@ def make_data(tmp: Path) -> dict[str, Any]:
 
 def rows(d: dict[str, Any], tmp: Path) -> list[tuple[str, Callable[[], Any], int]]:
     from runner.dialects.openai.client import _parse_reply
-    from runner.files.outputs import _write_atomic, write_outputs
-    from runner.files.preflight import OPENAI_LIMITS, _check_image, _inspect, read_image_info
+    from runner.dialects.openai.rules import LIMITS as OPENAI_LIMITS
+    from runner.files.outputs import write_atomic, write_outputs
+    from runner.files.preflight import _check_image, _inspect, read_image_info
     from runner.manifest.expand import load_manifest
 
     body, png, image = d["body"], d["png"], d["image"]
@@ -106,7 +107,7 @@ def rows(d: dict[str, Any], tmp: Path) -> list[tuple[str, Callable[[], Any], int
         (out / f"p{next(counter)}.png").write_bytes(png)
 
     def atomic_fsync() -> None:
-        _write_atomic(out / f"a{next(counter)}.png", png)
+        write_atomic(out / f"a{next(counter)}.png", png)
 
     def runner_write_outputs() -> None:
         for p in out.iterdir():  # keep names free
@@ -143,7 +144,7 @@ def rows(d: dict[str, Any], tmp: Path) -> list[tuple[str, Callable[[], Any], int
         ("reply: read_image_info(png) (Pillow verify: CRCs)", lambda: read_image_info(png), 10),
         ("output: sha256(1.45 MB)", lambda: hashlib.sha256(png).hexdigest(), 10),
         ("output: plain write_bytes", plain_write, 5),
-        ("output: runner _write_atomic (temp+fsync+rename)", atomic_fsync, 5),
+        ("output: runner write_atomic (temp+fsync+rename)", atomic_fsync, 5),
         ("output: runner write_outputs (atomic+sha256)", runner_write_outputs, 5),
         ("input: runner prepare_request (read+sha256+Pillow)", prepare, 10),
         ("input: sha256(1.47 MB)", lambda: hashlib.sha256(image).hexdigest(), 10),
