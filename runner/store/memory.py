@@ -1,0 +1,514 @@
+"""MemoryStore: the Store protocol in plain Python objects, the twin of `sql.SqlStore`.
+
+It keeps the same rules as the SQL store (claims in manifest order, leases, attempts
+counted from their own rows above a floor, a success that stands even after a lost lease,
+redaction of provider texts), so the pool's races can be tested without a database, and
+`tests/unit/test_store_contract.py` runs the same scenarios on both and compares them.
+Nothing is persisted; one event loop, no locks needed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from runner.manifest.digests import DigestEntry
+from runner.records import (
+    AttemptRecord,
+    ExportRow,
+    FailureKind,
+    Job,
+    JobSpec,
+    JobState,
+    Outcome,
+    OutputRef,
+    ProviderAccount,
+    Summary,
+    Totals,
+)
+from runner.redact import redact
+from runner.store.protocol import AttemptTicket, RunInfo
+
+if TYPE_CHECKING:
+    from runner.store.protocol import Store
+
+_PENDING, _RUNNING = JobState.PENDING.value, JobState.RUNNING.value
+
+
+@dataclass(frozen=True, slots=True)
+class _Ticket:
+    id: int
+
+
+@dataclass(slots=True)
+class _JobRow:
+    spec: JobSpec
+    status: str = _PENDING
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    attempt_floor: int = 0  # attempts up to this id no longer use up the job's budget
+    retry_floor: int = 0  # timeouts up to this id no longer count as blind re-sends
+    error: str | None = None
+    failure_kind: str | None = None
+    finished_at: datetime | None = None
+    price_json: str | None = None
+
+
+@dataclass(slots=True)
+class _AttemptRow:
+    id: int
+    job_key: str
+    run_id: str
+    provider: str
+    model: str
+    started_at: datetime
+    outcome: str = Outcome.IN_FLIGHT.value
+    counted: bool = True  # until the answer says otherwise: a crash may still be billed
+    finished_at: datetime | None = None
+    record: AttemptRecord | None = None
+
+    def tokens(self) -> tuple[int, int, int]:
+        usage = self.record.usage if self.record else None
+        if usage is None:
+            return 0, 0, 0
+        return usage.input_tokens or 0, usage.output_tokens or 0, usage.total_tokens or 0
+
+    @property
+    def cost_usd(self) -> float:
+        return (self.record.cost_usd if self.record else None) or 0.0
+
+    @property
+    def balance_usd(self) -> float | None:
+        facts = self.record.facts if self.record else None
+        return facts.balance_usd if facts else None
+
+    @property
+    def balance_diem(self) -> float | None:
+        facts = self.record.facts if self.record else None
+        return facts.balance_diem if facts else None
+
+    @property
+    def balance_after_usd(self) -> float | None:
+        facts = self.record.facts if self.record else None
+        return facts.balance_after_usd if facts else None
+
+
+@dataclass(slots=True)
+class _RunRow:
+    info: RunInfo
+    started_at: datetime
+    heartbeat_at: datetime
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    stop_reason: str | None = None
+
+
+@dataclass(slots=True)
+class _Tables:
+    jobs: dict[str, _JobRow] = field(default_factory=dict)
+    manifests: dict[str, list[str]] = field(default_factory=dict)  # job keys in order
+    attempts: dict[int, _AttemptRow] = field(default_factory=dict)
+    outputs: list[tuple[str, int, OutputRef]] = field(default_factory=list)
+    runs: dict[str, _RunRow] = field(default_factory=dict)
+    catalogues: dict[str, tuple[datetime, str]] = field(default_factory=dict)
+    digests: dict[str, DigestEntry] = field(default_factory=dict)
+
+
+class MemoryStore:
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self._now = clock
+        self._t = _Tables()
+        self._ids = itertools.count(1)
+
+    async def close(self) -> None:
+        return None
+
+    # -- the manifest's jobs ------------------------------------------------------------
+    async def sync_manifest(self, manifest: str, specs: Sequence[JobSpec]) -> int:
+        new = 0
+        for spec in specs:
+            row = self._t.jobs.get(spec.key)
+            if row is None:
+                self._t.jobs[spec.key] = _JobRow(spec)
+                new += 1
+            else:  # same content, maybe moved or renamed: paths and output names follow
+                row.spec = spec
+        self._t.manifests[manifest] = [spec.key for spec in specs]
+        return new
+
+    async def retry(self, manifest: str, key: str | None = None) -> int:
+        states = (JobState.FAILED, JobState.CANCELLED) if key else (JobState.FAILED,)
+        return self._move(manifest, states, JobState.PENDING, key)
+
+    async def cancel(self, manifest: str, key: str | None, states: Collection[JobState]) -> int:
+        return self._move(manifest, states, JobState.CANCELLED, key)
+
+    def _move(
+        self, manifest: str, states: Collection[JobState], to: JobState, key: str | None
+    ) -> int:
+        wanted = {state.value for state in states}
+        moved = 0
+        for row in self._members(manifest):
+            if row.status not in wanted or (key is not None and not row.spec.key.startswith(key)):
+                continue
+            row.status = to.value
+            if to is JobState.PENDING:
+                # A fresh set of attempts, and the blind re-send limit starts over.
+                row.attempt_floor = row.retry_floor = self._latest_attempt(row.spec.key)
+                row.finished_at, row.failure_kind = None, None
+            else:
+                row.finished_at = self._now()
+            moved += 1
+        return moved
+
+    async def set_prices(self, prices: Mapping[str, str]) -> None:
+        for key, price in prices.items():
+            row = self._t.jobs.get(key)
+            if row is not None and row.status in (_PENDING, _RUNNING):
+                row.price_json = price
+
+    async def load_catalogue(self, source_url: str) -> tuple[datetime, str] | None:
+        return self._t.catalogues.get(source_url)
+
+    async def save_catalogue(self, source_url: str, body: str) -> None:
+        self._t.catalogues[source_url] = (self._now(), redact(body))
+
+    # -- runs and leases ----------------------------------------------------------------
+    async def start_run(self, run: RunInfo) -> None:
+        now = self._now()
+        self._t.runs[run.id] = _RunRow(run, started_at=now, heartbeat_at=now)
+
+    async def end_run(self, run_id: str, exit_code: int, stop_reason: str | None) -> None:
+        self._release_runs([run_id])
+        run = self._t.runs.get(run_id)
+        if run is not None:
+            run.ended_at, run.exit_code, run.stop_reason = (
+                self._now(),
+                exit_code,
+                redact(stop_reason),
+            )
+
+    async def unfinished_runs(self, host: str) -> Sequence[RunInfo]:
+        return [r.info for r in self._t.runs.values() if r.info.host == host and not r.ended_at]
+
+    async def reclaim_dead_runs(self, dead_run_ids: Iterable[str]) -> int:
+        ids = list(dead_run_ids)
+        if not ids:
+            return 0
+        released = self._release_runs(ids)
+        for run_id in ids:
+            run = self._t.runs.get(run_id)
+            if run is not None:
+                run.ended_at, run.stop_reason = self._now(), "the process died without finishing"
+        return released
+
+    def _release_runs(self, ids: Sequence[str]) -> int:
+        """Jobs these runs hold go back to pending; their unanswered attempts are abandoned."""
+        released = 0
+        for row in self._t.jobs.values():
+            if row.lease_owner in ids and row.status == _RUNNING:
+                row.status, row.lease_owner, row.lease_expires_at = _PENDING, None, None
+                released += 1
+        for attempt in self._t.attempts.values():
+            if attempt.run_id in ids and attempt.outcome == Outcome.IN_FLIGHT.value:
+                attempt.outcome, attempt.finished_at = Outcome.ABANDONED.value, self._now()
+        return released
+
+    async def claim_many(
+        self, manifest: str, provider: str, owner: str, lease_until: datetime, limit: int
+    ) -> Sequence[Job]:
+        now = self._now()
+        rows = self._take(manifest, provider, owner, lease_until, limit, now, expired=False)
+        if not rows:  # rare: only a crashed runner's jobs whose leases have lapsed
+            rows = self._take(manifest, provider, owner, lease_until, limit, now, expired=True)
+            keys = {row.spec.key for row in rows}
+            for attempt in self._t.attempts.values():
+                if attempt.job_key in keys and attempt.outcome == Outcome.IN_FLIGHT.value:
+                    attempt.outcome, attempt.finished_at = Outcome.ABANDONED.value, now
+        return [Job(row.spec, self._counted_this_round(row), self._unanswered(row)) for row in rows]
+
+    def _take(
+        self,
+        manifest: str,
+        provider: str,
+        owner: str,
+        lease_until: datetime,
+        limit: int,
+        now: datetime,
+        *,
+        expired: bool,
+    ) -> list[_JobRow]:
+        def takeable(row: _JobRow) -> bool:
+            if expired:
+                return row.status == _RUNNING and (
+                    row.lease_expires_at is not None and row.lease_expires_at < now
+                )
+            return row.status == _PENDING
+
+        taken = [
+            row
+            for row in self._members(manifest)
+            if row.spec.provider == provider and takeable(row)
+        ][:limit]
+        for row in taken:
+            row.status, row.lease_owner, row.lease_expires_at = _RUNNING, owner, lease_until
+        return taken
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> None:
+        for row in self._t.jobs.values():
+            if row.lease_owner == owner and row.status == _RUNNING:
+                row.lease_expires_at = lease_until
+        run = self._t.runs.get(owner)
+        if run is not None:
+            run.heartbeat_at = self._now()
+
+    async def held_elsewhere(self, manifest: str, provider: str, owner: str) -> int:
+        return sum(
+            1
+            for row in self._members(manifest)
+            if row.spec.provider == provider
+            and row.status == _RUNNING
+            and row.lease_owner is not None
+            and row.lease_owner != owner
+        )
+
+    # -- one job's life -----------------------------------------------------------------
+    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> AttemptTicket:
+        attempt_id = next(self._ids)
+        self._t.attempts[attempt_id] = _AttemptRow(
+            attempt_id, key, owner, provider, model, started_at=self._now()
+        )
+        return _Ticket(attempt_id)
+
+    async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None:
+        self._finish(ticket.id, record)
+
+    def _finish(self, attempt_id: int, record: AttemptRecord) -> None:
+        attempt = self._t.attempts.get(attempt_id)
+        if attempt is None:
+            return
+        attempt.outcome, attempt.counted = record.outcome.value, record.counted
+        attempt.finished_at = self._now()
+        # Provider texts: redacted at the provider already, and again here.
+        attempt.record = AttemptRecord(
+            outcome=record.outcome,
+            latency_ms=record.latency_ms,
+            http_status=record.http_status,
+            error_code=redact(record.error_code),
+            error_message=redact(record.error_message),
+            request_id=redact(record.request_id),
+            usage=record.usage,
+            cost_usd=record.cost_usd,
+            counted=record.counted,
+            facts=record.facts,
+        )
+
+    async def complete(
+        self,
+        key: str,
+        owner: str,
+        ticket: AttemptTicket,
+        record: AttemptRecord,
+        outputs: Sequence[OutputRef],
+    ) -> None:
+        self._complete(key, ticket.id, record, outputs)
+
+    async def record_late(
+        self, key: str, attempt_id: int, record: AttemptRecord, outputs: Sequence[OutputRef]
+    ) -> bool:
+        attempt = self._t.attempts.get(attempt_id)
+        job = self._t.jobs.get(key)
+        if attempt is None or attempt.job_key != key or job is None:
+            return False
+        if job.status == JobState.SUCCEEDED.value:
+            return False
+        self._complete(key, attempt_id, record, outputs)
+        return True
+
+    def _complete(
+        self, key: str, attempt_id: int, record: AttemptRecord, outputs: Sequence[OutputRef]
+    ) -> None:
+        self._finish(attempt_id, record)
+        self._t.outputs.extend((key, attempt_id, output) for output in outputs)
+        row = self._t.jobs.get(key)
+        # A success stands even if our lease lapsed and another runner took the job
+        # meanwhile: the images are on disk and paid for.
+        if row is not None and row.status != JobState.SUCCEEDED.value:
+            row.status = JobState.SUCCEEDED.value
+            row.error, row.failure_kind = redact(record.error_message), None
+            row.lease_owner, row.lease_expires_at = None, None
+            row.finished_at = self._now()
+
+    async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None:
+        row = self._held(key, owner)
+        if row is not None:
+            self._settle(row, JobState.FAILED)
+            row.error, row.failure_kind, row.finished_at = redact(reason), kind.value, self._now()
+
+    async def release(self, key: str, owner: str, *, fresh_attempts: bool = False) -> None:
+        row = self._held(key, owner)
+        if row is not None:
+            self._settle(row, JobState.PENDING)
+            if fresh_attempts:
+                row.attempt_floor = self._latest_attempt(key)
+
+    async def renew_attempts(self, key: str, owner: str) -> None:
+        row = self._t.jobs.get(key)
+        if row is not None and row.lease_owner == owner:
+            row.attempt_floor = self._latest_attempt(key)
+
+    def _held(self, key: str, owner: str) -> _JobRow | None:
+        """The job if we still hold it; a job another runner has since taken is left alone."""
+        row = self._t.jobs.get(key)
+        if row is None or row.lease_owner != owner or row.status != _RUNNING:
+            return None
+        return row
+
+    @staticmethod
+    def _settle(row: _JobRow, status: JobState) -> None:
+        row.status, row.lease_owner, row.lease_expires_at = status.value, None, None
+
+    # -- reading ------------------------------------------------------------------------
+    async def summary(self, manifest: str) -> Summary:
+        counts = {state.value: 0 for state in JobState}
+        kinds: dict[str, int] = {}
+        members = self._members(manifest)
+        for row in members:
+            counts[row.status] = counts.get(row.status, 0) + 1
+            if row.status == JobState.FAILED.value:
+                kind = row.failure_kind or "unknown"
+                kinds[kind] = kinds.get(kind, 0) + 1
+        keys = {row.spec.key for row in members}
+        attempts = [a for a in self._t.attempts.values() if a.job_key in keys]
+        runs = [r for r in self._t.runs.values() if r.info.manifest == manifest]
+        last = max(runs, key=lambda r: r.started_at, default=None)
+        return Summary(
+            counts,
+            _totals(attempts),
+            _run_dict(last) if last else None,
+            self._accounts(attempts),
+            kinds,
+        )
+
+    def _accounts(self, attempts: Sequence[_AttemptRow]) -> dict[str, ProviderAccount]:
+        """Per provider profile: what these jobs cost, and the latest balance any answer
+        from it reported (balances are per account, so any manifest's answer counts)."""
+        spend: dict[str, float] = {}
+        for attempt in attempts:
+            spend[attempt.provider] = spend.get(attempt.provider, 0.0) + attempt.cost_usd
+        accounts = {}
+        for provider, cost in spend.items():
+            mine = [a for a in self._t.attempts.values() if a.provider == provider]
+            before = max((a for a in mine if a.balance_usd is not None), key=_by_id, default=None)
+            after = max(
+                (a for a in mine if a.balance_after_usd is not None), key=_by_id, default=None
+            )
+            seen = max(
+                (a.finished_at for a in (before, after) if a and a.finished_at), default=None
+            )
+            accounts[provider] = ProviderAccount(
+                cost_usd=cost,
+                balance_usd=before.balance_usd if before else None,
+                balance_diem=before.balance_diem if before else None,
+                balance_after_usd=after.balance_after_usd if after else None,
+                balance_seen_at=seen.isoformat() if seen else None,
+            )
+        return accounts
+
+    async def export_rows(self, manifest: str) -> Sequence[ExportRow]:
+        rows = []
+        for row in self._members(manifest):
+            spec = row.spec
+            attempts = [a for a in self._t.attempts.values() if a.job_key == spec.key]
+            latest_balance = max(
+                (a for a in attempts if a.balance_usd is not None), key=_by_id, default=None
+            )
+            rows.append(
+                ExportRow(
+                    key=spec.key,
+                    image=str(spec.image),
+                    mask=str(spec.mask) if spec.mask else None,
+                    prompt=spec.prompt,
+                    provider=spec.provider,
+                    model=spec.model,
+                    params=json.loads(json.dumps(dict(spec.params), sort_keys=True)),
+                    status=row.status,
+                    attempts=sum(1 for a in attempts if a.counted),
+                    error=row.error,
+                    usage=_totals(attempts),
+                    outputs=tuple(str(o.path) for key, _, o in self._t.outputs if key == spec.key),
+                    price=json.loads(row.price_json) if row.price_json else None,
+                    balance_usd=latest_balance.balance_usd if latest_balance else None,
+                )
+            )
+        return rows
+
+    async def job_states(self, manifest: str) -> Mapping[str, str]:
+        return {row.spec.key: row.status for row in self._members(manifest)}
+
+    async def output_paths(self) -> frozenset[str]:
+        return frozenset(str(output.path) for _, _, output in self._t.outputs)
+
+    # -- input digest cache -------------------------------------------------------------
+    async def load_digests(self) -> Mapping[str, DigestEntry]:
+        return dict(self._t.digests)
+
+    async def save_digests(self, entries: Sequence[DigestEntry]) -> None:
+        self._t.digests.update({entry.path: entry for entry in entries})
+
+    # -- helpers ------------------------------------------------------------------------
+    def _members(self, manifest: str) -> list[_JobRow]:
+        return [self._t.jobs[key] for key in self._t.manifests.get(manifest, ())]
+
+    def _latest_attempt(self, key: str) -> int:
+        return max((a.id for a in self._t.attempts.values() if a.job_key == key), default=0)
+
+    def _counted_this_round(self, row: _JobRow) -> int:
+        return sum(
+            1
+            for a in self._t.attempts.values()
+            if a.job_key == row.spec.key and a.counted and a.id > row.attempt_floor
+        )
+
+    def _unanswered(self, row: _JobRow) -> int:
+        return sum(
+            1
+            for a in self._t.attempts.values()
+            if a.job_key == row.spec.key
+            and a.outcome == Outcome.TIMEOUT.value
+            and a.id > row.retry_floor
+        )
+
+
+def _by_id(attempt: _AttemptRow) -> int:
+    return attempt.id
+
+
+def _totals(attempts: Sequence[_AttemptRow]) -> Totals:
+    tokens = [a.tokens() for a in attempts]
+    return Totals(
+        sum(t[0] for t in tokens),
+        sum(t[1] for t in tokens),
+        sum(t[2] for t in tokens),
+        float(sum(a.cost_usd for a in attempts)),
+    )
+
+
+def _run_dict(run: _RunRow) -> dict[str, object]:
+    return {
+        "id": run.info.id,
+        "started_at": run.started_at.isoformat(),
+        "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+        "exit_code": run.exit_code,
+        "stop_reason": run.stop_reason,
+    }
+
+
+if TYPE_CHECKING:
+
+    def _a_store(clock: Callable[[], datetime]) -> Store:
+        return MemoryStore(clock)  # mypy checks the twin against the protocol here

@@ -1,0 +1,177 @@
+"""MemoryStore is the SQL store's twin: one scenario through every Store verb, run on both
+(SqlStore over a real SQLite file), must leave both saying exactly the same things."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.manifest.digests import DigestEntry
+from runner.records import (
+    AttemptRecord,
+    FailureKind,
+    JobSpec,
+    JobState,
+    Outcome,
+    OutputRef,
+    ReplyFacts,
+    Usage,
+)
+from runner.store.engine import open_store
+from runner.store.memory import MemoryStore
+from runner.store.protocol import RunInfo, Store
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+LEASE = NOW + timedelta(minutes=2)
+KEY = "sk-contract-SECRET-1234567890"
+
+
+def clock() -> datetime:
+    return NOW
+
+
+def spec(n: int, provider: str = "p") -> JobSpec:
+    return JobSpec(
+        key=f"{n:02d}" + "k" * 62, entry=n, image=Path(f"/in/{n}.png"), mask=None,
+        prompt=f"edit {n}", provider=provider, model="m", params={"n": 1, "size": "auto"},
+        output_dir=Path("/out"), output_name="{stem}",
+    )  # fmt: skip
+
+
+def output(n: int) -> OutputRef:
+    return OutputRef(0, Path(f"/out/{n}.png"), "ab" * 32, 10, 4, 4, "PNG")
+
+
+PAID = AttemptRecord(
+    outcome=Outcome.SUCCEEDED, latency_ms=5, http_status=200, request_id=f"req {KEY}",
+    usage=Usage(input_tokens=10, output_tokens=20, total_tokens=30, raw='{"t":30}'),
+    cost_usd=0.5, facts=ReplyFacts(balance_usd=9.5, balance_after_usd=9.0),
+)  # fmt: skip
+
+
+async def scenario(store: Store) -> dict[str, Any]:
+    """Every verb, with what each answered; the final reports too."""
+    seen: dict[str, Any] = {}
+    jobs = [spec(1), spec(2), spec(3), spec(4), spec(5, provider="q")]
+    seen["new"] = await store.sync_manifest("m", jobs)
+    seen["new again"] = await store.sync_manifest("m", jobs)
+    await store.start_run(RunInfo("r1", "m", "host", 1, "tag"))
+    await store.start_run(RunInfo("r2", "m", "host", 2, "tag"))
+    await store.start_run(RunInfo("r3", "m", "other-host", 3, "tag"))
+    first = await store.claim_many("m", "p", "r1", LEASE, 2)
+    seen["claimed"] = [(j.spec.key[:2], j.attempts_this_round, j.unanswered) for j in first]
+    # Job 1: a timeout, then a paid success with outputs.
+    ticket = await store.begin_attempt(jobs[0].key, "r1", "p", "m")
+    await store.finish_attempt(ticket, AttemptRecord(Outcome.TIMEOUT, error_message=KEY))
+    ticket = await store.begin_attempt(jobs[0].key, "r1", "p", "m")
+    await store.complete(jobs[0].key, "r1", ticket, PAID, [output(1)])
+    # Job 2: a counted failure, an uncounted 402, then failed for good.
+    ticket = await store.begin_attempt(jobs[1].key, "r1", "p", "m")
+    await store.finish_attempt(ticket, AttemptRecord(Outcome.RETRYABLE, http_status=500))
+    ticket = await store.begin_attempt(jobs[1].key, "r1", "p", "m")
+    await store.finish_attempt(ticket, AttemptRecord(Outcome.PAYMENT, counted=False))
+    await store.fail(jobs[1].key, "r1", f"gave up {KEY}", FailureKind.ATTEMPTS)
+    await store.fail(jobs[1].key, "r2", "not ours", FailureKind.INPUT)  # left alone
+    seen["held elsewhere"] = await store.held_elsewhere("m", "p", "r2")
+    second = await store.claim_many("m", "p", "r2", LEASE, 5)
+    seen["claimed 2"] = [(j.spec.key[:2], j.attempts_this_round, j.unanswered) for j in second]
+    # Job 3: weather renews its attempts, then it goes back with a fresh set.
+    ticket = await store.begin_attempt(jobs[2].key, "r2", "p", "m")
+    await store.finish_attempt(ticket, AttemptRecord(Outcome.RETRYABLE))
+    await store.renew_attempts(jobs[2].key, "r2")
+    await store.release(jobs[2].key, "r2", fresh_attempts=True)
+    # Job 4: left in flight when its run dies.
+    late = await store.begin_attempt(jobs[3].key, "r2", "p", "m")
+    seen["unfinished"] = [r.id for r in await store.unfinished_runs("host")]
+    seen["reclaimed"] = await store.reclaim_dead_runs(["r2"])
+    seen["reclaimed none"] = await store.reclaim_dead_runs([])
+    seen["late unknown"] = await store.record_late(jobs[3].key, 999, PAID, [])
+    seen["late"] = await store.record_late(jobs[3].key, late.id, PAID, [output(4)])
+    seen["late again"] = await store.record_late(jobs[3].key, late.id, PAID, [])
+    again = await store.claim_many("m", "p", "r1", NOW - timedelta(seconds=1), 5)
+    seen["claimed 3"] = [(j.spec.key[:2], j.attempts_this_round, j.unanswered) for j in again]
+    # Leases that lapsed are taken (and their unanswered attempts abandoned) when nothing
+    # pending is left.
+    await store.begin_attempt(jobs[2].key, "r1", "p", "m")
+    stolen = await store.claim_many("m", "p", "r3", NOW + timedelta(hours=1), 5)
+    seen["stolen"] = [(j.spec.key[:2], j.attempts_this_round) for j in stolen]
+    # Job 5 (another provider): a timeout counts as a blind re-send on its next claim.
+    q = await store.claim_many("m", "q", "r3", LEASE, 1)
+    ticket = await store.begin_attempt(q[0].spec.key, "r3", "q", "m")
+    await store.finish_attempt(ticket, AttemptRecord(Outcome.TIMEOUT))
+    await store.release(q[0].spec.key, "r3")
+    seen["blind re-sends"] = [
+        (j.spec.key[:2], j.attempts_this_round, j.unanswered)
+        for j in await store.claim_many("m", "q", "r3", LEASE, 1)
+    ]
+    await store.renew_leases("r3", LEASE)
+    await store.end_run("r1", 75, f"stopped {KEY}")
+    seen["retry"] = await store.retry("m")
+    seen["retry one"] = await store.retry("m", jobs[0].key[:4])  # succeeded: not moved
+    seen["cancel"] = await store.cancel("m", None, [JobState.PENDING])
+    seen["retry cancelled"] = await store.retry("m", jobs[4].key[:4])
+    await store.set_prices({jobs[4].key: '{"per_edit_usd": 0.04}', jobs[0].key: '{"x": 1}'})
+    await store.save_catalogue("https://v/models", f"body {KEY}")
+    seen["catalogue"] = await store.load_catalogue("https://v/models")
+    seen["no catalogue"] = await store.load_catalogue("https://other")
+    await store.save_digests(
+        [DigestEntry("/in/1.png", 10, 5, "aa"), DigestEntry("/in/1.png", 11, 6, "bb")]
+    )
+    seen["digests"] = dict(await store.load_digests())
+    seen["summary"] = asdict(await store.summary("m"))
+    seen["export"] = [asdict(row) for row in await store.export_rows("m")]
+    seen["states"] = dict(await store.job_states("m"))
+    seen["outputs"] = sorted(await store.output_paths())
+    return seen
+
+
+async def sql_store(tmp_path: Path) -> Store:
+    return await open_store(f"sqlite+aiosqlite:///{tmp_path / 'twin.db'}", clock)
+
+
+async def memory_store(tmp_path: Path) -> Store:
+    return MemoryStore(clock)
+
+
+async def run(make: Callable[[Path], Any], tmp_path: Path) -> dict[str, Any]:
+    store = await make(tmp_path)
+    try:
+        return await scenario(store)
+    finally:
+        await store.close()
+
+
+async def test_the_memory_store_answers_every_verb_as_the_sql_store_does(
+    tmp_path: Path,
+) -> None:
+    expected = await run(sql_store, tmp_path)
+    got = await run(memory_store, tmp_path)
+
+    for step in expected:
+        assert got[step] == expected[step], step
+    assert expected["claimed"][0] == ("01", 0, 0)
+    assert KEY not in repr(expected)  # provider texts are redacted by both
+
+
+@pytest.mark.parametrize("make", [sql_store, memory_store])
+async def test_a_success_after_a_lost_lease_still_stands(
+    make: Callable[[Path], Any], tmp_path: Path
+) -> None:
+    store = await make(tmp_path)
+    try:
+        await store.sync_manifest("m", [spec(1)])
+        for owner in ("old", "new"):
+            await store.start_run(RunInfo(owner, "m", "host", 1, "tag"))
+        await store.claim_many("m", "p", "old", NOW - timedelta(seconds=1), 1)
+        ticket = await store.begin_attempt(spec(1).key, "old", "p", "m")
+        await store.claim_many("m", "p", "new", LEASE, 1)  # the lease had lapsed
+        await store.complete(spec(1).key, "old", ticket, PAID, [output(1)])
+        await store.fail(spec(1).key, "new", "late", FailureKind.ATTEMPTS)  # not over it
+        assert (await store.job_states("m"))[spec(1).key] == "succeeded"
+    finally:
+        await store.close()
