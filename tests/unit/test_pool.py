@@ -1,0 +1,271 @@
+"""The pool's races, over the in-memory store and an in-process provider: no HTTP, no
+SQLite, no real sleeps. Each test stages an interleaving that HTTP timing cannot."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+from helpers import FakeClock, png_bytes
+
+from runner.dialects.openai.rules import LIMITS
+from runner.engine.budget import LimitGuard, ResolvedLimits
+from runner.engine.pacing import ProviderGate
+from runner.engine.pool import Pool
+from runner.engine.ports import Files, Lane
+from runner.errors import PaymentRequired, PermanentJobError, RetryableError
+from runner.records import (
+    AttemptRecord,
+    EditRequest,
+    EditResult,
+    ImageLimits,
+    ImagePart,
+    JobSpec,
+    Outcome,
+    OutputRef,
+    ReplyImage,
+)
+from runner.settings import RetrySettings, RunSettings
+from runner.store.memory import MemoryStore
+from runner.store.protocol import RunInfo
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+PNG = png_bytes((8, 8))
+Answer = Callable[[EditRequest], Awaitable[EditResult]]
+
+
+def spec(n: int) -> JobSpec:
+    return JobSpec(
+        key=f"{n:02d}" + "k" * 62, entry=n, image=Path(f"/in/{n}.png"), mask=None,
+        prompt=f"job {n}", provider="p", model="gpt-image-2", params={},
+        output_dir=Path("/out"), output_name="{stem}",
+    )  # fmt: skip
+
+
+def ok() -> EditResult:
+    return EditResult((ReplyImage(PNG, "PNG", 8, 8),), usage=None, request_id=None)
+
+
+class Provider:
+    """Answers each request with the next step of its job's script (a result or an error);
+    `hook` runs first, to stage what happens while the request is out."""
+
+    name = "p"
+
+    def __init__(self, scripts: dict[str, list[Any]] | None = None) -> None:
+        self.scripts = scripts or {}
+        self.sent: list[str] = []
+        self.hook: Callable[[str], Awaitable[None]] | None = None
+
+    def limits_for(self, model: str) -> ImageLimits:
+        return LIMITS
+
+    def check_request(self, request: EditRequest) -> None:
+        pass
+
+    async def edit(self, request: EditRequest) -> EditResult:
+        key = request.prompt
+        self.sent.append(key)
+        if self.hook is not None:
+            await self.hook(key)
+        script = self.scripts.get(key, [])
+        step = script.pop(0) if script else ok()
+        if isinstance(step, Exception):
+            raise step
+        assert isinstance(step, EditResult)
+        return step
+
+
+def prepare(job: JobSpec, limits: ImageLimits) -> EditRequest:
+    return EditRequest(job.model, job.prompt, ImagePart("i.png", "image/png", PNG), None, {})
+
+
+def write(job: JobSpec, images: Any) -> tuple[OutputRef, ...]:
+    return (OutputRef(0, job.output_dir / f"{job.entry}.png", "00" * 32, 1, 8, 8, "PNG"),)
+
+
+FILES = Files(prepare, write, free_space=lambda folder: 10**12)
+
+
+async def pool_over(
+    store: MemoryStore,
+    provider: Provider,
+    *,
+    jobs: int,
+    concurrency: int = 1,
+    limits: LimitGuard | None = None,
+    max_attempts: int = 5,
+) -> tuple[Pool, ProviderGate, list[JobSpec]]:
+    specs = [spec(n) for n in range(jobs)]
+    await store.sync_manifest("m", specs)
+    await store.start_run(RunInfo("r", "m", "host", 1, "tag"))
+    gate = ProviderGate("p", FakeClock())
+    pool = Pool(
+        store,
+        {"p": Lane(provider, gate, concurrency)},
+        manifest="m",
+        owner="r",
+        # poll_s: how often it looks again while another runner holds a job (real time).
+        settings=RunSettings(retry=RetrySettings(max_attempts=max_attempts), poll_s=0.01),
+        files=FILES,
+        wall_clock=lambda: NOW,
+        clock=FakeClock(),
+        limits=limits,
+    )
+    return pool, gate, specs
+
+
+def new_store() -> MemoryStore:
+    return MemoryStore(lambda: NOW)
+
+
+async def states(store: MemoryStore) -> dict[str, str]:
+    return {key[:2]: state for key, state in (await store.job_states("m")).items()}
+
+
+async def outcomes(store: MemoryStore, key: str) -> list[tuple[str, bool]]:
+    rows = await store.export_rows("m")
+    assert any(r.key == key for r in rows)
+    return [
+        (a.outcome, a.counted)
+        for a in sorted(store._t.attempts.values(), key=lambda a: a.id)
+        if a.job_key == key
+    ]
+
+
+async def test_a_402_while_another_attempt_is_being_recorded_sends_nothing_more() -> None:
+    store = new_store()
+    provider = Provider({"job 0": [PaymentRequired("HTTP 402: top up", status_code=402)]})
+    pool, gate, specs = await pool_over(store, provider, jobs=2, concurrency=2)
+    real_begin = store.begin_attempt
+
+    async def begin_after_the_402(key: str, owner: str, prov: str, model: str) -> Any:
+        if key == specs[1].key:  # job 1's record is being written when job 0's 402 lands
+            while not gate.stopped:
+                await anyio.sleep(0)
+        return await real_begin(key, owner, prov, model)
+
+    store.begin_attempt = begin_after_the_402  # type: ignore[method-assign]
+    with anyio.fail_after(5):
+        report = await pool.run()
+
+    assert provider.sent == ["job 0"]  # job 1 was never sent
+    assert [s.kind for s in report.stops] == ["payment"]
+    assert await states(store) == {"00": "pending", "01": "pending"}
+    assert await outcomes(store, specs[0].key) == [("payment", False)]
+    assert await outcomes(store, specs[1].key) == [("not_sent", False)]
+
+
+async def test_a_limit_reached_with_retries_waiting_lets_admitted_jobs_finish() -> None:
+    store = new_store()
+    flaky = [RetryableError("HTTP 500", status_code=500)]
+    provider = Provider({"job 0": list(flaky), "job 1": list(flaky)})
+    guard = LimitGuard(ResolvedLimits(max_jobs=2), lambda: NOW)
+    pool, _, _ = await pool_over(store, provider, jobs=4, concurrency=2, limits=guard)
+
+    with anyio.fail_after(5):
+        report = await pool.run()
+
+    assert sorted(provider.sent) == ["job 0", "job 0", "job 1", "job 1"]  # retried, no others
+    assert report.succeeded == 2
+    assert [s.kind for s in report.stops] == ["limit"]
+    assert await states(store) == {
+        "00": "succeeded", "01": "succeeded", "02": "pending", "03": "pending"
+    }  # fmt: skip
+
+
+async def steal_while_out(store: MemoryStore, key: str) -> None:
+    """Our lease lapses while the request is out (a paused laptop): another runner takes
+    the job."""
+    store._t.jobs[key].lease_expires_at = NOW - timedelta(seconds=1)
+    taken = await store.claim_many("m", "p", "other", NOW + timedelta(minutes=2), 1)
+    assert [j.spec.key for j in taken] == [key]
+
+
+async def run_beside_the_other_runner(pool: Pool, store: MemoryStore, key: str) -> dict[str, Any]:
+    """Run the pool; once our attempt has its answer, note the job's row, then let the
+    other runner finish the job (so our pool, which waits for it, can end)."""
+    seen: dict[str, Any] = {}
+    settled = anyio.Event()  # our pool has written what the answer meant for the job
+    real_fail, real_complete = store.fail, store.complete
+
+    async def fail(*args: Any, **kwargs: Any) -> None:
+        await real_fail(*args, **kwargs)
+        settled.set()
+
+    async def complete(*args: Any, **kwargs: Any) -> None:
+        await real_complete(*args, **kwargs)
+        settled.set()
+
+    store.fail, store.complete = fail, complete  # type: ignore[method-assign]
+
+    async def other_runner() -> None:
+        await settled.wait()
+        row = store._t.jobs[key]
+        seen.update(status=row.status, owner=row.lease_owner, error=row.error)
+        ticket = await store.begin_attempt(key, "other", "p", "m")
+        await real_complete(key, "other", ticket, AttemptRecord(Outcome.SUCCEEDED), [])
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(other_runner)
+            seen["report"] = await pool.run()
+    return seen
+
+
+async def test_a_job_whose_lease_was_taken_is_left_to_its_new_holder() -> None:
+    store = new_store()
+    provider = Provider({"job 0": [PermanentJobError("HTTP 400: bad", status_code=400)]})
+    pool, _, specs = await pool_over(store, provider, jobs=1)
+    await store.start_run(RunInfo("other", "m", "host2", 2, "tag"))
+    provider.hook = lambda key: steal_while_out(store, specs[0].key)
+
+    seen = await run_beside_the_other_runner(pool, store, specs[0].key)
+
+    # Our failure did not land on a job another runner now holds.
+    assert (seen["status"], seen["owner"], seen["error"]) == ("running", "other", None)
+
+
+async def test_a_success_after_the_lease_was_taken_still_stands() -> None:
+    store = new_store()
+    provider = Provider()
+    pool, _, specs = await pool_over(store, provider, jobs=1)
+    await store.start_run(RunInfo("other", "m", "host2", 2, "tag"))
+    provider.hook = lambda key: steal_while_out(store, specs[0].key)
+
+    seen = await run_beside_the_other_runner(pool, store, specs[0].key)
+
+    assert seen["status"] == "succeeded"  # paid and on disk: it counts
+    assert seen["report"].succeeded == 1
+    assert await store.output_paths() == frozenset({"/out/0.png"})
+
+
+async def test_cancelling_in_the_grace_period_abandons_and_releases_the_request() -> None:
+    store = new_store()
+    provider = Provider()
+    out = anyio.Event()
+
+    async def hang(key: str) -> None:
+        out.set()
+        await anyio.sleep_forever()
+
+    provider.hook = hang
+    pool, _, specs = await pool_over(store, provider, jobs=2)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+
+            async def run() -> None:
+                await pool.run()
+
+            group.start_soon(run)
+            await out.wait()
+            pool.halt("signal", "SIGTERM")  # no new job; the request out may finish...
+            pool.cancel_in_flight()  # ...until the grace period is over
+
+    assert provider.sent == ["job 0"]
+    assert await states(store) == {"00": "pending", "01": "pending"}
+    assert await outcomes(store, specs[0].key) == [("abandoned", True)]  # may be billed
+    assert pool.report.succeeded == 0
