@@ -250,6 +250,7 @@ def test_a_database_that_cannot_be_written_exits_75_in_one_line(
     assert fake.requests_total == 0
 
 
+@pytest.mark.slow  # every example image and the report's thumbnails
 def test_the_demo_runs_offline_and_writes_its_report(tmp_path: Path) -> None:
     result = runner("demo", "--dir", tmp_path / "demo")
     assert result.returncode == 0, result.stderr
