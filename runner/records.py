@@ -47,6 +47,12 @@ class FailureKind(StrEnum):
     OUTPUT = "output"  # the reply could not be written to disk
 
 
+def images_asked(params: Mapping[str, Any]) -> int:
+    """Images a job asks for (`n`), 1 unless a whole number is given."""
+    n = params.get("n", 1)
+    return n if isinstance(n, int) and not isinstance(n, bool) else 1
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """One job as the manifest describes it; `key` is its content hash."""
@@ -71,9 +77,7 @@ class JobSpec:
 
     @property
     def images_asked(self) -> int:
-        """Images the job asks for (`n`), 1 unless a whole number is given."""
-        n = self.params.get("n", 1)
-        return n if isinstance(n, int) and not isinstance(n, bool) else 1
+        return images_asked(self.params)
 
 
 @dataclass(frozen=True, slots=True)

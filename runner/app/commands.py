@@ -22,13 +22,10 @@ from runner.app.run_jobs import (
     exit_code_for,
     run,
 )
-from runner.dialects import dialect_named
+from runner.dialects import ModelList, dialect_named
 from runner.dialects.factory import (
-    Catalogue,
-    build_provider,
     credentials,
     http_client,
-    load_catalogue,
 )
 from runner.errors import InputError
 from runner.files.html_report import ReportJob, ReportStats, ReportTotals, write_report
@@ -173,7 +170,7 @@ async def validate(path: Path) -> Validation:
     catalogues = await _catalogues(parsed, None, utcnow())
     async with AsyncExitStack() as stack:  # the checkers need a client, never use it
         checkers = {
-            name: build_provider(
+            name: dialect_named(profile.dialect).build(
                 profile,
                 creds[name],
                 await stack.enter_async_context(http_client(profile)),
@@ -207,15 +204,17 @@ async def validate(path: Path) -> Validation:
 
 async def _catalogues(
     parsed: ParsedManifest, store: Store | None, now: datetime
-) -> dict[str, Catalogue]:
+) -> dict[str, ModelList]:
     """Each profile's model list, where its dialect has one (`store`: the database's
     day-old copy may do)."""
-    found: dict[str, Catalogue] = {}
+    found: dict[str, ModelList] = {}
     for name, profile in parsed.providers.items():
         if not dialect_named(profile.dialect).has_catalogue:
             continue
         async with http_client(profile) as client:
-            catalogue = await load_catalogue(profile, client, store, now)
+            catalogue = await dialect_named(profile.dialect).load_catalogue(
+                profile, client, store, now
+            )
         if catalogue is not None:
             found[name] = catalogue
     return found

@@ -26,10 +26,8 @@ from runner.app.context import Options, opened, parse, resolve_db
 from runner.dialects import dialect_named
 from runner.dialects.factory import (
     Credential,
-    build_provider,
     credentials,
     http_client,
-    load_catalogue,
 )
 from runner.engine.budget import LimitGuard, ResolvedLimits
 from runner.engine.pacing import ProviderGate
@@ -199,14 +197,15 @@ class _Work:
             providers: dict[str, Provider] = {}
             books: dict[str, PriceBook] = {}
             for name, profile in profiles.items():
+                dialect = dialect_named(profile.dialect)
                 client = await stack.enter_async_context(http_client(profile))
-                catalogue = await load_catalogue(profile, client, self.store, options.wall_clock())
-                providers[name] = build_provider(
+                catalogue = await dialect.load_catalogue(
+                    profile, client, self.store, options.wall_clock()
+                )
+                providers[name] = dialect.build(
                     profile, self.creds[name], client, catalogue, _epoch(options)
                 )
-                books[name] = dialect_named(profile.dialect).price_book(
-                    self.manifest.pricing.get(name, {}), catalogue
-                )
+                books[name] = dialect.price_book(self.manifest.pricing.get(name, {}), catalogue)
             estimates = await self._price_jobs(books)
             lanes = {
                 name: Lane(

@@ -6,27 +6,20 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from functools import cache
 
 import certifi
 import httpx
 
-from runner.dialects import ModelList, dialect_named
 from runner.dialects.venice.siwx import SiwxSigner
-from runner.engine.ports import Provider
 from runner.errors import ManifestError
 from runner.manifest.expand import ParsedManifest
 from runner.records import ProviderProfile
 from runner.redact import register_secret
 from runner.settings import DEFAULT_CONNECT_TIMEOUT_S
-from runner.store.protocol import Store
 
 log = logging.getLogger("runner")
-Catalogue = ModelList
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,24 +110,3 @@ def http_client(profile: ProviderProfile) -> httpx.AsyncClient:
         ),
         follow_redirects=False,  # a redirect means a wrong base_url, never a new target
     )
-
-
-def build_provider(
-    profile: ProviderProfile,
-    credential: Credential,
-    client: httpx.AsyncClient,
-    catalogue: Catalogue | None = None,
-    wall_clock: Callable[[], float] = time.time,
-) -> Provider:
-    """`wall_clock` (epoch seconds) reads reset headers that are points in time."""
-    return dialect_named(profile.dialect).build(profile, credential, client, catalogue, wall_clock)
-
-
-async def load_catalogue(
-    profile: ProviderProfile,
-    client: httpx.AsyncClient,
-    store: Store | None,
-    now: datetime,
-) -> Catalogue | None:
-    """The profile's model list, for dialects that have one (Venice); else None."""
-    return await dialect_named(profile.dialect).load_catalogue(profile, client, store, now)

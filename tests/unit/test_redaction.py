@@ -18,9 +18,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from runner.dialects.factory import credentials, load_catalogue
+from runner.dialects.factory import credentials
 from runner.dialects.openai.client import OpenAIProvider
 from runner.dialects.transfer import AddressPolicy
+from runner.dialects.venice.catalogue import load_catalogue
 from runner.dialects.venice.client import VeniceProvider
 from runner.errors import (
     AuthRejected,

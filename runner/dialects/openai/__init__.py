@@ -26,7 +26,8 @@ from runner.errors import ManifestError
 if TYPE_CHECKING:
     import httpx
 
-    from runner.dialects.factory import Catalogue, Credential
+    from runner.dialects import ModelList
+    from runner.dialects.factory import Credential
     from runner.engine.ports import Provider
     from runner.records import ProviderProfile
     from runner.store.protocol import Store
@@ -54,7 +55,7 @@ class OpenAIDialect:
         return price_from_fields(fields)
 
     def price_book(
-        self, manifest_prices: Mapping[str, object], catalogue: Catalogue | None
+        self, manifest_prices: Mapping[str, object], catalogue: ModelList | None
     ) -> PriceBook:
         return PriceBook(
             TokenPricing(), [("manifest", manifest_prices), ("built-in", TOKEN_PRICES)]
@@ -66,10 +67,10 @@ class OpenAIDialect:
         client: httpx.AsyncClient,
         store: Store | None,
         now: datetime,
-    ) -> Catalogue | None:
+    ) -> ModelList | None:
         return None  # no model list to fetch: the built-in prices and checks apply
 
-    def model_rows(self, catalogue: Catalogue | None) -> list[tuple[str, str, str]] | None:
+    def model_rows(self, catalogue: ModelList | None) -> list[tuple[str, str, str]] | None:
         return [
             (model, "see PROVIDERS.md §4.3",
              f"${price.text_input:g}/${price.image_input:g}/${price.image_output:g} "
@@ -82,7 +83,7 @@ class OpenAIDialect:
         profile: ProviderProfile,
         credential: Credential,
         client: httpx.AsyncClient,
-        catalogue: Catalogue | None,
+        catalogue: ModelList | None,
         wall_clock: Callable[[], float] = time.time,
     ) -> Provider:
         if credential.api_key is None:  # the manifest check refuses x402 outside Venice

@@ -28,7 +28,7 @@ from runner.dialects.transfer import (
 )
 from runner.errors import PermanentJobError, ProviderError, RetryableError
 from runner.files.preflight import read_image_info
-from runner.records import EditRequest, EditResult, ImageLimits, ReplyImage, Usage
+from runner.records import EditRequest, EditResult, ImageLimits, ReplyImage, Usage, images_asked
 from runner.redact import redact_error, redact_result
 
 # ProviderError: an image over the cap.
@@ -101,7 +101,7 @@ class OpenAIProvider:
             files=_file_parts(request),
             headers=self._auth,
             limits=self._limits,
-            images=_images_asked(request),
+            images=images_asked(request.params),
         )
 
     async def _download(self, parsed: _Parsed, request_id: str | None) -> tuple[ReplyImage, ...]:
@@ -136,14 +136,6 @@ class OpenAIProvider:
 
     def check_request(self, request: EditRequest) -> None:
         """Nothing beyond the manifest's and pre-flight's checks: no model list to ask."""
-
-
-def _images_asked(request: EditRequest) -> int:
-    n = request.params.get("n", 1)
-    try:
-        return max(1, int(n))
-    except (TypeError, ValueError):
-        return 1
 
 
 def _form_fields(request: EditRequest) -> dict[str, str]:

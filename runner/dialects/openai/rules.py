@@ -9,7 +9,7 @@ from typing import Any
 
 from runner import settings
 from runner.dialects import params as p
-from runner.records import ImageLimits, JobSpec, ReplyFacts, Usage
+from runner.records import ImageLimits, JobSpec, ReplyFacts, Usage, images_asked
 from runner.settings import OPENAI_MAX_N
 
 LIMITS = ImageLimits(
@@ -127,8 +127,7 @@ def estimate_openai_cost(
     per_size = _OUTPUT_TOKENS.get(quality, _OUTPUT_TOKENS["high"])  # auto may pick high
     size = str(params.get("size", "1024x1024"))
     shape = "square" if size in ("1024x1024", "auto") else "wide"
-    n = params.get("n", 1)
-    images = n if isinstance(n, int) and not isinstance(n, bool) else 1
+    images = images_asked(params)
     usage = Usage(
         input_tokens=_IMAGE_INPUT_TOKENS * (2 if has_mask else 1) + len(prompt) // 4,
         input_image_tokens=_IMAGE_INPUT_TOKENS * (2 if has_mask else 1),

@@ -25,7 +25,8 @@ from runner.settings import VENICE_BREAKER_FAILURES, VENICE_DEFAULT_RPM
 if TYPE_CHECKING:
     import httpx
 
-    from runner.dialects.factory import Catalogue, Credential
+    from runner.dialects import ModelList
+    from runner.dialects.factory import Credential
     from runner.engine.ports import Provider
     from runner.records import ProviderProfile
     from runner.store.protocol import Store
@@ -59,7 +60,7 @@ class VeniceDialect:
         )
 
     def price_book(
-        self, manifest_prices: Mapping[str, object], catalogue: Catalogue | None
+        self, manifest_prices: Mapping[str, object], catalogue: ModelList | None
     ) -> PriceBook:
         models = catalogue or {}
         listed = {model_id: m.price for model_id, m in models.items() if m.price is not None}
@@ -78,10 +79,10 @@ class VeniceDialect:
         client: httpx.AsyncClient,
         store: Store | None,
         now: datetime,
-    ) -> Catalogue | None:
+    ) -> ModelList | None:
         return await load_catalogue(profile, client, store, now)
 
-    def model_rows(self, catalogue: Catalogue | None) -> list[tuple[str, str, str]] | None:
+    def model_rows(self, catalogue: ModelList | None) -> list[tuple[str, str, str]] | None:
         if catalogue is None:
             return None
         return [
@@ -98,7 +99,7 @@ class VeniceDialect:
         profile: ProviderProfile,
         credential: Credential,
         client: httpx.AsyncClient,
-        catalogue: Catalogue | None,
+        catalogue: ModelList | None,
         wall_clock: Callable[[], float] = time.time,
     ) -> Provider:
         return VeniceProvider(
