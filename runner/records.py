@@ -53,6 +53,16 @@ def images_asked(params: Mapping[str, Any]) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) else 1
 
 
+# How many characters of a job's key are shown (tables, logs, errors, the report): one
+# length everywhere, so what one place shows can be pasted into `--job` or grep elsewhere.
+# 10 hex digits: 100,000 jobs are unlikely to share one (a 0.5 % chance), 8 would not be.
+SHOWN_KEY_CHARS = 10
+
+
+def short_key(key: str) -> str:
+    return key[:SHOWN_KEY_CHARS]
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """One job as the manifest describes it; `key` is its content hash."""

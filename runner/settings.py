@@ -6,7 +6,7 @@ Precedence everywhere: command-line flag > environment variable > manifest > def
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -60,9 +60,53 @@ OPENAI_MAX_PROMPT_CHARS = 32_000
 OPENAI_IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 OPENAI_MAX_N = 10
 
-ENV_DB = "RUNNER_DB"
-ENV_MAX_ATTEMPTS = "RUNNER_MAX_ATTEMPTS"
-ENV_CONCURRENCY = "RUNNER_CONCURRENCY"
+# Every flag that sets how a command works also reads RUNNER_<FLAG> (`--max-cost` from
+# RUNNER_MAX_COST). Flags that choose what a command acts on or where its output goes
+# (--job, --state, --json, -o) read no variable: a variable left set in a shell must never
+# change which jobs a `cancel` touches.
+ENV_PREFIX = "RUNNER_"
+SETTING_FLAGS = (
+    "db",
+    "max-attempts",
+    "deadline",
+    "max-jobs",
+    "max-cost",
+    "grace",
+    "log-format",
+    "progress-interval",
+    "concurrency",
+    "quiet",
+    "verbose",
+)
+ENV_DEBUG = "RUNNER_DEBUG"  # re-raise errors for a traceback
+
+
+def env_name(flag: str) -> str:
+    """`--max-cost` → `RUNNER_MAX_COST`."""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+ENV_DB = env_name("db")
+ENV_MAX_ATTEMPTS = env_name("max-attempts")
+ENV_CONCURRENCY = env_name("concurrency")
+KNOWN_ENV = frozenset({*(env_name(flag) for flag in SETTING_FLAGS), ENV_DEBUG})
+
+
+def unknown_env(
+    environ: Mapping[str, str], named_elsewhere: Collection[str] = ()
+) -> list[tuple[str, str | None]]:
+    """RUNNER_* variables the runner does not read (a typo, or an old name), each with the
+    closest known name; variables a manifest names (`api_key_env`) are the user's own."""
+    import difflib
+
+    found = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in KNOWN_ENV and name not in named_elsewhere:
+            close = difflib.get_close_matches(name, sorted(KNOWN_ENV), n=1, cutoff=0.6)
+            found.append((name, close[0] if close else None))
+    return found
+
+
 DEFAULT_GRACE_S = 60.0  # after SIGINT/SIGTERM, how long requests already sent may take
 
 

@@ -15,6 +15,7 @@ import httpx
 from click.testing import CliRunner
 from PIL import Image
 
+from runner.cli import THIRD_PARTY_LOGGERS
 from runner.cli import main as command_line
 from runner.testing.multipart import Part, parse_multipart
 
@@ -91,6 +92,9 @@ def invoke(*args: str | Path, env: Mapping[str, str | None]) -> Ran:
     code, stdout and stderr, with `env` set (None: unset) for the call only."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
+    # The command sets these loggers' levels too; later tests must not inherit them.
+    named = [logging.getLogger(name) for name in ("runner", *THIRD_PARTY_LOGGERS)]
+    levels = [logger.level for logger in named]
     try:  # an unexpected exception fails the test, as a traceback would
         result = CliRunner().invoke(
             command_line, [str(arg) for arg in args], env=dict(env), catch_exceptions=False
@@ -98,4 +102,6 @@ def invoke(*args: str | Path, env: Mapping[str, str | None]) -> Ran:
     finally:  # the command pointed logging at streams that close with it
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])  # setLevel, not `.level =`: it clears the loggers' cache
+        for logger, level in zip(named, levels, strict=True):
+            logger.setLevel(level)
     return Ran(result.exit_code, result.stdout, result.stderr)

@@ -7,6 +7,7 @@
 """
 
 from runner.app.commands import (
+    JobFilter,
     Options,
     RunOutcome,
     cancel,
@@ -21,6 +22,7 @@ from runner.app.commands import (
 )
 
 __all__ = [
+    "JobFilter",
     "Options",
     "RunOutcome",
     "cancel",

@@ -27,11 +27,11 @@ from runner.dialects.factory import (
     credentials,
     http_client,
 )
-from runner.errors import InputError
+from runner.errors import InputError, ManifestError
 from runner.files.html_report import ReportJob, ReportStats, ReportTotals, write_report
 from runner.files.preflight import prepare_request
 from runner.manifest.expand import ParsedManifest
-from runner.records import ExportRow, JobState, Manifest, Summary
+from runner.records import ExportRow, JobState, Manifest, Summary, short_key
 from runner.store.engine import peek_output_paths
 from runner.store.protocol import Store
 from runner.store.tables import utcnow
@@ -55,15 +55,61 @@ async def export(path: Path, options: Options) -> Sequence[ExportRow]:
         return await session.store.export_rows(session.id)
 
 
-async def jobs(path: Path, options: Options, state: str | None = None) -> Sequence[ExportRow]:
-    """The manifest's jobs in manifest order, optionally of one state only."""
-    rows = await export(path, options)
-    return [row for row in rows if state is None or row.status == state]
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs `runner jobs` lists: all of these that are set must hold."""
+
+    state: str | None = None
+    key: str | None = None  # a key prefix; must name exactly one job
+    search: str | None = None  # in the prompt, the input paths, the error or the outputs
+
+
+async def jobs(path: Path, options: Options, chosen: JobFilter | None = None) -> list[ExportRow]:
+    """The manifest's jobs in manifest order, filtered."""
+    chosen = chosen or JobFilter()
+    async with opened(await parse(path), options) as session:
+        key = one_job(session.manifest, chosen.key) if chosen.key else None
+        rows = await session.store.export_rows(session.id)
+    needle = chosen.search.casefold() if chosen.search else None
+    return [
+        row
+        for row in rows
+        if (chosen.state is None or row.status == chosen.state)
+        and (key is None or row.key == key)
+        and (needle is None or needle in _searchable(row))
+    ]
+
+
+def _searchable(row: ExportRow) -> str:
+    return "\n".join(
+        [row.prompt, row.image, row.mask or "", row.error or "", *row.outputs]
+    ).casefold()
+
+
+def one_job(manifest: Manifest, prefix: str) -> str:
+    """The key of the one job of `manifest` whose key starts with `prefix` (exit 2 when
+    none does, or several: then they are listed, so the user can give more characters)."""
+    wanted = prefix.strip().lower()
+    matches = [spec for spec in manifest.jobs if spec.key.startswith(wanted)]
+    where = str(manifest.path)
+    if not wanted or not matches:
+        raise ManifestError(f"no job has a key starting with {prefix!r}", file=where, field="--job")
+    if len(matches) > 1:
+        listed = ", ".join(f"{short_key(s.key)} ({s.image.name})" for s in matches[:10])
+        more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
+        raise ManifestError(
+            f"{prefix!r} is the start of {len(matches)} jobs' keys: {listed}{more}; give more "
+            "of the key",
+            file=where,
+            field="--job",
+        )
+    return matches[0].key
 
 
 async def retry(path: Path, options: Options, key: str | None = None) -> int:
     async with opened(await parse(path), options) as session:
-        return await session.store.retry(session.id, key)
+        full_key = one_job(session.manifest, key) if key is not None else None
+        return await session.store.retry(session.id, full_key)
 
 
 async def cancel(
@@ -71,7 +117,8 @@ async def cancel(
 ) -> int:
     """Cancelled jobs are never sent; `runner retry --job KEY` brings one back."""
     async with opened(await parse(path), options) as session:
-        return await session.store.cancel(session.id, key, states)
+        full_key = one_job(session.manifest, key) if key is not None else None
+        return await session.store.cancel(session.id, full_key, states)
 
 
 async def report(path: Path, options: Options, output: Path) -> ReportStats:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from runner.files import journal
 from runner.manifest.digests import Digester
 from runner.manifest.expand import ParsedManifest, parse_manifest
 from runner.records import Manifest, ProgressReporter, RunLimits
-from runner.settings import DEFAULT_GRACE_S, Clock, RunSettings
+from runner.settings import DEFAULT_GRACE_S, Clock, RunSettings, unknown_env
 from runner.store.engine import database_url, open_store
 from runner.store.protocol import Store
 from runner.store.tables import utcnow
@@ -91,4 +92,25 @@ async def record_late_completions(store: Store, output_dir: Path) -> int:
 
 
 async def parse(path: Path) -> ParsedManifest:
-    return await anyio.to_thread.run_sync(parse_manifest, path)
+    parsed = await anyio.to_thread.run_sync(parse_manifest, path)
+    _warn_unknown_env(parsed)
+    return parsed
+
+
+_warned_env: set[str] = set()  # once per process, however many commands a test runs
+
+
+def _warn_unknown_env(parsed: ParsedManifest) -> None:
+    """A RUNNER_* variable the runner does not read is most likely a typo (or a name from
+    an older release) that the user believes is in force: say so, once."""
+    keys = {
+        name
+        for profile in parsed.providers.values()
+        for name in (profile.api_key_env, profile.wallet_key_env)
+        if name
+    }
+    for name, close in unknown_env(os.environ, keys):
+        if name not in _warned_env:
+            _warned_env.add(name)
+            hint = f" (did you mean {close}?)" if close else ""
+            log.warning("%s is set but the runner reads no such variable%s; ignored", name, hint)

@@ -38,7 +38,7 @@ from runner.errors import ExitCode, ManifestError, OutputError, StopNotice, Stor
 from runner.files import journal, procs
 from runner.files.local import local_files
 from runner.files.outputs import ensure_writable, sweep_temp_files
-from runner.manifest.durations import parse_deadline
+from runner.manifest.durations import format_duration, parse_deadline
 from runner.manifest.expand import ParsedManifest
 from runner.records import (
     JobSpec,
@@ -68,6 +68,7 @@ class RunOutcome:
     report: PoolReport
     new_jobs: int
     stops: Sequence[StopNotice] = field(default_factory=tuple)
+    elapsed_s: float = 0.0  # from the first request to the last record
 
 
 def resolve_limits(parsed: ParsedManifest, flags: RunLimits, now: datetime) -> ResolvedLimits:
@@ -123,15 +124,24 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
         await store.start_run(run_info)
         exit_code: ExitCode = ExitCode.FAILED
         stop_reason: str | None = "interrupted"
+        started = time.monotonic()
         try:
             report = await work.run()
             exit_code = await _final_exit_code(store, str(manifest.path), report)
-            stop_reason = "; ".join(f"{s.provider}: {s.message}" for s in report.stops) or None
+            stop_reason = "; ".join(_stop_text(s) for s in report.stops) or None
         finally:
             with anyio.CancelScope(shield=True):
                 await _end_run(store, run_info.id, exit_code, stop_reason)
         summary = await _summary_if_readable(store, str(manifest.path))
-        return RunOutcome(exit_code, summary, report, session.new_jobs, tuple(report.stops))
+        elapsed = time.monotonic() - started
+        return RunOutcome(
+            exit_code, summary, report, session.new_jobs, tuple(report.stops), elapsed
+        )
+
+
+def _stop_text(stop: StopNotice) -> str:
+    """`venice: payment required …`; a stop of the whole run (a limit, a signal) as is."""
+    return stop.message if stop.provider == "*" else f"{stop.provider}: {stop.message}"
 
 
 async def _final_exit_code(store: Store, manifest: str, report: PoolReport) -> ExitCode:
@@ -276,7 +286,7 @@ class _Work:
             report = pool.report
             left = len(self.to_do) - report.succeeded - report.failed
             estimated = report.spent_usd + per_job * max(0, left) if per_job is not None else None
-            paused = "; ".join(f"{s.provider}: {s.message}" for s in report.stops) or None
+            paused = "; ".join(_stop_text(s) for s in report.stops) or None
             return Snapshot(
                 total=len(self.to_do) + self.done_before,
                 succeeded=report.succeeded,
@@ -302,7 +312,7 @@ class _Work:
                 report = await pool.run()
             helpers.cancel_scope.cancel()
         if reporter is not None:
-            reporter.finish(snapshot(), "stopped" if report.stops else "finished")
+            reporter.finish(snapshot(), "stopped" if report.stops else "completed")
         return report
 
 
@@ -325,13 +335,20 @@ async def _stop_on_signals(pool: Pool, grace_s: float, received: asyncio.Queue[i
     """First SIGINT/SIGTERM: take no new job, let requests out finish for `grace_s`, then
     abandon them (their jobs go back to pending). A second signal abandons them at once;
     later ones change nothing (the process never dies under a request that may be paid)."""
-    name = signal.Signals(await received.get()).name
-    pool.halt(
-        "signal",
-        f"{name}: finishing requests already sent (up to {grace_s:g} s; "
-        "send it again to stop at once)",
-    )
-    log.warning("%s received: no new jobs; waiting for requests already sent", name)
+    number = await received.get()
+    name = signal.Signals(number).name
+    in_flight = pool.report.in_flight
+    # Said once, here; the stop itself is recorded in a few words, which is what the end of
+    # the run and `runner status` show afterwards.
+    pool.halt("signal", f"interrupted by {name}")
+    again = "Ctrl-C again" if number == signal.SIGINT else f"send {name} again"
+    if in_flight:
+        log.warning(
+            "%s: finishing %d request%s already sent, up to %s; %s to stop now",
+            name, in_flight, "" if in_flight == 1 else "s", format_duration(grace_s), again,
+        )  # fmt: skip
+    else:
+        log.warning("%s: stopping (no request is out)", name)
     with anyio.move_on_after(grace_s):
         await received.get()
     pool.cancel_in_flight()

@@ -16,9 +16,8 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
@@ -30,7 +29,10 @@ from runner.settings import (
     DEFAULT_MAX_ATTEMPTS,
     ENV_CONCURRENCY,
     ENV_DB,
+    ENV_DEBUG,
     ENV_MAX_ATTEMPTS,
+    SETTING_FLAGS,
+    env_name,
 )
 
 if TYPE_CHECKING:
@@ -41,19 +43,27 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@cache
+# Wide enough that no record is ever wrapped, short of rich's own limits.
+UNWRAPPED_WIDTH = 100_000
+
+
 def err() -> Console:
-    """The terminal's stderr, through rich (made on first use: rich takes a while to load)."""
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
+    """Standard error through rich (imported on first use: rich takes a while to load)."""
+    return _console(sys.stderr)
 
 
-@cache
 def out() -> Console:
+    return _console(sys.stdout)
+
+
+def _console(stream: TextIO) -> Console:
+    """A terminal gets rich's layout at its width. Anything else (a pipe, a file, cron's
+    mail) gets no wrapping at all: one record per line and whole paths, for grep and cut."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    if stream.isatty():
+        return Console(file=stream, highlight=False)
+    return Console(file=stream, highlight=False, width=UNWRAPPED_WIDTH, soft_wrap=True)
 
 
 MANIFEST = click.argument(
@@ -68,19 +78,26 @@ DB = click.option(
 )
 
 
+ErrorSink = Callable[[ExitCode, str], None]
+
+
 @contextmanager
-def _guard() -> Iterator[None]:
+def _guard(also: ErrorSink | None = None) -> Iterator[None]:
+    """Known errors: one line on stderr (and to `also`, e.g. the JSON event stream)."""
     try:
         yield
     except (ManifestError, RunnerError) as exc:
-        if os.environ.get("RUNNER_DEBUG"):
+        if os.environ.get(ENV_DEBUG):
             raise
         from rich.markup import escape
 
         from runner.redact import redact
 
-        err().print(f"[bold red]error:[/] {escape(redact(str(exc)))}", markup=True, soft_wrap=True)
-        raise SystemExit(_exit_code_for(exc)) from None
+        message, code = redact(str(exc)), _exit_code_for(exc)
+        err().print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
+        if also is not None:
+            also(code, message)
+        raise SystemExit(code) from None
 
 
 def _exit_code_for(exc: RunnerError) -> ExitCode:
@@ -91,10 +108,10 @@ def _exit_code_for(exc: RunnerError) -> ExitCode:
     return ExitCode.FAILED
 
 
-def _run_async(function: Callable[[], Awaitable[T]]) -> T:
+def _run_async(function: Callable[[], Awaitable[T]], also: ErrorSink | None = None) -> T:
     import anyio
 
-    with _guard():
+    with _guard(also):
         try:
             return anyio.run(function)
         except KeyboardInterrupt:
@@ -106,8 +123,6 @@ def _run_async(function: Callable[[], Awaitable[T]]) -> T:
 @click.group(
     context_settings={
         "help_option_names": ["-h", "--help"],
-        # Every flag also reads RUNNER_<COMMAND>_<FLAG>, e.g. RUNNER_RUN_VERBOSE=1.
-        "auto_envvar_prefix": "RUNNER",
         "show_default": True,
     }
 )
@@ -176,8 +191,13 @@ def main() -> None:
     help="Requests in flight per provider, over each profile's `concurrency` "
     f"(default: the manifest's, else {DEFAULT_CONCURRENCY}).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress; warnings and the result only.")
-@click.option("-v", "--verbose", is_flag=True, help="Log every finished job.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress; errors and the result only.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="-v: the runner's debug records (every finished job); -vv: libraries' too.",
+)
 def run(
     manifest: Path,
     db: str | None,
@@ -190,7 +210,7 @@ def run(
     progress_interval: float,
     concurrency: int | None,
     quiet: bool,
-    verbose: bool,
+    verbose: int,
 ) -> None:  # fmt: skip
     """Send every job that is not done yet, then exit (see exit codes above)."""
     from rich.markup import escape
@@ -202,10 +222,12 @@ def run(
     from runner.redact import redact
     from runner.settings import RetrySettings, RunSettings
 
+    # JSON events are data: they go to stdout, for `| jq`; human logs stay on stderr.
+    as_json = log_format == "json"
     reporter = make_reporter(
         log_format=log_format,
         quiet=quiet,
-        stream=sys.stderr,
+        stream=sys.stdout if as_json else sys.stderr,
         is_tty=sys.stderr.isatty(),
         interval_s=progress_interval,
     )
@@ -220,18 +242,29 @@ def run(
         handle_signals=True,
     )
     try:
-        outcome = _run_async(lambda: app.run(manifest, options))
+        outcome = _run_async(lambda: app.run(manifest, options), _json_result if as_json else None)
     finally:
         reporter.close()
-    if log_format == "json":
-        click.echo(json.dumps(_outcome_document(outcome)), err=True)
+    if as_json:
+        click.echo(json.dumps(_outcome_document(outcome)))
     else:
-        present.print_summary(outcome.summary, err())
         for stop in outcome.stops:
+            if stop.kind == "signal":  # said when it came; the verdict below says the rest
+                continue
             where = "run" if stop.provider == "*" else stop.provider
             message = escape(redact(stop.message))
             err().print(f"[bold red]stopped {where} ({stop.kind}):[/] {message}")
-        err().print(_exit_hint(outcome.exit_code))
+        report = outcome.report
+        table = present.run_table(
+            outcome.summary,
+            succeeded=report.succeeded,
+            failed_by_kind=report.failed_by_kind,
+            retries=report.retries,
+            spent_usd=report.spent_usd,
+            elapsed_s=outcome.elapsed_s,
+            verdict=_exit_hint(outcome.exit_code, outcome.summary.counts.get("cancelled", 0)),
+        )
+        err().print(table)
     raise SystemExit(outcome.exit_code)
 
 
@@ -240,6 +273,7 @@ def _outcome_document(outcome: app.RunOutcome) -> dict[str, Any]:
     from runner.redact import redact_document
 
     document = {
+        "ts": _utc_now(),
         "event": "result",
         "exit_code": outcome.exit_code,
         "stops": [asdict(stop) for stop in outcome.stops],
@@ -248,7 +282,23 @@ def _outcome_document(outcome: app.RunOutcome) -> dict[str, Any]:
     return dict(redact_document(document))
 
 
-def _exit_hint(code: ExitCode) -> str:
+def _json_result(code: ExitCode, message: str) -> None:
+    """A run that could not start still ends its JSON stream with a `result` event."""
+    click.echo(json.dumps({"ts": _utc_now(), "event": "result", "exit_code": code,
+                           "error": message}))  # fmt: skip
+
+
+def _utc_now() -> str:
+    from datetime import UTC, datetime
+
+    from runner.cli.progress import utc_stamp
+
+    return utc_stamp(datetime.now(UTC))
+
+
+def _exit_hint(code: ExitCode, cancelled: int = 0) -> str:
+    if code == ExitCode.OK and cancelled:
+        return f"every job done, {cancelled} of them cancelled by hand (exit 0)"
     return {
         ExitCode.OK: "all jobs succeeded (exit 0)",
         ExitCode.FAILED: "some jobs failed (exit 1): see `runner export`; `runner retry` re-queues",
@@ -318,19 +368,59 @@ def cancel(manifest: Path, db: str | None, key: str | None, state: str | None) -
     default=None,
     help="Only jobs in this state.",
 )
+@click.option("--job", "key", metavar="KEY", help="Only the job whose key starts with KEY.")
+@click.option(
+    "--search", metavar="TEXT", help="Only jobs with TEXT in the prompt, a path or the error."
+)
+@click.option(
+    "-n", "--limit", type=click.IntRange(min=1), metavar="N", help="Show the first N only."
+)
+@click.option(
+    "--group-by",
+    type=click.Choice(["error"]),
+    default=None,
+    help="One line per distinct error, with its count, instead of one per job.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def jobs(manifest: Path, db: str | None, state: str | None, as_json: bool) -> None:
-    """List the manifest's jobs with their state, attempts, cost and last error."""
+def jobs(
+    manifest: Path,
+    db: str | None,
+    state: str | None,
+    key: str | None,
+    search: str | None,
+    limit: int | None,
+    group_by: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """List the manifest's jobs: state, attempts, cost, image, prompt, output, last error."""
     from runner import app
     from runner.cli import present
 
-    rows = _run_async(lambda: app.jobs(manifest, app.Options(db=db), state))
+    chosen = app.JobFilter(state=state, key=key, search=search)
+    rows = _run_async(lambda: app.jobs(manifest, app.Options(db=db), chosen))
+    if group_by == "error":
+        groups = present.error_groups(rows)
+        if as_json:
+            for group in groups[:limit]:
+                click.echo(json.dumps(group, ensure_ascii=False))
+        else:
+            out().print(present.error_groups_table(groups[:limit]))
+        _say_if_cut(len(groups), limit, "errors")
+        return
+    shown = rows[:limit]
     if as_json:
-        present.write_jsonl(rows, sys.stdout)
+        present.write_jsonl(shown, sys.stdout)
     elif rows:
-        out().print(present.jobs_table(rows))
+        out().print(present.jobs_table(shown, manifest.resolve().parent))
     else:
-        out().print("no jobs" + (f" in state {state}" if state else ""))
+        out().print("no jobs" + (f" in state {state}" if state else "") +
+                    (f" matching {search!r}" if search else ""))  # fmt: skip
+    _say_if_cut(len(rows), limit, "jobs")
+
+
+def _say_if_cut(total: int, limit: int | None, what: str) -> None:
+    if limit is not None and total > limit:
+        err().print(f"showing {limit} of {total} {what} (-n/--limit)")
 
 
 @main.command()
@@ -416,7 +506,7 @@ def demo(directory: Path) -> None:
     """Run the example manifest offline against the built-in fake provider."""
     from runner.cli.demo import run_demo
 
-    _setup_logging(verbose=False)
+    _setup_logging(verbosity=0)
     with _guard():
         code = run_demo(directory, out())
     raise SystemExit(code)
@@ -438,13 +528,24 @@ class ReporterHandler(logging.Handler):
             self.handleError(record)
 
 
-def _setup_logging(verbose: bool, reporter: ProgressReporter | None = None) -> None:
+# Libraries that log at INFO or DEBUG (httpx every request, Pillow every PNG chunk):
+# the user sees their records only with -vv.
+THIRD_PARTY_LOGGERS = ("httpx", "httpcore", "alembic", "aiosqlite", "asyncio", "PIL",
+                       "sqlalchemy", "asyncpg", "urllib3", "web3", "eth_account")  # fmt: skip
+
+
+def _setup_logging(verbosity: int, reporter: ProgressReporter | None = None) -> None:
+    """0: the runner's info, warnings and errors; 1 (-v): its debug records too; 2 (-vv):
+    every library's debug records as well."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbosity >= 2 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
         force=True,
     )
+    logging.getLogger("runner").setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbosity >= 2 else logging.WARNING)
     root = logging.getLogger()
     if reporter is not None:
         # Warnings and errors go through the progress display (above a live bar, or as
@@ -455,6 +556,19 @@ def _setup_logging(verbose: bool, reporter: ProgressReporter | None = None) -> N
     # Whatever logger a record comes from, no key reaches the terminal or a log file.
     protect_handlers(root.handlers)
     protect_logger(logging.getLogger("runner"))
-    # Library chatter (httpx logs every request at INFO) is not the user's business.
-    for noisy in ("httpx", "httpcore", "alembic", "aiosqlite", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _read_settings_from_environment(group: click.Group) -> None:
+    """Give every setting flag of every command its RUNNER_<FLAG> variable, shown in
+    `--help` (one scheme, named in `runner.settings`)."""
+    for command in group.commands.values():
+        for param in command.params:
+            if not isinstance(param, click.Option):
+                continue
+            long_flag = next((o for o in param.opts if o.startswith("--")), None)
+            if long_flag and long_flag[2:] in SETTING_FLAGS:
+                param.envvar = env_name(long_flag)
+                param.show_envvar = True
+
+
+_read_settings_from_environment(main)

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from runner.cli.progress import one_line
+from runner.manifest.durations import format_duration
 from runner.money import format_usd
-from runner.records import ExportRow, Summary
+from runner.records import ExportRow, Summary, short_key
 
 
 def status_document(summary: Summary) -> dict[str, Any]:
@@ -88,6 +91,60 @@ def _balance(usd: float | None, diem: float | None, after: float | None) -> str 
     return ", ".join(parts) or None
 
 
+# Why requests were sent again (engine.retry.retry_cause), for the end-of-run table.
+_RETRY_CAUSES = {
+    "429": "rate limit (429)",
+    "5xx": "server error (5xx)",
+    "network": "network",
+    "timeout": "no reply in time",
+    "other": "bad reply",
+}
+_FAILURE_SHORT = {
+    "input": "bad input",
+    "refused": "refused by the provider",
+    "attempts": "out of attempts",
+    "unanswered": "no reply in time",
+    "output": "output not written",
+}
+
+
+def run_table(
+    summary: Summary,
+    *,
+    succeeded: int,
+    failed_by_kind: Mapping[str, int],
+    retries: Mapping[str, int],
+    spent_usd: float,
+    elapsed_s: float,
+    verdict: str,
+) -> Table:
+    """What one run did, then where the whole manifest stands, then the verdict."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    failed = sum(failed_by_kind.values())
+    table.add_row("succeeded", str(succeeded))
+    table.add_row("failed", _counted(failed, failed_by_kind, _FAILURE_SHORT))
+    table.add_row("retries", _counted(sum(retries.values()), retries, _RETRY_CAUSES))
+    table.add_row(
+        "spent", f"{format_usd(spent_usd, 4, fixed=True)} in {format_duration(elapsed_s)}"
+    )
+    counts = summary.counts
+    total = sum(counts.values())
+    done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+    rest = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+    table.add_row("manifest", f"{done}/{total} done" + (f": {rest}" if rest else ""))
+    table.add_row("result", verdict)
+    return table
+
+
+def _counted(total: int, parts: Mapping[str, int], names: Mapping[str, str]) -> str:
+    if not total:
+        return "0"
+    detail = ", ".join(
+        f"{n} {names.get(kind, kind)}" for kind, n in sorted(parts.items(), key=lambda i: -i[1])
+    )
+    return f"{total} ({detail})"
+
+
 def export_record(row: ExportRow) -> dict[str, Any]:
     usage = asdict(row.usage)
     cost = usage.pop("cost_usd")
@@ -148,20 +205,54 @@ def write_csv(rows: Sequence[ExportRow], stream: Any) -> None:
         writer.writerow({**record, **usage})
 
 
-def jobs_table(rows: Sequence[ExportRow]) -> Table:
+def jobs_table(rows: Sequence[ExportRow], base: Path) -> Table:
+    """One row per job; paths relative to `base` (the manifest's folder) where inside it."""
     table = Table(box=None, pad_edge=False, show_edge=False)
     for column in ("key", "state", "tries", "cost"):
         table.add_column(column, no_wrap=True)
-    for column in ("image", "provider/model", "reason"):
+    for column in ("image", "prompt", "output", "reason"):
         table.add_column(column, overflow="fold", ratio=2 if column == "reason" else 1)
     for row in rows:
+        outputs = [_relative(o, base) for o in row.outputs]
         table.add_row(
-            row.key[:10],
+            short_key(row.key),
             row.status,
             str(row.attempts),
-            f"${row.usage.cost_usd:,.4f}",
-            Path(row.image).name,
-            f"{row.provider}/{row.model}",
-            row.error or "",
+            format_usd(row.usage.cost_usd, 4, fixed=True),
+            escape(_relative(row.image, base)),
+            escape(one_line(row.prompt)),
+            escape(outputs[0] + (f" (+{len(outputs) - 1})" if len(outputs) > 1 else ""))
+            if outputs
+            else "",
+            escape(one_line(row.error or "")),
+        )
+    return table
+
+
+def _relative(path: str, base: Path) -> str:
+    try:
+        return str(Path(path).relative_to(base))
+    except ValueError:
+        return path
+
+
+def error_groups(rows: Sequence[ExportRow]) -> list[dict[str, Any]]:
+    """Failed jobs by their error text, the commonest first: the count and a few keys."""
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        if row.error:
+            groups.setdefault(row.error, []).append(short_key(row.key))
+    ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+    return [{"count": len(keys), "error": error, "keys": keys[:3]} for error, keys in ordered]
+
+
+def error_groups_table(groups: Sequence[Mapping[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    table.add_column("jobs", no_wrap=True, justify="right")
+    table.add_column("error", overflow="fold")
+    table.add_column("e.g.", no_wrap=True)
+    for group in groups:
+        table.add_row(
+            str(group["count"]), escape(one_line(group["error"])), " ".join(group["keys"])
         )
     return table

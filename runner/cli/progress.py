@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.text import Text
 
 from runner.manifest.durations import format_duration
@@ -54,9 +54,10 @@ def one_line(text: object) -> str:
 
 
 def summary(s: Snapshot) -> str:
-    """`120/500 done (118 ok, 2 failed) 14.2 jobs/min eta 26m45s ... est_total=$20.00`."""
+    """`120/500 done (this run: 118 ok, 2 failed) 14.2 jobs/min eta 26m45s ...`: the first
+    count is the whole manifest's, the ones in brackets and the spend this run's."""
     line = (
-        f"{s.done}/{s.total} done ({s.succeeded} ok, {s.failed} failed) "
+        f"{s.done}/{s.total} done (this run: {s.succeeded} ok, {s.failed} failed) "
         f"{s.jobs_per_minute:.1f} jobs/min eta {format_eta(s.eta_s)} "
         f"in_flight={s.in_flight} retries_waiting={s.retries_waiting} "
         f"spent={format_money(s.spent_usd)} est_total={format_money(s.estimated_total_usd)}"
@@ -215,16 +216,44 @@ class QuietReporter:
         pass
 
 
+BAR_WIDTH = 20
+
+
+def live_line(s: Snapshot, width: int) -> str:
+    """The text beside the bar, at most `width` characters: `88/300 done` always, then the
+    fields in order of value, each dropped (from the last) when the terminal is too narrow:
+    ETA, a pause, this run's counts and spend, elapsed time, rate, estimate, retries."""
+    this_run = f"this run: {s.succeeded} ok"
+    this_run += f", {s.failed} failed" if s.failed else ""
+    spent = format_money(s.spent_usd)
+    candidates: list[tuple[str, ...]] = [  # each: the field, then shorter forms of it
+        (f"eta {format_eta(s.eta_s)}",),
+        (f"paused: {one_line(s.paused)}", f"paused: {one_line(s.paused)[:24]}…")
+        if s.paused
+        else (),
+        (f"{this_run}, {spent}", f"this run {spent}", spent),
+        (f"{format_duration(s.elapsed_s)} elapsed",),
+        (f"{s.jobs_per_minute:.1f} jobs/min",),
+        (f"est. {format_money(s.estimated_total_usd)}",),
+        (f"retries waiting {s.retries_waiting}",) if s.retries_waiting else (),
+    ]
+    line = f"{s.done}/{s.total} done"
+    for forms in candidates:
+        for form in forms:
+            if len(line) + 3 + len(form) <= width:
+                line += " · " + form
+                break
+    return line
+
+
 class RichReporter:
-    """A live bar for a terminal: done/total, jobs/min, ETA, retries waiting, spend and
-    estimate; events are printed above the bar."""
+    """A live bar for a terminal, fitted to its width (see `live_line`); events are
+    printed above the bar."""
 
     def __init__(self, console: Console) -> None:
         self._console = console
         self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
+            BarColumn(bar_width=BAR_WIDTH),
             TextColumn("{task.fields[stats]}"),
             console=console,
         )
@@ -239,20 +268,11 @@ class RichReporter:
     def update(self, snapshot: Snapshot) -> None:
         self.start(snapshot.total)
         assert self._task is not None
-        stats = (
-            f"{snapshot.jobs_per_minute:.1f} jobs/min  eta {format_eta(snapshot.eta_s)}  "
-            f"ok {snapshot.succeeded}  failed {snapshot.failed}  "
-            f"retries waiting {snapshot.retries_waiting}  "
-            f"spent {format_money(snapshot.spent_usd)} of est. "
-            f"{format_money(snapshot.estimated_total_usd)}"
-        )
-        description = f"[yellow]{escape(snapshot.paused)}[/]" if snapshot.paused else "running"
+        # The bar, a space between the columns, and one column spare: a line that fills the
+        # terminal exactly wraps on some terminals.
+        stats = live_line(snapshot, self._console.width - BAR_WIDTH - 2)
         self._progress.update(
-            self._task,
-            total=snapshot.total,
-            completed=snapshot.done,
-            description=description,
-            stats=escape(stats),
+            self._task, total=snapshot.total, completed=snapshot.done, stats=escape(stats)
         )
 
     def event(self, level: str, message: str, **fields: Any) -> None:
@@ -261,10 +281,9 @@ class RichReporter:
         self._console.print(Text(f"{level.upper()} {one_line(message)}{pairs}", style=style))
 
     def finish(self, snapshot: Snapshot, outcome: str) -> None:
+        """The bar's last state stays on screen; the command prints the run's table after."""
         self.update(snapshot)
         self.close()
-        took = format_duration(snapshot.elapsed_s)
-        self._console.print(Text(f"finished: {outcome} in {took}  {summary(snapshot)}"))
 
     def close(self) -> None:
         if not self._closed:

@@ -36,6 +36,7 @@ from runner.records import (
     Outcome,
     ReplyFacts,
     Usage,
+    short_key,
 )
 from runner.settings import RunSettings
 from runner.store.protocol import AttemptTicket, Store
@@ -206,7 +207,7 @@ class Attempts:
                 log.warning(
                     "jobs[%d] %s (%s): %s reported usage that cannot be right (%s); "
                     "costed at its estimate%s",
-                    spec.entry, spec.image.name, spec.key8, spec.provider, suspect,
+                    spec.entry, spec.image.name, short_key(spec.key), spec.provider, suspect,
                     f" ${cost:.4f}" if cost is not None else " (unknown)",
                 )  # fmt: skip
         self._spend(cost)

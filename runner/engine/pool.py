@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -23,7 +23,7 @@ from runner.engine.attempt import Attempts, Sending, outage
 from runner.engine.budget import LimitGuard
 from runner.engine.pacing import ProviderGate
 from runner.engine.ports import Files, Lane, Provider
-from runner.engine.retry import GaveUp, RetryPolicy, Tries
+from runner.engine.retry import GaveUp, RetryPolicy, Tries, retry_cause
 from runner.errors import (
     ExitCode,
     InputError,
@@ -46,6 +46,7 @@ from runner.records import (
     JobSpec,
     Outcome,
     OutputRef,
+    short_key,
 )
 from runner.settings import Clock, RunSettings, SystemClock
 from runner.store.protocol import AttemptTicket, Store
@@ -78,6 +79,8 @@ class PoolReport:
     in_flight: int = 0  # jobs between pre-flight and their last answer
     retries_waiting: int = 0  # jobs asleep before their next attempt
     stops: list[StopNotice] = field(default_factory=list)
+    failed_by_kind: Counter[str] = field(default_factory=Counter)  # FailureKind → jobs
+    retries: Counter[str] = field(default_factory=Counter)  # `retry_cause` → requests
 
 
 class Pool:
@@ -342,10 +345,14 @@ class Pool:
     async def _send(
         self, sending: Sending, tries: Tries
     ) -> tuple[EditResult, AttemptTicket, AttemptRecord]:
-        async for attempt in self._policy.retrying(tries, self._retry_sleep(sending)):
+        retrying = self._policy.retrying(tries, self._retry_sleep(sending), self._count_retry)
+        async for attempt in retrying:
             with attempt:
                 return await self._attempts.send(sending)
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _count_retry(self, error: BaseException) -> None:
+        self.report.retries[retry_cause(error)] += 1
 
     def _retry_sleep(self, sending: Sending) -> Callable[[float], Awaitable[None]]:
         async def sleep(seconds: float) -> None:
@@ -380,7 +387,7 @@ class Pool:
                 self._database_failed(store_exc)
             return
         if record.error_message:
-            log.warning("jobs[%d] %s (%s): %s", spec.entry, spec.image.name, spec.key8,
+            log.warning("jobs[%d] %s (%s): %s", spec.entry, spec.image.name, short_key(spec.key),
                         record.error_message)  # fmt: skip
         try:
             await self._store.complete(spec.key, self._owner, ticket, record, outputs)
@@ -410,8 +417,9 @@ class Pool:
     async def _fail(self, spec: JobSpec, reason: str, kind: FailureKind) -> None:
         await self._store.fail(spec.key, self._owner, reason, kind)
         self.report.failed += 1
+        self.report.failed_by_kind[kind] += 1
         log.warning(
-            "failed %s (jobs[%d], %s): %s", spec.image.name, spec.entry, spec.key[:8], reason
+            "failed %s (jobs[%d], %s): %s", spec.image.name, spec.entry, short_key(spec.key), reason
         )
 
     async def _release(self, spec: JobSpec, *, fresh_attempts: bool = False) -> None:
@@ -435,7 +443,8 @@ class Pool:
         for gate in self._gates.values():
             gate.stop(notice)
         self.report.stops.append(notice)
-        log.error("stopped sending: %s", message)
+        if kind != "signal":  # the signal's handler says what happens, once, as a warning
+            log.error("stopped sending: %s", message)
 
     def _stop(self, gate: ProviderGate, exc: ProviderStop) -> None:
         if gate.stopped:

@@ -79,13 +79,21 @@ class RetryPolicy:
         hint = getattr(error, "retry_after", None) or 0.0
         return min(max(hint, backoff), self.settings.max_wait_s)
 
-    def retrying(self, tries: Tries, sleep: Callable[[float], Awaitable[None]]) -> AsyncRetrying:
+    def retrying(
+        self,
+        tries: Tries,
+        sleep: Callable[[float], Awaitable[None]],
+        on_retry: Callable[[BaseException], None] | None = None,
+    ) -> AsyncRetrying:
         """Attempts for one job; after the last error is re-raised, `tries.gave_up` says
-        why they stopped."""
+        why they stopped. `on_retry` hears of each error that another attempt follows."""
 
         def worth_retrying(state: RetryCallState) -> bool:
             error = state.outcome.exception() if state.outcome else None
-            return tries.note(error, self.settings)
+            again = tries.note(error, self.settings)
+            if again and error is not None and on_retry is not None:
+                on_retry(error)
+            return again
 
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
@@ -98,3 +106,17 @@ class RetryPolicy:
             sleep=sleep,
             reraise=True,
         )
+
+
+def retry_cause(error: BaseException) -> str:
+    """Why a request was sent again, in the words of the end-of-run table."""
+    if isinstance(error, Throttled):
+        return "429"
+    if isinstance(error, NotDelivered):
+        return "network"
+    if isinstance(error, AttemptTimeout):
+        return "timeout"
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int) and status >= 500:
+        return "5xx"
+    return "other"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,14 +134,17 @@ def test_plain_and_json_progress_lines_when_not_on_a_terminal(
     more = [{"image": workspace.image(f"n{i}.png"), "prompt": f"more {i}"} for i in range(2)]
     manifest = workspace.manifest(jobs + more)
     as_json = cli("run", manifest, "--log-format", "json")
-    records = [json.loads(line) for line in as_json.stderr.splitlines()]  # every line is JSON
+    # Events are data: on stdout, every line JSON with a time stamp, for `| jq`.
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
     events = [r["event"] for r in records]
     assert "started" in events and "finished" in events and events[-1] == "result"
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r["ts"]) for r in records)
+    assert as_json.stderr == ""
     result = records[-1]
     assert result["exit_code"] == 0 and result["counts"]["succeeded"] == 5
     finished_record = next(r for r in records if r["event"] == "finished")
     assert finished_record["done"] == 5 and finished_record["total"] == 5
-    assert API_KEY not in as_json.stderr and API_KEY not in plain.stderr
+    assert API_KEY not in as_json.stdout and API_KEY not in plain.stderr
 
     quiet = cli("run", manifest, "--quiet")
     assert quiet.returncode == 0 and "progress" not in quiet.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from runner.cli.progress import (
     RichReporter,
     Snapshot,
     format_money,
+    live_line,
     make_reporter,
 )
 from runner.redact import REDACTED
@@ -128,7 +130,7 @@ def test_plain_progress_line_has_every_figure() -> None:
     reporter, out = plain(clocks)
     reporter.update(snap())  # no start: the first update prints at once
     assert out.getvalue() == (
-        "2026-11-21T03:00:00Z progress 120/500 done (118 ok, 2 failed) 12.0 jobs/min "
+        "2026-11-21T03:00:00Z progress 120/500 done (this run: 118 ok, 2 failed) 12.0 jobs/min "
         "eta 31m40s in_flight=4 retries_waiting=3 spent=$4.80 est_total=$20.00\n"
     )
 
@@ -156,7 +158,7 @@ def test_plain_finish_always_prints_even_inside_the_interval() -> None:
     reporter.finish(snap(succeeded=498, failed=2, elapsed_s=1800.0), "completed")
     last = out.getvalue().splitlines()[-1]
     assert last.startswith("2026-11-21T03:00:05Z finished outcome=completed in 30m00s ")
-    assert "500/500 done (498 ok, 2 failed)" in last
+    assert "500/500 done (this run: 498 ok, 2 failed)" in last
     assert "eta 0s" in last
 
 
@@ -317,13 +319,13 @@ def test_quiet_json_errors_are_json() -> None:
 # --- Rich ------------------------------------------------------------------------------
 
 
-def rich_console() -> tuple[Console, io.StringIO]:
+def rich_console(width: int = 120) -> tuple[Console, io.StringIO]:
     out = io.StringIO()
-    return Console(file=out, force_terminal=True, width=120), out
+    return Console(file=out, force_terminal=True, width=width), out
 
 
 def test_rich_bar_shows_done_total_rate_eta_retries_and_spend() -> None:
-    console, out = rich_console()
+    console, out = rich_console(width=200)
     reporter = RichReporter(console)
     reporter.start(500)
     reporter.update(snap())
@@ -333,7 +335,9 @@ def test_rich_bar_shows_done_total_rate_eta_retries_and_spend() -> None:
     assert "12.0 jobs/min" in text
     assert "eta 31m40s" in text
     assert "retries waiting 3" in text
-    assert "spent $4.80 of est. $20.00" in text
+    assert "this run: 118 ok, 2 failed, $4.80" in text
+    assert "est. $20.00" in text
+    assert "10m00s elapsed" in text
 
 
 def test_rich_events_print_verbatim_and_finish_summarises() -> None:
@@ -346,8 +350,9 @@ def test_rich_events_print_verbatim_and_finish_summarises() -> None:
     text = out.getvalue()
     assert "WARNING provider venice stopped: [bold]402[/bold]" in text  # no markup
     assert "sk-x" not in text
-    assert "finished: completed in 30m00s" in text
-    assert "500/500" in text
+    assert "finished: " not in text  # the command's end-of-run table says how it ended
+    assert "500/500 done" in text
+    assert "30m00s elapsed" in text
 
 
 def test_rich_shows_pause_reason() -> None:
@@ -408,3 +413,32 @@ def test_make_reporter_passes_the_interval_and_clocks() -> None:
 def test_make_reporter_refuses_unknown_format() -> None:
     with pytest.raises(ValueError, match="auto, plain or json"):
         make_reporter(log_format="xml", quiet=False, stream=io.StringIO(), is_tty=False)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_an_80_column_terminal_keeps_bar_count_eta_and_spend_on_one_line() -> None:
+    console, out = rich_console(width=80)
+    reporter = RichReporter(console)
+    reporter.update(
+        snap(total=300, done_before=83, succeeded=5, failed=0, spent_usd=0.25,
+             paused="venice paused 12s (rate limit: x-ratelimit-reset-requests in the past)")
+    )  # fmt: skip
+    reporter.close()
+    screens = [ANSI.sub("", part) for part in out.getvalue().split("\r")]
+    last = [line for line in screens if "done" in line][-1].strip("\n")
+    assert len(last) <= 79  # one line, never wrapped onto a second
+    assert last.startswith("━") and "88/300 done" in last
+    assert "eta " in last and "$0.25" in last
+    assert "jobs/min" not in last  # the low-value fields went first
+
+
+def test_the_live_line_drops_fields_from_the_least_useful() -> None:
+    s = snap(total=300, done_before=83, succeeded=5, failed=0, spent_usd=0.25)
+    wide, narrow, tiny = live_line(s, 200), live_line(s, 58), live_line(s, 34)
+    assert "this run: 5 ok, $0.25" in wide and "retries waiting 3" in wide
+    assert "elapsed" in wide and "jobs/min" in wide and "est. $20.00" in wide
+    assert len(narrow) <= 58 and "eta" in narrow and "$0.25" in narrow
+    assert "retries waiting" not in narrow and "jobs/min" not in narrow
+    assert len(tiny) <= 34 and tiny.startswith("88/300 done") and "$0.25" in tiny

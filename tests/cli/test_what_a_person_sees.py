@@ -1,0 +1,202 @@
+"""What a person sees of the runner in pipes, logs and scripts (issue 10): JSON events on
+stdout, nothing wrapped when stdout is not a terminal, one scheme of environment variables,
+`-v` that shows the runner's records and not its libraries', and a short account at the end
+of a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from conftest import API_KEY, KEY_ENV, Workspace
+from helpers import Ran, invoke
+
+from runner.cli import main as command_line
+from runner.cli import present
+from runner.records import Summary, Totals
+from runner.settings import SETTING_FLAGS, env_name
+from runner.testing import FakeProvider
+
+
+def runner(*args: str | Path, env: dict[str, str | None] | None = None) -> Ran:
+    environment: dict[str, str | None] = {"RUNNER_DB": None, KEY_ENV: API_KEY}
+    environment.update(env or {})
+    return invoke(*args, env=environment)
+
+
+def deep_jobs(workspace: Workspace, count: int) -> list[dict[str, str]]:
+    folder = "shoots/" + "a-rather-long-folder-name-" * 4 + "/beach"
+    return [
+        {"image": workspace.image(f"{folder}/photo-{i}.png"), "prompt": f"warmer light {i}"}
+        for i in range(count)
+    ]
+
+
+def test_piped_output_is_one_record_per_line_with_whole_paths(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = deep_jobs(workspace, 3)
+    manifest = workspace.manifest(jobs)
+    assert runner("run", manifest).returncode == 0
+
+    listed = runner("jobs", manifest)
+    lines = [line for line in listed.stdout.splitlines() if "photo-" in line]
+    assert len(lines) == 3  # not one job spread over several lines
+    for job in jobs:
+        (line,) = [line for line in lines if job["image"] in line]  # the whole path
+        assert job["prompt"] in line
+        assert "out/" + Path(job["image"]).stem in line  # and where its output went
+
+    checked = runner("validate", manifest)
+    assert len(checked.stdout.splitlines()) == 2
+    assert "jobs would fail" not in checked.stdout
+
+
+def test_json_events_go_to_stdout_and_a_failed_start_still_ends_with_a_result(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    manifest = workspace.manifest([{"image": workspace.image("a.png"), "prompt": "x"}])
+    unset_key = runner("run", manifest, "--log-format", "json", env={KEY_ENV: None})
+    assert unset_key.returncode == 2
+    result = json.loads(unset_key.stdout.strip().splitlines()[-1])
+    assert result["event"] == "result" and result["exit_code"] == 2 and result["ts"]
+    assert KEY_ENV in result["error"]
+    assert "error:" in unset_key.stderr  # a person reading the terminal still sees it
+
+
+def test_every_setting_flag_reads_runner_flag_and_help_says_so() -> None:
+    assert isinstance(command_line, click.Group)
+    seen = set()
+    for name, command in command_line.commands.items():
+        help_text = " ".join(invoke(name, "--help", env={}).stdout.split())
+        for param in command.params:
+            flags = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+            if flags and flags[0][2:] in SETTING_FLAGS:
+                seen.add(flags[0][2:])
+                assert f"env var: {env_name(flags[0])}" in help_text.replace(
+                    "env var: ", "env var: "
+                ), (name, flags)
+    assert seen == set(SETTING_FLAGS)
+
+
+def test_a_setting_variable_takes_effect(workspace: Workspace, fake: FakeProvider) -> None:
+    jobs = [{"image": workspace.image(f"e{i}.png"), "prompt": f"e {i}"} for i in range(3)]
+    result = runner("run", workspace.manifest(jobs), env={"RUNNER_MAX_JOBS": "1"})
+    assert result.returncode == 75
+    assert fake.requests_total == 1
+
+
+def test_an_unknown_runner_variable_is_warned_about_once(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    manifest = workspace.manifest([{"image": workspace.image("a.png"), "prompt": "x"}])
+    # An old-style name; the manifest's own key variable (RUNNER_TEST_KEY) is the user's.
+    ran = runner("run", manifest, env={"RUNNER_RUN_MAX_COST": "5"})
+    assert ran.returncode == 0
+    warnings = [line for line in ran.stderr.splitlines() if "RUNNER_RUN_MAX_COST" in line]
+    assert len(warnings) == 1 and "did you mean RUNNER_MAX_COST?" in warnings[0]
+    assert KEY_ENV not in ran.stderr
+
+
+def test_verbose_shows_the_runners_records_and_libraries_only_when_very_verbose(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"v{i}.png"), "prompt": f"v {i}"} for i in range(2)]
+    manifest = workspace.manifest(jobs)
+    verbose = runner("run", manifest, "-v")
+    assert verbose.returncode == 0
+    assert "succeeded v0.png" in verbose.stderr  # the runner's debug record of each job
+    assert "STREAM b'IDAT'" not in verbose.stderr  # Pillow's chatter (it reads the PNGs)
+
+    manifest = workspace.manifest([*jobs, {"image": workspace.image("w.png"), "prompt": "w"}])
+    very = runner("run", manifest, "-vv")
+    assert very.returncode == 0
+    assert "STREAM b'IDAT'" in very.stderr
+
+
+def test_the_end_of_a_run_says_what_happened_in_a_short_table(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    fake.script = ["server_error"]
+    jobs = [{"image": workspace.image(f"t{i}.png"), "prompt": f"t {i}"} for i in range(3)]
+    ran = runner("run", workspace.manifest(jobs))
+    assert ran.returncode == 0
+    rows = {line.split()[0]: line for line in ran.stderr.splitlines() if line.strip()}
+    assert rows["succeeded"].split()[1] == "3"
+    assert "1 (1 server error (5xx))" in rows["retries"]
+    assert rows["spent"].startswith("spent") and " in " in rows["spent"]
+    assert "3/3 done: 3 succeeded" in rows["manifest"]
+    assert "all jobs succeeded (exit 0)" in rows["result"]
+    assert "finished: finished" not in ran.stderr
+
+
+def test_the_run_table_counts_failures_by_reason_and_never_calls_cancelled_succeeded() -> None:
+    summary = Summary(counts={"succeeded": 5, "failed": 2, "cancelled": 1}, totals=Totals())
+    table = present.run_table(
+        summary,
+        succeeded=5,
+        failed_by_kind={"refused": 1, "attempts": 1},
+        retries={"429": 3, "network": 1},
+        spent_usd=0.25,
+        elapsed_s=75,
+        verdict="every job done, 1 of them cancelled by hand (exit 0)",
+    )
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "2 (1 refused by the provider, 1 out of attempts)" in text
+    assert "4 (3 rate limit (429), 1 network)" in text
+    assert "$0.2500 in 1m15s" in text
+    assert "8/8 done: 5 succeeded, 2 failed, 1 cancelled" in text
+    assert "all jobs succeeded" not in text
+
+
+def test_jobs_filters_by_text_limits_and_groups_errors(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    fake.script = ["bad_request", "moderation", "bad_request"]
+    jobs = [{"image": workspace.image(f"g{i}.png"), "prompt": f"sky {i}"} for i in range(5)]
+    jobs.append({"image": workspace.image("boat.png"), "prompt": "a red ribbon"})
+    manifest = workspace.manifest(jobs, profile={"concurrency": 1})
+    assert runner("run", manifest).returncode == 1
+
+    found = runner("jobs", manifest, "--search", "RIBBON")
+    assert "boat.png" in found.stdout and "g0.png" not in found.stdout
+
+    cut = runner("jobs", manifest, "-n", "2")
+    assert len([line for line in cut.stdout.splitlines() if ".png" in line]) == 2
+    assert "showing 2 of 6 jobs" in cut.stderr
+
+    grouped = runner("jobs", manifest, "--group-by", "error", "--json")
+    groups = [json.loads(line) for line in grouped.stdout.splitlines()]
+    assert [g["count"] for g in groups] == [2, 1]  # the commonest error first
+    assert all(len(key) == 10 for g in groups for key in g["keys"])
+
+
+def test_a_key_prefix_names_one_job_or_says_why_not(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"k{i}.png"), "prompt": f"k {i}"} for i in range(40)]
+    manifest = workspace.manifest(jobs)
+    assert runner("cancel", manifest).returncode == 0  # all 40 cancelled
+    listed_all = runner("jobs", manifest, "--json").stdout.splitlines()
+    keys = [json.loads(line)["key"] for line in listed_all]
+
+    # 40 keys, 16 hex digits: some first digit starts several keys.
+    first = max("0123456789abcdef", key=lambda d: sum(k.startswith(d) for k in keys))
+    sharing = [k for k in keys if k.startswith(first)]
+    ambiguous = runner("retry", manifest, "--job", first)
+    assert ambiguous.returncode == 2
+    assert all(k[:10] in ambiguous.stderr for k in sharing[:10])
+    assert "give more" in ambiguous.stderr and len(ambiguous.stderr.splitlines()) == 1
+    missing = runner("jobs", manifest, "--job", "ffffffffffffzz")
+    assert missing.returncode == 2 and "--job" in missing.stderr
+    assert "no job has a key starting with" in missing.stderr
+
+    unique = runner("retry", manifest, "--job", keys[3][:10])
+    assert unique.returncode == 0 and "1 job moved back to pending" in unique.stdout
+    listed = runner("jobs", manifest, "--job", keys[3][:10])
+    assert keys[3][:10] in listed.stdout and "pending" in listed.stdout
