@@ -286,7 +286,9 @@ class _Work:
             report = pool.report
             left = len(self.to_do) - report.succeeded - report.failed
             estimated = report.spent_usd + per_job * max(0, left) if per_job is not None else None
-            paused = "; ".join(_stop_text(s) for s in report.stops) or None
+            # A signal was announced when it came; other stops show until the run ends.
+            shown = [_stop_text(s) for s in report.stops if s.kind != "signal"]
+            paused = "; ".join(shown) or None
             return Snapshot(
                 total=len(self.to_do) + self.done_before,
                 succeeded=report.succeeded,

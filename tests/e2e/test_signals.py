@@ -146,3 +146,28 @@ def test_a_signal_to_a_read_only_command_exits_75(workspace: Workspace) -> None:
     if process.returncode == 0:
         pytest.skip("status finished before the signal landed")
     assert_quiet_75(process, stderr)
+
+
+def test_ctrl_c_says_once_what_happens_and_status_does_not_repeat_it(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"c{i}.png"), "prompt": f"edit {i}"} for i in range(4)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 2})
+    fake.latency = 1.0
+    process = start("run", manifest, "--log-format", "plain")
+    wait_for(lambda: sum(fake.received.values()) >= 2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert_quiet_75(process, stderr)
+    told = [line for line in stderr.splitlines() if "SIGINT" in line]
+    assert len(told) == 1, stderr
+    assert "finishing 2 requests already sent, up to 1m00s; Ctrl-C again to stop now" in told[0]
+    assert " WARNING " in told[0] and " ERROR " not in stderr
+    status = subprocess.run(
+        [*runner_command(), "status", str(manifest)],
+        env={**os.environ, "RUNNER_DB": ""}, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert "exit 75: interrupted by SIGINT" in status.stdout
+    assert "finishing" not in status.stdout
