@@ -228,6 +228,7 @@ class Summary:
     # Failed jobs by why they failed (FailureKind values); jobs failed before this was
     # recorded count as "unknown".
     failed_by_kind: Mapping[str, int] = field(default_factory=dict)
+    never_run: bool = False  # no database yet: the counts are the manifest's jobs, all pending
 
 
 @dataclass(frozen=True, slots=True)

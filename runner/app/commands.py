@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 
@@ -28,11 +29,12 @@ from runner.dialects.factory import (
     http_client,
 )
 from runner.errors import InputError, ManifestError
+from runner.files import procs
 from runner.files.html_report import ReportJob, ReportStats, ReportTotals, write_report
 from runner.files.preflight import prepare_request
 from runner.manifest.expand import ParsedManifest
-from runner.records import ExportRow, JobState, Manifest, Summary, short_key
-from runner.store.engine import peek_output_paths
+from runner.records import ExportRow, JobState, Manifest, Summary, Totals, short_key
+from runner.store.engine import database_exists, peek_output_paths
 from runner.store.protocol import Store
 from runner.store.tables import utcnow
 
@@ -46,8 +48,32 @@ log = logging.getLogger("runner")
 
 
 async def status(path: Path, options: Options) -> Summary:
-    async with opened(await parse(path), options) as session:
-        return await session.store.summary(session.id)
+    """The manifest's jobs per state, spend, and its last run: whether that run ended, is
+    running now, or died (its process is gone). A manifest that was never run has no
+    database, and asking for its status does not make one."""
+    parsed = await parse(path)
+    url = resolve_db(parsed, options.db)
+    if not database_exists(url):
+        manifest = await anyio.to_thread.run_sync(parsed.resolve)
+        counts = {state.value: 0 for state in JobState}
+        counts[JobState.PENDING.value] = len(manifest.jobs)
+        return Summary(counts=counts, totals=Totals(), never_run=True)
+    async with opened(parsed, options) as session:
+        summary = await session.store.summary(session.id)
+    if summary.last_run is None:
+        return summary
+    return replace(summary, last_run={**summary.last_run, "state": _run_state(summary.last_run)})
+
+
+def _run_state(run: Mapping[str, Any]) -> str:
+    """`ended`, `running` (its process is alive), `dead` (gone without recording its end),
+    or `elsewhere` (running or not, on another host: its lease will tell)."""
+    if run.get("ended_at"):
+        return "ended"
+    if run.get("host") != procs.hostname():
+        return "elsewhere"
+    alive = procs.same_process_alive(int(run.get("pid") or 0), str(run.get("process_tag")))
+    return "running" if alive else "dead"
 
 
 async def export(path: Path, options: Options) -> Sequence[ExportRow]:

@@ -21,9 +21,16 @@ from runner.manifest.durations import format_duration
 from runner.money import format_usd
 from runner.records import ExportRow, Summary, short_key
 
+# Money in JSON: to 1/100 of a cent, as the tables show it; a per-job cost can be a few
+# thousandths of a dollar, so whole cents would lose it.
+MONEY_PLACES = 4
+
 
 def status_document(summary: Summary) -> dict[str, Any]:
     totals = summary.totals
+    last_run = summary.last_run
+    if last_run is not None:  # the process tag is for the runner's own checks, not a person
+        last_run = {k: v for k, v in last_run.items() if k != "process_tag"}
     return {
         "counts": dict(summary.counts),
         "usage": {
@@ -31,11 +38,21 @@ def status_document(summary: Summary) -> dict[str, Any]:
             "output_tokens": totals.output_tokens,
             "total_tokens": totals.total_tokens,
         },
-        "cost_usd": round(totals.cost_usd, 6),
-        "last_run": summary.last_run,
-        "providers": {name: asdict(account) for name, account in summary.providers.items()},
+        "cost_usd": round(totals.cost_usd, MONEY_PLACES),
+        "last_run": last_run,
+        "providers": {
+            name: {k: _money(k, v) for k, v in asdict(account).items()}
+            for name, account in summary.providers.items()
+        },
         "failed_by_kind": dict(summary.failed_by_kind),
+        "never_run": summary.never_run,
     }
+
+
+def _money(name: str, value: Any) -> Any:
+    if name.endswith("_usd") and isinstance(value, float):
+        return round(value, MONEY_PLACES)
+    return value
 
 
 # What each kind of failure means and what to do, for `status` (models.FailureKind).
@@ -68,16 +85,39 @@ def print_summary(summary: Summary, console: Console) -> None:
                   f"{totals.output_tokens:,} out)")  # fmt: skip
     table.add_row("cost", format_usd(totals.cost_usd, 4, fixed=True))
     last = summary.last_run
-    if last:
-        ended = last["ended_at"] or "still running (or killed)"
-        reason = f": {last['stop_reason']}" if last["stop_reason"] else ""
-        table.add_row("last run", f"{ended}, exit {last['exit_code']}{reason}")
+    if summary.never_run:
+        table.add_row("last run", "never: no database yet (`runner run` makes it)")
+    elif last:
+        table.add_row("last run", _last_run_text(last))
     for name, account in summary.providers.items():
         table.add_row(f"{name} spend", format_usd(account.cost_usd, 4, fixed=True))
         balance = _balance(account.balance_usd, account.balance_diem, account.balance_after_usd)
         if balance:
             table.add_row(f"{name} balance", f"{balance} (as of {account.balance_seen_at})")
     console.print(table)
+
+
+def _last_run_text(run: Mapping[str, Any]) -> str:
+    started = _local_time(run["started_at"])
+    state = run.get("state")
+    if run["ended_at"]:
+        reason = f": {run['stop_reason']}" if run["stop_reason"] else ""
+        return f"ended {_local_time(run['ended_at'])}, exit {run['exit_code']}{reason}"
+    if state == "running":
+        return f"running now (since {started}, pid {run.get('pid')})"
+    if state == "dead":
+        return (
+            f"started {started}, died without finishing (pid {run.get('pid')} is gone); "
+            "its jobs go back to pending on the next run"
+        )
+    return f"started {started} on {run.get('host')}, not ended (running there, or died)"
+
+
+def _local_time(iso: str) -> str:
+    """`2026-11-21 04:12:09 +0100`: the stored UTC time, in this machine's zone."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
 
 
 def _balance(usd: float | None, diem: float | None, after: float | None) -> str | None:

@@ -155,3 +155,10 @@ def peek_output_paths(url: str) -> frozenset[str]:
             return frozenset(row[0] for row in db.execute("SELECT DISTINCT path FROM outputs"))
     except sqlite3.Error:
         return frozenset()  # not a runner database (yet): nothing recorded
+
+
+def database_exists(url: str) -> bool:
+    """False only for a SQLite file that is not there yet (a server is assumed to be)."""
+    if not url.startswith("sqlite") or ":///" not in url:
+        return True
+    return Path(url.split(":///", 1)[1]).exists()

@@ -505,6 +505,9 @@ def _run_dict(run: _RunRow) -> dict[str, object]:
         "ended_at": run.ended_at.isoformat() if run.ended_at else None,
         "exit_code": run.exit_code,
         "stop_reason": run.stop_reason,
+        "host": run.info.host,
+        "pid": run.info.pid,
+        "process_tag": run.info.process_tag,
     }
 
 

@@ -170,6 +170,9 @@ def _run_dict(row: Any) -> dict[str, Any]:
         "ended_at": row.ended_at.isoformat() if row.ended_at else None,
         "exit_code": row.exit_code,
         "stop_reason": row.stop_reason,
+        "host": row.host,
+        "pid": row.pid,
+        "process_tag": row.process_tag,
     }
 
 

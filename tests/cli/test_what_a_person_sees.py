@@ -6,16 +6,23 @@ of a run."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
+import anyio.to_thread
 import click
+import pytest
 from conftest import API_KEY, KEY_ENV, Workspace
 from helpers import Ran, invoke
 
+from runner import app
 from runner.cli import main as command_line
 from runner.cli import present
 from runner.records import Summary, Totals
 from runner.settings import SETTING_FLAGS, env_name
+from runner.files import procs
+from runner.store.engine import open_store
+from runner.store.protocol import RunInfo
 from runner.testing import FakeProvider
 
 
@@ -200,3 +207,48 @@ def test_a_key_prefix_names_one_job_or_says_why_not(
     assert unique.returncode == 0 and "1 job moved back to pending" in unique.stdout
     listed = runner("jobs", manifest, "--job", keys[3][:10])
     assert keys[3][:10] in listed.stdout and "pending" in listed.stdout
+
+
+def test_status_of_a_manifest_never_run_makes_no_database(workspace: Workspace) -> None:
+    jobs = [{"image": workspace.image(f"s{i}.png"), "prompt": f"s {i}"} for i in range(3)]
+    manifest = workspace.manifest(jobs)
+    shown = runner("status", manifest)
+    assert shown.returncode == 0
+    assert "never" in shown.stdout and "pending" in shown.stdout
+    document = json.loads(runner("status", manifest, "--json").stdout)
+    assert document["never_run"] is True and document["counts"]["pending"] == 3
+    assert not (workspace.root / "jobs.db").exists()
+
+
+def test_status_money_is_rounded_in_json(workspace: Workspace, fake: FakeProvider) -> None:
+    manifest = workspace.manifest([{"image": workspace.image("m.png"), "prompt": "m"}])
+    assert runner("run", manifest).returncode == 0
+    document = json.loads(runner("status", manifest, "--json").stdout)
+    for value in (document["cost_usd"], document["providers"]["fake"]["cost_usd"]):
+        assert value > 0 and round(value, 4) == value  # was 0.028416: exact to the 1e-6
+
+
+@pytest.mark.parametrize("alive", [True, False])
+async def test_status_tells_a_running_run_from_a_dead_one(
+    workspace: Workspace, alive: bool
+) -> None:
+    manifest = workspace.manifest([{"image": workspace.image("r.png"), "prompt": "r"}])
+    await app.jobs(manifest, app.Options())  # makes the database
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        if not alive:
+            other.kill()
+            other.wait()
+        store = await open_store(f"sqlite+aiosqlite:///{workspace.root / 'jobs.db'}")
+        await store.start_run(RunInfo("r1", str(manifest), procs.hostname(), other.pid,
+                                      procs.process_tag(other.pid) if alive else "pid:0"))  # fmt: skip
+        await store.close()
+        shown = await anyio.to_thread.run_sync(lambda: runner("status", manifest))
+    finally:
+        other.kill()
+        other.wait()
+    if alive:
+        assert f"running now (since " in shown.stdout and f"pid {other.pid}" in shown.stdout
+    else:
+        assert "died without finishing" in shown.stdout
+    assert "still running (or killed)" not in shown.stdout

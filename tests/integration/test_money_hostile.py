@@ -64,7 +64,7 @@ async def test_an_earlier_runs_timeout_counts_against_the_limit(
     manifest = workspace.manifest(
         [{"image": workspace.image("p.png"), "prompt": "x"}], profile={"timeout_s": 0.3}
     )
-    await app.status(manifest, app.Options())  # queues the job
+    await app.jobs(manifest, app.Options())  # queues the job
     db = workspace.db()
     (key,) = db.execute("SELECT key FROM jobs").fetchone()
     db.execute(
@@ -282,7 +282,7 @@ async def test_a_run_that_dies_on_this_host_gives_its_jobs_back_at_once(
 ) -> None:
     jobs = [{"image": workspace.image(f"h{i}.png"), "prompt": f"e{i}"} for i in range(4)]
     manifest = workspace.manifest(jobs, profile={"concurrency": 1})
-    await app.status(manifest, app.Options())
+    await app.jobs(manifest, app.Options())  # queues the jobs
     other = subprocess.Popen(["sleep", "60"])  # stands in for another runner's process
     try:
         store = await open_store(f"sqlite+aiosqlite:///{workspace.root / 'jobs.db'}")

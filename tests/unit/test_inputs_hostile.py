@@ -109,7 +109,7 @@ async def test_a_symlink_loop_fails_that_job_alone(tmp_path: Path, field: str) -
 async def test_a_database_from_a_newer_runner_is_refused_and_left_alone(tmp_path: Path) -> None:
     Image.new("RGB", (300, 300)).save(tmp_path / "ok.png")
     path = manifest(tmp_path, "jobs: [{image: ok.png, prompt: p}]\n")
-    await app.status(path, app.Options())
+    await app.jobs(path, app.Options())  # makes the database
     db = sqlite3.connect(tmp_path / "jobs.db")
     db.execute("UPDATE alembic_version SET version_num = '0099'")
     db.commit()
