@@ -31,6 +31,7 @@ with `raise ... from exc`, so callers only ever catch these.
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -78,11 +79,15 @@ class ManifestError(RunnerError):
         file: str | None = None,
         job: int | None = None,
         field: str | None = None,
+        problems: Sequence[ManifestError] = (),
     ) -> None:
         self.file = file
         self.job = job
         self.field = field
         self.reason = message
+        # Every problem found, this one first (`runner validate` lists them; the other
+        # commands stop at the first line).
+        self.problems: tuple[ManifestError, ...] = tuple(problems) or (self,)
         super().__init__(self._one_line())
 
     def _one_line(self) -> str:

@@ -25,6 +25,7 @@ from runner.app.run_jobs import (
 )
 from runner.dialects import ModelList, dialect_named
 from runner.dialects.factory import (
+    Credential,
     credentials,
     http_client,
 )
@@ -34,7 +35,7 @@ from runner.files.html_report import ReportJob, ReportStats, ReportTotals, write
 from runner.files.preflight import prepare_request
 from runner.manifest.expand import ParsedManifest
 from runner.records import ExportRow, JobState, Manifest, Summary, Totals, short_key
-from runner.store.engine import database_exists, peek_output_paths
+from runner.store.engine import database_exists, peek_job_states, peek_output_paths
 from runner.store.protocol import Store
 from runner.store.tables import utcnow
 
@@ -216,7 +217,8 @@ class JobCheck:
 @dataclass(frozen=True, slots=True)
 class Validation:
     manifest: Manifest
-    checks: Sequence[JobCheck]
+    checks: Sequence[JobCheck]  # the jobs left to send (done ones are not checked again)
+    done: int = 0  # jobs the database already has as succeeded or cancelled
     notes: Sequence[str] = ()
 
     @property
@@ -233,13 +235,23 @@ class Validation:
         return sum(1 for c in self.checks if not c.problem and c.estimated_cost_usd is None)
 
 
-async def validate(path: Path) -> Validation:
-    """Everything `run` checks before sending, for every job; nothing is sent or stored
-    (Venice's public model list is fetched, as `run` would)."""
+# Jobs `run` would not send again: they are finished, or set aside by hand.
+_NOT_SENT_AGAIN = frozenset({JobState.SUCCEEDED.value, JobState.CANCELLED.value})
+
+
+async def validate(path: Path, options: Options | None = None) -> Validation:
+    """Everything `run` checks before sending, for every job it would send; nothing is
+    sent or stored, and no key is needed (Venice's public model list is fetched, as `run`
+    would). The database, where there is one, is only read: what it has as done is not
+    checked or counted again."""
+    options = options or Options()
     parsed = await parse(path)
-    creds = credentials(parsed, {d.provider.name for d in parsed.drafts})
-    known_outputs = await anyio.to_thread.run_sync(peek_output_paths, resolve_db(parsed, None))
+    creds, notes = _checking_credentials(parsed, {d.provider.name for d in parsed.drafts})
+    url = resolve_db(parsed, options.db)
+    known_outputs = await anyio.to_thread.run_sync(peek_output_paths, url)
+    states = await anyio.to_thread.run_sync(peek_job_states, url)
     manifest = await anyio.to_thread.run_sync(parsed.resolve, None, known_outputs)
+    to_send = [spec for spec in manifest.jobs if states.get(spec.key) not in _NOT_SENT_AGAIN]
     catalogues = await _catalogues(parsed, None, utcnow())
     async with AsyncExitStack() as stack:  # the checkers need a client, never use it
         checkers = {
@@ -261,7 +273,7 @@ async def validate(path: Path) -> Validation:
 
     def check_all() -> list[JobCheck]:
         checks = []
-        for spec in manifest.jobs:
+        for spec in to_send:
             checker = checkers[spec.provider]
             try:
                 checker.check_request(prepare_request(spec, checker.limits_for(spec.model)))
@@ -272,7 +284,27 @@ async def validate(path: Path) -> Validation:
             checks.append(JobCheck(spec.entry, str(spec.image), problem, estimate))
         return checks
 
-    return Validation(manifest, await anyio.to_thread.run_sync(check_all))
+    checks = await anyio.to_thread.run_sync(check_all)
+    return Validation(manifest, checks, len(manifest.jobs) - len(to_send), notes)
+
+
+def _checking_credentials(
+    parsed: ParsedManifest, names: set[str]
+) -> tuple[dict[str, Credential], list[str]]:
+    """Credentials for checking only: an unset variable is a note, not an error (checks
+    send nothing), while a key that is set but malformed is refused as `run` would."""
+    found: dict[str, Credential] = {}
+    notes: list[str] = []
+    for name in sorted(names):
+        profile = parsed.providers[name]
+        env = profile.secret_env
+        if env and not os.environ.get(env, "").strip():
+            # A placeholder of the right kind: no request is ever made with it.
+            found[name] = Credential(api_key="" if profile.auth != "x402" else None)
+            notes.append(f"{name}: {env} is not set; `runner run` will need it")
+        else:
+            found.update(credentials(parsed, {name}))
+    return found, notes
 
 
 async def _catalogues(

@@ -479,23 +479,53 @@ def export(manifest: Path, db: str | None, fmt: str, output: Any) -> None:
 
 @main.command()
 @MANIFEST
-def validate(manifest: Path) -> None:
-    """Check the manifest and every job's files as `run` would; send nothing."""
+@DB
+def validate(manifest: Path, db: str | None) -> None:
+    """Check the manifest and every job left to send as `run` would; send nothing, store
+    nothing, need no key."""
     from runner import app
+    from runner.money import format_usd
 
-    result = _run_async(lambda: app.validate(manifest))
-    jobs = result.manifest.jobs
+    try:
+        result = _run_async(lambda: _listing_problems(app.validate(manifest, app.Options(db=db))))
+    except _Problems as problems:
+        for problem in problems.error.problems:
+            err().print(f"error: {problem}", markup=False)
+        shown = len(problems.error.problems)
+        err().print(
+            f"{shown} problem{'s' if shown > 1 else ''} in the manifest: nothing checked further"
+        )
+        raise SystemExit(ExitCode.USAGE) from None
+    for note in result.notes:
+        err().print(note, markup=False)
     for check in result.bad:
-        err().print(f"{result.manifest.path}: jobs[{check.entry}] {check.image}: {check.problem}")
-    out().print(f"{len(jobs)} jobs, {len(jobs) - len(result.bad)} ready, {len(result.bad)} "
-              f"would fail without being sent")  # fmt: skip
+        err().print(f"{result.manifest.path}: jobs[{check.entry}] {check.image}: {check.problem}",
+                    markup=False)  # fmt: skip
+    left, bad = len(result.checks), len(result.bad)
+    out().print(f"{len(result.manifest.jobs)} jobs: {result.done} done already, {left} left to "
+                f"send, {bad} of them would fail without being sent")  # fmt: skip
     unpriced = f" ({result.unpriced} jobs with no known price left out)" if result.unpriced else ""
     out().print(
-        f"estimated cost if every ready job is sent: ${result.estimated_cost_usd:,.2f}{unpriced}"
-        " (an estimate from typical token counts; jobs already done in the database are"
-        " not sent again)"
+        f"estimated cost of what is left: {format_usd(result.estimated_cost_usd, 2)}{unpriced}"
+        " (from typical token counts or per-edit prices)"
     )
     raise SystemExit(ExitCode.FAILED if result.bad else ExitCode.OK)
+
+
+class _Problems(Exception):
+    """Carries a manifest's problems past the one-line error boundary, to be listed."""
+
+    def __init__(self, error: ManifestError) -> None:
+        self.error = error
+
+
+async def _listing_problems(work: Awaitable[T]) -> T:
+    try:
+        return await work
+    except ManifestError as exc:
+        if len(exc.problems) > 1:
+            raise _Problems(exc) from None
+        raise
 
 
 @main.command()

@@ -7,6 +7,7 @@ Every problem becomes one ManifestError line naming the file, the job and the fi
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -105,16 +106,41 @@ def _translate(exc: ValidationError, file: str) -> ManifestError:
     loc = [str(part) for part in error["loc"]]
     job = int(loc[1]) if len(loc) > 1 and loc[0] == "jobs" and loc[1].isdigit() else None
     field = ".".join(loc[2:] if job is not None else loc)
+    message = _one_problem(error, file).reason
+    more = exc.error_count() - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ManifestError(
+        message,
+        file=file,
+        job=job,
+        field=field,
+        problems=[_one_problem(error, file) for error in exc.errors()[:MAX_LISTED_PROBLEMS]],
+    )
+
+
+# `runner validate` lists a manifest's problems, up to this many.
+MAX_LISTED_PROBLEMS = 50
+
+
+def _one_problem(error: Any, file: str) -> ManifestError:
+    loc = [str(part) for part in error["loc"]]
+    job = int(loc[1]) if len(loc) > 1 and loc[0] == "jobs" and loc[1].isdigit() else None
+    field = ".".join(loc[2:] if job is not None else loc)
     if error["type"] == "extra_forbidden":
-        message = "unknown key (check the spelling; see README 'Manifest')"
+        close = difflib.get_close_matches(loc[-1], _known_keys(), n=1, cutoff=0.7)
+        hint = f"did you mean {close[0]!r}?" if close else "check the spelling"
+        message = f"unknown key ({hint} see README 'Manifest')"
     elif error["type"] == "missing":
         message = "required"
     else:
         message = f"{error['msg']} (got {shown(error.get('input'))})"
-    more = exc.error_count() - 1
-    if more:
-        message += f" (and {more} more problem{'s' if more > 1 else ''})"
     return ManifestError(message, file=file, job=job, field=field)
+
+
+def _known_keys() -> list[str]:
+    """Every key the manifest format has, at any level: what a typo is measured against."""
+    return sorted({name for model in _Strict.__subclasses__() for name in model.model_fields})
 
 
 def profile_from(name: str, raw: Profile, file: str) -> ProviderProfile:

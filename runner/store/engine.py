@@ -141,20 +141,31 @@ def redact_url(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
+def peek_job_states(url: str) -> dict[str, str]:
+    """Each job's state in a SQLite database, read as `peek_output_paths` reads (no
+    creating, migrating or locking); empty where there is none yet, or for a server."""
+    rows = _peek(url, "SELECT key, status FROM jobs")
+    return {str(key): str(status) for key, status in rows}
+
+
 def peek_output_paths(url: str) -> frozenset[str]:
     """The outputs a SQLite database records, read without creating, migrating or locking
     it (for `validate`, which stores nothing); empty where there is no such file yet, or
     for a database server."""
+    return frozenset(str(row[0]) for row in _peek(url, "SELECT DISTINCT path FROM outputs"))
+
+
+def _peek(url: str, query: str) -> list[tuple[Any, ...]]:
     if not url.startswith("sqlite") or ":///" not in url:
-        return frozenset()
+        return []
     path = Path(url.split(":///", 1)[1])
     if not path.is_file():
-        return frozenset()
+        return []
     try:
         with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-            return frozenset(row[0] for row in db.execute("SELECT DISTINCT path FROM outputs"))
+            return list(db.execute(query))
     except sqlite3.Error:
-        return frozenset()  # not a runner database (yet): nothing recorded
+        return []  # not a runner database (yet): nothing recorded
 
 
 def database_exists(url: str) -> bool:

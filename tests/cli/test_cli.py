@@ -150,8 +150,8 @@ def test_validate_reports_bad_jobs_and_sends_nothing(
     )  # fmt: skip
     result = runner("validate", manifest)
     assert result.returncode == 1
-    assert "2 jobs, 1 ready, 1 would fail" in result.stdout
-    estimate = result.stdout.split("estimated cost if every ready job is sent: $")[1]
+    assert "2 jobs: 0 done already, 2 left to send, 1 of them would fail" in result.stdout
+    estimate = result.stdout.split("estimated cost of what is left: $")[1]
     assert float(estimate.split()[0]) > 0
     assert "jobs[1]" in result.stderr and "alpha" in result.stderr
     assert fake.requests_total == 0

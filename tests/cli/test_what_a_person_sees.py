@@ -18,9 +18,9 @@ from helpers import Ran, invoke
 from runner import app
 from runner.cli import main as command_line
 from runner.cli import present
+from runner.files import procs
 from runner.records import Summary, Totals
 from runner.settings import SETTING_FLAGS, env_name
-from runner.files import procs
 from runner.store.engine import open_store
 from runner.store.protocol import RunInfo
 from runner.testing import FakeProvider
@@ -248,7 +248,45 @@ async def test_status_tells_a_running_run_from_a_dead_one(
         other.kill()
         other.wait()
     if alive:
-        assert f"running now (since " in shown.stdout and f"pid {other.pid}" in shown.stdout
+        assert "running now (since " in shown.stdout and f"pid {other.pid}" in shown.stdout
     else:
         assert "died without finishing" in shown.stdout
     assert "still running (or killed)" not in shown.stdout
+
+
+def test_validate_needs_no_key_and_knows_what_is_done(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"d{i}.png"), "prompt": f"d {i}"} for i in range(3)]
+    manifest = workspace.manifest(jobs)
+    keyless = runner("validate", manifest, env={KEY_ENV: None})
+    assert keyless.returncode == 0, keyless.stderr
+    assert "3 left to send" in keyless.stdout
+    assert f"{KEY_ENV} is not set; `runner run` will need it" in keyless.stderr
+
+    assert runner("run", manifest).returncode == 0
+    done = runner("validate", manifest, env={KEY_ENV: None})
+    assert done.returncode == 0
+    assert "3 jobs: 3 done already, 0 left to send" in done.stdout
+    assert "estimated cost of what is left: $0.00" in done.stdout
+    assert fake.requests_total == 3  # validate sent nothing
+
+
+def test_validate_lists_every_manifest_problem_with_did_you_mean(workspace: Workspace) -> None:
+    jobs = [
+        {"image": workspace.image("a.png"), "prompt": "a", "maks": "m.png"},
+        {"image": workspace.image("b.png"), "promt": "b"},
+        {"image": workspace.image("c.png"), "prompt": "c", "output_nmae": "{stem}.png"},
+    ]
+    manifest = workspace.manifest(jobs)
+    checked = runner("validate", manifest)
+    assert checked.returncode == 2
+    lines = checked.stderr.splitlines()
+    assert any("jobs[0].maks: unknown key (did you mean 'mask'?" in line for line in lines)
+    assert any("jobs[1].promt: unknown key (did you mean 'prompt'?" in line for line in lines)
+    assert any("jobs[2].output_nmae: unknown key (did you mean 'output_name'?" in line
+               for line in lines)  # fmt: skip
+    assert "3 problems in the manifest" in lines[-1]
+    # `run` still stops at the first, in one line
+    ran = runner("run", manifest)
+    assert ran.returncode == 2 and len(ran.stderr.strip().splitlines()) == 1
