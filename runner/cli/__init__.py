@@ -312,17 +312,63 @@ def _exit_hint(code: ExitCode, cancelled: int = 0) -> str:
 @MANIFEST
 @DB
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(manifest: Path, db: str | None, as_json: bool) -> None:
-    """Jobs per state, tokens used and cost so far."""
+@click.option(
+    "--watch", is_flag=True, help="Refresh in place until Ctrl-C (for a second terminal)."
+)
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, metavar="SECONDS",
+              help="How often --watch refreshes.")  # fmt: skip
+def status(manifest: Path, db: str | None, as_json: bool, watch: bool, interval: float) -> None:
+    """Jobs per state, tokens used and cost so far, and whether the last run is running."""
     from runner import app
     from runner.cli import present
     from runner.redact import redact_document
 
+    if watch:
+        _watch_status(manifest, db, interval)
     summary = _run_async(lambda: app.status(manifest, app.Options(db=db)))
     if as_json:
         click.echo(json.dumps(redact_document(present.status_document(summary))))
     else:
         present.print_summary(summary, out())
+
+
+def _watch_status(manifest: Path, db: str | None, interval: float) -> None:
+    """`status` again and again, redrawn in place on a terminal (a dated table per refresh
+    elsewhere), until SIGINT or SIGTERM, which end it quietly with exit 0: watching sends
+    nothing and holds no lock, so stopping it is the normal way out."""
+    import signal
+    import time
+    from datetime import datetime
+
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from runner import app
+    from runner.cli import present
+
+    def quit_quietly(signum: int, frame: object) -> None:
+        raise SystemExit(ExitCode.OK)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, quit_quietly)
+    console = out()
+
+    def frame() -> Group:
+        summary = _run_async(lambda: app.status(manifest, app.Options(db=db)))
+        now = datetime.now().astimezone()
+        head = f"{manifest} · {now:%Y-%m-%d %H:%M:%S %z} · every {interval:g} s"
+        head += " · Ctrl-C to quit" if console.is_terminal else ""
+        return Group(Text(head, style="dim"), present.summary_table(summary))
+
+    if not console.is_terminal:
+        while True:
+            console.print(frame())
+            time.sleep(interval)
+    with Live(frame(), console=console, auto_refresh=False) as live:
+        while True:
+            time.sleep(interval)
+            live.update(frame(), refresh=True)
 
 
 @main.command()

@@ -77,6 +77,10 @@ def _failed_line(summary: Summary) -> str:
 
 
 def print_summary(summary: Summary, console: Console) -> None:
+    console.print(summary_table(summary))
+
+
+def summary_table(summary: Summary) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     for state, count in summary.counts.items():
         table.add_row(state, _failed_line(summary) if state == "failed" else str(count))
@@ -94,7 +98,7 @@ def print_summary(summary: Summary, console: Console) -> None:
         balance = _balance(account.balance_usd, account.balance_diem, account.balance_after_usd)
         if balance:
             table.add_row(f"{name} balance", f"{balance} (as of {account.balance_seen_at})")
-    console.print(table)
+    return table
 
 
 def _last_run_text(run: Mapping[str, Any]) -> str:
