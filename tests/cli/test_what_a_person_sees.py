@@ -290,3 +290,15 @@ def test_validate_lists_every_manifest_problem_with_did_you_mean(workspace: Work
     # `run` still stops at the first, in one line
     ran = runner("run", manifest)
     assert ran.returncode == 2 and len(ran.stderr.strip().splitlines()) == 1
+
+
+def test_models_lists_what_a_run_accepts_and_points_at_nothing_unshipped(
+    workspace: Workspace,
+) -> None:
+    manifest = workspace.manifest([{"image": workspace.image("a.png"), "prompt": "a"}])
+    listed = runner("models", manifest)
+    assert listed.returncode == 0
+    assert "gpt-image-2" in listed.stdout
+    assert "gpt-image-1" not in listed.stdout  # retired: a run refuses it
+    assert ".md" not in listed.stdout  # PROVIDERS.md is not shipped with the package
+    assert "< 25 MB" in listed.stdout and "32,000 chars" in listed.stdout

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from runner.dialects import params as p
 from runner.dialects.openai.client import OpenAIProvider
 from runner.dialects.openai.rules import (
+    LIMITS,
     PARAMS,
     RETIRED_MODELS,
     TOKEN_PRICES,
@@ -22,6 +23,7 @@ from runner.dialects.openai.rules import (
 from runner.dialects.transfer import reply_limits
 from runner.engine.pricing import PriceBook
 from runner.errors import ManifestError
+from runner.settings import OPENAI_MAX_N
 
 if TYPE_CHECKING:
     import httpx
@@ -71,11 +73,17 @@ class OpenAIDialect:
         return None  # no model list to fetch: the built-in prices and checks apply
 
     def model_rows(self, catalogue: ModelList | None) -> list[tuple[str, str, str]] | None:
-        return [
-            (model, "see PROVIDERS.md §4.3",
+        limits = (
+            f"image {'/'.join(sorted(LIMITS.formats))} < {LIMITS.max_image_bytes // 2**20} MB; "
+            f"mask PNG with alpha < {LIMITS.max_mask_bytes // 2**20} MB, same size; "
+            f"prompt ≤ {LIMITS.max_prompt_chars:,} chars; n ≤ {OPENAI_MAX_N}"
+        )
+        return [  # retired models keep their prices (old jobs' costs) but a run refuses them
+            (model, limits,
              f"${price.text_input:g}/${price.image_input:g}/${price.image_output:g} "
              "per M tokens (text in/image in/out)")
             for model, price in TOKEN_PRICES.items()
+            if model not in RETIRED_MODELS
         ]  # fmt: skip
 
     def build(

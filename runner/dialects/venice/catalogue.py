@@ -350,10 +350,11 @@ def price_summary(price: VenicePrice | None) -> str:
 
 
 def describe_models(catalogue: Mapping[str, VeniceModel]) -> list[dict[str, str]]:
-    """One row of text per model, sorted by id, for `runner models` to lay out as a table."""
+    """One row of text per model a run would send to (offline ones are refused, so not
+    listed), sorted by id, for `runner models` to lay out as a table."""
     return [
         {
-            "id": model.id + (" (offline)" if model.offline else ""),
+            "id": model.id,
             "name": model.name,
             "prompt_limit": f"{model.prompt_limit:,}",
             "aspect_ratios": ", ".join(model.aspect_ratios) or "-",
@@ -363,6 +364,7 @@ def describe_models(catalogue: Mapping[str, VeniceModel]) -> list[dict[str, str]
             "price": price_summary(model.price),
         }
         for model in sorted(catalogue.values(), key=lambda m: m.id)
+        if not model.offline
     ]
 
 
