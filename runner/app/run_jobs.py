@@ -216,7 +216,8 @@ class _Work:
                     profile, self.creds[name], client, catalogue, _epoch(options)
                 )
                 books[name] = dialect.price_book(self.manifest.pricing.get(name, {}), catalogue)
-            estimates = await self._price_jobs(books)
+            await self._learn_from_earlier_runs(books)
+            await self._price_jobs(books)
             lanes = {
                 name: Lane(
                     providers[name],
@@ -246,7 +247,7 @@ class _Work:
                 reclaim_dead=lambda: _reclaim_dead_runs(self.store),
                 keep_unrecorded=self._keep_unrecorded,
             )
-            return await self._drive(pool, estimates)
+            return await self._drive(pool, _EstimateOfWhatIsLeft(self.to_do, books))
 
     async def _keep_unrecorded(self, items: Sequence[Unrecorded]) -> None:
         entries = [
@@ -255,17 +256,24 @@ class _Work:
         ]
         await anyio.to_thread.run_sync(journal.keep, self.manifest.output_dir, self.owner, entries)
 
-    async def _price_jobs(self, books: Mapping[str, PriceBook]) -> list[float | None]:
+    async def _learn_from_earlier_runs(self, books: Mapping[str, PriceBook]) -> None:
+        """What earlier runs' replies cost, against their estimates: this run's budget and
+        ETA start from measured figures, not only from typical token counts."""
+        costs = await self.store.succeeded_costs(str(self.manifest.path))
+        for spec in self.manifest.jobs:
+            book = books.get(spec.provider)
+            if book is not None and (cost := costs.get(spec.key)) is not None:
+                book.observe(spec, cost)
+
+    async def _price_jobs(self, books: Mapping[str, PriceBook]) -> None:
         """Store each job's price; under a budget, refuse jobs nobody can price."""
         prices: dict[str, str] = {}
-        estimates: list[float | None] = []
         for spec in self.to_do:
             book = books[spec.provider]
             described = book.describe(spec)
             if described is not None:
                 prices[spec.key] = json.dumps(described, sort_keys=True)
-            estimates.append(book.estimate(spec))
-            if self.limits.max_cost_usd is not None and estimates[-1] is None:
+            if self.limits.max_cost_usd is not None and described is None:
                 raise ManifestError(
                     f"no price known for model {spec.model!r} on {spec.provider}, so a "
                     f"--max-cost budget cannot be kept; add it under pricing.{spec.provider}",
@@ -274,17 +282,15 @@ class _Work:
                     field="model",
                 )
         await self.store.set_prices(prices)
-        return estimates
 
-    async def _drive(self, pool: Pool, estimates: Sequence[float | None]) -> PoolReport:
+    async def _drive(self, pool: Pool, estimate_left: _EstimateOfWhatIsLeft) -> PoolReport:
         reporter = self.options.reporter
         started = time.monotonic()
-        known = [e for e in estimates if e is not None]
-        per_job = sum(known) / len(known) if known else None
 
         def snapshot() -> Snapshot:
             report = pool.report
             left = len(self.to_do) - report.succeeded - report.failed
+            per_job = estimate_left.per_job()
             estimated = report.spent_usd + per_job * max(0, left) if per_job is not None else None
             # A signal was announced when it came; other stops show until the run ends.
             shown = [_stop_text(s) for s in report.stops if s.kind != "signal"]
@@ -316,6 +322,32 @@ class _Work:
         if reporter is not None:
             reporter.finish(snapshot(), "stopped" if report.stops else "completed")
         return report
+
+
+class _EstimateOfWhatIsLeft:
+    """The mean estimate of this run's jobs, as the price books learn (per model, from
+    each reply). Static estimates are summed once per provider and model, so a progress
+    tick costs one multiplication per model, not one estimate per job."""
+
+    def __init__(self, to_do: Sequence[JobSpec], books: Mapping[str, PriceBook]) -> None:
+        self._books = books
+        self._static: dict[tuple[str, str], float] = {}
+        self._priced = 0
+        for spec in to_do:
+            static = books[spec.provider].static_estimate(spec)
+            if static is not None:
+                group = (spec.provider, spec.model)
+                self._static[group] = self._static.get(group, 0.0) + static
+                self._priced += 1
+
+    def per_job(self) -> float | None:
+        if not self._priced:
+            return None
+        learned = sum(
+            total * self._books[provider].ratio(model)
+            for (provider, model), total in self._static.items()
+        )
+        return learned / self._priced
 
 
 def _with_concurrency(profile: ProviderProfile, flag: int | None) -> ProviderProfile:

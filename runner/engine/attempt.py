@@ -156,6 +156,7 @@ class Attempts:
         if self._limits is not None:
             self._limits.took(latency_ms / 1000)
         cost, flag = self._paid_cost(spec, result.usage, result.facts)
+        self._learn(spec, result.usage, result.facts)
         record = AttemptRecord(
             outcome=Outcome.SUCCEEDED,
             latency_ms=latency_ms,
@@ -193,6 +194,16 @@ class Attempts:
         """Failed requests in a row, across jobs, past the point a blip explains."""
         threshold = max(self._settings.outage_streak, 2 * self._concurrency[gate.name])
         return gate.failure_streak >= threshold
+
+    def _learn(self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None) -> None:
+        """A reply costed from what it says it used teaches the estimates (one costed at
+        the estimate, or with usage that cannot be right, teaches nothing)."""
+        book = self._prices.get(spec.provider)
+        if book is None or (usage is not None and usage.suspect):
+            return
+        measured = book.cost(spec, usage, facts)
+        if measured is not None:
+            book.observe(spec, measured)
 
     def _paid_cost(
         self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None

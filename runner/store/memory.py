@@ -450,6 +450,17 @@ class MemoryStore:
     async def job_states(self, manifest: str) -> Mapping[str, str]:
         return {row.spec.key: row.status for row in self._members(manifest)}
 
+    async def succeeded_costs(self, manifest: str) -> Mapping[str, float]:
+        keys = {row.spec.key for row in self._members(manifest)}
+        return {
+            a.job_key: a.record.cost_usd
+            for a in self._t.attempts.values()
+            if a.job_key in keys
+            and a.outcome == Outcome.SUCCEEDED.value
+            and a.record is not None
+            and a.record.cost_usd is not None
+        }
+
     async def output_paths(self) -> frozenset[str]:
         return frozenset(str(output.path) for _, _, output in self._t.outputs)
 

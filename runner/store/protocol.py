@@ -132,6 +132,11 @@ class Store(Protocol):
 
     async def job_states(self, manifest: str) -> Mapping[str, str]: ...
 
+    async def succeeded_costs(self, manifest: str) -> Mapping[str, float]:
+        """What each succeeded job's successful reply cost, where known (the estimates
+        learn from earlier runs' replies)."""
+        ...
+
     async def output_paths(self) -> frozenset[str]:
         """Every output file ever recorded, any manifest: never an input of a glob."""
         ...

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from runner.records import ExportRow, JobState, ProviderAccount, Summary, Totals
+from runner.records import ExportRow, JobState, Outcome, ProviderAccount, Summary, Totals
 from runner.store import tables as t
 
 
@@ -157,6 +157,20 @@ async def export_rows(conn: AsyncConnection, manifest: str) -> Sequence[ExportRo
 async def job_states(conn: AsyncConnection, manifest: str) -> Mapping[str, str]:
     rows = await conn.execute(select(t.jobs.c.key, t.jobs.c.status).where(in_manifest(manifest)))
     return {str(key): str(status) for key, status in rows}
+
+
+async def succeeded_costs(conn: AsyncConnection, manifest: str) -> Mapping[str, float]:
+    a = t.attempts.c
+    rows = await conn.execute(
+        select(a.job_key, a.cost_usd).where(
+            a.outcome == Outcome.SUCCEEDED.value,
+            a.cost_usd.is_not(None),
+            a.job_key.in_(
+                select(t.manifest_jobs.c.job_key).where(t.manifest_jobs.c.manifest == manifest)
+            ),
+        )
+    )
+    return {str(key): float(cost) for key, cost in rows}
 
 
 async def output_paths(conn: AsyncConnection) -> frozenset[str]:

@@ -562,6 +562,9 @@ class SqlStore:
     async def job_states(self, manifest: str) -> Mapping[str, str]:
         return await self._db.run(lambda conn: queries.job_states(conn, manifest))
 
+    async def succeeded_costs(self, manifest: str) -> Mapping[str, float]:
+        return await self._db.run(lambda conn: queries.succeeded_costs(conn, manifest))
+
     async def output_paths(self) -> frozenset[str]:
         return await self._db.run(queries.output_paths)
 

@@ -165,6 +165,9 @@ class ThreadedStore:
     async def job_states(self, manifest: str) -> Mapping[str, str]:
         return await self._loop.call(self._inner.job_states, manifest)
 
+    async def succeeded_costs(self, manifest: str) -> Mapping[str, float]:
+        return await self._loop.call(self._inner.succeeded_costs, manifest)
+
     async def output_paths(self) -> frozenset[str]:
         return await self._loop.call(self._inner.output_paths)
 

@@ -73,6 +73,36 @@ def test_max_cost_takes_no_job_that_could_cross_the_budget(
     assert paid_once(fake, 6)
 
 
+def test_the_budget_learns_what_replies_really_cost(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    # No quality given: estimated at "high" (4,160 output tokens, about $0.103 a job), while
+    # the fake answers with medium's 1,056 (about $0.028): a quarter of the estimate.
+    jobs = [{"image": workspace.image(f"b{i}.png"), "prompt": f"edit {i}"} for i in range(10)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 2})
+    budget = 0.32  # the ten jobs cost about $0.284; the static estimates add up to $1.03
+
+    first = run(manifest, app.Options(clock=FakeClock(), limits=RunLimits(max_cost_usd=budget)))
+
+    assert first.summary.counts["succeeded"] == 10, first.stops  # static: stopped after ~5
+    assert first.exit_code == ExitCode.OK
+    assert first.summary.totals.cost_usd <= budget
+    assert paid_once(fake, 10)
+
+
+def test_a_new_run_starts_from_the_last_runs_measured_costs(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"l{i}.png"), "prompt": f"edit {i}"} for i in range(12)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 1})
+    assert run(manifest, app.Options(clock=FakeClock(), limits=RunLimits(max_jobs=8))).exit_code
+    # Four left, about $0.114: a static estimate ($0.103 each) would take two, at most.
+    budget = 0.13
+    second = run(manifest, app.Options(clock=FakeClock(), limits=RunLimits(max_cost_usd=budget)))
+    assert second.summary.counts["succeeded"] == 12, second.stops
+    assert second.report.spent_usd <= budget
+
+
 def test_manifest_limits_block_applies_and_flags_win(
     workspace: Workspace, fake: FakeProvider
 ) -> None:

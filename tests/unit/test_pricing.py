@@ -171,3 +171,22 @@ def test_venice_book_uses_default_resolution_quality_mask_and_applied_enhancemen
 def test_price_fields_must_fit_the_dialect(dialect: str, fields: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=r"per million tokens|per edit"):
         dialect_named(dialect).price_from_fields(fields)
+
+
+def test_estimates_learn_from_measured_costs_per_model_shrunk_toward_the_static_one() -> None:
+    book = OPENAI.price_book({}, None)
+    job, other = spec("gpt-image-2"), spec("gpt-image-1")
+    static = book.static_estimate(job)
+    assert static is not None and book.estimate(job) == static  # nothing measured yet
+
+    for _ in range(2):
+        book.observe(job, static / 4)  # replies at a quarter of the estimate
+    assert book.estimate(job) == pytest.approx(static * (0.5 + 1) / 3)
+    for _ in range(8):
+        book.observe(job, static / 4)
+    assert book.estimate(job) == pytest.approx(static * (2.5 + 1) / 11)
+    assert book.static_estimate(job) == static  # what `validate` shows does not move
+    assert book.estimate(other) == book.static_estimate(other)  # per model
+
+    book.observe(job, -1.0)  # nonsense teaches nothing
+    assert book.estimate(job) == pytest.approx(static * (2.5 + 1) / 11)

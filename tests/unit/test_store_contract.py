@@ -126,6 +126,7 @@ async def scenario(store: Store) -> dict[str, Any]:
     seen["summary"] = asdict(await store.summary("m"))
     seen["export"] = [asdict(row) for row in await store.export_rows("m")]
     seen["states"] = dict(await store.job_states("m"))
+    seen["succeeded_costs"] = dict(await store.succeeded_costs("m"))
     seen["outputs"] = sorted(await store.output_paths())
     return seen
 
@@ -156,6 +157,7 @@ async def test_the_memory_store_answers_every_verb_as_the_sql_store_does(
         assert got[step] == expected[step], step
     assert expected["claimed"][0] == ("01", 0, 0)
     assert KEY not in repr(expected)  # provider texts are redacted by both
+    assert expected["succeeded_costs"]  # the scenario has a paid success to report
 
 
 @pytest.mark.parametrize("make", [sql_store, memory_store])
