@@ -25,7 +25,9 @@ from runner.files.procs import pid_alive
 from runner.records import JobSpec, OutputRef, ReplyImage
 
 TEMP_SUFFIX = ".runner-tmp"
-FIELDS = frozenset({"stem", "key", "key8", "index", "ext", "job"})
+FIELDS = frozenset({"stem", "key", "key8", "index", "ext", "job", "dir", "relpath"})
+# {dir} and {relpath} are filled in per job when the manifest is read (see
+# manifest/expand.py: `folder_fields`); these samples only serve the template checks.
 _EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 # Temp files are named `.{pid}-{hex}.runner-tmp`, whatever the final name's length (an older
 # runner put the final name in front: `.{name}.{pid}-{hex}.runner-tmp`; swept all the same).
@@ -45,6 +47,8 @@ _SAMPLE: dict[str, Any] = {
     "index": 1,
     "ext": "png",
     "job": 0,
+    "dir": "a/b",
+    "relpath": "a/b/image",
 }
 
 

@@ -13,7 +13,8 @@ import json
 import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from string import Formatter
 from typing import Any
 
 from runner.dialects import dialect_named
@@ -175,23 +176,77 @@ def _expand(
     if problem := _check_template(output_name):
         raise fail("output_name", problem)
     images = _image_paths(image, base, fail, output_dir)
-    mask_template = merged.get("mask")
+    mask_template, mask_optional = _mask_setting(merged)
     if mask_template and glob.has_magic(mask_template):
         raise fail("mask", "cannot be a glob; use {stem} to pair each image with its mask")
-    return [
-        _Draft(
-            entry=index,
-            image=path,
-            mask=_mask_path(mask_template, path, base, fail) if mask_template else None,
-            prompt=prompt,
-            provider=provider,
-            model=model,
-            params=params,
-            output_name=output_name,
-            glob=image if glob.has_magic(image) else None,
+    drafts = []
+    for path, root in images:
+        folder = _folder_under(path, root)
+        mask = _mask_path(mask_template, path, folder, base, fail) if mask_template else None
+        if mask is not None and mask_optional and not os.path.lexists(mask):
+            mask = None  # an optional mask that is not there: an edit without one
+        drafts.append(
+            _Draft(
+                entry=index,
+                image=path,
+                mask=mask,
+                prompt=prompt,
+                provider=provider,
+                model=model,
+                params=params,
+                output_name=fill_folder_fields(output_name, folder, path.stem),
+                glob=image if _is_pattern(image) else None,
+            )
         )
-        for path in images
-    ]
+    return drafts
+
+
+def _mask_setting(merged: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """The mask template and whether a missing mask file is allowed (`mask: {path, optional}`
+    or `mask_optional: true`, either in the job or in `defaults`)."""
+    mask = merged.get("mask")
+    optional = bool(merged.get("mask_optional"))
+    if isinstance(mask, Mapping):
+        return str(mask["path"]), optional or bool(mask.get("optional"))
+    return mask, optional
+
+
+def fill_folder_fields(template: str, folder: str, stem: str) -> str:
+    """`template` with `{dir}` and `{relpath}` replaced by this image's folder (relative to
+    its glob's root, "" at the root) and path without extension; the other fields stay for
+    when the reply's format is known. An empty `{dir}` takes its following `/` with it, so
+    `{dir}/{stem}.{ext}` at the root is `{stem}.{ext}`, not an absolute path."""
+    if "{dir}" not in template and "{relpath}" not in template:
+        return template
+    values = {"dir": folder, "relpath": f"{folder}/{stem}" if folder else stem}
+    pieces: list[str] = []
+    drop_slash = False
+    for literal, name, spec, conversion in Formatter().parse(template):
+        literal = literal.replace("{", "{{").replace("}", "}}")
+        if drop_slash and literal.startswith("/"):
+            literal = literal[1:]
+        pieces.append(literal)
+        drop_slash = False
+        if name is None:
+            continue
+        if name in values:
+            pieces.append(values[name].replace("{", "{{").replace("}", "}}"))
+            drop_slash = name == "dir" and not folder
+        else:
+            pieces.append(
+                "{" + name + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "") + "}"
+            )  # fmt: skip
+    return "".join(pieces)
+
+
+def _folder_under(path: Path, root: Path) -> str:
+    """The image's folder relative to `root`, with `/` separators; "" at the root."""
+    try:
+        relative = path.parent.relative_to(root)
+    except ValueError:  # a symlink resolved elsewhere: no folder to mirror
+        return ""
+    return "" if relative == Path() else relative.as_posix()
 
 
 def _merge(defaults: JobFields, entry: JobFields) -> dict[str, Any]:
@@ -225,32 +280,104 @@ def _absolute(path: Path) -> Path:
         return Path(os.path.normpath(path.absolute()))
 
 
-def _image_paths(pattern: str, base: Path, fail: Any, output_dir: Path) -> list[Path]:
-    """An explicit path as it is; a glob's matches, sorted, never under the output folder
-    (a re-run must never pay to edit its own results)."""
-    full = base / Path(pattern).expanduser()
-    if not glob.has_magic(pattern):
-        return [_absolute(full)]
-    # glob.glob, not Path.glob: it takes absolute patterns and '**' across the whole pattern.
-    found = {
-        _absolute(Path(hit))
-        for hit in glob.glob(str(full), recursive=True)  # noqa: PTH207
-        if Path(hit).is_file()
-    }
+# Most alternatives one pattern's braces may expand to: `{a,b}{c,d}...` grows fast.
+MAX_BRACE_ALTERNATIVES = 1000
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`photos/*.{png,jpg}` → `photos/*.png`, `photos/*.jpg`: the shell's brace alternatives
+    (several groups, nested ones too), which Python's glob does not have. A group without a
+    comma stays as written, as in the shell. ValueError for unbalanced braces, or too many
+    alternatives."""
+    depth, start = 0, 0
+    for i, char in enumerate(pattern):
+        if char == "{":
+            depth, start = depth + 1, (i if depth == 0 else start)
+        elif char == "}":
+            if depth == 0:
+                raise ValueError("has a } without its {")
+            depth -= 1
+            if depth == 0 and len(parts := _top_level_parts(pattern[start + 1 : i])) > 1:
+                head, tail = pattern[:start], pattern[i + 1 :]
+                found: dict[str, None] = {}
+                for part in parts:
+                    for alternative in expand_braces(head + part + tail):
+                        found[alternative] = None
+                        if len(found) > MAX_BRACE_ALTERNATIVES:
+                            raise ValueError(
+                                f"expands to more than {MAX_BRACE_ALTERNATIVES} patterns"
+                            )
+                return list(found)
+    if depth:
+        raise ValueError("has a { without its }")
+    return [pattern]
+
+
+def _top_level_parts(inner: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in inner:
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        current += char
+    return [*parts, current]
+
+
+def _is_pattern(pattern: str) -> bool:
+    return glob.has_magic(pattern) or len(expand_braces(pattern)) > 1
+
+
+def _glob_root(pattern: str, base: Path) -> Path:
+    """The folder a pattern's matches are relative to for `{dir}`: its leading parts that
+    hold no wildcard and no brace (`shoots/**/*.png` → `shoots`)."""
+    parts = PurePosixPath(pattern).parts[:-1]
+    fixed = []
+    for part in parts:
+        if glob.has_magic(part) or "{" in part:
+            break
+        fixed.append(part)
+    return _absolute(base / Path(*fixed).expanduser()) if fixed else _absolute(base)
+
+
+def _image_paths(pattern: str, base: Path, fail: Any, output_dir: Path) -> list[tuple[Path, Path]]:
+    """Each image with the folder `{dir}` is relative to: an explicit path as it is (its
+    own folder); a glob's matches, sorted, never under the output folder (a re-run must
+    never pay to edit its own results). Brace alternatives are expanded first."""
+    try:
+        alternatives = expand_braces(pattern)
+    except ValueError as exc:
+        raise fail("image", f"the pattern {shown(pattern)} {exc}") from None
+    if len(alternatives) == 1 and not glob.has_magic(pattern):
+        path = _absolute(base / Path(pattern).expanduser())
+        return [(path, path.parent)]
+    root = _glob_root(pattern, base)
+    found: set[Path] = set()
+    for alternative in alternatives:
+        full = base / Path(alternative).expanduser()
+        if not glob.has_magic(alternative):  # `photos/{a,b}.png`: the files that are there
+            hits = [str(full)] if full.is_file() else []
+        else:  # glob.glob, not Path.glob: absolute patterns, '**' across the whole pattern
+            hits = glob.glob(str(full), recursive=True)  # noqa: PTH207
+        found.update(_absolute(Path(hit)) for hit in hits if Path(hit).is_file())
     matches = sorted(path for path in found if not path.is_relative_to(output_dir))
     if not matches:
         why = " outside the output folder (output_dir)" if found else ""
         raise fail(
             "image", f"the glob {shown(pattern)} matched no file{why} (searched from {base})"
         )
-    return matches
+    return [(path, root) for path in matches]
 
 
-def _mask_path(template: str, image: Path, base: Path, fail: Any) -> Path:
+def _mask_path(template: str, image: Path, folder: str, base: Path, fail: Any) -> Path:
+    relpath = f"{folder}/{image.stem}" if folder else image.stem
     try:
-        relative = template.format(stem=image.stem, name=image.name)
+        relative = template.format(stem=image.stem, name=image.name, dir=folder, relpath=relpath)
     except (KeyError, IndexError, ValueError) as exc:
-        raise fail("mask", f"only {{stem}} and {{name}} may appear in braces ({exc})") from exc
+        raise fail(
+            "mask", f"only {{stem}} {{name}} {{dir}} {{relpath}} may appear in braces ({exc})"
+        ) from exc
     return _absolute(base / Path(relative).expanduser())
 
 

@@ -59,10 +59,16 @@ class Price(_Strict):
     extra_image: float | None = Field(None, ge=0)
 
 
+class MaskFields(_Strict):
+    path: str
+    optional: bool = False
+
+
 class JobFields(_Strict):
     image: str | None = None
     prompt: str | None = None
-    mask: str | None = None
+    mask: str | MaskFields | None = None
+    mask_optional: bool | None = None  # a missing mask file means an unmasked edit
     provider: str | None = None
     model: str | None = None
     params: dict[str, Any] | None = None

@@ -412,3 +412,34 @@ async def test_a_rerun_hashes_no_unchanged_file(
 
     assert hashed == [workspace.root / "p2.png"]  # only the file that changed
     assert again.new_jobs == 1
+
+
+async def test_a_folder_tree_with_optional_masks_runs_whole_and_outputs_mirror_it(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    folders = ["shoots/2026-11/beach", "shoots/2026-11/city", "shoots/2026-12"]
+    images = [workspace.image(f"{folder}/p{i}.png") for folder in folders for i in range(3)]
+    masked = images[::3]  # a third of them have a mask, under the same tree
+    for image in masked:
+        workspace.mask(image.replace("shoots/", "masks/", 1))
+    manifest = workspace.manifest(
+        [{"image": "shoots/**/*.{png,jpg}", "prompt": "warmer light",
+          "mask": {"path": "masks/{relpath}.png", "optional": True},
+          "output_name": "{dir}/{stem}-{key8}.{ext}"}],
+    )  # fmt: skip
+
+    outcome = await app.run(manifest, options())
+
+    assert outcome.exit_code == ExitCode.OK
+    assert outcome.summary.counts["succeeded"] == 9  # no job failed for a missing mask
+    sent = {
+        image: workspace.fingerprint(
+            {"image": image, "prompt": "warmer light",
+             "mask": image.replace("shoots/", "masks/", 1) if image in masked else None}
+        )
+        for image in images
+    }  # fmt: skip
+    assert all(fake.paid[fingerprint] == 1 for fingerprint in sent.values())  # masks as found
+    written = sorted(p.relative_to(workspace.root / "out").parent.as_posix()
+                     for p in (workspace.root / "out").rglob("*.png"))  # fmt: skip
+    assert written == sorted(["2026-11/beach"] * 3 + ["2026-11/city"] * 3 + ["2026-12"] * 3)

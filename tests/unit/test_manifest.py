@@ -12,7 +12,12 @@ from PIL import Image
 
 from runner.errors import ManifestError
 from runner.manifest.digests import DigestEntry, Digester
-from runner.manifest.expand import load_manifest, parse_manifest
+from runner.manifest.expand import (
+    expand_braces,
+    fill_folder_fields,
+    load_manifest,
+    parse_manifest,
+)
 
 PROVIDER = {"dialect": "openai", "base_url": "https://api.example.test/v1", "api_key_env": "K"}
 
@@ -225,3 +230,100 @@ def test_parse_does_not_hash_but_resolve_does(tmp_path: Path) -> None:
     manifest = parsed.resolve(digester)
     assert [entry.path for entry in digester.fresh] == [str(tmp_path / "a.png")]
     assert manifest.jobs[0].image_sha256 == digester.fresh[0].sha256
+
+
+# --- folder trees: optional masks, {dir}/{relpath}, brace alternatives (issue 10) ----------
+
+
+def test_brace_alternatives_expand_like_the_shell() -> None:
+    assert expand_braces("p/*.{png,jpg}") == ["p/*.png", "p/*.jpg"]
+    assert expand_braces("{a,b}/{x,y}.png") == ["a/x.png", "a/y.png", "b/x.png", "b/y.png"]
+    assert expand_braces("{a,b{1,2}}.png") == ["a.png", "b1.png", "b2.png"]
+    assert expand_braces("{a,a}.png") == ["a.png"]  # once each
+    assert expand_braces("{stem}.png") == ["{stem}.png"]  # no comma: kept, as in the shell
+    for bad in ("p/*.{png,jpg", "p/*.png}", "{a,b}" * 11):
+        with pytest.raises(ValueError):
+            expand_braces(bad)
+
+
+def test_a_glob_with_braces_matches_every_alternative_and_a_bad_one_is_one_line(
+    tmp_path: Path,
+) -> None:
+    for name in ("a.png", "b.jpg", "c.webp", "d.gif"):
+        picture(tmp_path / "photos" / name.replace(".gif", ".png"))
+    (tmp_path / "photos" / "d.png").rename(tmp_path / "photos" / "d.gif")
+    manifest = load_manifest(write(tmp_path, jobs=[{"image": "photos/*.{png,jpg}", "prompt": "x"}]))
+    assert [job.image.name for job in manifest.jobs] == ["a.png", "b.jpg"]
+
+    message = error_of(write(tmp_path, jobs=[{"image": "photos/*.{png,jpg", "prompt": "x"}]))
+    assert "jobs[0].image" in message and "{ without its }" in message
+    assert "\n" not in message
+
+
+def test_fill_folder_fields_mirrors_the_tree_and_keeps_the_other_fields() -> None:
+    template = "{dir}/{stem}-{key8}.{ext}"
+    assert fill_folder_fields(template, "2026-11/beach", "x") == "2026-11/beach/{stem}-{key8}.{ext}"
+    assert fill_folder_fields(template, "", "x") == "{stem}-{key8}.{ext}"  # not "/x…": absolute
+    assert fill_folder_fields("{relpath}.{ext}", "a/b", "x") == "a/b/x.{ext}"
+    assert fill_folder_fields("{relpath}.{ext}", "", "x") == "x.{ext}"
+    assert fill_folder_fields("{dir}/{{lit}}{index:02d}", "odd{name}", "x") == (
+        "odd{{name}}/{{lit}}{index:02d}"  # braces in folder names stay literal
+    )
+    assert fill_folder_fields("{stem}.{ext}", "a", "x") == "{stem}.{ext}"  # untouched
+
+
+def test_dir_mirrors_the_folders_under_the_globs_root(tmp_path: Path) -> None:
+    for folder in ("shoots/2026-11/beach", "shoots/2026-11/city", "shoots"):
+        picture(tmp_path / folder / f"{folder.rsplit('/', 1)[-1]}.png", (len(folder), 1, 1))
+    picture(tmp_path / "single" / "one.png", (9, 9, 9))
+    manifest = load_manifest(
+        write(
+            tmp_path,
+            defaults={"output_name": "{dir}/{stem}-{key8}.{ext}"},
+            jobs=[{"image": "shoots/**/*.png", "prompt": "x"}, {"image": "single/one.png", "prompt": "y"}],
+        )
+    )  # fmt: skip
+    names = sorted(job.output_name for job in manifest.jobs)
+    assert names == [
+        "2026-11/beach/{stem}-{key8}.{ext}",
+        "2026-11/city/{stem}-{key8}.{ext}",
+        "{stem}-{key8}.{ext}",  # shoots/shoots.png: at the glob's root
+        "{stem}-{key8}.{ext}",  # an image named without a glob: its own folder is the root
+    ]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"mask": "masks/{stem}.png", "mask_optional": True},
+        {"mask": {"path": "masks/{stem}.png", "optional": True}},
+    ],
+)
+def test_an_optional_mask_that_is_missing_means_an_unmasked_edit(
+    tmp_path: Path, fields: dict[str, Any]
+) -> None:
+    for i in range(3):
+        picture(tmp_path / "photos" / f"p{i}.png", (i, 2, 3))
+    mask = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    (tmp_path / "masks").mkdir()
+    mask.save(tmp_path / "masks" / "p1.png")
+    manifest = load_manifest(
+        write(tmp_path, defaults=fields, jobs=[{"image": "photos/*.png", "prompt": "x"}])
+    )
+    masks = {job.image.name: job.mask.name if job.mask else None for job in manifest.jobs}
+    assert masks == {"p0.png": None, "p1.png": "p1.png", "p2.png": None}
+
+    required = load_manifest(
+        write(tmp_path, jobs=[{"image": "photos/*.png", "prompt": "x", "mask": "masks/{stem}.png"}])
+    )
+    assert all(job.mask is not None for job in required.jobs)  # fails at pre-flight, as before
+
+
+def test_a_mask_template_may_use_the_images_folder(tmp_path: Path) -> None:
+    picture(tmp_path / "shoots" / "beach" / "x.png")
+    manifest = load_manifest(
+        write(tmp_path, jobs=[{"image": "shoots/**/*.png", "prompt": "x",
+                               "mask": "masks/{dir}/{stem}.png"}])
+    )  # fmt: skip
+    (job,) = manifest.jobs
+    assert job.mask == (tmp_path / "masks" / "beach" / "x.png").resolve()
