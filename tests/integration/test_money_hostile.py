@@ -48,7 +48,9 @@ async def test_a_provider_slower_than_the_timeout_is_paid_twice_at_most_ever(
     assert fake.requests_total == 6  # one send and one re-send per job, over both runs
     assert first.exit_code == second.exit_code == ExitCode.FAILED
     assert second.summary.failed_by_kind == {"unanswered": 3}
-    reasons = {row.error for row in await app.jobs(manifest, app.Options(), "failed")}
+    reasons = {
+        row.error for row in await app.jobs(manifest, app.Options(), app.JobFilter(state="failed"))
+    }
     assert len(reasons) == 1 and "`runner retry`" in (reasons.pop() or "")
 
     assert await app.retry(manifest, app.Options()) == 3
