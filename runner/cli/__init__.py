@@ -9,15 +9,17 @@ SQL and image libraries): `runner --help` and a mistyped flag answer at once.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
 import click
 
@@ -63,7 +65,32 @@ def _console(stream: TextIO) -> Console:
 
     if stream.isatty():
         return Console(file=stream, highlight=False)
-    return Console(file=stream, highlight=False, width=UNWRAPPED_WIDTH, soft_wrap=True)
+    return Console(
+        file=cast(TextIO, _TrimmedLines(stream)),
+        highlight=False,
+        width=UNWRAPPED_WIDTH,
+        soft_wrap=True,
+    )
+
+
+class _TrimmedLines(io.TextIOBase):
+    """Writes to `stream` without the spaces rich pads table cells with at line ends."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(_LINE_END_SPACES.sub("\n", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+_LINE_END_SPACES = re.compile(r"[ \t]+\n")
 
 
 MANIFEST = click.argument(

@@ -55,6 +55,7 @@ def test_piped_output_is_one_record_per_line_with_whole_paths(
         assert job["prompt"] in line
         assert "out/" + Path(job["image"]).stem in line  # and where its output went
 
+    assert not [line for line in listed.stdout.splitlines() if line != line.rstrip()]
     checked = runner("validate", manifest)
     assert len(checked.stdout.splitlines()) == 2
     assert "jobs would fail" not in checked.stdout
