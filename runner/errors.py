@@ -135,6 +135,11 @@ class Stopped(RunnerError):
     """The run (or this job's provider) is stopping; the job goes back to pending."""
 
 
+class LeaseLost(RunnerError):
+    """The job is no longer this runner's (its lease lapsed and another runner took it, or
+    the run was reclaimed as dead): it must not be sent, and its state is not ours to touch."""
+
+
 class ProviderError(RunnerError):
     """Something a provider answered, or failed to answer, for one request."""
 

@@ -75,6 +75,7 @@ SETTING_FLAGS = (
     "log-format",
     "progress-interval",
     "concurrency",
+    "lease",
     "quiet",
     "verbose",
 )

@@ -4,8 +4,10 @@ manifests, and a clock whose sleeps are recorded instead of waited."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from runner.store import engine as store_engine
 from runner.store.engine import open_store
 from runner.testing import FakeProvider
 
+PG_ADMIN_URL = os.environ.get("RUNNER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 API_KEY = "sk-test-SECRET-7f3a9c2e51"
 # A job's attempts that used up its budget, as SQL over the `jobs` table.
 COUNTED_ATTEMPTS = "(SELECT COUNT(*) FROM attempts a WHERE a.job_key = jobs.key AND a.counted)"
@@ -152,3 +155,27 @@ def workspace(tmp_path: Path, fake: FakeProvider, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv(KEY_ENV, API_KEY)
     monkeypatch.delenv("RUNNER_DB", raising=False)
     return Workspace(tmp_path, fake.base_url)
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database; skips where no server answers."""
+    psycopg = pytest.importorskip("asyncpg")
+    import asyncio
+
+    name = f"runner_{uuid.uuid4().hex[:10]}"
+    admin = PG_ADMIN_URL.replace("postgresql://", "postgres://")
+
+    async def admin_sql(sql: str) -> None:
+        connection = await psycopg.connect(admin, timeout=3)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(admin_sql(f"CREATE DATABASE {name}"))
+    except (OSError, psycopg.PostgresError) as exc:
+        pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL}: {exc}")
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(admin_sql(f"DROP DATABASE {name} WITH (FORCE)"))

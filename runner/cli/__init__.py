@@ -28,6 +28,7 @@ from runner.records import JobState, ProgressReporter
 from runner.settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_GRACE_S,
+    DEFAULT_LEASE_S,
     DEFAULT_MAX_ATTEMPTS,
     ENV_CONCURRENCY,
     ENV_DB,
@@ -218,6 +219,14 @@ def main() -> None:
     help="Requests in flight per provider, over each profile's `concurrency` "
     f"(default: the manifest's, else {DEFAULT_CONCURRENCY}).",
 )
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_LEASE_S,
+    metavar="SECONDS",
+    help="How long a claimed job stays this run's without a heartbeat (renewed every third "
+    "of it): after a crash or a pause, other runners take its jobs after this long.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress; errors and the result only.")
 @click.option(
     "-v",
@@ -236,6 +245,7 @@ def run(
     log_format: str,
     progress_interval: float,
     concurrency: int | None,
+    lease: float,
     quiet: bool,
     verbose: int,
 ) -> None:  # fmt: skip
@@ -261,7 +271,7 @@ def run(
     _setup_logging(verbose, reporter)
     options = app.Options(
         db=db,
-        settings=RunSettings(retry=RetrySettings(max_attempts)),
+        settings=RunSettings(retry=RetrySettings(max_attempts), lease_s=lease),
         limits=RunLimits(deadline, max_jobs, max_cost),
         grace_s=grace,
         concurrency=concurrency,

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 import anyio
 
@@ -70,6 +71,7 @@ class Attempts:
         stop: Callable[[ProviderGate, ProviderStop], None],
         close_intake: Callable[[str, str], None],
         on_spend: Callable[[float], None],
+        lease_until: Callable[[], datetime],
     ) -> None:
         self._store = store
         self._owner = owner
@@ -80,6 +82,7 @@ class Attempts:
         self._stop = stop  # a provider's stop, recorded by the pool
         self._close_intake = close_intake
         self._on_spend = on_spend
+        self._lease_until = lease_until  # a fresh lease for each request, taken as it leaves
         self._warned: set[tuple[str, str]] = set()
 
     def estimate(self, spec: JobSpec) -> float | None:
@@ -113,8 +116,10 @@ class Attempts:
         # On disk before the request leaves: a provider bills what it received even if we
         # die a millisecond later, and the record must say the attempt may have been paid.
         try:
+            # Fenced: only while the job is still ours, and its lease runs on while the
+            # request is out (LeaseLost: another runner has it; nothing is sent).
             ticket = await self._store.begin_attempt(
-                spec.key, self._owner, spec.provider, spec.model
+                spec.key, self._owner, spec.provider, spec.model, lease_until=self._lease_until()
             )
         except BaseException:
             gate.answered()

@@ -27,6 +27,7 @@ from runner.engine.retry import GaveUp, RetryPolicy, Tries, retry_cause
 from runner.errors import (
     ExitCode,
     InputError,
+    LeaseLost,
     OutputError,
     PermanentJobError,
     ProviderDown,
@@ -131,6 +132,7 @@ class Pool:
             stop=self._stop,
             close_intake=self.close_intake,
             on_spend=self._count_spend,
+            lease_until=self._lease_until,
         )
         # Claims come in batches of a quarter of the concurrency: one store call per batch.
         # A batch's unstarted jobs stay leased to this run; ending the run releases them.
@@ -296,6 +298,14 @@ class Pool:
             except (Stopped, ProviderStop):
                 # A stop (402, 401, a signal, a limit) was handled when it happened.
                 await self._release(spec)
+                return
+            except LeaseLost:
+                # Paused past our lease (a sleeping laptop, SIGSTOP): another runner holds
+                # the job now. Nothing was sent; its state is the holder's to change.
+                log.warning(
+                    "jobs[%d] %s (%s): taken over by another runner; not sent",
+                    spec.entry, spec.image.name, short_key(spec.key),
+                )  # fmt: skip
                 return
             except PermanentJobError as exc:
                 await self._fail(spec, exc.describe(), FailureKind.REFUSED)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from runner.errors import LeaseLost
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     AttemptRecord,
@@ -29,6 +30,7 @@ from runner.records import (
     ProviderAccount,
     Summary,
     Totals,
+    short_key,
 )
 from runner.redact import redact
 from runner.store.protocol import AttemptTicket, RunInfo
@@ -277,7 +279,26 @@ class MemoryStore:
         )
 
     # -- one job's life -----------------------------------------------------------------
-    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> AttemptTicket:
+    async def begin_attempt(
+        self,
+        key: str,
+        owner: str,
+        provider: str,
+        model: str,
+        *,
+        lease_until: datetime | None = None,
+    ) -> AttemptTicket:
+        row = self._t.jobs.get(key)
+        now = self._now()
+        held = row is not None and row.lease_owner == owner and row.status == _RUNNING
+        if held and lease_until is not None:
+            held = (
+                row is not None and row.lease_expires_at is not None and row.lease_expires_at > now
+            )
+        if not held or row is None:
+            raise LeaseLost(f"job {short_key(key)} is no longer held by this run; not sent")
+        if lease_until is not None:
+            row.lease_expires_at = lease_until
         attempt_id = next(self._ids)
         self._t.attempts[attempt_id] = _AttemptRow(
             attempt_id, key, owner, provider, model, started_at=self._now()
@@ -385,7 +406,7 @@ class MemoryStore:
         keys = {row.spec.key for row in members}
         attempts = [a for a in self._t.attempts.values() if a.job_key in keys]
         runs = [r for r in self._t.runs.values() if r.info.manifest == manifest]
-        last = max(runs, key=lambda r: r.started_at, default=None)
+        last = max(runs, key=lambda r: (r.started_at, r.info.id), default=None)
         return Summary(
             counts,
             _totals(attempts),

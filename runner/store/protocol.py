@@ -94,9 +94,23 @@ class Store(Protocol):
         ...
 
     # -- one job's life -----------------------------------------------------------------
-    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> AttemptTicket:
+    async def begin_attempt(
+        self,
+        key: str,
+        owner: str,
+        provider: str,
+        model: str,
+        *,
+        lease_until: datetime | None = None,
+    ) -> AttemptTicket:
         """Record an `in_flight` attempt; returns once it is committed, so that a request sent
-        afterwards is on record even if the runner dies before the answer."""
+        afterwards is on record even if the runner dies before the answer.
+
+        Only if the job is still `owner`'s: running under `owner`'s lease and, with
+        `lease_until`, a lease that has not lapsed (then extended to `lease_until` in the
+        same transaction, so no other runner can take the job while the request is out).
+        Else LeaseLost, and nothing is written: a runner paused past its lease never pays
+        for a job another runner has taken."""
         ...
 
     async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None: ...

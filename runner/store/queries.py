@@ -67,7 +67,7 @@ async def summary(conn: AsyncConnection, manifest: str) -> Summary:
         await conn.execute(
             select(t.runs)
             .where(t.runs.c.manifest == manifest)
-            .order_by(t.runs.c.started_at.desc())
+            .order_by(t.runs.c.started_at.desc(), t.runs.c.id.desc())  # ties: one answer
             .limit(1)
         )
     ).first()

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from runner.errors import RunnerError
+from runner.errors import LeaseLost, RunnerError
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     AttemptRecord,
@@ -32,6 +32,7 @@ from runner.records import (
     Outcome,
     OutputRef,
     Summary,
+    short_key,
 )
 from runner.redact import redact
 from runner.store import admin, queries
@@ -387,7 +388,28 @@ class SqlStore:
         return await self._db.run(read)
 
     # -- one job's life -----------------------------------------------------------------
-    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> AttemptTicket:
+    async def begin_attempt(
+        self,
+        key: str,
+        owner: str,
+        provider: str,
+        model: str,
+        *,
+        lease_until: datetime | None = None,
+    ) -> AttemptTicket:
+        now = self._now()
+        j = t.jobs.c
+        held = [j.key == key, j.lease_owner == owner, j.status == _RUNNING]
+        if lease_until is not None:
+            held.append(j.lease_expires_at > now)
+        # An UPDATE, not a SELECT: it takes the job's row lock (PostgreSQL) or the write
+        # lock (SQLite) until the attempt is in, so a claim by another runner waits for it
+        # and then finds the lease extended.
+        fence = (
+            update(t.jobs)
+            .where(*held)
+            .values(lease_expires_at=lease_until if lease_until is not None else j.lease_expires_at)
+        )
         statement = insert(t.attempts).values(
             job_key=key,
             run_id=owner,
@@ -398,13 +420,18 @@ class SqlStore:
             started_at=self._now(),
         )
 
-        async def write(conn: AsyncConnection) -> int:
+        async def write(conn: AsyncConnection) -> int | None:
+            if (await conn.execute(fence)).rowcount != 1:
+                return None  # not ours (any more): raised after the batch, which goes on
             (attempt_id,) = (await conn.execute(statement)).inserted_primary_key or (None,)
             if attempt_id is None:
                 raise RunnerError("the database returned no id for a new attempt")
             return int(attempt_id)
 
-        return _Ticket(await self._db.run(write))
+        attempt_id = await self._db.run(write)
+        if attempt_id is None:
+            raise LeaseLost(f"job {short_key(key)} is no longer held by this run; not sent")
+        return _Ticket(attempt_id)
 
     def _finish_statement(self, ticket: AttemptTicket, record: AttemptRecord) -> Any:
         return (

@@ -123,8 +123,21 @@ class ThreadedStore:
     async def held_elsewhere(self, manifest: str, provider: str, owner: str) -> int:
         return await self._loop.call(self._inner.held_elsewhere, manifest, provider, owner)
 
-    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> AttemptTicket:
-        return await self._loop.call(self._inner.begin_attempt, key, owner, provider, model)
+    async def begin_attempt(
+        self,
+        key: str,
+        owner: str,
+        provider: str,
+        model: str,
+        *,
+        lease_until: datetime | None = None,
+    ) -> AttemptTicket:
+        async def begin() -> AttemptTicket:
+            return await self._inner.begin_attempt(
+                key, owner, provider, model, lease_until=lease_until
+            )
+
+        return await self._loop.call(begin)
 
     async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None:
         await self._loop.call(self._inner.finish_attempt, ticket, record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from helpers import FakeClock
 from PIL import Image
@@ -46,8 +47,10 @@ class StoppingStore(SqlStore):
 
     gate: ProviderGate
 
-    async def begin_attempt(self, key: str, owner: str, provider: str, model: str) -> AttemptTicket:
-        ticket = await super().begin_attempt(key, owner, provider, model)
+    async def begin_attempt(
+        self, key: str, owner: str, provider: str, model: str, *, lease_until: Any = None
+    ) -> AttemptTicket:
+        ticket = await super().begin_attempt(key, owner, provider, model, lease_until=lease_until)
         self.gate.stop(StopNotice("p", "payment", "HTTP 402: elsewhere", 3))
         return ticket
 

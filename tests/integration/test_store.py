@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,6 @@ from runner.store.sql import SqlStore
 from runner.store.tables import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
-PG_ADMIN_URL = os.environ.get("RUNNER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def spec(i: int, provider: str = "p") -> JobSpec:
@@ -108,30 +105,6 @@ def test_sqlite_migrations_upgrade_downgrade_upgrade(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     check_migrations_round_trip(str(tmp_path / "m.db"), monkeypatch)
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A throwaway PostgreSQL database; skips where no server answers."""
-    psycopg = pytest.importorskip("asyncpg")
-    import asyncio
-
-    name = f"runner_{uuid.uuid4().hex[:10]}"
-    admin = PG_ADMIN_URL.replace("postgresql://", "postgres://")
-
-    async def admin_sql(sql: str) -> None:
-        connection = await psycopg.connect(admin, timeout=3)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    try:
-        asyncio.run(admin_sql(f"CREATE DATABASE {name}"))
-    except (OSError, psycopg.PostgresError) as exc:
-        pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL}: {exc}")
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    asyncio.run(admin_sql(f"DROP DATABASE {name} WITH (FORCE)"))
 
 
 @pytest.mark.slow  # a PostgreSQL server

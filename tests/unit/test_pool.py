@@ -16,7 +16,7 @@ from runner.engine.budget import LimitGuard, ResolvedLimits
 from runner.engine.pacing import ProviderGate
 from runner.engine.pool import Pool
 from runner.engine.ports import Files, Lane
-from runner.errors import PaymentRequired, PermanentJobError, RetryableError
+from runner.errors import LeaseLost, PaymentRequired, PermanentJobError, RetryableError
 from runner.records import (
     AttemptRecord,
     EditRequest,
@@ -142,11 +142,11 @@ async def test_a_402_while_another_attempt_is_being_recorded_sends_nothing_more(
     pool, gate, specs = await pool_over(store, provider, jobs=2, concurrency=2)
     real_begin = store.begin_attempt
 
-    async def begin_after_the_402(key: str, owner: str, prov: str, model: str) -> Any:
+    async def begin_after_the_402(key: str, owner: str, prov: str, model: str, **lease: Any) -> Any:
         if key == specs[1].key:  # job 1's record is being written when job 0's 402 lands
             while not gate.stopped:
                 await anyio.sleep(0)
-        return await real_begin(key, owner, prov, model)
+        return await real_begin(key, owner, prov, model, **lease)
 
     store.begin_attempt = begin_after_the_402  # type: ignore[method-assign]
     with anyio.fail_after(5):
@@ -206,7 +206,12 @@ async def run_beside_the_other_runner(pool: Pool, store: MemoryStore, key: str) 
         await settled.wait()
         row = store._t.jobs[key]
         seen.update(status=row.status, owner=row.lease_owner, error=row.error)
-        ticket = await store.begin_attempt(key, "other", "p", "m")
+        try:  # the other runner sends the job only if it still holds it
+            ticket = await store.begin_attempt(key, "other", "p", "m")
+        except LeaseLost:
+            seen["other sent"] = False
+            return
+        seen["other sent"] = True
         await real_complete(key, "other", ticket, AttemptRecord(Outcome.SUCCEEDED), [])
 
     with anyio.fail_after(5):
@@ -227,6 +232,7 @@ async def test_a_job_whose_lease_was_taken_is_left_to_its_new_holder() -> None:
 
     # Our failure did not land on a job another runner now holds.
     assert (seen["status"], seen["owner"], seen["error"]) == ("running", "other", None)
+    assert seen["other sent"] is True
 
 
 async def test_a_success_after_the_lease_was_taken_still_stands() -> None:
@@ -239,6 +245,7 @@ async def test_a_success_after_the_lease_was_taken_still_stands() -> None:
     seen = await run_beside_the_other_runner(pool, store, specs[0].key)
 
     assert seen["status"] == "succeeded"  # paid and on disk: it counts
+    assert seen["other sent"] is False  # so the job's new holder does not pay for it again
     assert seen["report"].succeeded == 1
     assert await store.output_paths() == frozenset({"/out/0.png"})
 

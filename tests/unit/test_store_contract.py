@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from runner.errors import LeaseLost
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     AttemptRecord,
@@ -175,5 +176,53 @@ async def test_a_success_after_a_lost_lease_still_stands(
         await store.complete(spec(1).key, "old", ticket, PAID, [output(1)])
         await store.fail(spec(1).key, "new", "late", FailureKind.ATTEMPTS)  # not over it
         assert (await store.job_states("m"))[spec(1).key] == "succeeded"
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("make", [sql_store, memory_store])
+async def test_an_attempt_is_recorded_only_while_the_job_is_still_held(
+    make: Callable[[Path], Any], tmp_path: Path
+) -> None:
+    await fencing(await make(tmp_path))
+
+
+@pytest.mark.slow  # a PostgreSQL server
+async def test_the_sql_store_on_postgresql_answers_as_on_sqlite_and_fences_sends(
+    tmp_path: Path, pg_database: str
+) -> None:
+    async def pg_store(_: Path) -> Store:
+        return await open_store(
+            pg_database.replace("postgresql://", "postgresql+asyncpg://"), clock
+        )
+
+    expected = await run(sql_store, tmp_path)
+    got = await run(pg_store, tmp_path)
+    for step in expected:
+        assert got[step] == expected[step], step
+    await fencing(await pg_store(tmp_path))
+
+
+async def fencing(store: Store) -> None:
+    """A manifest and runs of its own, so that it can follow `scenario` on one database."""
+    job, key = spec(9), spec(9).key
+    try:
+        await store.sync_manifest("fence", [job])
+        for owner in ("paused", "other"):
+            await store.start_run(RunInfo(owner, "fence", "host", 1, "tag"))
+        # The runner slept past its lease: nobody has taken the job yet, but anyone may.
+        await store.claim_many("fence", "p", "paused", NOW - timedelta(seconds=1), 1)
+        with pytest.raises(LeaseLost):
+            await store.begin_attempt(key, "paused", "p", "m", lease_until=LEASE)
+        taken = await store.claim_many("fence", "p", "other", LEASE, 5)
+        assert [held.spec.key for held in taken] == [key]
+        with pytest.raises(LeaseLost):  # and now it is another runner's
+            await store.begin_attempt(key, "paused", "p", "m", lease_until=LEASE)
+        await store.begin_attempt(key, "other", "p", "m", lease_until=LEASE)
+        (row,) = await store.export_rows("fence")
+        assert row.attempts == 1  # the paused runner's tries left no record
+        await store.fail(key, "other", "bad input", FailureKind.INPUT)
+        with pytest.raises(LeaseLost):  # a finished job is nobody's to send
+            await store.begin_attempt(key, "other", "p", "m")
     finally:
         await store.close()
