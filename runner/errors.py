@@ -5,7 +5,9 @@
      ├── InputError             one job's inputs are unusable: the job fails, nothing sent
      ├── OutputError            an output file could not be written
      ├── Stopped                the run is stopping: put the job back, untouched
+     ├── LeaseLost              the job is another runner's now: do not send it, touch nothing
      ├── StoreError             the database could not be opened, read or written: exit 75
+     │    ├── MissingDriver     the URL needs a driver this install lacks: exit 2
      │    ├── NewerSchema       the database was made by a newer runner: exit 2
      │    └── WriteFailed       a write that shared a failed transaction; nothing of it kept
      ├── CatalogueUnavailable   a provider's model list could not be had (built-ins apply)
@@ -117,6 +119,11 @@ class OutputError(RunnerError):
 
 class StoreError(RunnerError):
     """The database could not be opened, read or written (a full disk, a lost server)."""
+
+
+class MissingDriver(StoreError):
+    """The database URL needs a driver (or names a database) this install does not have:
+    a setup problem, told in one line with what to install (exit 2)."""
 
 
 class NewerSchema(StoreError):

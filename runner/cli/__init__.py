@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
 import click
 
-from runner.errors import ExitCode, ManifestError, NewerSchema, RunnerError, StoreError
+from runner.errors import (
+    ExitCode,
+    ManifestError,
+    MissingDriver,
+    NewerSchema,
+    RunnerError,
+    StoreError,
+)
 from runner.records import JobState, ProgressReporter
 from runner.settings import (
     DEFAULT_CONCURRENCY,
@@ -129,7 +136,7 @@ def _guard(also: ErrorSink | None = None) -> Iterator[None]:
 
 
 def _exit_code_for(exc: RunnerError) -> ExitCode:
-    if isinstance(exc, ManifestError | NewerSchema):  # nothing sent: fix and rerun
+    if isinstance(exc, ManifestError | NewerSchema | MissingDriver):  # nothing sent: fix, rerun
         return ExitCode.USAGE
     if isinstance(exc, StoreError):  # a full disk, a lost server: the work is kept for later
         return ExitCode.EARLY

@@ -18,14 +18,16 @@ from typing import Any
 
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from runner.errors import NewerSchema, StoreError
+from runner.errors import MissingDriver, NewerSchema, StoreError
 from runner.store import tables as t
 from runner.store.sql import SqlStore
 
 BUSY_TIMEOUT_MS = 60_000
+# PostgreSQL advisory lock key held while a database is migrated ("runner" in ASCII).
+MIGRATION_LOCK = 0x72756E6E6572
 
 
 def database_url(value: str, base: Path) -> str:
@@ -110,16 +112,31 @@ async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlS
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from exc
-    engine = create_async_engine(
-        url,
-        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if is_sqlite else {},
-        pool_size=1 if is_sqlite else 5,
-        max_overflow=0 if is_sqlite else 10,
-    )
+    try:
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if is_sqlite else {},
+            pool_size=1 if is_sqlite else 5,
+            max_overflow=0 if is_sqlite else 10,
+        )
+    except ImportError as exc:
+        extra = "postgres" if url.startswith("postgresql") else None
+        hint = f": pip install -e '.[{extra}]'" if extra else ""
+        raise MissingDriver(
+            f"{redact_url(url)}: the database driver is not installed ({exc.name or exc}){hint}"
+        ) from None
+    except ArgumentError as exc:
+        raise MissingDriver(
+            f"{redact_url(url)}: not a database URL the runner knows ({exc})"
+        ) from None
     if is_sqlite:
         _configure_sqlite(engine)
     try:
         async with engine.begin() as conn:
+            if not is_sqlite:
+                # Runners started together on a fresh database: one migrates, the others
+                # wait here and then find it done. (SQLite: BEGIN IMMEDIATE is the lock.)
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             if await conn.run_sync(_needs_upgrade):
                 await conn.run_sync(upgrade_to_head)
     except NewerSchema as exc:

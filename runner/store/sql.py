@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runner.errors import LeaseLost, RunnerError
@@ -59,6 +59,21 @@ def _spec_row(spec: JobSpec) -> dict[str, Any]:
         "output_name": spec.output_name,
         "manifest_entry": spec.entry,
     }
+
+
+def _insert_new(conn: AsyncConnection, table: Table) -> Any:
+    """An INSERT that skips rows whose key is already there: runners started together on
+    one database sync the same manifest at the same moment, and the second must not fail
+    with a duplicate key (PostgreSQL runs their transactions side by side)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    return insert(table)
 
 
 def _spec_from_row(row: Any) -> JobSpec:
@@ -165,8 +180,8 @@ class SqlStore:
                 rows = await conn.execute(select(t.jobs.c.key).where(t.jobs.c.key.in_(chunk)))
                 known.update(rows.scalars())
             new = [s for s in specs if s.key not in known]
-            if new:
-                await conn.execute(insert(t.jobs), [_new_job_row(s, now) for s in new])
+            if new:  # another runner syncing the same manifest may have inserted some
+                await conn.execute(_insert_new(conn, t.jobs), [_new_job_row(s, now) for s in new])
             refreshed = [
                 {"k": s.key, **_spec_row(s), "updated_at": now} for s in specs if s.key in known
             ]
@@ -180,7 +195,7 @@ class SqlStore:
                     {"manifest": manifest, "job_key": s.key, "position": i}
                     for i, s in enumerate(specs)
                 ]
-                await conn.execute(insert(members), listed)
+                await conn.execute(_insert_new(conn, members), listed)
             return len(new)
 
         return await self._db.run(write)
@@ -612,7 +627,7 @@ class SqlStore:
             for chunk in _chunks([e.path for e in unique]):
                 await conn.execute(delete(t.file_digests).where(t.file_digests.c.path.in_(chunk)))
             await conn.execute(
-                insert(t.file_digests),
+                _insert_new(conn, t.file_digests),
                 [
                     {
                         "path": e.path,

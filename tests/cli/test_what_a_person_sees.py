@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import anyio.to_thread
@@ -303,3 +304,15 @@ def test_models_lists_what_a_run_accepts_and_points_at_nothing_unshipped(
     assert "gpt-image-1" not in listed.stdout  # retired: a run refuses it
     assert ".md" not in listed.stdout  # PROVIDERS.md is not shipped with the package
     assert "< 25 MB" in listed.stdout and "32,000 chars" in listed.stdout
+
+
+def test_a_postgresql_url_without_its_driver_is_one_line_naming_the_extra(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = workspace.manifest([{"image": workspace.image("a.png"), "prompt": "a"}])
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if it were not installed
+    ran = runner("status", manifest, "--db", "postgresql://u:secret@127.0.0.1:1/runs")
+    assert ran.returncode == 2
+    (line,) = ran.stderr.strip().splitlines()
+    assert "pip install -e '.[postgres]'" in line and "asyncpg" in line
+    assert "secret" not in line and "Traceback" not in ran.stderr
