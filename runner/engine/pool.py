@@ -386,6 +386,13 @@ class Pool:
         self, spec: JobSpec, result: EditResult, ticket: AttemptTicket, record: AttemptRecord
     ) -> None:
         try:
+            holds = await self._store.holds(spec.key, self._owner)
+        except StoreError:
+            holds = True  # unknown: the completion below is fenced all the same
+        if not holds:
+            await self._keep_as_lost(spec, result, ticket, record)
+            return
+        try:
             outputs = await anyio.to_thread.run_sync(self._write, spec, result.images)
         except OutputError as exc:
             self._halt("output", f"cannot write outputs: {exc}")  # first: stop paying
@@ -400,13 +407,40 @@ class Pool:
             log.warning("jobs[%d] %s (%s): %s", spec.entry, spec.image.name, short_key(spec.key),
                         record.error_message)  # fmt: skip
         try:
-            await self._store.complete(spec.key, self._owner, ticket, record, outputs)
+            recorded = await self._store.complete(spec.key, self._owner, ticket, record, outputs)
         except StoreError as exc:
             self._database_failed(exc)  # first: stop paying for replies we cannot record
             self._unrecorded.append(Unrecorded(spec, ticket, record, outputs))
             return
+        if not recorded:  # taken over between the check above and now
+            log.warning(
+                "jobs[%d] %s (%s): another runner holds this job; this paid reply is on "
+                "record as an attempt, its image left at %s", spec.entry, spec.image.name,
+                short_key(spec.key), ", ".join(str(o.path) for o in outputs),
+            )  # fmt: skip
+            return
         self.report.succeeded += 1
         log.debug("succeeded %s -> %s", spec.image.name, ", ".join(str(o.path) for o in outputs))
+
+    async def _keep_as_lost(
+        self, spec: JobSpec, result: EditResult, ticket: AttemptTicket, record: AttemptRecord
+    ) -> None:
+        """A paid reply for a job another runner took while this one was away (a paused
+        laptop): never recorded over the holder's result, never written over its file. The
+        image goes to a name with this run's id in it; the attempt is on record as paid."""
+        lost = replace(spec, output_name=_lost_name(spec.output_name, self._owner))
+        try:
+            kept = await anyio.to_thread.run_sync(self._write, lost, result.images)
+            where = ", ".join(str(o.path) for o in kept)
+        except OutputError as exc:
+            where = f"nowhere ({exc})"
+        note = f"another runner holds this job; this paid reply was kept at {where}"
+        try:
+            await self._store.finish_attempt(ticket, replace(record, error_message=note))
+        except StoreError as exc:
+            self._database_failed(exc)
+        log.warning("jobs[%d] %s (%s): %s", spec.entry, spec.image.name,
+                    short_key(spec.key), note)  # fmt: skip
 
     async def _record_the_unrecorded(self) -> None:
         """Once more into the database (space may have been freed meanwhile); what still
@@ -463,6 +497,14 @@ class Pool:
         gate.stop(notice)
         self.report.stops.append(notice)
         log.error("stopped sending to %s: %s", gate.name, notice.message)
+
+
+def _lost_name(template: str, owner: str) -> str:
+    """`{stem}-{key8}.{ext}` → `{stem}-{key8}.lost-1a2b3c4d.{ext}`: no other run's name."""
+    mark = f".lost-{owner[:8]}"
+    if template.endswith(".{ext}"):
+        return template[: -len(".{ext}")] + mark + ".{ext}"
+    return template + mark
 
 
 def _still_throttled(gate: ProviderGate, tries: Tries, last: ProviderError) -> ProviderDown:

@@ -335,8 +335,11 @@ class MemoryStore:
         ticket: AttemptTicket,
         record: AttemptRecord,
         outputs: Sequence[OutputRef],
-    ) -> None:
-        self._complete(key, ticket.id, record, outputs)
+    ) -> bool:
+        return self._complete(key, ticket.id, record, outputs, owner)
+
+    async def holds(self, key: str, owner: str) -> bool:
+        return self._held(key, owner) is not None
 
     async def record_late(
         self, key: str, attempt_id: int, record: AttemptRecord, outputs: Sequence[OutputRef]
@@ -347,22 +350,26 @@ class MemoryStore:
             return False
         if job.status == JobState.SUCCEEDED.value:
             return False
-        self._complete(key, attempt_id, record, outputs)
-        return True
+        return self._complete(key, attempt_id, record, outputs, None)
 
     def _complete(
-        self, key: str, attempt_id: int, record: AttemptRecord, outputs: Sequence[OutputRef]
-    ) -> None:
-        self._finish(attempt_id, record)
+        self,
+        key: str,
+        attempt_id: int,
+        record: AttemptRecord,
+        outputs: Sequence[OutputRef],
+        owner: str | None,
+    ) -> bool:
+        self._finish(attempt_id, record)  # paid, whoever holds the job now
+        row = self._t.jobs.get(key) if owner is None else self._held(key, owner)
+        if row is None or row.status == JobState.SUCCEEDED.value:
+            return False
         self._t.outputs.extend((key, attempt_id, output) for output in outputs)
-        row = self._t.jobs.get(key)
-        # A success stands even if our lease lapsed and another runner took the job
-        # meanwhile: the images are on disk and paid for.
-        if row is not None and row.status != JobState.SUCCEEDED.value:
-            row.status = JobState.SUCCEEDED.value
-            row.error, row.failure_kind = redact(record.error_message), None
-            row.lease_owner, row.lease_expires_at = None, None
-            row.finished_at = self._now()
+        row.status = JobState.SUCCEEDED.value
+        row.error, row.failure_kind = redact(record.error_message), None
+        row.lease_owner, row.lease_expires_at = None, None
+        row.finished_at = self._now()
+        return True
 
     async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None:
         row = self._held(key, owner)

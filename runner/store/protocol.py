@@ -118,7 +118,15 @@ class Store(Protocol):
     async def complete(
         self, key: str, owner: str, ticket: AttemptTicket, record: AttemptRecord,
         outputs: Sequence[OutputRef],
-    ) -> None: ...  # fmt: skip
+    ) -> bool:  # fmt: skip
+        """Record a paid success. The attempt is always finished (it was paid); the job
+        succeeds with these outputs only if `owner` still holds it (True). A runner whose
+        job another runner has taken never records a result over the holder's (False)."""
+        ...
+
+    async def holds(self, key: str, owner: str) -> bool:
+        """Whether `owner` still holds the job (running under its lease, lapsed or not)."""
+        ...
 
     async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None: ...
 

@@ -480,11 +480,22 @@ class SqlStore:
         ticket: AttemptTicket,
         record: AttemptRecord,
         outputs: Sequence[OutputRef],
-    ) -> None:
-        async def write(conn: AsyncConnection) -> None:
-            await self._complete(conn, key, ticket, record, outputs)
+    ) -> bool:
+        async def write(conn: AsyncConnection) -> bool:
+            return await self._complete(conn, key, ticket, record, outputs, owner)
 
-        await self._db.run(write)
+        return await self._db.run(write)
+
+    async def holds(self, key: str, owner: str) -> bool:
+        j = t.jobs.c
+        statement = select(func.count()).where(
+            j.key == key, j.lease_owner == owner, j.status == _RUNNING
+        )
+
+        async def read(conn: AsyncConnection) -> bool:
+            return bool(await conn.scalar(statement))
+
+        return await self._db.run(read)
 
     async def record_late(
         self, key: str, attempt_id: int, record: AttemptRecord, outputs: Sequence[OutputRef]
@@ -502,8 +513,7 @@ class SqlStore:
             )
             if not known:
                 return False
-            await self._complete(conn, key, _Ticket(attempt_id), record, outputs)
-            return True
+            return await self._complete(conn, key, _Ticket(attempt_id), record, outputs, None)
 
         return await self._db.run(write)
 
@@ -514,7 +524,10 @@ class SqlStore:
         ticket: AttemptTicket,
         record: AttemptRecord,
         outputs: Sequence[OutputRef],
-    ) -> None:
+        owner: str | None,
+    ) -> bool:
+        """Finish the paid attempt; the job succeeds with `outputs` if `owner` holds it
+        (None: whoever does, for replies an earlier run recorded late)."""
         now = self._now()
         rows = [
             {
@@ -529,11 +542,11 @@ class SqlStore:
             }
             for out in outputs
         ]
-        # A success is a success even if our lease lapsed and another runner took the job
-        # meanwhile: the images are on disk and paid for.
+        j = t.jobs.c
+        ours = [j.lease_owner == owner, j.status == _RUNNING] if owner is not None else []
         succeed = (
             update(t.jobs)
-            .where(t.jobs.c.key == key, t.jobs.c.status != JobState.SUCCEEDED.value)
+            .where(j.key == key, j.status != JobState.SUCCEEDED.value, *ours)
             .values(
                 status=JobState.SUCCEEDED.value,
                 # A success may still carry a note (fewer images than asked for).
@@ -546,11 +559,13 @@ class SqlStore:
             )
         )
 
-        await conn.execute(self._finish_statement(ticket, record))
+        await conn.execute(self._finish_statement(ticket, record))  # paid, whoever holds it
+        if (await conn.execute(succeed)).rowcount != 1:
+            return False  # another runner holds the job (or finished it): not ours to record
         attempt = {"attempt_id": _attempt_id(ticket)}
         if rows:
             await conn.execute(insert(t.outputs), [{**row, **attempt} for row in rows])
-        await conn.execute(succeed)
+        return True
 
     async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None:
         now = self._now()

@@ -149,8 +149,11 @@ class ThreadedStore:
         ticket: AttemptTicket,
         record: AttemptRecord,
         outputs: Sequence[OutputRef],
-    ) -> None:
-        await self._loop.call(self._inner.complete, key, owner, ticket, record, outputs)
+    ) -> bool:
+        return await self._loop.call(self._inner.complete, key, owner, ticket, record, outputs)
+
+    async def holds(self, key: str, owner: str) -> bool:
+        return await self._loop.call(self._inner.holds, key, owner)
 
     async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None:
         await self._loop.call(self._inner.fail, key, owner, reason, kind)

@@ -4,9 +4,13 @@ pay for each once. Skips where no PostgreSQL server answers."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,3 +52,52 @@ def test_three_runners_started_at_once_on_a_fresh_database_share_the_work(
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert '"succeeded": 12' in status.stdout
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_runner_paused_past_its_lease_records_nothing_over_the_new_holder(
+    workspace: Workspace, fake: FakeProvider, request: pytest.FixtureRequest, database: str
+) -> None:
+    db = request.getfixturevalue("pg_database") if database == "postgresql" else "jobs.db"
+    db = db if database == "postgresql" else str(workspace.root / db)
+    jobs = [{"image": workspace.image(f"z{i}.png"), "prompt": f"edit {i}"} for i in range(6)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 2})
+    fake.latency = 1.0
+    paused = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(manifest), "--db", db, "--lease", "2",
+         "--log-format", "plain"],
+        env={**os.environ, KEY_ENV: API_KEY, "RUNNER_DB": ""},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: sum(fake.received.values()) >= 2)  # its two requests are out
+        paused.send_signal(signal.SIGSTOP)  # a laptop lid closes
+        time.sleep(2.5)  # past its lease
+        other = start(manifest, db, workspace.root / "other")
+        _, other_errors = other.communicate(timeout=120)
+        assert other.returncode == 0, other_errors
+    finally:
+        paused.send_signal(signal.SIGCONT)  # the lid opens: its replies are waiting
+    _, stderr = paused.communicate(timeout=60)
+
+    assert paused.returncode in (0, 75), stderr
+    assert "another runner holds this job" in stderr
+    status = subprocess.run(
+        [sys.executable, "-m", "runner", "export", str(manifest), "--db", db],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in status.stdout.splitlines()]
+    assert [row["status"] for row in rows] == ["succeeded"] * 6
+    assert all(len(row["outputs"]) == 1 for row in rows)  # one result each, the holder's
+    recorded = {Path(row["outputs"][0]).name for row in rows}
+    on_disk = {p.name for p in (workspace.root / "out").glob("*.png")}
+    lost = on_disk - recorded
+    assert recorded <= on_disk and len(lost) == 2 and all(".lost-" in n for n in lost)
+    assert sorted(fake.paid.values()) == [1, 1, 1, 1, 2, 2]  # only the two that were out

@@ -83,7 +83,11 @@ def prepare(job: JobSpec, limits: ImageLimits) -> EditRequest:
     return EditRequest(job.model, job.prompt, ImagePart("i.png", "image/png", PNG), None, {})
 
 
+WRITTEN: list[str] = []  # the output name template of every write, in order
+
+
 def write(job: JobSpec, images: Any) -> tuple[OutputRef, ...]:
+    WRITTEN.append(job.output_name)
     return (OutputRef(0, job.output_dir / f"{job.entry}.png", "00" * 32, 1, 8, 8, "PNG"),)
 
 
@@ -190,17 +194,24 @@ async def run_beside_the_other_runner(pool: Pool, store: MemoryStore, key: str) 
     other runner finish the job (so our pool, which waits for it, can end)."""
     seen: dict[str, Any] = {}
     settled = anyio.Event()  # our pool has written what the answer meant for the job
-    real_fail, real_complete = store.fail, store.complete
+    real_fail, real_complete, real_finish = store.fail, store.complete, store.finish_attempt
 
     async def fail(*args: Any, **kwargs: Any) -> None:
         await real_fail(*args, **kwargs)
         settled.set()
 
-    async def complete(*args: Any, **kwargs: Any) -> None:
-        await real_complete(*args, **kwargs)
+    async def complete(*args: Any, **kwargs: Any) -> bool:
+        recorded = await real_complete(*args, **kwargs)
         settled.set()
+        return recorded
+
+    async def finish_attempt(ticket: Any, record: AttemptRecord) -> None:
+        await real_finish(ticket, record)
+        if record.outcome is Outcome.SUCCEEDED:  # a paid reply kept aside: nothing follows
+            settled.set()
 
     store.fail, store.complete = fail, complete  # type: ignore[method-assign]
+    store.finish_attempt = finish_attempt  # type: ignore[method-assign]
 
     async def other_runner() -> None:
         await settled.wait()
@@ -235,19 +246,26 @@ async def test_a_job_whose_lease_was_taken_is_left_to_its_new_holder() -> None:
     assert seen["other sent"] is True
 
 
-async def test_a_success_after_the_lease_was_taken_still_stands() -> None:
+async def test_a_success_after_the_lease_was_taken_is_paid_but_not_recorded_over_the_holder() -> (
+    None
+):
     store = new_store()
     provider = Provider()
     pool, _, specs = await pool_over(store, provider, jobs=1)
     await store.start_run(RunInfo("other", "m", "host2", 2, "tag"))
     provider.hook = lambda key: steal_while_out(store, specs[0].key)
+    WRITTEN.clear()
 
     seen = await run_beside_the_other_runner(pool, store, specs[0].key)
 
-    assert seen["status"] == "succeeded"  # paid and on disk: it counts
-    assert seen["other sent"] is False  # so the job's new holder does not pay for it again
-    assert seen["report"].succeeded == 1
-    assert await store.output_paths() == frozenset({"/out/0.png"})
+    assert (seen["status"], seen["owner"]) == ("running", "other")  # the holder's to finish
+    assert seen["other sent"] is True
+    assert seen["report"].succeeded == 0
+    (ours, theirs) = [a for a in store._t.attempts.values() if a.job_key == specs[0].key]
+    assert ours.outcome == "succeeded" and ours.record is not None  # on record as paid
+    assert "another runner holds this job" in (ours.record.error_message or "")
+    assert WRITTEN == ["{stem}.lost-r"]  # a name of its own, never the holder's
+    assert theirs.run_id == "other"
 
 
 async def test_cancelling_in_the_grace_period_abandons_and_releases_the_request() -> None:

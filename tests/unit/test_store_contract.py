@@ -162,20 +162,28 @@ async def test_the_memory_store_answers_every_verb_as_the_sql_store_does(
 
 
 @pytest.mark.parametrize("make", [sql_store, memory_store])
-async def test_a_success_after_a_lost_lease_still_stands(
+async def test_a_success_after_the_job_was_taken_over_is_paid_but_not_the_jobs_result(
     make: Callable[[Path], Any], tmp_path: Path
 ) -> None:
     store = await make(tmp_path)
+    key = spec(1).key
     try:
         await store.sync_manifest("m", [spec(1)])
         for owner in ("old", "new"):
             await store.start_run(RunInfo(owner, "m", "host", 1, "tag"))
         await store.claim_many("m", "p", "old", NOW - timedelta(seconds=1), 1)
-        ticket = await store.begin_attempt(spec(1).key, "old", "p", "m")
+        ticket = await store.begin_attempt(key, "old", "p", "m")
         await store.claim_many("m", "p", "new", LEASE, 1)  # the lease had lapsed
-        await store.complete(spec(1).key, "old", ticket, PAID, [output(1)])
-        await store.fail(spec(1).key, "new", "late", FailureKind.ATTEMPTS)  # not over it
-        assert (await store.job_states("m"))[spec(1).key] == "succeeded"
+        assert await store.holds(key, "new") and not await store.holds(key, "old")
+        assert await store.complete(key, "old", ticket, PAID, [output(1)]) is False
+        await store.fail(key, "old", "late", FailureKind.ATTEMPTS)  # not over it either
+        assert (await store.job_states("m"))[key] == "running"  # still the holder's
+        assert await store.output_paths() == frozenset()
+        theirs = await store.begin_attempt(key, "new", "p", "m")
+        assert await store.complete(key, "new", theirs, PAID, [output(2)]) is True
+        assert await store.output_paths() == frozenset({"/out/2.png"})  # one result
+        (row,) = await store.export_rows("m")
+        assert row.usage.cost_usd == 2 * (PAID.cost_usd or 0)  # both replies were paid
     finally:
         await store.close()
 
