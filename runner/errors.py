@@ -6,6 +6,7 @@
      ├── OutputError            an output file could not be written
      ├── Stopped                the run is stopping: put the job back, untouched
      ├── LeaseLost              the job is another runner's now: do not send it, touch nothing
+     ├── StoppedElsewhere       another runner's 402 (or rejected key) stops this one too
      ├── StoreError             the database could not be opened, read or written: exit 75
      │    ├── MissingDriver     the URL needs a driver this install lacks: exit 2
      │    ├── NewerSchema       the database was made by a newer runner: exit 2
@@ -140,6 +141,15 @@ class CatalogueUnavailable(RunnerError):
 
 class Stopped(RunnerError):
     """The run (or this job's provider) is stopping; the job goes back to pending."""
+
+
+class StoppedElsewhere(RunnerError):
+    """Another runner on this database was told to stop sending to this provider (a 402,
+    a rejected key): this runner stops too, before its request leaves."""
+
+    def __init__(self, notice: StopNotice) -> None:
+        self.notice = notice
+        super().__init__(notice.message)
 
 
 class LeaseLost(RunnerError):

@@ -122,6 +122,9 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
             manifest, store, creds, to_do, run_info.id, options, limits, done_before, db_folder
         )
         await store.start_run(run_info)
+        # A 402 or a refused key from an earlier run stopped these providers for every
+        # runner; starting a run (after a top-up, a new key) is how they are tried again.
+        await store.clear_provider_stops(creds)
         exit_code: ExitCode = ExitCode.FAILED
         stop_reason: str | None = "interrupted"
         started = time.monotonic()

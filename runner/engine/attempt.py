@@ -21,12 +21,17 @@ from runner.engine.pacing import ProviderGate
 from runner.engine.ports import Provider
 from runner.engine.pricing import PriceBook
 from runner.errors import (
+    AuthRejected,
     NotDelivered,
+    PaymentRequired,
     ProviderDown,
     ProviderError,
     ProviderStop,
     RetryableError,
+    StopNotice,
     Stopped,
+    StoppedElsewhere,
+    StoreError,
     Throttled,
 )
 from runner.records import (
@@ -121,6 +126,10 @@ class Attempts:
             ticket = await self._store.begin_attempt(
                 spec.key, self._owner, spec.provider, spec.model, lease_until=self._lease_until()
             )
+        except StoppedElsewhere as exc:  # another runner's 402 (or rejected key)
+            gate.answered()
+            self._stop(gate, _stop_from(exc.notice))
+            raise Stopped(f"{gate.name} stopped by another runner: {exc.notice.message}") from None
         except BaseException:
             gate.answered()
             raise
@@ -145,6 +154,8 @@ class Attempts:
                 cost, flag = self._paid_cost(spec, exc.usage, exc.facts)
                 record = replace(record, cost_usd=cost, usage=_flagged(exc.usage, flag))
             await self._store.finish_attempt(ticket, record)
+            if isinstance(exc, PaymentRequired | AuthRejected):
+                await self._share_stop(gate, exc)
             raise
         except BaseException:
             # Cancelled mid-request (the grace period ran out): it may have been billed.
@@ -173,6 +184,15 @@ class Attempts:
             facts=result.facts,
         )
         return result, ticket, record
+
+    async def _share_stop(self, gate: ProviderGate, exc: ProviderStop) -> None:
+        """The account is out of money (or the key refused): every runner on this database
+        stops sending to the provider before its next request, not only this one."""
+        notice = StopNotice(gate.name, exc.outcome, exc.describe(), exc.exit_code)
+        try:
+            await self._store.stop_provider(notice, self._owner)
+        except StoreError as error:  # this runner has stopped; the others find out by 402
+            log.error("could not tell other runners that %s stopped: %s", gate.name, error)
 
     def _pace(self, gate: ProviderGate, spec: JobSpec, exc: ProviderError) -> None:
         """What a failed request tells the provider's gate: weather slows everyone down,
@@ -282,3 +302,9 @@ def _error_record(exc: ProviderError, latency_ms: int) -> AttemptRecord:
         # keeps its attempts for when the account is fixed. Weather costs no attempt either.
         counted=not isinstance(exc, ProviderStop | Throttled | NotDelivered),
     )
+
+
+def _stop_from(notice: StopNotice) -> ProviderStop:
+    """Another runner's stop as this runner's own: same kind, same exit code."""
+    message = f"stopped by another runner: {notice.message}"
+    return AuthRejected(message) if notice.kind == "auth" else PaymentRequired(message)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from runner.errors import LeaseLost
+from runner.errors import LeaseLost, StopNotice, StoppedElsewhere
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     AttemptRecord,
@@ -118,6 +118,7 @@ class _Tables:
     runs: dict[str, _RunRow] = field(default_factory=dict)
     catalogues: dict[str, tuple[datetime, str]] = field(default_factory=dict)
     digests: dict[str, DigestEntry] = field(default_factory=dict)
+    stops: dict[str, StopNotice] = field(default_factory=dict)  # provider → why it stopped
 
 
 class MemoryStore:
@@ -288,14 +289,16 @@ class MemoryStore:
         *,
         lease_until: datetime | None = None,
     ) -> AttemptTicket:
+        if (stop := self._t.stops.get(provider)) is not None:
+            raise StoppedElsewhere(stop)
         row = self._t.jobs.get(key)
-        now = self._now()
-        held = row is not None and row.lease_owner == owner and row.status == _RUNNING
-        if held and lease_until is not None:
-            held = (
-                row is not None and row.lease_expires_at is not None and row.lease_expires_at > now
-            )
-        if not held or row is None:
+        lease = row.lease_expires_at if row is not None else None
+        if (
+            row is None
+            or row.lease_owner != owner
+            or row.status != _RUNNING
+            or (lease_until is not None and (lease is None or lease <= self._now()))
+        ):
             raise LeaseLost(f"job {short_key(key)} is no longer held by this run; not sent")
         if lease_until is not None:
             row.lease_expires_at = lease_until
@@ -304,6 +307,15 @@ class MemoryStore:
             attempt_id, key, owner, provider, model, started_at=self._now()
         )
         return _Ticket(attempt_id)
+
+    async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
+        self._t.stops.setdefault(
+            notice.provider, replace(notice, message=redact(notice.message) or "")
+        )
+
+    async def clear_provider_stops(self, providers: Collection[str]) -> None:
+        for provider in providers:
+            self._t.stops.pop(provider, None)
 
     async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None:
         self._finish(ticket.id, record)

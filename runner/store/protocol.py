@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from runner.errors import StopNotice
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     AttemptRecord,
@@ -110,10 +111,20 @@ class Store(Protocol):
         `lease_until`, a lease that has not lapsed (then extended to `lease_until` in the
         same transaction, so no other runner can take the job while the request is out).
         Else LeaseLost, and nothing is written: a runner paused past its lease never pays
-        for a job another runner has taken."""
+        for a job another runner has taken. StoppedElsewhere when any runner has stopped
+        this provider (`stop_provider`)."""
         ...
 
     async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None: ...
+
+    async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
+        """Stop every runner on this database from sending to `notice.provider`: their
+        next `begin_attempt` for it raises StoppedElsewhere."""
+        ...
+
+    async def clear_provider_stops(self, providers: Collection[str]) -> None:
+        """A run is starting (after a top-up, a new key): these providers may be tried."""
+        ...
 
     async def complete(
         self, key: str, owner: str, ticket: AttemptTicket, record: AttemptRecord,

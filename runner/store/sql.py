@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from runner.errors import LeaseLost, RunnerError
+from runner.errors import LeaseLost, RunnerError, StopNotice, StoppedElsewhere
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     AttemptRecord,
@@ -435,18 +435,46 @@ class SqlStore:
             started_at=self._now(),
         )
 
-        async def write(conn: AsyncConnection) -> int | None:
+        stopped = select(t.provider_stops).where(t.provider_stops.c.provider == provider)
+
+        async def write(conn: AsyncConnection) -> int | StopNotice | None:
+            # Errors are returned, not raised: a raise would roll back the whole batch.
+            if (stop := (await conn.execute(stopped)).first()) is not None:
+                return StopNotice(stop.provider, stop.kind, stop.message, stop.exit_code)
             if (await conn.execute(fence)).rowcount != 1:
-                return None  # not ours (any more): raised after the batch, which goes on
+                return None  # not ours (any more)
             (attempt_id,) = (await conn.execute(statement)).inserted_primary_key or (None,)
             if attempt_id is None:
                 raise RunnerError("the database returned no id for a new attempt")
             return int(attempt_id)
 
-        attempt_id = await self._db.run(write)
-        if attempt_id is None:
+        answer = await self._db.run(write)
+        if isinstance(answer, StopNotice):
+            raise StoppedElsewhere(answer)
+        if answer is None:
             raise LeaseLost(f"job {short_key(key)} is no longer held by this run; not sent")
-        return _Ticket(attempt_id)
+        return _Ticket(answer)
+
+    async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
+        stops = t.provider_stops
+        row = {
+            "provider": notice.provider,
+            "kind": notice.kind,
+            "message": redact(notice.message),
+            "exit_code": int(notice.exit_code),
+            "run_id": run_id,
+            "stopped_at": self._now(),
+        }
+
+        async def write(conn: AsyncConnection) -> None:
+            # The first runner's reason stands; another's at the same moment is the same.
+            await conn.execute(_insert_new(conn, stops), [row])
+
+        await self._db.run(write)
+
+    async def clear_provider_stops(self, providers: Collection[str]) -> None:
+        stops = t.provider_stops
+        await self._execute(delete(stops).where(stops.c.provider.in_(list(providers))))
 
     def _finish_statement(self, ticket: AttemptTicket, record: AttemptRecord) -> Any:
         return (

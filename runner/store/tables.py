@@ -174,6 +174,20 @@ file_digests = Table(
 )
 
 
+# A provider that answered 402 (payment) or 401/403 (credentials) to any runner: every
+# runner on this database checks it before each request (in `begin_attempt`), so one
+# runner's 402 stops the fleet. A run started afterwards (after a top-up) clears it.
+provider_stops = Table(
+    "provider_stops",
+    metadata,
+    Column("provider", String(200), primary_key=True),
+    Column("kind", String(20), nullable=False),  # payment | auth
+    Column("message", Text, nullable=False),
+    Column("exit_code", Integer, nullable=False),
+    Column("run_id", String(64), nullable=False),
+    Column("stopped_at", UTCDateTime, nullable=False),
+)
+
 # A provider's model list (Venice `GET /models?type=inpaint`), refreshed when a day old.
 model_catalogues = Table(
     "model_catalogues",

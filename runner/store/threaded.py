@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
+from runner.errors import StopNotice
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     AttemptRecord,
@@ -138,6 +139,12 @@ class ThreadedStore:
             )
 
         return await self._loop.call(begin)
+
+    async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
+        await self._loop.call(self._inner.stop_provider, notice, run_id)
+
+    async def clear_provider_stops(self, providers: Collection[str]) -> None:
+        await self._loop.call(self._inner.clear_provider_stops, list(providers))
 
     async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None:
         await self._loop.call(self._inner.finish_attempt, ticket, record)

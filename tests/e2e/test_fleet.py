@@ -101,3 +101,29 @@ def test_a_runner_paused_past_its_lease_records_nothing_over_the_new_holder(
     lost = on_disk - recorded
     assert recorded <= on_disk and len(lost) == 2 and all(".lost-" in n for n in lost)
     assert sorted(fake.paid.values()) == [1, 1, 1, 1, 2, 2]  # only the two that were out
+
+
+def test_a_402_to_one_runner_stops_all_three_and_a_run_after_top_up_finishes(
+    workspace: Workspace, fake: FakeProvider, pg_database: str
+) -> None:
+    jobs = [{"image": workspace.image(f"p{i}.png"), "prompt": f"edit {i}"} for i in range(30)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 2})
+    fake.latency = 0.2
+    # One 402, to one runner's request; had the others not been told, they would have gone
+    # on to finish every other job.
+    fake.script = [None] * 4 + ["payment"]
+
+    runners = [start(manifest, pg_database, workspace.root / f"h{i}") for i in range(3)]
+    results = [(r.wait(timeout=120), *r.communicate()) for r in runners]
+
+    for code, _, stderr in results:
+        assert code == 3, stderr  # every runner stopped for the payment, not only one
+    assert sum("stopped by another runner" in stderr for _, _, stderr in results) >= 1
+    assert fake.status_counts[402] == 1
+    # After the 402 no runner sent again, beyond the requests already out (two each).
+    assert fake.requests_total <= 5 + 5, fake.requests_total
+
+    after = start(manifest, pg_database, workspace.root / "after")  # after the top-up
+    _, stderr = after.communicate(timeout=120)
+    assert after.returncode == 0, stderr
+    assert len(fake.paid) == 30 and set(fake.paid.values()) == {1}  # nothing paid twice

@@ -160,7 +160,9 @@ async def test_a_402_while_another_attempt_is_being_recorded_sends_nothing_more(
     assert [s.kind for s in report.stops] == ["payment"]
     assert await states(store) == {"00": "pending", "01": "pending"}
     assert await outcomes(store, specs[0].key) == [("payment", False)]
-    assert await outcomes(store, specs[1].key) == [("not_sent", False)]
+    # Either its record went in before the stop and says it was not sent, or the store
+    # already knew of the stop (`stop_provider`) and refused to record it at all.
+    assert await outcomes(store, specs[1].key) in ([("not_sent", False)], [])
 
 
 async def test_a_limit_reached_with_retries_waiting_lets_admitted_jobs_finish() -> None:

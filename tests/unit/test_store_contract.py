@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runner.errors import LeaseLost
+from runner.errors import LeaseLost, StopNotice, StoppedElsewhere
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     AttemptRecord,
@@ -209,6 +209,7 @@ async def test_the_sql_store_on_postgresql_answers_as_on_sqlite_and_fences_sends
     for step in expected:
         assert got[step] == expected[step], step
     await fencing(await pg_store(tmp_path))
+    await stopping(await pg_store(tmp_path))
 
 
 async def fencing(store: Store) -> None:
@@ -232,5 +233,35 @@ async def fencing(store: Store) -> None:
         await store.fail(key, "other", "bad input", FailureKind.INPUT)
         with pytest.raises(LeaseLost):  # a finished job is nobody's to send
             await store.begin_attempt(key, "other", "p", "m")
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("make", [sql_store, memory_store])
+async def test_a_provider_stopped_by_one_runner_is_stopped_for_all(
+    make: Callable[[Path], Any], tmp_path: Path
+) -> None:
+    await stopping(await make(tmp_path))
+
+
+async def stopping(store: Store) -> None:
+    """A manifest of its own, so that it can follow `scenario` on one database."""
+    jobs = [spec(7), spec(8, provider="q")]
+    try:
+        await store.sync_manifest("stops", jobs)
+        await store.start_run(RunInfo("first", "stops", "host", 1, "tag"))
+        await store.start_run(RunInfo("second", "stops", "host", 2, "tag"))
+        (held,) = await store.claim_many("stops", "p", "second", LEASE, 1)
+        await store.stop_provider(StopNotice("p", "payment", f"HTTP 402: top up {KEY}", 3), "first")
+        await store.stop_provider(StopNotice("p", "payment", "a later 402", 3), "second")
+        with pytest.raises(StoppedElsewhere) as stopped:
+            await store.begin_attempt(held.spec.key, "second", "p", "m", lease_until=LEASE)
+        notice = stopped.value.notice
+        assert (notice.provider, notice.kind, notice.exit_code) == ("p", "payment", 3)
+        assert KEY not in notice.message and "top up" in notice.message  # the first reason
+        (other,) = await store.claim_many("stops", "q", "second", LEASE, 1)
+        await store.begin_attempt(other.spec.key, "second", "q", "m")  # another provider
+        await store.clear_provider_stops(["p"])  # a run starts after the top-up
+        await store.begin_attempt(held.spec.key, "second", "p", "m", lease_until=LEASE)
     finally:
         await store.close()

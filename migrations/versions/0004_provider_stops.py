@@ -1,0 +1,33 @@
+"""Fleet-wide provider stops: a 402 or a rejected key seen by one runner stops them all
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-04 00:20:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "provider_stops",
+        sa.Column("provider", sa.String(200), primary_key=True),
+        sa.Column("kind", sa.String(20), nullable=False),
+        sa.Column("message", sa.Text(), nullable=False),
+        sa.Column("exit_code", sa.Integer(), nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("stopped_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("provider", name=op.f("pk_provider_stops")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("provider_stops")
