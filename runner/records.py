@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -229,6 +229,37 @@ class Summary:
     # recorded count as "unknown".
     failed_by_kind: Mapping[str, int] = field(default_factory=dict)
     never_run: bool = False  # no database yet: the counts are the manifest's jobs, all pending
+    # The runners on this manifest: unfinished runs (live, or silent: no heartbeat for a
+    # while, likely gone) and runs found dead whose jobs were taken back. See `fleet_entry`.
+    fleet: Sequence[Mapping[str, Any]] = ()
+
+
+# A runner whose last heartbeat is older than this is shown as silent (likely gone; its
+# jobs go to other runners when their leases lapse).
+SILENT_AFTER_S = 300.0
+DIED = "the process died without finishing"  # runs.stop_reason of a run found dead
+
+
+def fleet_entry(
+    run_id: str,
+    host: str,
+    pid: int,
+    heartbeat_age_s: float,
+    jobs_in_hand: int,
+    in_flight: Mapping[str, int],
+    ended: bool,
+) -> dict[str, Any]:
+    """One runner as `status` shows it (the same from every store)."""
+    state = "reclaimed" if ended else ("silent" if heartbeat_age_s > SILENT_AFTER_S else "live")
+    return {
+        "run_id": run_id,
+        "host": host,
+        "pid": pid,
+        "state": state,
+        "heartbeat_age_s": round(heartbeat_age_s, 1),
+        "jobs_in_hand": jobs_in_hand,
+        "in_flight": dict(sorted(in_flight.items())),
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,9 +61,18 @@ async def status(path: Path, options: Options) -> Summary:
         return Summary(counts=counts, totals=Totals(), never_run=True)
     async with opened(parsed, options) as session:
         summary = await session.store.summary(session.id)
+    fleet = [_on_this_host(entry) for entry in summary.fleet]
     if summary.last_run is None:
-        return summary
-    return replace(summary, last_run={**summary.last_run, "state": _run_state(summary.last_run)})
+        return replace(summary, fleet=fleet)
+    last_run = {**summary.last_run, "state": _run_state(summary.last_run)}
+    return replace(summary, last_run=last_run, fleet=fleet)
+
+
+def _on_this_host(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A runner of this host whose process is gone is dead, whatever its last heartbeat
+    says (the next run here takes its jobs back at once)."""
+    mine = entry["host"] == procs.hostname() and entry["state"] in ("live", "silent")
+    return {**entry, "state": "dead"} if mine and not procs.pid_alive(entry["pid"]) else entry
 
 
 def _run_state(run: Mapping[str, Any]) -> str:

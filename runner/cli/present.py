@@ -46,6 +46,7 @@ def status_document(summary: Summary) -> dict[str, Any]:
         },
         "failed_by_kind": dict(summary.failed_by_kind),
         "never_run": summary.never_run,
+        "fleet": [dict(entry) for entry in summary.fleet],
     }
 
 
@@ -93,12 +94,31 @@ def summary_table(summary: Summary) -> Table:
         table.add_row("last run", "never: no database yet (`runner run` makes it)")
     elif last:
         table.add_row("last run", _last_run_text(last))
+    for entry in summary.fleet:
+        table.add_row("runner", _fleet_text(entry))
     for name, account in summary.providers.items():
         table.add_row(f"{name} spend", format_usd(account.cost_usd, 4, fixed=True))
         balance = _balance(account.balance_usd, account.balance_diem, account.balance_after_usd)
         if balance:
             table.add_row(f"{name} balance", f"{balance} (as of {account.balance_seen_at})")
     return table
+
+
+def _fleet_text(entry: Mapping[str, Any]) -> str:
+    """`nightbox pid 81234 (run 5d92a1b3c4): live, heartbeat 3s ago, 12 jobs in hand, 4
+    requests out (comet 4)`."""
+    where = f"{entry['host']} pid {entry['pid']} (run {short_key(entry['run_id'])})"
+    if entry["state"] == "reclaimed":
+        return f"{where}: died; its jobs were taken back"
+    if entry["state"] == "dead":
+        return f"{where}: dead (no such process); the next run takes back its jobs"
+    out = entry["in_flight"]
+    sent = ", ".join(f"{provider} {n}" for provider, n in out.items())
+    requests = f", {sum(out.values())} requests out ({sent})" if out else ", no request out"
+    age = format_duration(entry["heartbeat_age_s"])
+    silent = " (silent: likely gone; its jobs go to others when their leases lapse)"
+    state = "live" if entry["state"] == "live" else "silent" + silent
+    return f"{where}: {state}, heartbeat {age} ago, {entry['jobs_in_hand']} jobs in hand{requests}"
 
 
 def _last_run_text(run: Mapping[str, Any]) -> str:

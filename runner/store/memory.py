@@ -13,12 +13,13 @@ import itertools
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import TYPE_CHECKING
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import LeaseLost, StopNotice, StoppedElsewhere
 from runner.manifest.digests import DigestEntry
 from runner.records import (
+    DIED,
     AttemptRecord,
     ExportRow,
     FailureKind,
@@ -30,6 +31,7 @@ from runner.records import (
     ProviderAccount,
     Summary,
     Totals,
+    fleet_entry,
     short_key,
 )
 from runner.redact import redact
@@ -206,7 +208,7 @@ class MemoryStore:
         for run_id in ids:
             run = self._t.runs.get(run_id)
             if run is not None:
-                run.ended_at, run.stop_reason = self._now(), "the process died without finishing"
+                run.ended_at, run.stop_reason = self._now(), DIED
         return released
 
     def _release_runs(self, ids: Sequence[str]) -> int:
@@ -432,7 +434,41 @@ class MemoryStore:
             _run_dict(last) if last else None,
             self._accounts(attempts),
             kinds,
+            fleet=self._fleet(runs),
         )
+
+    def _fleet(self, runs: Sequence[_RunRow]) -> list[dict[str, Any]]:
+        now = self._now()
+        shown = [
+            run
+            for run in sorted(runs, key=lambda r: (r.started_at, r.info.id))
+            if run.ended_at is None
+            or (run.stop_reason == DIED and run.ended_at > now - timedelta(days=1))
+        ]
+        entries = []
+        for run in shown:
+            held = sum(
+                1
+                for row in self._t.jobs.values()
+                if row.lease_owner == run.info.id and row.status == _RUNNING
+            )
+            out: dict[str, int] = {}
+            for a in self._t.attempts.values():
+                if a.run_id == run.info.id and a.outcome == Outcome.IN_FLIGHT.value:
+                    out[a.provider] = out.get(a.provider, 0) + 1
+            age = (now - run.heartbeat_at).total_seconds()
+            entries.append(
+                fleet_entry(
+                    run.info.id,
+                    run.info.host,
+                    run.info.pid,
+                    age,
+                    held,
+                    out,
+                    run.ended_at is not None,
+                )
+            )
+        return entries
 
     def _accounts(self, attempts: Sequence[_AttemptRow]) -> dict[str, ProviderAccount]:
         """Per provider profile: what these jobs cost, and the latest balance any answer

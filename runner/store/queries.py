@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from runner.records import ExportRow, JobState, Outcome, ProviderAccount, Summary, Totals
+from runner.records import (
+    DIED,
+    ExportRow,
+    JobState,
+    Outcome,
+    ProviderAccount,
+    Summary,
+    Totals,
+    fleet_entry,
+)
 from runner.store import tables as t
 
 
@@ -45,7 +55,7 @@ def _usage_by_job() -> Any:
     )
 
 
-async def summary(conn: AsyncConnection, manifest: str) -> Summary:
+async def summary(conn: AsyncConnection, manifest: str, now: datetime) -> Summary:
     counts = {state.value: 0 for state in JobState}
     rows = await conn.execute(
         select(t.jobs.c.status, func.count()).where(in_manifest(manifest)).group_by(t.jobs.c.status)
@@ -83,7 +93,60 @@ async def summary(conn: AsyncConnection, manifest: str) -> Summary:
         _run_dict(last) if last else None,
         await _accounts(conn, manifest),
         {str(kind or "unknown"): int(n) for kind, n in kinds},
+        fleet=await _fleet(conn, manifest, now),
     )
+
+
+# Runs found dead are listed for a day after they were.
+_RECLAIMED_SHOWN_FOR = timedelta(days=1)
+
+
+async def _fleet(conn: AsyncConnection, manifest: str, now: datetime) -> list[dict[str, Any]]:
+    r = t.runs.c
+    runs = (
+        await conn.execute(
+            select(r.id, r.host, r.pid, r.heartbeat_at, r.ended_at)
+            .where(
+                r.manifest == manifest,
+                or_(
+                    r.ended_at.is_(None),
+                    and_(r.stop_reason == DIED, r.ended_at > now - _RECLAIMED_SHOWN_FOR),
+                ),
+            )
+            .order_by(r.started_at, r.id)
+        )
+    ).all()
+    if not runs:
+        return []
+    ids = [run.id for run in runs]
+    held = {
+        str(owner): int(count)
+        for owner, count in await conn.execute(
+            select(t.jobs.c.lease_owner, func.count())
+            .where(t.jobs.c.lease_owner.in_(ids), t.jobs.c.status == JobState.RUNNING.value)
+            .group_by(t.jobs.c.lease_owner)
+        )
+    }
+    a = t.attempts.c
+    out: dict[str, dict[str, int]] = {}
+    for run_id, provider, count in await conn.execute(
+        select(a.run_id, a.provider, func.count())
+        .where(a.run_id.in_(ids), a.outcome == Outcome.IN_FLIGHT.value)
+        .group_by(a.run_id, a.provider)
+    ):
+        out.setdefault(run_id, {})[provider] = int(count)
+    return [
+        fleet_entry(
+            run.id,
+            run.host,
+            run.pid,
+            (now - run.heartbeat_at).total_seconds(),
+            int(held.get(run.id, 0)),
+            out.get(run.id, {}),
+            run.ended_at is not None,
+        )
+        for run in runs
+    ]
 
 
 async def _accounts(conn: AsyncConnection, manifest: str) -> dict[str, ProviderAccount]:

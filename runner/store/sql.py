@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from runner.errors import LeaseLost, RunnerError, StopNotice, StoppedElsewhere
 from runner.manifest.digests import DigestEntry
 from runner.records import (
+    DIED,
     AttemptRecord,
     ExportRow,
     FailureKind,
@@ -274,7 +275,7 @@ class SqlStore:
             await conn.execute(
                 update(t.runs)
                 .where(t.runs.c.id.in_(ids))
-                .values(ended_at=self._now(), stop_reason="the process died without finishing")
+                .values(ended_at=self._now(), stop_reason=DIED)
             )
             return released
 
@@ -639,7 +640,7 @@ class SqlStore:
 
     # -- reading ------------------------------------------------------------------------
     async def summary(self, manifest: str) -> Summary:
-        return await self._db.run(lambda conn: queries.summary(conn, manifest))
+        return await self._db.run(lambda conn: queries.summary(conn, manifest, self._now()))
 
     async def export_rows(self, manifest: str) -> Sequence[ExportRow]:
         return await self._db.run(lambda conn: queries.export_rows(conn, manifest))

@@ -246,13 +246,20 @@ async def test_status_tells_a_running_run_from_a_dead_one(
                                       procs.process_tag(other.pid) if alive else "pid:0"))  # fmt: skip
         await store.close()
         shown = await anyio.to_thread.run_sync(lambda: runner("status", manifest))
+        as_json = await anyio.to_thread.run_sync(lambda: runner("status", manifest, "--json"))
     finally:
         other.kill()
         other.wait()
+    (seen,) = json.loads(as_json.stdout)["fleet"]
+    assert (seen["run_id"], seen["pid"]) == ("r1", other.pid)
+    assert seen["state"] == ("live" if alive else "dead")
+    assert seen["jobs_in_hand"] == 0 and seen["in_flight"] == {}
     if alive:
         assert "running now (since " in shown.stdout and f"pid {other.pid}" in shown.stdout
+        assert f"pid {other.pid} (run r1): live, heartbeat" in shown.stdout
     else:
         assert "died without finishing" in shown.stdout
+        assert f"pid {other.pid} (run r1): dead (no such process)" in shown.stdout
     assert "still running (or killed)" not in shown.stdout
 
 

@@ -37,9 +37,22 @@ def test_three_runners_started_at_once_on_a_fresh_database_share_the_work(
 ) -> None:
     jobs = [{"image": workspace.image(f"f{i}.png"), "prompt": f"edit {i}"} for i in range(12)]
     manifest = workspace.manifest(jobs, profile={"concurrency": 2})
-    fake.latency = 0.3
+    fake.latency = 1.0
 
     runners = [start(manifest, pg_database, workspace.root / f"host{i}") for i in range(3)]
+    seen: list[dict[str, object]] = []
+
+    def three_at_work() -> bool:  # `status --json` lists each runner with its requests out
+        status = subprocess.run(
+            [sys.executable, "-m", "runner", "status", str(manifest), "--db", pg_database,
+             "--json"], capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if status.returncode == 0:
+            seen[:] = json.loads(status.stdout)["fleet"]
+        return sum(1 for r in seen if r["state"] == "live" and r["in_flight"]) == 3
+
+    wait_for(three_at_work, timeout=60)
+    assert {r["pid"] for r in seen} == {r.pid for r in runners}
     results = [(r.wait(timeout=120), *r.communicate()) for r in runners]
 
     for code, _, stderr in results:
