@@ -7,6 +7,7 @@
      ├── Stopped                the run is stopping: put the job back, untouched
      ├── LeaseLost              the job is another runner's now: do not send it, touch nothing
      ├── StoppedElsewhere       another runner's 402 (or rejected key) stops this one too
+     ├── ProviderBusy           the fleet's requests out reach the provider's concurrency
      ├── StoreError             the database could not be opened, read or written: exit 75
      │    ├── MissingDriver     the URL needs a driver this install lacks: exit 2
      │    ├── NewerSchema       the database was made by a newer runner: exit 2
@@ -150,6 +151,11 @@ class StoppedElsewhere(RunnerError):
     def __init__(self, notice: StopNotice) -> None:
         self.notice = notice
         super().__init__(notice.message)
+
+
+class ProviderBusy(RunnerError):
+    """The provider's `concurrency` is used up by the runners on this database together:
+    wait a moment, then ask again."""
 
 
 class LeaseLost(RunnerError):

@@ -1,4 +1,5 @@
-"""Fleet-wide provider stops: a 402 or a rejected key seen by one runner stops them all
+"""Fleet-wide provider stops (a 402 or a rejected key seen by one runner stops them all),
+and an index to count the requests out per provider (a fleet-wide concurrency)
 
 Revision ID: 0004
 Revises: 0003
@@ -27,7 +28,9 @@ def upgrade() -> None:
         sa.Column("stopped_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("provider", name=op.f("pk_provider_stops")),
     )
+    op.create_index("ix_attempts_outcome_provider", "attempts", ["outcome", "provider"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_attempts_outcome_provider", table_name="attempts")
     op.drop_table("provider_stops")

@@ -24,6 +24,7 @@ from runner.errors import (
     AuthRejected,
     NotDelivered,
     PaymentRequired,
+    ProviderBusy,
     ProviderDown,
     ProviderError,
     ProviderStop,
@@ -48,6 +49,9 @@ from runner.settings import RunSettings
 from runner.store.protocol import AttemptTicket, Store
 
 log = logging.getLogger("runner")
+# How long a request waits before asking again when the runners on one database already
+# have the provider's `concurrency` requests out between them.
+FLEET_BUSY_WAIT_S = 0.05
 
 
 @dataclass(slots=True)
@@ -116,23 +120,8 @@ class Attempts:
         if refused is not None:
             self._close_intake("limit", refused)
             raise Stopped(refused)
-        await gate.wait_turn()
+        ticket = await self._begin(spec, gate)
         sending.attempts += 1
-        # On disk before the request leaves: a provider bills what it received even if we
-        # die a millisecond later, and the record must say the attempt may have been paid.
-        try:
-            # Fenced: only while the job is still ours, and its lease runs on while the
-            # request is out (LeaseLost: another runner has it; nothing is sent).
-            ticket = await self._store.begin_attempt(
-                spec.key, self._owner, spec.provider, spec.model, lease_until=self._lease_until()
-            )
-        except StoppedElsewhere as exc:  # another runner's 402 (or rejected key)
-            gate.answered()
-            self._stop(gate, _stop_from(exc.notice))
-            raise Stopped(f"{gate.name} stopped by another runner: {exc.notice.message}") from None
-        except BaseException:
-            gate.answered()
-            raise
         if gate.stopped:  # a 402 arrived for another job while this was being recorded
             gate.answered()
             await self._store.finish_attempt(
@@ -184,6 +173,38 @@ class Attempts:
             facts=result.facts,
         )
         return result, ticket, record
+
+    async def _begin(self, spec: JobSpec, gate: ProviderGate) -> AttemptTicket:
+        """The attempt on disk before the request leaves: a provider bills what it received
+        even if we die a millisecond later, and the record must say it may have been paid.
+
+        Fenced: only while the job is still ours, its lease running on while the request is
+        out (LeaseLost: another runner has it), while no runner has stopped the provider
+        (StoppedElsewhere), and while all runners together have fewer than its
+        `concurrency` requests out (else wait a moment and ask again)."""
+        while True:
+            await gate.wait_turn()
+            try:
+                return await self._store.begin_attempt(
+                    spec.key,
+                    self._owner,
+                    spec.provider,
+                    spec.model,
+                    lease_until=self._lease_until(),
+                    in_flight_limit=self._concurrency.get(spec.provider),
+                )
+            except ProviderBusy:
+                gate.answered()
+                await gate.sleep(FLEET_BUSY_WAIT_S)
+            except StoppedElsewhere as exc:  # another runner's 402 (or rejected key)
+                gate.answered()
+                self._stop(gate, _stop_from(exc.notice))
+                raise Stopped(
+                    f"{gate.name} stopped by another runner: {exc.notice.message}"
+                ) from None
+            except BaseException:
+                gate.answered()
+                raise
 
     async def _share_stop(self, gate: ProviderGate, exc: ProviderStop) -> None:
         """The account is out of money (or the key refused): every runner on this database

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from runner.errors import LeaseLost, StopNotice, StoppedElsewhere
+from runner.errors import LeaseLost, ProviderBusy, StopNotice, StoppedElsewhere
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     DIED,
@@ -290,9 +290,12 @@ class MemoryStore:
         model: str,
         *,
         lease_until: datetime | None = None,
+        in_flight_limit: int | None = None,
     ) -> AttemptTicket:
         if (stop := self._t.stops.get(provider)) is not None:
             raise StoppedElsewhere(stop)
+        if in_flight_limit is not None and self._out_now(provider) >= in_flight_limit:
+            raise ProviderBusy(f"{provider}: {in_flight_limit} requests out across runners")
         row = self._t.jobs.get(key)
         lease = row.lease_expires_at if row is not None else None
         if (
@@ -309,6 +312,23 @@ class MemoryStore:
             attempt_id, key, owner, provider, model, started_at=self._now()
         )
         return _Ticket(attempt_id)
+
+    def _out_now(self, provider: str) -> int:
+        now = self._now()
+        count = 0
+        for a in self._t.attempts.values():
+            job = self._t.jobs.get(a.job_key)
+            if (
+                a.provider == provider
+                and a.outcome == Outcome.IN_FLIGHT.value
+                and job is not None
+                and job.lease_owner == a.run_id
+                and job.status == _RUNNING
+                and job.lease_expires_at is not None
+                and job.lease_expires_at > now
+            ):
+                count += 1
+        return count
 
     async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
         self._t.stops.setdefault(

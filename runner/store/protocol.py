@@ -103,6 +103,7 @@ class Store(Protocol):
         model: str,
         *,
         lease_until: datetime | None = None,
+        in_flight_limit: int | None = None,
     ) -> AttemptTicket:
         """Record an `in_flight` attempt; returns once it is committed, so that a request sent
         afterwards is on record even if the runner dies before the answer.
@@ -112,7 +113,8 @@ class Store(Protocol):
         same transaction, so no other runner can take the job while the request is out).
         Else LeaseLost, and nothing is written: a runner paused past its lease never pays
         for a job another runner has taken. StoppedElsewhere when any runner has stopped
-        this provider (`stop_provider`)."""
+        this provider (`stop_provider`). With `in_flight_limit`, ProviderBusy when every
+        runner's requests out to this provider, together, already reach it."""
         ...
 
     async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None: ...

@@ -17,10 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from runner.errors import LeaseLost, RunnerError, StopNotice, StoppedElsewhere
+from runner.errors import LeaseLost, ProviderBusy, RunnerError, StopNotice, StoppedElsewhere
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     DIED,
@@ -60,6 +60,9 @@ def _spec_row(spec: JobSpec) -> dict[str, Any]:
         "output_name": spec.output_name,
         "manifest_entry": spec.entry,
     }
+
+
+BUSY = "busy"  # begin_attempt's answer when the fleet's requests out reach the limit
 
 
 def _insert_new(conn: AsyncConnection, table: Table) -> Any:
@@ -412,6 +415,7 @@ class SqlStore:
         model: str,
         *,
         lease_until: datetime | None = None,
+        in_flight_limit: int | None = None,
     ) -> AttemptTicket:
         now = self._now()
         j = t.jobs.c
@@ -437,11 +441,36 @@ class SqlStore:
         )
 
         stopped = select(t.provider_stops).where(t.provider_stops.c.provider == provider)
+        a = t.attempts.c
+        # Requests out to this provider from every runner; a dead runner's stop counting
+        # when its leases lapse.
+        out_now = (
+            select(func.count())
+            .select_from(t.attempts.join(t.jobs, j.key == a.job_key))
+            .where(
+                a.provider == provider,
+                a.outcome == Outcome.IN_FLIGHT.value,
+                j.lease_owner == a.run_id,
+                j.status == _RUNNING,
+                j.lease_expires_at > now,
+            )
+        )
 
-        async def write(conn: AsyncConnection) -> int | StopNotice | None:
+        async def write(conn: AsyncConnection) -> int | StopNotice | str | None:
             # Errors are returned, not raised: a raise would roll back the whole batch.
             if (stop := (await conn.execute(stopped)).first()) is not None:
                 return StopNotice(stop.provider, stop.kind, stop.message, stop.exit_code)
+            if in_flight_limit is not None:
+                # One count at a time per provider across runners (PostgreSQL runs their
+                # transactions side by side; SQLite's write lock already does this). A try,
+                # not a wait: this transaction may hold row locks another one waits for.
+                if conn.dialect.name == "postgresql" and not await conn.scalar(
+                    text("SELECT pg_try_advisory_xact_lock(hashtext(:name))"),
+                    {"name": f"runner in flight: {provider}"},
+                ):
+                    return BUSY
+                if (await conn.scalar(out_now) or 0) >= in_flight_limit:
+                    return BUSY
             if (await conn.execute(fence)).rowcount != 1:
                 return None  # not ours (any more)
             (attempt_id,) = (await conn.execute(statement)).inserted_primary_key or (None,)
@@ -452,6 +481,8 @@ class SqlStore:
         answer = await self._db.run(write)
         if isinstance(answer, StopNotice):
             raise StoppedElsewhere(answer)
+        if isinstance(answer, str):  # BUSY
+            raise ProviderBusy(f"{provider}: {in_flight_limit} requests out across runners")
         if answer is None:
             raise LeaseLost(f"job {short_key(key)} is no longer held by this run; not sent")
         return _Ticket(answer)

@@ -147,6 +147,8 @@ attempts = Table(
     Column("served_model", String(200)),
 )
 Index("ix_attempts_job_key", attempts.c.job_key)
+# Requests out per provider, counted before each request (a fleet-wide concurrency).
+Index("ix_attempts_outcome_provider", attempts.c.outcome, attempts.c.provider)
 
 outputs = Table(
     "outputs",

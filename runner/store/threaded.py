@@ -132,10 +132,16 @@ class ThreadedStore:
         model: str,
         *,
         lease_until: datetime | None = None,
+        in_flight_limit: int | None = None,
     ) -> AttemptTicket:
         async def begin() -> AttemptTicket:
             return await self._inner.begin_attempt(
-                key, owner, provider, model, lease_until=lease_until
+                key,
+                owner,
+                provider,
+                model,
+                lease_until=lease_until,
+                in_flight_limit=in_flight_limit,
             )
 
         return await self._loop.call(begin)

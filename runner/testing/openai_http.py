@@ -172,6 +172,7 @@ class OpenAIHandler(BaseHandler):
         delay = max(0.0, provider.latency - spent) + (
             SLOW_EXTRA_SECONDS if fault == "slow" else 0.0
         )
+        provider._flight(+1)
         try:
             if provider._sleep(delay):
                 self.close_connection = True
@@ -190,6 +191,7 @@ class OpenAIHandler(BaseHandler):
                 assert image is not None and prompt is not None  # no problem implies both
                 self._reply_success(fault, request_id, image, image_digest, mask, prompt, n, record)
         finally:
+            provider._flight(-1)
             if reserved:
                 # Only a bug gets here; its reservation must not block later edits.
                 provider._record(

@@ -99,6 +99,8 @@ class FakeBase(Generic[Recorded]):
         self._paid: collections.Counter[str] = collections.Counter()
         self._received: collections.Counter[str] = collections.Counter()
         self._requests: collections.deque[Recorded] = collections.deque(maxlen=MAX_RECORDED)
+        self._in_flight = 0  # requests between a whole upload and the end of their reply
+        self._in_flight_peak = 0
 
     # ---------------------------------------------------------------- counters
 
@@ -123,6 +125,18 @@ class FakeBase(Generic[Recorded]):
             return collections.Counter(self._received)
 
     @property
+    def in_flight_peak(self) -> int:
+        """The most requests this fake was working on at once: what a concurrency limit
+        (one runner's, or a whole fleet's) must keep under."""
+        with self._lock:
+            return self._in_flight_peak
+
+    def _flight(self, change: int) -> None:
+        with self._lock:
+            self._in_flight += change
+            self._in_flight_peak = max(self._in_flight_peak, self._in_flight)
+
+    @property
     def requests(self) -> list[Recorded]:
         with self._lock:
             return list(self._requests)
@@ -134,6 +148,7 @@ class FakeBase(Generic[Recorded]):
         self._paid.clear()
         self._received.clear()
         self._requests.clear()
+        self._in_flight_peak = self._in_flight
 
     def _count_request(self) -> int:
         with self._lock:

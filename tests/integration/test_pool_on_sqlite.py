@@ -48,9 +48,9 @@ class StoppingStore(SqlStore):
     gate: ProviderGate
 
     async def begin_attempt(
-        self, key: str, owner: str, provider: str, model: str, *, lease_until: Any = None
+        self, key: str, owner: str, provider: str, model: str, **fences: Any
     ) -> AttemptTicket:
-        ticket = await super().begin_attempt(key, owner, provider, model, lease_until=lease_until)
+        ticket = await super().begin_attempt(key, owner, provider, model, **fences)
         self.gate.stop(StopNotice("p", "payment", "HTTP 402: elsewhere", 3))
         return ticket
 

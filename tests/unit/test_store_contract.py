@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runner.errors import LeaseLost, StopNotice, StoppedElsewhere
+from runner.errors import LeaseLost, ProviderBusy, StopNotice, StoppedElsewhere
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     AttemptRecord,
@@ -210,6 +210,7 @@ async def test_the_sql_store_on_postgresql_answers_as_on_sqlite_and_fences_sends
         assert got[step] == expected[step], step
     await fencing(await pg_store(tmp_path))
     await stopping(await pg_store(tmp_path))
+    await concurrency(await pg_store(tmp_path))
 
 
 async def fencing(store: Store) -> None:
@@ -263,5 +264,34 @@ async def stopping(store: Store) -> None:
         await store.begin_attempt(other.spec.key, "second", "q", "m")  # another provider
         await store.clear_provider_stops(["p"])  # a run starts after the top-up
         await store.begin_attempt(held.spec.key, "second", "p", "m", lease_until=LEASE)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("make", [sql_store, memory_store])
+async def test_the_concurrency_holds_for_every_runner_together(
+    make: Callable[[Path], Any], tmp_path: Path
+) -> None:
+    await concurrency(await make(tmp_path))
+
+
+async def concurrency(store: Store) -> None:
+    """A manifest of its own, so that it can follow `scenario` on one database."""
+    jobs = [spec(n, provider="z") for n in (20, 21, 22)]
+    try:
+        await store.sync_manifest("busy", jobs)
+        for owner in ("a", "b"):
+            await store.start_run(RunInfo(owner, "busy", "host", 1, "tag"))
+        (first,) = await store.claim_many("busy", "z", "a", LEASE, 1)
+        (second,) = await store.claim_many("busy", "z", "b", LEASE, 1)
+        one = await store.begin_attempt(first.spec.key, "a", "z", "m", in_flight_limit=1)
+        with pytest.raises(ProviderBusy):  # runner b waits for a's request
+            await store.begin_attempt(second.spec.key, "b", "z", "m", in_flight_limit=1)
+        await store.begin_attempt(second.spec.key, "b", "z", "m", in_flight_limit=2)
+        await store.finish_attempt(one, AttemptRecord(Outcome.RETRYABLE))
+        (third,) = await store.claim_many("busy", "z", "a", NOW - timedelta(seconds=1), 1)
+        await store.begin_attempt(third.spec.key, "a", "z", "m", in_flight_limit=2)
+        # a's request on a lapsed lease (a runner gone) no longer holds a place
+        await store.begin_attempt(first.spec.key, "a", "z", "m", in_flight_limit=2)
     finally:
         await store.close()
