@@ -9,7 +9,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.records import JobState
@@ -43,18 +43,14 @@ async def move_jobs(
 
 
 async def set_prices(conn: AsyncConnection, prices: Mapping[str, str]) -> None:
-    """Record the price each job is costed at; finished jobs keep the one they ran at."""
+    """Record the price each pending job will be costed at. Finished jobs keep the one they
+    ran at; running ones are another runner's (priced when it started), and touching their
+    rows here, while that runner's own transactions lock them, could deadlock."""
     if not prices:
         return
     statement = (
         update(t.jobs)
-        .where(
-            t.jobs.c.key == bindparam("job"),
-            # executemany cannot expand IN lists
-            or_(
-                t.jobs.c.status == JobState.PENDING.value, t.jobs.c.status == JobState.RUNNING.value
-            ),
-        )
+        .where(t.jobs.c.key == bindparam("job"), t.jobs.c.status == JobState.PENDING.value)
         .values(price_json=bindparam("price"))
     )
     await conn.execute(statement, [{"job": k, "price": v} for k, v in prices.items()])

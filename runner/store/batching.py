@@ -12,18 +12,31 @@ write cannot overtake it.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
 import anyio
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import RunnerError, StoreError, WriteFailed
 
 T = TypeVar("T")
 Write = Callable[[AsyncConnection], Awaitable[T]]
+
+
+# How many times a batch the database rolled back by itself is run again.
+TRANSIENT_RETRIES = 3
+# PostgreSQL's SQLSTATEs for "try the transaction again": serialization failure, deadlock.
+_RETRY_STATES = frozenset({"40001", "40P01"})
+
+
+def _transient(exc: Exception) -> bool:
+    cause = getattr(exc, "orig", None)
+    state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return isinstance(exc, DBAPIError) and state in _RETRY_STATES
 
 
 def _translated(exc: Exception) -> Exception:
@@ -85,9 +98,18 @@ class GroupCommit:
         batch, self._queue = self._queue, []
         current: Pending[Any] | None = None
         try:
-            async with self._begin() as conn:
-                for current in batch:
-                    current.result = await current.write(conn)
+            for tries_left in range(TRANSIENT_RETRIES, -1, -1):
+                try:
+                    async with self._begin() as conn:
+                        for current in batch:
+                            current.result = await current.write(conn)
+                    break
+                except Exception as exc:
+                    # The database undid the whole transaction to break a deadlock between
+                    # runners (or a serialization conflict): run it again, from the start.
+                    if not tries_left or not _transient(exc):
+                        raise
+                    await anyio.sleep(random.uniform(0.005, 0.05))
         except Exception as exc:
             # The write that failed gets its own error; the others learn that theirs was
             # rolled back with it.

@@ -4,6 +4,7 @@ pay for each once. Skips where no PostgreSQL server answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -21,12 +23,12 @@ from runner.testing import FakeProvider
 pytestmark = pytest.mark.slow
 
 
-def start(manifest: Path, db: str, folder: Path) -> subprocess.Popen[str]:
+def start(manifest: Path, db: str, folder: Path, *flags: str) -> subprocess.Popen[str]:
     """A runner in a working folder of its own, sharing only the database URL."""
     folder.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [sys.executable, "-m", "runner", "run", str(manifest), "--db", db,
-         "--log-format", "plain"],
+         "--log-format", "plain", *flags],
         env={**os.environ, KEY_ENV: API_KEY, "RUNNER_DB": ""}, cwd=folder,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -143,3 +145,50 @@ def test_a_402_to_one_runner_stops_all_three_and_a_run_after_top_up_finishes(
     _, stderr = after.communicate(timeout=120)
     assert after.returncode == 0, stderr
     assert len(fake.paid) == 30 and set(fake.paid.values()) == {1}  # nothing paid twice
+
+
+def test_a_runner_killed_mid_run_has_its_jobs_taken_over_within_a_lease(
+    workspace: Workspace, fake: FakeProvider, pg_database: str
+) -> None:
+    jobs = [{"image": workspace.image(f"k{i}.png"), "prompt": f"edit {i}"} for i in range(24)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 4})
+    fake.latency = 0.3
+    lease = 3.0
+    runners = [
+        start(manifest, pg_database, workspace.root / f"k{i}", "--lease", str(lease))
+        for i in range(3)
+    ]
+    wait_for(lambda: sum(fake.paid.values()) >= 4)
+    runners[0].kill()  # kill -9: no chance to put anything back
+    killed_at = time.time()
+    runners[0].communicate()
+    survivors = [(r.wait(timeout=120), *r.communicate()) for r in runners[1:]]
+
+    for code, _, stderr in survivors:
+        assert code == 0, stderr
+    export = subprocess.run(
+        [sys.executable, "-m", "runner", "export", str(manifest), "--db", pg_database],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in export.stdout.splitlines()]
+    assert [row["status"] for row in rows] == ["succeeded"] * 24
+    assert all(len(row["outputs"]) == 1 for row in rows)
+    twice = [n for n in fake.paid.values() if n > 1]
+    assert len(fake.paid) == 24 and len(twice) <= 4 and max(fake.paid.values()) <= 2
+    assert fake.in_flight_peak <= 4  # the fleet kept the profile's concurrency
+
+    async def taken_over_after() -> float:
+        import asyncpg
+
+        connection = await asyncpg.connect(pg_database.replace("postgresql://", "postgres://"))
+        try:  # the first re-send of a job the killed runner had out
+            started = await connection.fetchval(
+                "SELECT min(b.started_at) FROM attempts a JOIN attempts b "
+                "ON b.job_key = a.job_key AND b.id > a.id WHERE a.outcome = 'abandoned'"
+            )
+        finally:
+            await connection.close()
+        return float(started.replace(tzinfo=UTC).timestamp() - killed_at) if started else 0.0
+
+    delay = asyncio.run(taken_over_after())
+    assert delay <= lease + 2.0, delay  # within a lease (and a claim poll)
