@@ -173,7 +173,7 @@ class MemoryStore:
     async def set_prices(self, prices: Mapping[str, str]) -> None:
         for key, price in prices.items():
             row = self._t.jobs.get(key)
-            if row is not None and row.status in (_PENDING, _RUNNING):
+            if row is not None and row.status == _PENDING:  # as `admin.set_prices`
                 row.price_json = price
 
     async def load_catalogue(self, source_url: str) -> tuple[datetime, str] | None:
