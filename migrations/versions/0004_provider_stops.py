@@ -1,5 +1,6 @@
 """Fleet-wide provider stops (a 402 or a rejected key seen by one runner stops them all),
-and an index to count the requests out per provider (a fleet-wide concurrency)
+an index to count the requests out per provider (a fleet-wide concurrency), and each run's
+budget reservations (a fleet-wide --max-cost)
 
 Revision ID: 0004
 Revises: 0003
@@ -29,8 +30,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("provider", name=op.f("pk_provider_stops")),
     )
     op.create_index("ix_attempts_outcome_provider", "attempts", ["outcome", "provider"])
+    op.create_index("ix_attempts_run_id", "attempts", ["run_id"])
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(
+            sa.Column("reserved_usd", sa.Float(), nullable=False, server_default="0")
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_column("reserved_usd")
+    op.drop_index("ix_attempts_run_id", table_name="attempts")
     op.drop_index("ix_attempts_outcome_provider", table_name="attempts")
     op.drop_table("provider_stops")

@@ -61,6 +61,11 @@ class LimitGuard:
         self._reserved += estimate or 0.0
         return None
 
+    def unadmit(self, estimate: float | None) -> None:
+        """`admit` said yes, but the fleet's shared budget said no: the job did not start."""
+        self.started -= 1
+        self._reserved = max(0.0, self._reserved - (estimate or 0.0))
+
     def resend_refused(self) -> str | None:
         """Before a job's next request: None, or why it may not go (its earlier requests
         were paid without a usable answer, and another could cross the budget)."""

@@ -259,31 +259,79 @@ class Pool:
             self.close_intake("limit", reason)
             await self._release(spec)
             return
+        shared = await self._reserve_shared_budget(estimate)
+        if shared is not None:
+            self.close_intake("limit", shared)
+            await self._release(spec)
+            return
         self.report.in_flight += 1
+        handed_on = False  # a paid reply goes on to be written and recorded in the background
         try:
-            await self._send_job(job, request, provider, gate)
+            handed_on = await self._send_job(job, request, provider, gate, estimate)
         finally:
             self.report.in_flight -= 1
             if self._limits is not None:
                 self._limits.settle(estimate)
+                if not handed_on:  # else released once its cost is on record
+                    await self._release_shared_budget(estimate)
+
+    async def _reserve_shared_budget(self, estimate: float | None) -> str | None:
+        """Under --max-cost, the budget is shared by the runs of this manifest that overlap
+        in time (several runners on one database): this job's estimate is reserved in the
+        database, or None comes back with why the run stops here."""
+        cap = self._limits.limits.max_cost_usd if self._limits is not None else None
+        if cap is None or estimate is None or self._limits is None:
+            return None
+        reserved, committed = await self._store.reserve_budget(
+            self._owner, self._manifest, estimate, cap
+        )
+        if reserved:
+            return None
+        self._limits.unadmit(estimate)
+        return (
+            f"--max-cost ${cap:.2f} across runners: ${committed:.4f} spent or committed by "
+            f"the runs sharing it, and the next job may cost ${estimate:.4f}"
+        )
+
+    def _shared_reservation(self, estimate: float | None) -> float:
+        """What this job holds of the shared budget (nothing without --max-cost)."""
+        if estimate is None or self._limits is None or self._limits.limits.max_cost_usd is None:
+            return 0.0
+        return estimate
+
+    async def _release_shared_budget(self, estimate: float | None) -> None:
+        if estimate is None or self._limits is None or self._limits.limits.max_cost_usd is None:
+            return
+        with anyio.CancelScope(shield=True):  # a reservation left behind holds money back
+            try:
+                await self._store.release_budget(self._owner, estimate)
+            except StoreError as exc:
+                log.error("could not release a budget reservation: %s", exc)
 
     async def _send_job(
-        self, job: Job, request: EditRequest, provider: Provider, gate: ProviderGate
-    ) -> None:
+        self,
+        job: Job,
+        request: EditRequest,
+        provider: Provider,
+        gate: ProviderGate,
+        estimate: float | None,
+    ) -> bool:
+        """Send the job with retries; True when a paid reply was handed on to be written
+        and recorded (in the background), False when the job ended here."""
         spec = job.spec
         if (full := self._short_of_space(spec)) is not None:
             self._halt("disk", full)
             await self._release(spec)
-            return
+            return False
         retry = self._settings.retry
         if job.unanswered > retry.max_timeout_resends:
             await self._fail(spec, _unanswered_reason(job.unanswered), FailureKind.UNANSWERED)
-            return
+            return False
         tries = Tries(retry.max_attempts - job.attempts_this_round, job.unanswered)
         if tries.attempts_left <= 0:
             reason = "no attempts left; `runner retry` gives it a new set"
             await self._fail(spec, reason, FailureKind.ATTEMPTS)
-            return
+            return False
         sending = Sending(spec, request, provider, gate)
         for extra_round in range(self._settings.weather_rounds + 1):
             try:
@@ -294,11 +342,11 @@ class Pool:
                     tries = Tries(retry.max_attempts, tries.unanswered, weather=tries.weather)
                     continue
                 await self._gave_up(sending, tries, exc)
-                return
+                return False
             except (Stopped, ProviderStop):
                 # A stop (402, 401, a signal, a limit) was handled when it happened.
                 await self._release(spec)
-                return
+                return False
             except LeaseLost:
                 # Paused past our lease (a sleeping laptop, SIGSTOP): another runner holds
                 # the job now. Nothing was sent; its state is the holder's to change.
@@ -306,13 +354,14 @@ class Pool:
                     "jobs[%d] %s (%s): taken over by another runner; not sent",
                     spec.entry, spec.image.name, short_key(spec.key),
                 )  # fmt: skip
-                return
+                return False
             except PermanentJobError as exc:
                 await self._fail(spec, exc.describe(), FailureKind.REFUSED)
-                return
+                return False
             await self._finishing.acquire()
-            self._background.start_soon(self._finish, spec, result, ticket, record)
-            return
+            self._background.start_soon(self._finish, spec, result, ticket, record, estimate)
+            return True
+        return False
 
     def _weather_not_job(self, sending: Sending, extra_round: int) -> bool:
         """Whether a job that used up its attempts deserves another set in this run: the
@@ -375,23 +424,41 @@ class Pool:
         return sleep
 
     async def _finish(
-        self, spec: JobSpec, result: EditResult, ticket: AttemptTicket, record: AttemptRecord
+        self,
+        spec: JobSpec,
+        result: EditResult,
+        ticket: AttemptTicket,
+        record: AttemptRecord,
+        estimate: float | None,
     ) -> None:
+        # The reservation goes when the cost comes in, in one transaction (`complete`); if
+        # the success is not recorded here, it goes when the job's record is settled.
+        held = self._shared_reservation(estimate)
+        released = False
         try:
-            await self._write_and_complete(spec, result, ticket, record)
+            released = await self._write_and_complete(spec, result, ticket, record, held)
         finally:
             self._finishing.release()
+            if not released:
+                await self._release_shared_budget(estimate)
 
     async def _write_and_complete(
-        self, spec: JobSpec, result: EditResult, ticket: AttemptTicket, record: AttemptRecord
-    ) -> None:
+        self,
+        spec: JobSpec,
+        result: EditResult,
+        ticket: AttemptTicket,
+        record: AttemptRecord,
+        held: float = 0.0,
+    ) -> bool:
+        """Write the outputs and record the success; True if `held` (this job's share of
+        the budget reservation) was released with it."""
         try:
             holds = await self._store.holds(spec.key, self._owner)
         except StoreError:
             holds = True  # unknown: the completion below is fenced all the same
         if not holds:
             await self._keep_as_lost(spec, result, ticket, record)
-            return
+            return False
         try:
             outputs = await anyio.to_thread.run_sync(self._write, spec, result.images)
         except OutputError as exc:
@@ -402,25 +469,28 @@ class Pool:
                 await self._fail(spec, f"output not written: {exc}", FailureKind.OUTPUT)
             except StoreError as store_exc:
                 self._database_failed(store_exc)
-            return
+            return False
         if record.error_message:
             log.warning("jobs[%d] %s (%s): %s", spec.entry, spec.image.name, short_key(spec.key),
                         record.error_message)  # fmt: skip
         try:
-            recorded = await self._store.complete(spec.key, self._owner, ticket, record, outputs)
+            recorded = await self._store.complete(
+                spec.key, self._owner, ticket, record, outputs, release_usd=held
+            )
         except StoreError as exc:
             self._database_failed(exc)  # first: stop paying for replies we cannot record
             self._unrecorded.append(Unrecorded(spec, ticket, record, outputs))
-            return
+            return False
         if not recorded:  # taken over between the check above and now
             log.warning(
                 "jobs[%d] %s (%s): another runner holds this job; this paid reply is on "
                 "record as an attempt, its image left at %s", spec.entry, spec.image.name,
                 short_key(spec.key), ", ".join(str(o.path) for o in outputs),
             )  # fmt: skip
-            return
+            return True
         self.report.succeeded += 1
         log.debug("succeeded %s -> %s", spec.image.name, ", ".join(str(o.path) for o in outputs))
+        return True
 
     async def _keep_as_lost(
         self, spec: JobSpec, result: EditResult, ticket: AttemptTicket, record: AttemptRecord

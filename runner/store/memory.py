@@ -20,6 +20,7 @@ from runner.errors import LeaseLost, ProviderBusy, StopNotice, StoppedElsewhere
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     DIED,
+    SILENT_AFTER_S,
     AttemptRecord,
     ExportRow,
     FailureKind,
@@ -109,6 +110,7 @@ class _RunRow:
     ended_at: datetime | None = None
     exit_code: int | None = None
     stop_reason: str | None = None
+    reserved_usd: float = 0.0  # see `Store.reserve_budget`
 
 
 @dataclass(slots=True)
@@ -330,6 +332,39 @@ class MemoryStore:
                 count += 1
         return count
 
+    async def reserve_budget(
+        self, run_id: str, manifest: str, estimate: float, cap: float
+    ) -> tuple[bool, float]:
+        now = self._now()
+        me = self._t.runs.get(run_id)
+        since = me.started_at if me is not None else now
+        sharing = [
+            run
+            for run in self._t.runs.values()
+            if run.info.manifest == manifest and (run.ended_at is None or run.ended_at >= since)
+        ]
+        ids = {run.info.id for run in sharing}
+        spent = sum(
+            a.record.cost_usd or 0.0
+            for a in self._t.attempts.values()
+            if a.run_id in ids and a.record is not None
+        )
+        alive = now - timedelta(seconds=SILENT_AFTER_S)
+        reserved = sum(
+            run.reserved_usd for run in sharing if run.ended_at is None and run.heartbeat_at > alive
+        )
+        committed = spent + reserved
+        if committed + estimate > cap + 1e-9:
+            return False, committed
+        if me is not None:
+            me.reserved_usd += estimate
+        return True, committed
+
+    async def release_budget(self, run_id: str, estimate: float) -> None:
+        run = self._t.runs.get(run_id)
+        if run is not None:
+            run.reserved_usd = max(run.reserved_usd - estimate, 0.0)
+
     async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
         self._t.stops.setdefault(
             notice.provider, replace(notice, message=redact(notice.message) or "")
@@ -369,7 +404,11 @@ class MemoryStore:
         ticket: AttemptTicket,
         record: AttemptRecord,
         outputs: Sequence[OutputRef],
+        *,
+        release_usd: float = 0.0,
     ) -> bool:
+        if release_usd:
+            await self.release_budget(owner, release_usd)
         return self._complete(key, ticket.id, record, outputs, owner)
 
     async def holds(self, key: str, owner: str) -> bool:

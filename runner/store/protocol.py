@@ -119,6 +119,19 @@ class Store(Protocol):
 
     async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None: ...
 
+    async def reserve_budget(
+        self, run_id: str, manifest: str, estimate: float, cap: float
+    ) -> tuple[bool, float]:
+        """Under --max-cost, before a job is started: reserve its estimate if what the runs
+        of this manifest sharing the budget have spent and reserved, plus it, stays within
+        `cap`. Runs share a budget when their lifetimes overlap this run's. Returns whether
+        it was reserved, and what was committed before it."""
+        ...
+
+    async def release_budget(self, run_id: str, estimate: float) -> None:
+        """The job is over: its reservation goes (its attempts' costs now count instead)."""
+        ...
+
     async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
         """Stop every runner on this database from sending to `notice.provider`: their
         next `begin_attempt` for it raises StoppedElsewhere."""
@@ -130,11 +143,13 @@ class Store(Protocol):
 
     async def complete(
         self, key: str, owner: str, ticket: AttemptTicket, record: AttemptRecord,
-        outputs: Sequence[OutputRef],
+        outputs: Sequence[OutputRef], *, release_usd: float = 0.0,
     ) -> bool:  # fmt: skip
         """Record a paid success. The attempt is always finished (it was paid); the job
         succeeds with these outputs only if `owner` still holds it (True). A runner whose
-        job another runner has taken never records a result over the holder's (False)."""
+        job another runner has taken never records a result over the holder's (False).
+        `release_usd` of `owner`'s budget reservation goes in the same transaction as the
+        cost comes in (see `reserve_budget`), so the two are never both counted, or neither."""
         ...
 
     async def holds(self, key: str, owner: str) -> bool:

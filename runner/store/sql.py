@@ -13,17 +13,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runner.errors import LeaseLost, ProviderBusy, RunnerError, StopNotice, StoppedElsewhere
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     DIED,
+    SILENT_AFTER_S,
     AttemptRecord,
     ExportRow,
     FailureKind,
@@ -487,6 +500,56 @@ class SqlStore:
             raise LeaseLost(f"job {short_key(key)} is no longer held by this run; not sent")
         return _Ticket(answer)
 
+    async def reserve_budget(
+        self, run_id: str, manifest: str, estimate: float, cap: float
+    ) -> tuple[bool, float]:
+        now = self._now()
+        r, a = t.runs.c, t.attempts.c
+
+        async def write(conn: AsyncConnection) -> tuple[bool, float]:
+            if conn.dialect.name == "postgresql":  # one reservation at a time per manifest
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                    {"name": f"runner budget: {manifest}"},
+                )
+            since = await conn.scalar(select(r.started_at).where(r.id == run_id)) or now
+            sharing = select(r.id).where(
+                r.manifest == manifest, or_(r.ended_at.is_(None), r.ended_at >= since)
+            )
+            spent = await conn.scalar(
+                select(func.coalesce(func.sum(a.cost_usd), 0.0)).where(a.run_id.in_(sharing))
+            )
+            # A runner silent this long is gone: its reservations no longer hold money back.
+            alive = now - timedelta(seconds=SILENT_AFTER_S)
+            reserved = await conn.scalar(
+                select(func.coalesce(func.sum(r.reserved_usd), 0.0)).where(
+                    r.id.in_(sharing), r.ended_at.is_(None), r.heartbeat_at > alive
+                )
+            )
+            committed = float(spent or 0.0) + float(reserved or 0.0)
+            if committed + estimate > cap + 1e-9:
+                return False, committed
+            await conn.execute(
+                update(t.runs).where(r.id == run_id).values(reserved_usd=r.reserved_usd + estimate)
+            )
+            return True, committed
+
+        return await self._db.run(write)
+
+    async def release_budget(self, run_id: str, estimate: float) -> None:
+        await self._execute(self._release_statement(run_id, estimate))
+
+    @staticmethod
+    def _release_statement(run_id: str, estimate: float) -> Any:
+        r = t.runs.c
+        return (
+            update(t.runs)
+            .where(r.id == run_id)
+            .values(
+                reserved_usd=case((r.reserved_usd > estimate, r.reserved_usd - estimate), else_=0.0)
+            )
+        )
+
     async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
         stops = t.provider_stops
         row = {
@@ -540,8 +603,12 @@ class SqlStore:
         ticket: AttemptTicket,
         record: AttemptRecord,
         outputs: Sequence[OutputRef],
+        *,
+        release_usd: float = 0.0,
     ) -> bool:
         async def write(conn: AsyncConnection) -> bool:
+            if release_usd:
+                await conn.execute(self._release_statement(owner, release_usd))
             return await self._complete(conn, key, ticket, record, outputs, owner)
 
         return await self._db.run(write)

@@ -108,6 +108,9 @@ runs = Table(
     Column("ended_at", UTCDateTime),
     Column("exit_code", Integer),
     Column("stop_reason", Text),
+    # Estimates of the jobs this run has started and not yet finished, under --max-cost:
+    # what the runners on one database reserve of a shared budget (see `reserve_budget`).
+    Column("reserved_usd", Float, nullable=False, server_default="0"),
 )
 
 attempts = Table(
@@ -149,6 +152,7 @@ attempts = Table(
 Index("ix_attempts_job_key", attempts.c.job_key)
 # Requests out per provider, counted before each request (a fleet-wide concurrency).
 Index("ix_attempts_outcome_provider", attempts.c.outcome, attempts.c.provider)
+Index("ix_attempts_run_id", attempts.c.run_id)  # a run's spend, for a shared budget
 
 outputs = Table(
     "outputs",

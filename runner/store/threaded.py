@@ -146,6 +146,14 @@ class ThreadedStore:
 
         return await self._loop.call(begin)
 
+    async def reserve_budget(
+        self, run_id: str, manifest: str, estimate: float, cap: float
+    ) -> tuple[bool, float]:
+        return await self._loop.call(self._inner.reserve_budget, run_id, manifest, estimate, cap)
+
+    async def release_budget(self, run_id: str, estimate: float) -> None:
+        await self._loop.call(self._inner.release_budget, run_id, estimate)
+
     async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
         await self._loop.call(self._inner.stop_provider, notice, run_id)
 
@@ -162,8 +170,15 @@ class ThreadedStore:
         ticket: AttemptTicket,
         record: AttemptRecord,
         outputs: Sequence[OutputRef],
+        *,
+        release_usd: float = 0.0,
     ) -> bool:
-        return await self._loop.call(self._inner.complete, key, owner, ticket, record, outputs)
+        async def complete() -> bool:
+            return await self._inner.complete(
+                key, owner, ticket, record, outputs, release_usd=release_usd
+            )
+
+        return await self._loop.call(complete)
 
     async def holds(self, key: str, owner: str) -> bool:
         return await self._loop.call(self._inner.holds, key, owner)

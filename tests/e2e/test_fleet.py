@@ -192,3 +192,29 @@ def test_a_runner_killed_mid_run_has_its_jobs_taken_over_within_a_lease(
 
     delay = asyncio.run(taken_over_after())
     assert delay <= lease + 2.0, delay  # within a lease (and a claim poll)
+
+
+def test_max_cost_is_one_budget_for_three_runners(
+    workspace: Workspace, fake: FakeProvider, pg_database: str
+) -> None:
+    jobs = [{"image": workspace.image(f"c{i}.png"), "prompt": f"edit {i}"} for i in range(30)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 2},
+                                  defaults={"params": {"quality": "medium"}})  # fmt: skip
+    fake.latency = 0.2
+    cap = 0.30  # about ten jobs at $0.0284 each
+
+    runners = [
+        start(manifest, pg_database, workspace.root / f"m{i}", "--max-cost", str(cap))
+        for i in range(3)
+    ]
+    results = [(r.wait(timeout=120), *r.communicate()) for r in runners]
+
+    for code, _, stderr in results:
+        assert code == 75, stderr  # stopped for the budget, work left
+    status = subprocess.run(
+        [sys.executable, "-m", "runner", "status", str(manifest), "--db", pg_database, "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    spent = json.loads(status.stdout)["cost_usd"]
+    assert 0.2 < spent <= cap, spent  # one budget, not one per runner (that would be $0.90)
+    assert sum(fake.paid.values()) <= 10

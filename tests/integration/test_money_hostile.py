@@ -222,12 +222,12 @@ async def test_paid_replies_the_database_refused_are_recorded_by_the_next_comman
     original = SqlStore.complete
     completed = 0
 
-    async def complete(self: SqlStore, *args: Any) -> None:
+    async def complete(self: SqlStore, *args: Any, **kwargs: Any) -> bool:
         nonlocal completed
         completed += 1
         if completed > 1:
             raise runner.errors.StoreError("database error: OperationalError: disk is full")
-        await original(self, *args)
+        return await original(self, *args, **kwargs)
 
     import runner.errors
 

@@ -211,6 +211,7 @@ async def test_the_sql_store_on_postgresql_answers_as_on_sqlite_and_fences_sends
     await fencing(await pg_store(tmp_path))
     await stopping(await pg_store(tmp_path))
     await concurrency(await pg_store(tmp_path))
+    await budget(await pg_store(tmp_path))
 
 
 async def fencing(store: Store) -> None:
@@ -293,5 +294,33 @@ async def concurrency(store: Store) -> None:
         await store.begin_attempt(third.spec.key, "a", "z", "m", in_flight_limit=2)
         # a's request on a lapsed lease (a runner gone) no longer holds a place
         await store.begin_attempt(first.spec.key, "a", "z", "m", in_flight_limit=2)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("make", [sql_store, memory_store])
+async def test_a_budget_is_shared_by_the_runs_that_overlap(
+    make: Callable[[Path], Any], tmp_path: Path
+) -> None:
+    await budget(await make(tmp_path))
+
+
+async def budget(store: Store) -> None:
+    """A manifest of its own, so that it can follow `scenario` on one database."""
+    try:
+        await store.sync_manifest("budget", [spec(30, provider="b")])
+        for owner in ("x", "y"):
+            await store.start_run(RunInfo(owner, "budget", "host", 1, "tag"))
+        assert await store.reserve_budget("x", "budget", 4.0, 10.0) == (True, 0.0)
+        assert await store.reserve_budget("y", "budget", 4.0, 10.0) == (True, 4.0)
+        assert await store.reserve_budget("y", "budget", 4.0, 10.0) == (False, 8.0)
+        (job,) = await store.claim_many("budget", "b", "x", LEASE, 1)
+        ticket = await store.begin_attempt(job.spec.key, "x", "b", "m")
+        await store.finish_attempt(ticket, AttemptRecord(Outcome.RETRYABLE, cost_usd=3.0))
+        await store.release_budget("x", 4.0)  # x's job is over: $3 spent instead of $4 held
+        assert await store.reserve_budget("y", "budget", 4.0, 10.0) == (False, 7.0)
+        assert await store.reserve_budget("y", "budget", 3.0, 10.0) == (True, 7.0)
+        await store.release_budget("y", 100.0)  # never below nothing
+        assert await store.reserve_budget("x", "budget", 7.0, 10.0) == (True, 3.0)
     finally:
         await store.close()
