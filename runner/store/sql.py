@@ -475,13 +475,14 @@ class SqlStore:
                 return StopNotice(stop.provider, stop.kind, stop.message, stop.exit_code)
             if in_flight_limit is not None:
                 # One count at a time per provider across runners (PostgreSQL runs their
-                # transactions side by side; SQLite's write lock already does this). A try,
-                # not a wait: this transaction may hold row locks another one waits for.
-                if conn.dialect.name == "postgresql" and not await conn.scalar(
-                    text("SELECT pg_try_advisory_xact_lock(hashtext(:name))"),
-                    {"name": f"runner in flight: {provider}"},
-                ):
-                    return BUSY
+                # transactions side by side; SQLite's write lock already does this). Should
+                # the wait close a cycle with row locks, PostgreSQL picks a victim and the
+                # batch is run again (batching.py).
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                        {"name": f"runner in flight: {provider}"},
+                    )
                 if (await conn.scalar(out_now) or 0) >= in_flight_limit:
                     return BUSY
             if (await conn.execute(fence)).rowcount != 1:
