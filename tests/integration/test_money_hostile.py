@@ -136,7 +136,7 @@ async def test_nothing_listening_uses_no_attempts(workspace: Workspace) -> None:
     outcome = await app.run(manifest, options(max_attempts=2))
 
     assert outcome.exit_code == ExitCode.EARLY
-    rows = workspace.db().execute("SELECT outcome, counted FROM attempts").fetchall()
+    rows = workspace.db().execute("SELECT outcome, counted FROM attempts ORDER BY id").fetchall()
     assert len(rows) >= 25 and {tuple(r) for r in rows} == {("not_sent", 0)}
 
 
@@ -352,7 +352,9 @@ async def test_absurd_usage_is_flagged_and_costed_at_the_estimate(
     assert outcome.exit_code == ExitCode.EARLY  # the budget still holds
     assert 1 <= fake.requests_total <= 3
     assert 0 < outcome.summary.totals.cost_usd <= budget
-    rows = workspace.db().execute("SELECT usage_flag, cost_usd, output_tokens FROM attempts")
+    rows = workspace.db().execute(
+        "SELECT usage_flag, cost_usd, output_tokens FROM attempts ORDER BY id"
+    )
     for flag, cost, output_tokens in rows:
         assert "output_tokens is negative" in flag
         assert cost == pytest.approx(0.0019, rel=0.1) and output_tokens is None

@@ -296,7 +296,7 @@ async def test_a_timed_out_request_is_resent_only_once(
 
     assert outcome.exit_code == ExitCode.FAILED
     assert fake.requests_total == 2  # the first send and one re-send, not five
-    outcomes = [r[0] for r in workspace.db().execute("SELECT outcome FROM attempts")]
+    outcomes = [r[0] for r in workspace.db().execute("SELECT outcome FROM attempts ORDER BY id")]
     assert outcomes == ["timeout", "timeout"]
 
 
@@ -324,7 +324,7 @@ async def test_unwritable_output_keeps_the_paid_usage_and_stops_spending(
     assert counts["failed"] == fake.requests_total and counts["pending"] == 6 - counts["failed"]
     row = (
         workspace.db()
-        .execute("SELECT outcome, output_tokens, error_message FROM attempts")
+        .execute("SELECT outcome, output_tokens, error_message FROM attempts ORDER BY id")
         .fetchone()
     )
     assert row["outcome"] == "output_error" and row["output_tokens"] == 1056

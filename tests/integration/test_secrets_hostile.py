@@ -147,5 +147,7 @@ async def test_a_dripping_reply_ends_at_timeout_s(workspace: Workspace, fake: Fa
     outcome = await app.run(manifest, options())
     assert time.monotonic() - started < 5  # the drip alone would take many minutes
     assert outcome.exit_code == ExitCode.OK
-    outcomes = [row[0] for row in workspace.db().execute("SELECT outcome FROM attempts")]
+    outcomes = [
+        row[0] for row in workspace.db().execute("SELECT outcome FROM attempts ORDER BY id")
+    ]
     assert outcomes == ["timeout", "succeeded"]
