@@ -31,7 +31,15 @@ from runner.dialects.factory import (
 )
 from runner.errors import InputError, ManifestError
 from runner.files import procs
-from runner.files.html_report import ReportJob, ReportStats, ReportTotals, write_report
+from runner.files.html_report import (
+    ProgressCallback,
+    ReportJob,
+    ReportStats,
+    ReportTotals,
+    default_output,
+    manifest_folder,
+    write_report,
+)
 from runner.files.preflight import prepare_request
 from runner.manifest.expand import ParsedManifest
 from runner.records import ExportRow, JobState, Manifest, Summary, Totals, short_key
@@ -157,7 +165,16 @@ async def cancel(
         return await session.store.cancel(session.id, full_key, states)
 
 
-async def report(path: Path, options: Options, output: Path) -> ReportStats:
+async def report(
+    path: Path,
+    options: Options,
+    output: Path | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> ReportStats:
+    """The batch's HTML report at `output` (default: report.html beside the manifest).
+
+    `on_progress(done, total)` is called from a worker thread while thumbnails are made.
+    """
     async with opened(await parse(path), options) as session:
         rows = await session.store.export_rows(session.id)
         summary = await session.store.summary(session.id)
@@ -177,16 +194,21 @@ async def report(path: Path, options: Options, output: Path) -> ReportStats:
         )
         for row in rows
     ]
-    totals = ReportTotals(
-        counts=summary.counts,
-        cost_usd=summary.totals.cost_usd,
-        manifest=str(path),
-        generated_at=options.wall_clock(),
-    )
+    generated_at = options.wall_clock()
+    target = output if output is not None else default_output(path)
     workers = max(1, os.cpu_count() or 1)  # decoding the images is most of the time
-    return await anyio.to_thread.run_sync(
-        lambda: write_report(report_jobs, totals, output, workers=workers)
-    )
+
+    def build() -> ReportStats:
+        totals = ReportTotals(
+            counts=summary.counts,
+            cost_usd=summary.totals.cost_usd,
+            manifest=str(path),
+            generated_at=generated_at,
+            folder=manifest_folder(path),  # touches the disk: here, not on the event loop
+        )
+        return write_report(report_jobs, totals, target, workers=workers, on_progress=on_progress)
+
+    return await anyio.to_thread.run_sync(build)
 
 
 @dataclass(frozen=True, slots=True)

@@ -540,15 +540,45 @@ def models(manifest: Path, db: str | None) -> None:
     "-o",
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("report.html"),
-    help="The HTML file to write.",
+    default=None,
+    show_default=False,
+    help="The HTML file to write (default: report.html beside the manifest).",
 )
-def report(manifest: Path, db: str | None, output: Path) -> None:
-    """A self-contained HTML page: totals, before/after thumbnails, failures and reasons."""
-    from runner import app
+def report(manifest: Path, db: str | None, output: Path | None) -> None:
+    """One HTML page: totals, failures and reasons, before/after thumbnails grouped by
+    prompt, filters by state, folder and text; a click on a thumbnail shows the full-size
+    pictures (linked from disk, the thumbnails are embedded)."""
+    from contextlib import ExitStack
 
-    stats = _run_async(lambda: app.report(manifest, app.Options(db=db), output))
-    out().print(f"wrote {output} ({stats.jobs} jobs, {stats.bytes_written / 1e6:.1f} MB)")
+    from runner import app
+    from runner.files.html_report import default_output
+
+    target = output if output is not None else default_output(manifest)
+    with ExitStack() as stack:
+        # A bar on a terminal; elsewhere (cron mail, CI logs) a line per tenth, enough to
+        # see that a long report is moving without flooding the log.
+        bar = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            bar = stack.enter_context(Progress(console=err(), transient=True))
+        task = bar.add_task("report: thumbnails", total=None) if bar is not None else None
+        printed = -1
+
+        def on_progress(done: int, total: int) -> None:  # called from a worker thread
+            nonlocal printed
+            if bar is not None and task is not None:
+                bar.update(task, completed=done, total=total)
+                return
+            tenth = done * 10 // total if total else 10
+            if total and tenth > printed:
+                printed = tenth
+                click.echo(f"report: {done}/{total} thumbnails ({tenth * 10}%)", err=True)
+
+        stats = _run_async(lambda: app.report(manifest, app.Options(db=db), target, on_progress))
+    out().print(
+        f"wrote {target} ({stats.jobs} jobs, {stats.bytes_written / 1e6:.1f} MB)", markup=False
+    )
 
 
 @main.command()

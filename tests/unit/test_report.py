@@ -1,17 +1,26 @@
-"""The static HTML report: escaping, embedded thumbnails, mask outlines, placeholders, size."""
+"""The static HTML report: escaping, embedded thumbnails, mask outlines, placeholders, size,
+grouping by prompt, folder labels, links to the full-size files, local time, progress, and
+`runner report`'s default output beside the manifest."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import os
 import re
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urljoin
 
 import pytest
+import yaml
+from helpers import invoke
 from PIL import Image, ImageDraw
 
 from runner.errors import OutputError
@@ -21,6 +30,7 @@ from runner.files.html_report import (
     JobThumbnails,
     ReportJob,
     ReportTotals,
+    file_link,
     render_html,
     write_report,
 )
@@ -76,6 +86,30 @@ def totals(jobs: list[ReportJob]) -> ReportTotals:
         manifest="batches/<spring> & summer.yaml",
         generated_at=datetime(2025, 4, 1, 12, 30, 5, tzinfo=UTC),
     )
+
+
+@pytest.fixture(autouse=True)
+def machine_zone() -> Iterator[Callable[[str], None]]:
+    """The page shows times in the machine's zone: UTC here unless a test picks another,
+    so the expected text does not depend on where the tests run."""
+    if not hasattr(time, "tzset"):  # Windows: the zone cannot be switched in process
+        yield lambda zone: pytest.skip("time.tzset is not available")
+        return
+    saved = os.environ.get("TZ")
+
+    def use(zone: str) -> None:
+        os.environ["TZ"] = zone
+        time.tzset()
+
+    use("UTC0")
+    try:
+        yield use
+    finally:
+        if saved is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
 
 
 class Tags(HTMLParser):
@@ -188,7 +222,9 @@ def test_page_shows_every_job_and_the_totals_escaped(
     assert stats.thumbnails == 6
     assert stats.missing_images == 0
     assert stats.bytes_written == target.stat().st_size
-    assert MISSING_TEXT not in page
+    # The viewer's script knows the placeholder text for a file gone since; the markup
+    # must not show it.
+    assert MISSING_TEXT not in re.sub(r"<script>.*?</script>", "", page, flags=re.S)
 
 
 def test_every_image_is_an_embedded_small_thumbnail(tmp_path: Path, batch: list[ReportJob]) -> None:
@@ -202,9 +238,17 @@ def test_every_image_is_an_embedded_small_thumbnail(tmp_path: Path, batch: list[
         im = decode(attrs["src"])
         assert max(im.size) <= THUMB
         assert (str(im.width), str(im.height)) == (attrs["width"], attrs["height"])
-    # Nothing is fetched from anywhere: no http(s), file: or protocol-relative references.
-    assert not re.search(r'(?:src|href)="(?!data:)', page)
+    # Nothing is fetched when the page opens: every src is embedded, no CSS url(). The only
+    # references out are the viewer's links to the batch's own pictures, relative to the
+    # page (it sits beside them): no http(s), file: or protocol-relative references.
+    assert not re.search(r'src="(?!data:)', page)
     assert "url(" not in page
+    assert re.findall(r'\bhref="', page) == ['href="'] * len(tags(page, "a"))
+    hrefs = [a["href"] or "" for a in tags(page, "a")]
+    assert all(a["class"] in ("full", "full mask") for a in tags(page, "a"))
+    assert not [h for h in hrefs if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:|//", h)]
+    own = {p for j in batch for p in (j.image, j.mask, *j.outputs) if p is not None}
+    assert {tmp_path / unquote(h) for h in hrefs} == own
 
 
 def test_mask_outline_is_drawn_over_the_before_thumbnail_only_for_masked_jobs(
@@ -447,3 +491,366 @@ def test_a_failed_job_without_a_reason_still_says_so() -> None:
     )
     page = render_html([silent], totals([silent]), [JobThumbnails(None, ())])
     assert '<p class="error">(no reason recorded)</p>' in page
+
+
+# --- grouping, folders, links, time, progress, the command ---------------------------------
+
+
+class Outline(HTMLParser):
+    """What a reader sees of the page's structure: per section, its groups in order, each
+    with its heading's text (entities decoded, as a browser shows it), its cards' ids, the
+    prompts printed on those cards, and any tag that turned up inside a heading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: dict[str, list[dict[str, object]]] = {}
+        self._section = ""
+        self._in: str | None = None  # "heading" or "card-prompt" while inside one
+        self.tags_in_headings: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self._section = a["id"] or ""
+            self.sections[self._section] = []
+        elif tag == "div" and a.get("class") == "group":
+            self.sections[self._section].append({"heading": None, "cards": [], "prompts": []})
+        elif tag == "h3" and a.get("class") == "prompt":
+            self._in = "heading"
+            self.group["heading"] = ""
+        elif tag == "p" and a.get("class") == "prompt":
+            self._in = "card-prompt"
+            self.group["prompts"].append("")  # type: ignore[attr-defined]
+        elif tag == "article":
+            self.group["cards"].append(name_of(a["id"]))  # type: ignore[attr-defined]
+        elif self._in == "heading":
+            self.tags_in_headings.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("h3", "p"):
+            self._in = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in == "heading":
+            self.group["heading"] = str(self.group["heading"]) + data
+        elif self._in == "card-prompt":
+            prompts: list[str] = self.group["prompts"]  # type: ignore[assignment]
+            prompts[-1] += data
+
+    @property
+    def group(self) -> dict[str, object]:
+        return self.sections[self._section][-1]
+
+
+def name_of(card_id: str | None) -> str:
+    """The name `job()` was given, from a card's id ("job-NAME-key-...")."""
+    return (card_id or "").removeprefix("job-").split("-key-")[0]
+
+
+def outline(page: str) -> Outline:
+    parser = Outline()
+    parser.feed(page)
+    return parser
+
+
+def no_thumbnails(jobs: list[ReportJob]) -> list[JobThumbnails]:
+    return [JobThumbnails(None, tuple(None for _ in j.outputs)) for j in jobs]
+
+
+def test_jobs_sharing_a_prompt_are_grouped_once_under_it(tmp_path: Path) -> None:
+    shared = 'Make it <b>winter</b> & "snowy"'
+    jobs = [
+        job(tmp_path, "a1", prompt=shared),
+        job(tmp_path, "solo1"),
+        job(tmp_path, "a2", prompt=shared),
+        job(tmp_path, "solo2"),
+        job(tmp_path, "a3", prompt=shared),
+        job(tmp_path, "f1", prompt=shared, state="failed", error="no", outputs=()),
+        job(tmp_path, "blank1", prompt=""),
+        job(tmp_path, "blank2", prompt=""),
+    ]
+    page = render_html(jobs, totals(jobs), no_thumbnails(jobs))
+    found = outline(page)
+
+    assert found.sections["jobs"] == [
+        # In the order each prompt first appears; within a group, manifest order.
+        {"heading": shared, "cards": ["a1", "a2", "a3"], "prompts": []},
+        # Prompts of one job each stay on their cards, neighbours sharing one grid.
+        {
+            "heading": None,
+            "cards": ["solo1", "solo2"],
+            "prompts": ["prompt for solo1", "prompt for solo2"],
+        },
+        {"heading": "(no prompt)", "cards": ["blank1", "blank2"], "prompts": []},
+    ]
+    # The one failed job with that prompt is alone in its section: the prompt is on its card.
+    assert found.sections["failed"] == [{"heading": None, "cards": ["f1"], "prompts": [shared]}]
+    assert found.tags_in_headings == ["span"]  # the "(no prompt)" note; the <b> stayed text
+    escaped = "Make it &lt;b&gt;winter&lt;/b&gt; &amp; &quot;snowy&quot;"
+    assert page.count(escaped) == 2  # once per section, not once per card
+    assert f'<h3 class="prompt">{escaped}</h3><span class="n">3 jobs</span>' in page
+    assert "<b>winter" not in page
+
+
+def test_cards_and_the_folder_filter_name_folders_relative_to_the_manifest(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "batch"
+    odd = root / 'we"ird <dir> & co'
+    for folder in (root / "photos" / "a", root / "photos" / "b", odd, tmp_path / "elsewhere"):
+        folder.mkdir(parents=True)
+    jobs = [
+        job(tmp_path, "x", image=picture(root / "photos" / "a" / "x.png")),
+        job(tmp_path, "y", image=picture(root / "photos" / "b" / "y.png")),
+        job(tmp_path, "x2", image=picture(root / "photos" / "a" / "x2.png"), state="failed"),
+        job(tmp_path, "top", image=picture(root / "top.png")),
+        job(tmp_path, "odd", image=picture(odd / "w.png")),
+        job(tmp_path, "far", image=picture(tmp_path / "elsewhere" / "z.png")),
+    ]
+    page = render_html(jobs, replace(totals(jobs), folder=root), no_thumbnails(jobs))
+
+    far = str(tmp_path / "elsewhere")  # outside the manifest's folder: the whole path
+    expected = {
+        "x": "photos/a",
+        "y": "photos/b",
+        "x2": "photos/a",
+        "top": ".",
+        "odd": 'we"ird <dir> & co',
+        "far": far,
+    }
+    cards = {name_of(a["id"]): a for a in tags(page, "article")}
+    assert {k: a["data-folder"] for k, a in cards.items()} == expected
+    for key, folder in expected.items():
+        name = next(j for j in jobs if j.key.startswith(f"{key}-")).image.name
+        line = f'<span class="folder">{html_escape(folder)}</span>/{name}</p>'
+        assert line in page, key
+    assert "<dir>" not in page
+
+    folder_select = page[
+        page.index('id="f-folder"') : page.index("</select>", page.index('id="f-folder"'))
+    ]
+    assert re.findall(r'<option value="([^"]*)">([^<]*)</option>', folder_select) == [
+        ("", "all folders"),
+        (".", ". (1)"),
+        (html_escape(far), f"{html_escape(far)} (1)"),
+        ("photos/a", "photos/a (2)"),
+        ("photos/b", "photos/b (1)"),
+        (html_escape(expected["odd"]), f"{html_escape(expected['odd'])} (1)"),
+    ]
+    state_select = page[
+        page.index('id="f-state"') : page.index("</select>", page.index('id="f-state"'))
+    ]
+    assert re.findall(r'<option value="([^"]*)">', state_select) == ["", "failed", "succeeded"]
+
+    # Without the manifest's folder every card names its absolute folder.
+    plain = render_html(jobs, totals(jobs), no_thumbnails(jobs))
+    assert tags(plain, "article")[0]["data-folder"] == str(root / "photos" / "a")
+
+
+def html_escape(text: str) -> str:
+    return (
+        text.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace('"', "&quot;")
+        .replace("'", "&#x27;")
+    )
+
+
+def links(page: str) -> list[dict[str, str | None]]:
+    return tags(page, "a")
+
+
+def test_thumbnails_link_to_the_full_size_files_relative_to_the_report(tmp_path: Path) -> None:
+    root = tmp_path / "batch"
+    for sub in ("photos", "out", "masks"):
+        (root / sub).mkdir(parents=True)
+    masked = job(
+        tmp_path,
+        "m",
+        image=picture(root / "photos" / "m.png"),
+        mask=mask(root / "masks" / "m.png"),
+        outputs=(picture(root / "out" / "m-1.png"), root / "out" / "deleted.png"),
+    )
+    far = job(tmp_path, "far", image=picture(tmp_path / "far.png"), outputs=())
+    jobs = [masked, far]
+    batch_totals = replace(totals(jobs), folder=root)
+
+    target = root / "report.html"
+    write_report(jobs, batch_totals, target, thumb_px=THUMB)
+    page = target.read_text("utf-8")
+    anchors = links(page)
+    assert [(a["class"], a["href"], a["data-caption"]) for a in anchors] == [
+        ("full", "photos/m.png", "before"),
+        ("full mask", "masks/m.png", "mask"),
+        ("full", "out/m-1.png", "after 1"),
+        ("full", "out/deleted.png", "after 2"),  # gone, still linked: the viewer says so
+        ("full", (tmp_path / "far.png").as_uri(), "before"),  # outside the batch: absolute
+    ]
+    # Each thumbnail (or placeholder) is inside the link to its own full-size file.
+    assert re.search(
+        r'<a class="full" href="out/deleted.png" data-caption="after 2">'
+        r'<div class="ph" title="[^"]*deleted.png">' + MISSING_TEXT,
+        page,
+    )
+    assert re.search(
+        r'<a class="full" href="out/m-1.png" data-caption="after 1"><img src="data:', page
+    )
+    for a in anchors:  # what the browser makes of each link is the real file
+        resolved = urljoin(target.as_uri(), a["href"] or "")
+        assert resolved in {
+            p.as_uri() for p in (masked.image, masked.mask, *masked.outputs, far.image)
+        }
+
+    # A report in a subfolder of the batch still travels with it: relative, one level up.
+    sub = root / "reports" / "r.html"
+    sub.parent.mkdir()
+    write_report(jobs, batch_totals, sub, thumb_px=THUMB)
+    assert links(sub.read_text("utf-8"))[0]["href"] == "../photos/m.png"
+    # One written outside the batch (to be mailed, say) links absolutely.
+    mailed = tmp_path / "mail" / "r.html"
+    mailed.parent.mkdir()
+    write_report(jobs, batch_totals, mailed, thumb_px=THUMB)
+    assert [a["href"] for a in links(mailed.read_text("utf-8"))][:2] == [
+        (root / "photos" / "m.png").as_uri(),
+        (root / "masks" / "m.png").as_uri(),
+    ]
+
+
+def test_hostile_file_names_are_percent_encoded_in_links_and_escaped_in_text(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / 'a "b" <c>'
+    folder.mkdir()
+    name = 'we"ird #1 ?<x>& 100%.png'
+    hostile = job(tmp_path, "h", image=picture(folder / name), outputs=())
+    page_dir = tmp_path
+    page = render_html([hostile], replace(totals([hostile]), folder=tmp_path),
+                       no_thumbnails([hostile]), page_dir=page_dir)  # fmt: skip
+
+    href = links(page)[0]["href"] or ""
+    assert href == "a%20%22b%22%20%3Cc%3E/we%22ird%20%231%20%3F%3Cx%3E%26%20100%25.png"
+    assert unquote(href) == f'a "b" <c>/{name}'
+    assert file_link(folder / name, None) == (folder / name).as_uri()
+    assert "<x>" not in page and "<c>" not in page
+    assert 'data-folder="a &quot;b&quot; &lt;c&gt;"' in page
+    # A name that looks like a URL scheme stays a relative path.
+    assert (
+        file_link(tmp_path / "javascript:alert(1).png", page_dir) == "javascript%3Aalert%281%29.png"
+    )
+
+
+def test_generated_time_is_shown_in_the_machines_local_zone(
+    tmp_path: Path, batch: list[ReportJob], machine_zone: Callable[[str], None]
+) -> None:
+    machine_zone("CET-1CEST,M3.5.0,M10.5.0/3")  # Central Europe: summer time on 1 April
+    page = render_html(batch, totals(batch), no_thumbnails(batch))  # made at 12:30:05 UTC
+
+    assert (
+        '<time datetime="2025-04-01T14:30:05+02:00">2025-04-01 14:30:05+02:00 (CEST)</time>' in page
+    )
+    assert "12:30:05" not in page
+
+
+def test_progress_is_reported_once_per_distinct_picture_in_the_calling_thread(
+    tmp_path: Path, batch: list[ReportJob]
+) -> None:
+    calls: list[tuple[int, int, int]] = []
+    write_report(
+        batch,
+        totals(batch),
+        tmp_path / "r.html",
+        thumb_px=THUMB,
+        workers=3,
+        on_progress=lambda done, total: calls.append((done, total, threading.get_ident())),
+    )
+    # Four inputs (one with its mask) and two outputs: six pictures to make.
+    assert [(done, total) for done, total, _ in calls] == [(i, 6) for i in range(7)]
+    assert {thread for *_, thread in calls} == {threading.get_ident()}
+
+
+def test_the_csp_lets_exactly_the_pages_own_style_and_script_run(
+    tmp_path: Path, batch: list[ReportJob]
+) -> None:
+    page = render_html(batch, totals(batch), no_thumbnails(batch), thumb_px=THUMB)
+    csp = next(a["content"] for a in tags(page, "meta") if a.get("http-equiv"))
+    assert csp is not None
+    style = re.search(r"<style>(.*?)</style>", page, re.S)
+    script = re.search(r"<script>(.*?)</script>", page, re.S)
+    assert style and script
+
+    def sha(text: str) -> str:
+        return "sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+    assert csp == (
+        "default-src 'none'; img-src data: file: 'self'; "
+        f"style-src '{sha(style.group(1))}'; script-src '{sha(script.group(1))}'"
+    )
+    # Handlers and style attributes would be blocked by that policy, silently: none exist.
+    assert not re.search(r"<[^>]*\s(?:on\w+|style)=", page)
+
+
+def test_the_script_is_the_same_whatever_the_jobs_say(
+    tmp_path: Path, batch: list[ReportJob]
+) -> None:
+    # No job data is ever written into the script (it reads the escaped DOM), so its hash
+    # is a constant and hostile text has no way into code.
+    other = [job(tmp_path, "other", prompt="</script><script>alert(1)</script>")]
+    scripts = {
+        re.findall(r"<script>(.*?)</script>", render_html(js, totals(js), no_thumbnails(js)), re.S)[
+            0
+        ]
+        for js in (batch, other, [])
+    }
+    assert len(scripts) == 1
+
+
+def manifest_with_pictures(root: Path) -> Path:
+    (root / "photos" / "a").mkdir(parents=True)
+    picture(root / "photos" / "a" / "one.png")
+    picture(root / "photos" / "two.png", colour=30)
+    document = {
+        "providers": {
+            "p": {
+                "dialect": "openai",
+                "base_url": "http://127.0.0.1:9/v1",
+                "api_key_env": "RUNNER_TEST_UNSET",
+            }
+        },
+        "output_dir": "out",
+        "jobs": [{"image": "photos/**/*.png", "prompt": "Make it <snowy> & cold"}],
+    }
+    path = root / "jobs.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_runner_report_writes_beside_the_manifest_and_shows_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = manifest_with_pictures(tmp_path / "batch")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    result = invoke("report", manifest, env={"RUNNER_DB": None})
+
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "batch" / "report.html").read_text("utf-8")
+    assert list(elsewhere.iterdir()) == []
+    assert f"wrote {tmp_path / 'batch' / 'report.html'} (2 jobs" in result.stdout
+    # Off a terminal: a line per tenth of the thumbnails, from 0 % to 100 %.
+    assert result.stderr.splitlines() == [
+        "report: 0/2 thumbnails (0%)",
+        "report: 1/2 thumbnails (50%)",
+        "report: 2/2 thumbnails (100%)",
+    ]
+    # Both jobs share the prompt: one group; cards name their folder; links are relative.
+    assert page.count("Make it &lt;snowy&gt; &amp; cold") == 1
+    assert sorted(a["data-folder"] or "" for a in tags(page, "article")) == ["photos", "photos/a"]
+    assert sorted(a["href"] or "" for a in links(page)) == ["photos/a/one.png", "photos/two.png"]
+
+    # -o still wins, relative to the current folder as any path argument.
+    again = invoke("report", manifest, "-o", "mine.html", env={"RUNNER_DB": None})
+    assert again.returncode == 0, again.stderr
+    assert (elsewhere / "mine.html").is_file()
