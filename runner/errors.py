@@ -8,6 +8,7 @@
      ├── LeaseLost              the job is another runner's now: do not send it, touch nothing
      ├── StoppedElsewhere       another runner's 402 (or rejected key) stops this one too
      ├── ProviderBusy           the fleet's requests out reach the provider's concurrency
+     ├── ProviderPaced          the fleet's pace (requests per minute, a pause) says wait
      ├── StoreError             the database could not be opened, read or written: exit 75
      │    ├── MissingDriver     the URL needs a driver this install lacks: exit 2
      │    ├── NewerSchema       the database was made by a newer runner: exit 2
@@ -156,6 +157,15 @@ class StoppedElsewhere(RunnerError):
 class ProviderBusy(RunnerError):
     """The provider's `concurrency` is used up by the runners on this database together:
     wait a moment, then ask again."""
+
+
+class ProviderPaced(RunnerError):
+    """The runners on this database together must wait before this provider's next request
+    (its `requests_per_minute`, or a pause a rate-limit answer asked for)."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        super().__init__(f"next request in {wait_s:.3f} s")
 
 
 class LeaseLost(RunnerError):

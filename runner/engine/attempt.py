@@ -27,6 +27,7 @@ from runner.errors import (
     ProviderBusy,
     ProviderDown,
     ProviderError,
+    ProviderPaced,
     ProviderStop,
     RetryableError,
     StopNotice,
@@ -145,6 +146,8 @@ class Attempts:
             await self._store.finish_attempt(ticket, record)
             if isinstance(exc, PaymentRequired | AuthRejected):
                 await self._share_stop(gate, exc)
+            elif isinstance(exc, Throttled) and exc.retry_after:
+                await self._share_pause(gate, exc.retry_after)
             raise
         except BaseException:
             # Cancelled mid-request (the grace period ran out): it may have been billed.
@@ -181,7 +184,8 @@ class Attempts:
         Fenced: only while the job is still ours, its lease running on while the request is
         out (LeaseLost: another runner has it), while no runner has stopped the provider
         (StoppedElsewhere), and while all runners together have fewer than its
-        `concurrency` requests out (else wait a moment and ask again)."""
+        `concurrency` requests out (else wait a moment and ask again), at the pace the
+        runners keep together (`requests_per_minute`, a pause a rate limit asked for)."""
         while True:
             await gate.wait_turn()
             try:
@@ -192,10 +196,14 @@ class Attempts:
                     spec.model,
                     lease_until=self._lease_until(),
                     in_flight_limit=self._concurrency.get(spec.provider),
+                    interval_s=gate.interval_s or None,
                 )
             except ProviderBusy:
                 gate.answered()
                 await gate.sleep(FLEET_BUSY_WAIT_S)
+            except ProviderPaced as paced:  # the fleet's pace, or a pause one runner was told
+                gate.answered()
+                await gate.sleep(paced.wait_s)
             except StoppedElsewhere as exc:  # another runner's 402 (or rejected key)
                 gate.answered()
                 self._stop(gate, _stop_from(exc.notice))
@@ -205,6 +213,13 @@ class Attempts:
             except BaseException:
                 gate.answered()
                 raise
+
+    async def _share_pause(self, gate: ProviderGate, seconds: float) -> None:
+        """A rate-limit answer's wait holds every runner's requests, not only this one's."""
+        try:
+            await self._store.pause_provider(gate.name, seconds, self._owner)
+        except StoreError as error:  # this runner pauses all the same (its gate)
+            log.warning("could not tell other runners to pause %s: %s", gate.name, error)
 
     async def _share_stop(self, gate: ProviderGate, exc: ProviderStop) -> None:
         """The account is out of money (or the key refused): every runner on this database

@@ -50,6 +50,11 @@ class ProviderGate:
         self._answers: deque[tuple[str, bool]] = deque(maxlen=STORM_WINDOW)
 
     @property
+    def interval_s(self) -> float:
+        """Seconds between two requests under `requests_per_minute` (0: no pace set)."""
+        return self._interval
+
+    @property
     def stopped(self) -> bool:
         return self.stop_notice is not None
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from runner.errors import LeaseLost, ProviderBusy, StopNotice, StoppedElsewhere
+from runner.errors import LeaseLost, ProviderBusy, ProviderPaced, StopNotice, StoppedElsewhere
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     DIED,
@@ -103,6 +103,14 @@ class _AttemptRow:
 
 
 @dataclass(slots=True)
+class _Pace:
+    next_slot_at: datetime | None = None
+    slot_run_id: str | None = None
+    paused_until: datetime | None = None
+    pause_run_id: str | None = None
+
+
+@dataclass(slots=True)
 class _RunRow:
     info: RunInfo
     started_at: datetime
@@ -123,6 +131,7 @@ class _Tables:
     catalogues: dict[str, tuple[datetime, str]] = field(default_factory=dict)
     digests: dict[str, DigestEntry] = field(default_factory=dict)
     stops: dict[str, StopNotice] = field(default_factory=dict)  # provider → why it stopped
+    pace: dict[str, _Pace] = field(default_factory=dict)  # provider → as `provider_pace`
 
 
 class MemoryStore:
@@ -293,9 +302,24 @@ class MemoryStore:
         *,
         lease_until: datetime | None = None,
         in_flight_limit: int | None = None,
+        interval_s: float | None = None,
     ) -> AttemptTicket:
         if (stop := self._t.stops.get(provider)) is not None:
             raise StoppedElsewhere(stop)
+        now = self._now()
+        pace = self._t.pace.get(provider)
+        ready = now  # what another live run set (this run's own gate keeps its own)
+        if pace is not None and pace.paused_until and self._other_live(pace.pause_run_id, owner):
+            ready = max(ready, pace.paused_until)
+        if (
+            pace is not None
+            and interval_s
+            and pace.next_slot_at
+            and self._other_live(pace.slot_run_id, owner)
+        ):
+            ready = max(ready, pace.next_slot_at)
+        if ready > now:
+            raise ProviderPaced((ready - now).total_seconds())
         if in_flight_limit is not None and self._out_now(provider) >= in_flight_limit:
             raise ProviderBusy(f"{provider}: {in_flight_limit} requests out across runners")
         row = self._t.jobs.get(key)
@@ -309,6 +333,9 @@ class MemoryStore:
             raise LeaseLost(f"job {short_key(key)} is no longer held by this run; not sent")
         if lease_until is not None:
             row.lease_expires_at = lease_until
+        if interval_s:
+            taken = self._t.pace.setdefault(provider, _Pace())
+            taken.next_slot_at, taken.slot_run_id = now + timedelta(seconds=interval_s), owner
         attempt_id = next(self._ids)
         self._t.attempts[attempt_id] = _AttemptRow(
             attempt_id, key, owner, provider, model, started_at=self._now()
@@ -364,6 +391,16 @@ class MemoryStore:
         run = self._t.runs.get(run_id)
         if run is not None:
             run.reserved_usd = max(run.reserved_usd - estimate, 0.0)
+
+    def _other_live(self, run_id: str | None, owner: str) -> bool:
+        run = self._t.runs.get(run_id) if run_id is not None and run_id != owner else None
+        return run is not None and run.ended_at is None
+
+    async def pause_provider(self, provider: str, seconds: float, run_id: str) -> None:
+        pace = self._t.pace.setdefault(provider, _Pace())
+        until = self._now() + timedelta(seconds=seconds)
+        if pace.paused_until is None or pace.paused_until < until:
+            pace.paused_until, pace.pause_run_id = until, run_id
 
     async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
         self._t.stops.setdefault(

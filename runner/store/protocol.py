@@ -104,6 +104,7 @@ class Store(Protocol):
         *,
         lease_until: datetime | None = None,
         in_flight_limit: int | None = None,
+        interval_s: float | None = None,
     ) -> AttemptTicket:
         """Record an `in_flight` attempt; returns once it is committed, so that a request sent
         afterwards is on record even if the runner dies before the answer.
@@ -114,7 +115,9 @@ class Store(Protocol):
         Else LeaseLost, and nothing is written: a runner paused past its lease never pays
         for a job another runner has taken. StoppedElsewhere when any runner has stopped
         this provider (`stop_provider`). With `in_flight_limit`, ProviderBusy when every
-        runner's requests out to this provider, together, already reach it."""
+        runner's requests out to this provider, together, already reach it. ProviderPaced
+        while a pause (`pause_provider`) lasts, or, with `interval_s`, until the provider's
+        next free slot: the runners together send at most one request per `interval_s`."""
         ...
 
     async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None: ...
@@ -130,6 +133,11 @@ class Store(Protocol):
 
     async def release_budget(self, run_id: str, estimate: float) -> None:
         """The job is over: its reservation goes (its attempts' costs now count instead)."""
+        ...
+
+    async def pause_provider(self, provider: str, seconds: float, run_id: str) -> None:
+        """Hold the other runners' requests to `provider` for `seconds` (a Retry-After
+        answered to `run_id`, which pauses with its own gate)."""
         ...
 
     async def stop_provider(self, notice: StopNotice, run_id: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from runner.errors import LeaseLost, ProviderBusy, RunnerError, StopNotice, StoppedElsewhere
+from runner.errors import (
+    LeaseLost,
+    ProviderBusy,
+    ProviderPaced,
+    RunnerError,
+    StopNotice,
+    StoppedElsewhere,
+)
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     DIED,
@@ -76,6 +84,13 @@ def _spec_row(spec: JobSpec) -> dict[str, Any]:
 
 
 BUSY = "busy"  # begin_attempt's answer when the fleet's requests out reach the limit
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """begin_attempt's answer when the fleet's pace says: not before `seconds` from now."""
+
+    seconds: float
 
 
 def _insert_new(conn: AsyncConnection, table: Table) -> Any:
@@ -429,6 +444,7 @@ class SqlStore:
         *,
         lease_until: datetime | None = None,
         in_flight_limit: int | None = None,
+        interval_s: float | None = None,
     ) -> AttemptTicket:
         now = self._now()
         j = t.jobs.c
@@ -469,24 +485,47 @@ class SqlStore:
             )
         )
 
-        async def write(conn: AsyncConnection) -> int | StopNotice | str | None:
+        pace = t.provider_pace
+        paced = select(pace).where(pace.c.provider == provider)
+
+        async def write(conn: AsyncConnection) -> int | StopNotice | str | _Wait | None:
             # Errors are returned, not raised: a raise would roll back the whole batch.
             if (stop := (await conn.execute(stopped)).first()) is not None:
                 return StopNotice(stop.provider, stop.kind, stop.message, stop.exit_code)
-            if in_flight_limit is not None:
-                # One count at a time per provider across runners (PostgreSQL runs their
-                # transactions side by side; SQLite's write lock already does this). Should
-                # the wait close a cycle with row locks, PostgreSQL picks a victim and the
-                # batch is run again (batching.py).
-                if conn.dialect.name == "postgresql":
-                    await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
-                        {"name": f"runner in flight: {provider}"},
-                    )
-                if (await conn.scalar(out_now) or 0) >= in_flight_limit:
-                    return BUSY
+            # One count at a time per provider across runners (PostgreSQL runs their
+            # transactions side by side; SQLite's write lock already does this). Should the
+            # wait close a cycle with row locks, PostgreSQL picks a victim and the batch is
+            # run again (batching.py).
+            if conn.dialect.name == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                    {"name": f"runner in flight: {provider}"},
+                )
+            slot = (await conn.execute(paced)).first()
+            ready = now  # what another live run set (this run's own gate keeps its own)
+            others = await self._other_live_runs(conn, slot, owner)
+            if slot is not None and slot.paused_until and slot.pause_run_id in others:
+                ready = max(ready, slot.paused_until)  # a rate-limit answer's wait
+            if slot is not None and interval_s and slot.next_slot_at and slot.slot_run_id in others:
+                ready = max(ready, slot.next_slot_at)  # requests_per_minute
+            if ready > now:
+                return _Wait((ready - now).total_seconds())
+            if in_flight_limit is not None and (await conn.scalar(out_now) or 0) >= in_flight_limit:
+                return BUSY
             if (await conn.execute(fence)).rowcount != 1:
                 return None  # not ours (any more)
+            if interval_s:
+                taken = {
+                    "provider": provider,
+                    "next_slot_at": now + timedelta(seconds=interval_s),
+                    "slot_run_id": owner,
+                }
+                if slot is None:
+                    await conn.execute(_insert_new(conn, pace), [taken])
+                else:
+                    await conn.execute(
+                        update(pace).where(pace.c.provider == provider).values(**taken)
+                    )
             (attempt_id,) = (await conn.execute(statement)).inserted_primary_key or (None,)
             if attempt_id is None:
                 raise RunnerError("the database returned no id for a new attempt")
@@ -495,6 +534,8 @@ class SqlStore:
         answer = await self._db.run(write)
         if isinstance(answer, StopNotice):
             raise StoppedElsewhere(answer)
+        if isinstance(answer, _Wait):
+            raise ProviderPaced(answer.seconds)
         if isinstance(answer, str):  # BUSY
             raise ProviderBusy(f"{provider}: {in_flight_limit} requests out across runners")
         if answer is None:
@@ -550,6 +591,35 @@ class SqlStore:
                 reserved_usd=case((r.reserved_usd > estimate, r.reserved_usd - estimate), else_=0.0)
             )
         )
+
+    @staticmethod
+    async def _other_live_runs(conn: AsyncConnection, slot: Any, owner: str) -> set[str]:
+        """Of the runs that set a provider's pace, those still running, this one aside."""
+        if slot is None:
+            return set()
+        ids = {slot.slot_run_id, slot.pause_run_id} - {None, owner}
+        if not ids:
+            return set()
+        r = t.runs.c
+        rows = await conn.execute(select(r.id).where(r.id.in_(ids), r.ended_at.is_(None)))
+        return {str(run_id) for run_id in rows.scalars()}
+
+    async def pause_provider(self, provider: str, seconds: float, run_id: str) -> None:
+        until = self._now() + timedelta(seconds=seconds)
+        pace = t.provider_pace
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(_insert_new(conn, pace), [{"provider": provider}])
+            await conn.execute(
+                update(pace)
+                .where(
+                    pace.c.provider == provider,
+                    or_(pace.c.paused_until.is_(None), pace.c.paused_until < until),
+                )
+                .values(paused_until=until, pause_run_id=run_id)
+            )
+
+        await self._db.run(write)
 
     async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
         stops = t.provider_stops

@@ -194,6 +194,19 @@ provider_stops = Table(
     Column("stopped_at", UTCDateTime, nullable=False),
 )
 
+# Per provider, the pace every runner on this database keeps together: the next free
+# request slot under `requests_per_minute`, and a pause a rate-limit answer asked for. Each
+# with the run that set it: that run keeps them with its own gate, the others from here.
+provider_pace = Table(
+    "provider_pace",
+    metadata,
+    Column("provider", String(200), primary_key=True),
+    Column("next_slot_at", UTCDateTime),
+    Column("slot_run_id", String(64)),
+    Column("paused_until", UTCDateTime),
+    Column("pause_run_id", String(64)),
+)
+
 # A provider's model list (Venice `GET /models?type=inpaint`), refreshed when a day old.
 model_catalogues = Table(
     "model_catalogues",

@@ -133,6 +133,7 @@ class ThreadedStore:
         *,
         lease_until: datetime | None = None,
         in_flight_limit: int | None = None,
+        interval_s: float | None = None,
     ) -> AttemptTicket:
         async def begin() -> AttemptTicket:
             return await self._inner.begin_attempt(
@@ -142,6 +143,7 @@ class ThreadedStore:
                 model,
                 lease_until=lease_until,
                 in_flight_limit=in_flight_limit,
+                interval_s=interval_s,
             )
 
         return await self._loop.call(begin)
@@ -153,6 +155,9 @@ class ThreadedStore:
 
     async def release_budget(self, run_id: str, estimate: float) -> None:
         await self._loop.call(self._inner.release_budget, run_id, estimate)
+
+    async def pause_provider(self, provider: str, seconds: float, run_id: str) -> None:
+        await self._loop.call(self._inner.pause_provider, provider, seconds, run_id)
 
     async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
         await self._loop.call(self._inner.stop_provider, notice, run_id)

@@ -64,6 +64,7 @@ class RecordedRequest:
     status: int  # 0: no response was sent (reset, or the server was stopping)
     request_id: str = ""
     fault: str | None = None
+    arrived_at: float = 0.0  # time.monotonic() when its request line came in
 
 
 class OpenAIHandler(BaseHandler):
@@ -96,12 +97,15 @@ class OpenAIHandler(BaseHandler):
         fingerprint = ""
         reserved = False
         fault: str | None = None
+        arrived_at = time.monotonic()
 
         def record(status: int, *, paid: bool = False) -> None:
             nonlocal reserved
             release, reserved = reserved, False
             provider._record(
-                RecordedRequest(fields, files, headers, fingerprint, status, request_id, fault),
+                RecordedRequest(
+                    fields, files, headers, fingerprint, status, request_id, fault, arrived_at
+                ),
                 reserved=release,
                 paid=paid,
             )
@@ -195,7 +199,9 @@ class OpenAIHandler(BaseHandler):
             if reserved:
                 # Only a bug gets here; its reservation must not block later edits.
                 provider._record(
-                    RecordedRequest(fields, files, headers, fingerprint, 0, request_id, fault),
+                    RecordedRequest(
+                        fields, files, headers, fingerprint, 0, request_id, fault, arrived_at
+                    ),
                     reserved=True,
                     paid=False,
                 )

@@ -5,6 +5,7 @@ pay for each once. Skips where no PostgreSQL server answers."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -218,3 +219,21 @@ def test_max_cost_is_one_budget_for_three_runners(
     spent = json.loads(status.stdout)["cost_usd"]
     assert 0.2 < spent <= cap, spent  # one budget, not one per runner (that would be $0.90)
     assert sum(fake.paid.values()) <= 10
+
+
+def test_requests_per_minute_is_the_fleets_pace(
+    workspace: Workspace, fake: FakeProvider, pg_database: str
+) -> None:
+    jobs = [{"image": workspace.image(f"r{i}.png"), "prompt": f"edit {i}"} for i in range(6)]
+    manifest = workspace.manifest(jobs, profile={"concurrency": 4, "requests_per_minute": 60})
+    runners = [start(manifest, pg_database, workspace.root / f"r{i}") for i in range(3)]
+    results = [(r.wait(timeout=120), *r.communicate()) for r in runners]
+
+    for code, _, stderr in results:
+        assert code == 0, stderr
+    assert len(fake.paid) == 6 and set(fake.paid.values()) == {1}
+    # One request a second for the three together (each pacing alone, two would often go
+    # out within a few milliseconds of each other).
+    times = sorted(request.arrived_at for request in fake.requests)  # type: ignore[attr-defined]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert min(gaps) >= 0.9, gaps

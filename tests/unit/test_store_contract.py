@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runner.errors import LeaseLost, ProviderBusy, StopNotice, StoppedElsewhere
+from runner.errors import LeaseLost, ProviderBusy, ProviderPaced, StopNotice, StoppedElsewhere
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     AttemptRecord,
@@ -212,6 +212,7 @@ async def test_the_sql_store_on_postgresql_answers_as_on_sqlite_and_fences_sends
     await stopping(await pg_store(tmp_path))
     await concurrency(await pg_store(tmp_path))
     await budget(await pg_store(tmp_path))
+    await pacing(await pg_store(tmp_path))
 
 
 async def fencing(store: Store) -> None:
@@ -322,5 +323,35 @@ async def budget(store: Store) -> None:
         assert await store.reserve_budget("y", "budget", 3.0, 10.0) == (True, 7.0)
         await store.release_budget("y", 100.0)  # never below nothing
         assert await store.reserve_budget("x", "budget", 7.0, 10.0) == (True, 3.0)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("make", [sql_store, memory_store])
+async def test_the_pace_and_a_pause_hold_for_the_other_live_runners(
+    make: Callable[[Path], Any], tmp_path: Path
+) -> None:
+    await pacing(await make(tmp_path))
+
+
+async def pacing(store: Store) -> None:
+    """A manifest of its own, so that it can follow `scenario` on one database."""
+    jobs = [spec(n, provider="r") for n in (40, 41, 42)]
+    try:
+        await store.sync_manifest("pace", jobs)
+        for owner in ("u", "v"):
+            await store.start_run(RunInfo(owner, "pace", "host", 1, "tag"))
+        (a,) = await store.claim_many("pace", "r", "u", LEASE, 1)
+        (b,) = await store.claim_many("pace", "r", "v", LEASE, 1)
+        await store.begin_attempt(a.spec.key, "u", "r", "m", interval_s=3.0)  # takes the slot
+        with pytest.raises(ProviderPaced) as paced:  # the next slot is 3 s away, for v too
+            await store.begin_attempt(b.spec.key, "v", "r", "m", interval_s=3.0)
+        assert paced.value.wait_s == pytest.approx(3.0)
+        await store.pause_provider("r", 30.0, "u")  # a Retry-After answered to u
+        with pytest.raises(ProviderPaced) as paused:  # holds v, whatever its own pace
+            await store.begin_attempt(b.spec.key, "v", "r", "m")
+        assert paused.value.wait_s == pytest.approx(30.0)
+        await store.end_run("u", 75, None)  # u is gone: what it set holds nobody back
+        await store.begin_attempt(b.spec.key, "v", "r", "m", interval_s=3.0)
     finally:
         await store.close()
