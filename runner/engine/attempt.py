@@ -148,6 +148,8 @@ class Attempts:
                 await self._share_stop(gate, exc)
             elif isinstance(exc, Throttled) and exc.retry_after:
                 await self._share_pause(gate, exc.retry_after)
+            else:
+                await self._share_spent_window(gate, exc.facts)
             raise
         except BaseException:
             # Cancelled mid-request (the grace period ran out): it may have been billed.
@@ -160,6 +162,7 @@ class Attempts:
         gate.record(succeeded=True)
         gate.note_answer(spec.key, failed=False)
         self._observe(gate, spec, result.facts, failed=False)
+        await self._share_spent_window(gate, result.facts)
         latency_ms = _ms_since(started)
         if self._limits is not None:
             self._limits.took(latency_ms / 1000)
@@ -213,6 +216,14 @@ class Attempts:
             except BaseException:
                 gate.answered()
                 raise
+
+    async def _share_spent_window(self, gate: ProviderGate, facts: ReplyFacts | None) -> None:
+        """The provider's request window is used up until its reset (Venice's rate
+        headers): every runner waits for the reset, not only the one that was told."""
+        if facts is not None and facts.rate_remaining == 0 and facts.rate_reset_in_s:
+            await self._share_pause(
+                gate, min(facts.rate_reset_in_s, self._settings.retry.max_wait_s)
+            )
 
     async def _share_pause(self, gate: ProviderGate, seconds: float) -> None:
         """A rate-limit answer's wait holds every runner's requests, not only this one's."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from helpers import FakeClock, png_bytes
 
 from runner.dialects.openai.rules import LIMITS
@@ -16,7 +17,13 @@ from runner.engine.budget import LimitGuard, ResolvedLimits
 from runner.engine.pacing import ProviderGate
 from runner.engine.pool import Pool
 from runner.engine.ports import Files, Lane
-from runner.errors import LeaseLost, PaymentRequired, PermanentJobError, RetryableError
+from runner.errors import (
+    LeaseLost,
+    PaymentRequired,
+    PermanentJobError,
+    ProviderPaced,
+    RetryableError,
+)
 from runner.records import (
     AttemptRecord,
     EditRequest,
@@ -26,6 +33,7 @@ from runner.records import (
     JobSpec,
     Outcome,
     OutputRef,
+    ReplyFacts,
     ReplyImage,
 )
 from runner.settings import RetrySettings, RunSettings
@@ -296,3 +304,22 @@ async def test_cancelling_in_the_grace_period_abandons_and_releases_the_request(
     assert await states(store) == {"00": "pending", "01": "pending"}
     assert await outcomes(store, specs[0].key) == [("abandoned", True)]  # may be billed
     assert pool.report.succeeded == 0
+
+
+async def test_a_spent_request_window_pauses_the_other_runners_until_its_reset() -> None:
+    store = new_store()
+    spent = EditResult(
+        (ReplyImage(PNG, "PNG", 8, 8),), usage=None, request_id=None,
+        facts=ReplyFacts(rate_remaining=0, rate_reset_in_s=42.0),
+    )  # fmt: skip
+    provider = Provider({"job 0": [spent]})
+    pool, _, _ = await pool_over(store, provider, jobs=1)
+    await store.start_run(RunInfo("other", "m", "host2", 2, "tag"))
+    with anyio.fail_after(5):
+        await pool.run()
+
+    await store.sync_manifest("m2", [spec(7)])
+    (job,) = await store.claim_many("m2", "p", "other", NOW + timedelta(minutes=5), 1)
+    with pytest.raises(ProviderPaced) as paused:  # the other runner waits for the reset
+        await store.begin_attempt(job.spec.key, "other", "p", "m")
+    assert paused.value.wait_s == pytest.approx(42.0)
