@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,59 @@ def short_key(key: str) -> str:
     return key[:SHOWN_KEY_CHARS]
 
 
+# Object stores an `output_dir` may name instead of a folder (see files/object_store.py).
+OBJECT_SCHEMES = ("s3",)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ObjectURL:
+    """A place in an object store, `s3://bucket/prefix[/name]`: what `output_dir` and an
+    output's path are when the outputs go to a bucket every host of a fleet can reach. It
+    has the few operations of `Path` that naming outputs needs."""
+
+    url: str  # normalised: no trailing slash, no empty or "." segments
+
+    def __truediv__(self, name: str) -> ObjectURL:
+        return ObjectURL(f"{self.url}/{name}")
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def bucket_url(self) -> str:
+        """`s3://bucket`: what one client of the store is opened for."""
+        scheme, rest = self.url.split("://", 1)
+        return f"{scheme}://{rest.split('/', 1)[0]}"
+
+    @property
+    def key(self) -> str:
+        """The object's key inside its bucket (empty for the bucket itself)."""
+        rest = self.url.split("://", 1)[1]
+        return rest.split("/", 1)[1] if "/" in rest else ""
+
+
+# Where outputs go: a folder on a disk the runner sees, or a prefix in an object store.
+OutputPlace = Path | ObjectURL
+
+
+def is_object_url(text: str) -> bool:
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and scheme.lower() in OBJECT_SCHEMES
+
+
+def output_place(text: str) -> OutputPlace:
+    """An `output_dir` or output path as stored (text) back to what it names."""
+    if not is_object_url(text):
+        return Path(text)
+    scheme, rest = text.split("://", 1)
+    segments = [s for s in rest.split("/") if s not in ("", ".")]
+    return ObjectURL(f"{scheme.lower()}://" + "/".join(segments))
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """One job as the manifest describes it; `key` is its content hash."""
@@ -75,7 +129,7 @@ class JobSpec:
     provider: str
     model: str
     params: Mapping[str, Any]
-    output_dir: Path
+    output_dir: OutputPlace
     output_name: str
     # sha256 of the inputs when the key was made; None where the file could not be read.
     image_sha256: str | None = None
@@ -174,12 +228,18 @@ class EditResult:
 @dataclass(frozen=True, slots=True)
 class OutputRef:
     index: int
-    path: Path
+    path: OutputPlace
     sha256: str
     size: int
     width: int
     height: int
     format: str
+
+    @classmethod
+    def of(cls, index: int, path: OutputPlace, image: ReplyImage) -> OutputRef:
+        """What is recorded of `image` once written to `path`."""
+        digest = hashlib.sha256(image.data).hexdigest()
+        return cls(index, path, digest, len(image.data), image.width, image.height, image.format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,7 +443,7 @@ class Manifest:
     path: Path
     providers: Mapping[str, ProviderProfile]
     jobs: tuple[JobSpec, ...]
-    output_dir: Path
+    output_dir: OutputPlace
     database: str | None  # as written: a path relative to the manifest, or a URL
     limits: RunLimits = field(default_factory=RunLimits)
     # provider -> model -> price, from the manifest's `pricing:`; built-ins fill the rest.

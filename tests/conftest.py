@@ -9,10 +9,12 @@ import random
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import yaml
 from helpers import FakeClock
@@ -179,3 +181,67 @@ def pg_database() -> Iterator[str]:
         pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL}: {exc}")
     yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     asyncio.run(admin_sql(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+@dataclass(frozen=True)
+class S3Bucket:
+    """An empty bucket on the local S3 server; the environment points obstore at it."""
+
+    name: str
+    endpoint: str
+    secret: str  # the AWS_SECRET_ACCESS_KEY the tests set: must never show anywhere
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.name}"
+
+    def _store(self) -> Any:
+        from obstore.store import from_url
+
+        return from_url(self.url)
+
+    def get(self, key: str) -> bytes:
+        import obstore
+
+        return bytes(obstore.get(self._store(), key).bytes())
+
+    def put(self, key: str, data: bytes) -> None:
+        import obstore
+
+        obstore.put(self._store(), key, data)
+
+    def object_keys(self) -> list[str]:
+        import obstore
+
+        return sorted(str(meta["path"]) for batch in obstore.list(self._store()) for meta in batch)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 in a thread of this process (other processes reach it
+    too); skips where moto or obstore is not installed."""
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("obstore")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> S3Bucket:
+    secret = f"s3secret-{uuid.uuid4().hex}"
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "runner-tests",
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    bucket = f"runner-{uuid.uuid4().hex[:10]}"
+    httpx.put(f"{s3_server}/{bucket}", timeout=10).raise_for_status()
+    return S3Bucket(bucket, s3_server, secret)

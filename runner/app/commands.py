@@ -40,9 +40,18 @@ from runner.files.html_report import (
     manifest_folder,
     write_report,
 )
+from runner.files.object_store import ObjectOutputs
 from runner.files.preflight import prepare_request
 from runner.manifest.expand import ParsedManifest
-from runner.records import ExportRow, JobState, Manifest, Summary, Totals, short_key
+from runner.records import (
+    ExportRow,
+    JobState,
+    Manifest,
+    Summary,
+    Totals,
+    output_place,
+    short_key,
+)
 from runner.store.engine import database_exists, peek_job_states, peek_output_paths
 from runner.store.protocol import Store
 from runner.store.tables import utcnow
@@ -190,7 +199,7 @@ async def report(
             attempts=row.attempts,
             cost_usd=row.usage.cost_usd,
             error=row.error,
-            outputs=tuple(Path(p) for p in row.outputs),
+            outputs=tuple(output_place(p) for p in row.outputs),
         )
         for row in rows
     ]
@@ -206,7 +215,14 @@ async def report(
             generated_at=generated_at,
             folder=manifest_folder(path),  # touches the disk: here, not on the event loop
         )
-        return write_report(report_jobs, totals, target, workers=workers, on_progress=on_progress)
+        return write_report(
+            report_jobs,
+            totals,
+            target,
+            workers=workers,
+            on_progress=on_progress,
+            read_object=ObjectOutputs().read,
+        )
 
     return await anyio.to_thread.run_sync(build)
 

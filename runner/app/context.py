@@ -65,7 +65,7 @@ async def opened(parsed: ParsedManifest, options: Options) -> AsyncIterator[Open
     url = resolve_db(parsed, options.db)
     store = await open_threaded(lambda: open_store(url, options.wall_clock))
     try:
-        await record_late_completions(store, parsed.output_dir)
+        await record_late_completions(store, journal.home(parsed.output_dir, parsed.path))
         digester = Digester(await store.load_digests())
         known_outputs = await store.output_paths()
         manifest = await anyio.to_thread.run_sync(parsed.resolve, digester, known_outputs)
@@ -76,11 +76,11 @@ async def opened(parsed: ParsedManifest, options: Options) -> AsyncIterator[Open
         await store.close()
 
 
-async def record_late_completions(store: Store, output_dir: Path) -> int:
+async def record_late_completions(store: Store, journal_home: Path) -> int:
     """Record the paid replies an earlier run wrote to files while the database took no
     writes (see `journal`), before anything could send their jobs again."""
     recorded = 0
-    for path in await anyio.to_thread.run_sync(journal.pending_files, output_dir):
+    for path in await anyio.to_thread.run_sync(journal.pending_files, journal_home):
         for entry in await anyio.to_thread.run_sync(journal.read, path):
             recorded += await store.record_late(
                 entry.key, entry.attempt_id, entry.record, entry.outputs

@@ -36,8 +36,8 @@ from runner.engine.ports import Lane, Provider
 from runner.engine.pricing import PriceBook
 from runner.errors import ExitCode, ManifestError, OutputError, StopNotice, StoreError
 from runner.files import journal, procs
-from runner.files.local import local_files
-from runner.files.outputs import ensure_writable, sweep_temp_files
+from runner.files.local import Outputs, local_files
+from runner.files.outputs import sweep_temp_files
 from runner.manifest.durations import format_duration, parse_deadline
 from runner.manifest.expand import ParsedManifest
 from runner.records import (
@@ -90,8 +90,9 @@ def resolve_limits(parsed: ParsedManifest, flags: RunLimits, now: datetime) -> R
 
 async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
     parsed = await parse(Path(path))
+    outputs = Outputs()
     try:
-        ensure_writable(parsed.output_dir)
+        await anyio.to_thread.run_sync(outputs.ensure_writable, parsed.output_dir)
     except OutputError as exc:
         raise ManifestError(str(exc), file=str(parsed.path), field="output_dir") from exc
     limits = resolve_limits(parsed, options.limits, options.wall_clock())
@@ -101,7 +102,8 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
         to_do = [spec for spec in manifest.jobs if states[spec.key] in TO_DO]
         # Only providers with work left need a key: a finished manifest re-runs keyless.
         creds = credentials(parsed, {spec.provider for spec in to_do})
-        await anyio.to_thread.run_sync(sweep_temp_files, manifest.output_dir)
+        if isinstance(manifest.output_dir, Path):  # an object store has no temp files
+            await anyio.to_thread.run_sync(sweep_temp_files, manifest.output_dir)
         await _reclaim_dead_runs(store)
         log.info(
             "%s: %d jobs (%d new), %d to send; database %s",
@@ -119,7 +121,16 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
         )
         db_folder = _database_folder(resolve_db(parsed, options.db))
         work = _Work(
-            manifest, store, creds, to_do, run_info.id, options, limits, done_before, db_folder
+            manifest,
+            store,
+            creds,
+            to_do,
+            run_info.id,
+            options,
+            limits,
+            done_before,
+            outputs,
+            db_folder,
         )
         await store.start_run(run_info)
         # A 402 or a refused key from an earlier run stopped these providers for every
@@ -197,6 +208,7 @@ class _Work:
     options: Options
     limits: ResolvedLimits
     done_before: int
+    outputs: Outputs
     db_folder: Path | None = None
 
     async def run(self) -> PoolReport:
@@ -243,7 +255,7 @@ class _Work:
                 manifest=str(self.manifest.path),
                 owner=self.owner,
                 settings=options.settings,
-                files=local_files(folders),
+                files=local_files(folders, self.outputs),
                 clock=clock,
                 wall_clock=options.wall_clock,
                 limits=LimitGuard(self.limits, options.wall_clock) if self.limits.any else None,
@@ -257,7 +269,8 @@ class _Work:
             journal.LateRecord(item.spec.key, item.ticket.id, item.record, item.outputs)
             for item in items
         ]
-        await anyio.to_thread.run_sync(journal.keep, self.manifest.output_dir, self.owner, entries)
+        folder = journal.home(self.manifest.output_dir, self.manifest.path)
+        await anyio.to_thread.run_sync(journal.keep, folder, self.owner, entries)
 
     async def _learn_from_earlier_runs(self, books: Mapping[str, PriceBook]) -> None:
         """What earlier runs' replies cost, against their estimates: this run's budget and

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from runner.records import EditRequest, EditResult, ImageLimits, JobSpec, OutputRef, ReplyImage
+from runner.records import (
+    EditRequest,
+    EditResult,
+    ImageLimits,
+    JobSpec,
+    OutputPlace,
+    OutputRef,
+    ReplyImage,
+)
 
 if TYPE_CHECKING:
     from runner.engine.pacing import ProviderGate
@@ -42,7 +50,7 @@ class Files:
 
     prepare: Prepare  # read and check a job's inputs; raises InputError (never sent)
     write: WriteOutputs  # write a reply's images durably; raises OutputError
-    free_space: Callable[[Path], int]  # bytes free where a folder lives
+    free_space: Callable[[OutputPlace], int]  # bytes free where a folder lives
     # Besides each job's output folder: (what, folder) whose disk must not fill up.
     watch_folders: Sequence[tuple[str, Path]] = ()
 

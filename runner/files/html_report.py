@@ -30,9 +30,10 @@ from urllib.parse import quote
 
 from PIL import Image, ImageFilter, ImageOps, features
 
+from runner.errors import OutputError
 from runner.files.outputs import write_atomic
 from runner.money import format_usd
-from runner.records import JobState, short_key
+from runner.records import JobState, ObjectURL, OutputPlace, short_key
 
 # The outline of the edited area: magenta is rare in photographs, so it stands out.
 OUTLINE_RGB = (255, 0, 255)
@@ -60,7 +61,21 @@ _STATE_ORDER = (
 _KNOWN_STATES = frozenset(s.value for s in JobState)
 # Anything Pillow raises for a file it cannot turn into a picture: absent, unreadable,
 # not an image, truncated, or too many pixels. One bad file must not sink the report.
-_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+_UNREADABLE = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    Image.DecompressionBombError,
+    OutputError,  # an object the store would not give
+)
+# Reads an output kept in an object store (ObjectOutputs.read); OutputError if it cannot.
+ReadObject = Callable[[ObjectURL], bytes]
+
+
+def _no_object_store(where: ObjectURL) -> bytes:
+    raise OutputError(f"{where}: no object store client given")
+
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -77,7 +92,8 @@ class ReportJob:
     attempts: int
     cost_usd: float | None
     error: str | None  # reason for failed jobs
-    outputs: tuple[Path, ...]  # output image paths (may be missing on disk)
+    # Output images (may be missing): files, or objects in a store (see object_store.py).
+    outputs: tuple[OutputPlace, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +255,7 @@ def write_report(
     thumb_px: int = 160,
     workers: int = 2,
     on_progress: ProgressCallback | None = None,
+    read_object: ReadObject = _no_object_store,
 ) -> ReportStats:
     """Make the thumbnails, render the page and put it at `path` whole or not at all.
 
@@ -252,14 +269,15 @@ def write_report(
         raise ValueError(f"workers must be at least 1, got {workers}")
     # Many jobs often share one input (several prompts per picture), so each distinct
     # (picture, mask) is decoded once; the page still repeats its data: URI per job.
-    requests = {(job.image, job.mask) for job in jobs}
+    requests: set[tuple[OutputPlace, Path | None]] = {(job.image, job.mask) for job in jobs}
     requests.update((out, None) for job in jobs for out in job.outputs)
     if on_progress is not None:
         on_progress(0, len(requests))
-    done: dict[tuple[Path, Path | None], tuple[Thumbnail | None, bool]] = {}
+    done: dict[tuple[OutputPlace, Path | None], tuple[Thumbnail | None, bool]] = {}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="report") as pool:
         futures = {
-            pool.submit(_thumbnail_with_mask, req[0], req[1], thumb_px): req for req in requests
+            pool.submit(_thumbnail_with_mask, req[0], req[1], thumb_px, read_object): req
+            for req in requests
         }
         for future in as_completed(futures):
             done[futures[future]] = future.result()
@@ -300,11 +318,17 @@ def write_report(
 
 
 def _thumbnail_with_mask(
-    image: Path, mask: Path | None, thumb_px: int
+    image: OutputPlace,
+    mask: Path | None,
+    thumb_px: int,
+    read_object: ReadObject = _no_object_store,
 ) -> tuple[Thumbnail | None, bool]:
     """The thumbnail (None if `image` is unreadable) and whether `mask` was usable."""
     try:
-        picture = _load_small(image, thumb_px)
+        if isinstance(image, ObjectURL):
+            picture = _load_small(io.BytesIO(read_object(image)), thumb_px)
+        else:
+            picture = _load_small(image, thumb_px)
     except _UNREADABLE:
         # Still check the mask, so the page can say which of the two files is the problem.
         return None, mask is None or _readable(mask)
@@ -317,7 +341,7 @@ def _thumbnail_with_mask(
     return _encode(picture), mask_ok
 
 
-def _load_small(path: Path, thumb_px: int) -> Image.Image:
+def _load_small(path: Path | io.BytesIO, thumb_px: int) -> Image.Image:
     """The picture as viewers show it, at most `thumb_px` on its longer side, in RGB."""
     with Image.open(path) as im:
         # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: several times faster for
@@ -536,9 +560,12 @@ class _Cards:
             "</article>\n"
         )
 
-    def _figure(self, thumb: Thumbnail | None, label: str, caption_html: str, path: Path) -> str:
+    def _figure(
+        self, thumb: Thumbnail | None, label: str, caption_html: str, path: OutputPlace
+    ) -> str:
         """A thumbnail (or MISSING_TEXT) that opens the viewer; `label` is plain text,
-        `caption_html` already escaped markup."""
+        `caption_html` already escaped markup. An object in a store has no address a
+        browser can open (s3://), so its thumbnail is shown with the URL and no link."""
         e = _esc
         if thumb is None:
             body = f'<div class="ph" title="{e(str(path))}">{MISSING_TEXT}</div>'
@@ -547,6 +574,8 @@ class _Cards:
                 f'<img src="{thumb.data_uri}" width="{thumb.width}" height="{thumb.height}" '
                 f'alt="{e(label)}: {e(path.name)}" title="{e(str(path))}" decoding="async">'
             )
+        if isinstance(path, ObjectURL):
+            return f'<figure class="remote">{body}<figcaption>{caption_html}</figcaption></figure>'
         # A real link: without the script (or with a modifier key) it opens the file itself.
         href = file_link(path, self.page_dir, self.base)
         return (

@@ -2,7 +2,9 @@
 
 When the database stops taking writes (its disk is full), a reply already paid for is
 still written to its files; what the database should have said about it (the attempt's
-answer, its outputs) goes to a small file in `output_dir/.runner-unrecorded/` instead.
+answer, its outputs) goes to a small file in `output_dir/.runner-unrecorded/` instead (beside
+the manifest when the outputs go to an object store: the journal stays on a local disk, where
+a write is cheap and does not depend on the network that may be what failed).
 The next command that opens the manifest records it and removes the file, so the job is
 not sent (and paid for) again.
 """
@@ -18,7 +20,15 @@ from typing import Any
 
 from runner.errors import OutputError
 from runner.files.outputs import write_atomic
-from runner.records import AttemptRecord, Outcome, OutputRef, ReplyFacts, Usage
+from runner.records import (
+    AttemptRecord,
+    Outcome,
+    OutputPlace,
+    OutputRef,
+    ReplyFacts,
+    Usage,
+    output_place,
+)
 
 log = logging.getLogger("runner")
 FOLDER = ".runner-unrecorded"
@@ -32,6 +42,11 @@ class LateRecord:
     attempt_id: int
     record: AttemptRecord
     outputs: tuple[OutputRef, ...]
+
+
+def home(output_dir: OutputPlace, manifest: Path) -> Path:
+    """The folder whose `.runner-unrecorded/` holds the journal (see the module's text)."""
+    return output_dir if isinstance(output_dir, Path) else manifest.parent
 
 
 def keep(output_dir: Path, run_id: str, entries: Sequence[LateRecord]) -> Path | None:
@@ -85,5 +100,5 @@ def _from_json(data: dict[str, Any]) -> LateRecord:
     record["outcome"] = Outcome(record["outcome"])
     record["usage"] = Usage(**record["usage"]) if record.get("usage") else None
     record["facts"] = ReplyFacts(**record["facts"]) if record.get("facts") else None
-    outputs = tuple(OutputRef(**{**o, "path": Path(o["path"])}) for o in data["outputs"])
+    outputs = tuple(OutputRef(**{**o, "path": output_place(o["path"])}) for o in data["outputs"])
     return LateRecord(str(data["key"]), int(data["attempt_id"]), AttemptRecord(**record), outputs)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import re
@@ -22,7 +21,7 @@ from typing import Any
 
 from runner.errors import OutputError, shown
 from runner.files.procs import pid_alive
-from runner.records import JobSpec, OutputRef, ReplyImage
+from runner.records import JobSpec, OutputPlace, OutputRef, ReplyImage
 
 TEMP_SUFFIX = ".runner-tmp"
 FIELDS = frozenset({"stem", "key", "key8", "index", "ext", "job", "dir", "relpath"})
@@ -35,7 +34,8 @@ _TEMP_NAME = re.compile(r"\.(?:.+\.)?(\d+)-[0-9a-f]+" + re.escape(TEMP_SUFFIX))
 # When a file of the final name exists (another job's, or the user's), the output goes to
 # `name~2.ext`, `name~3.ext`, ...: never replaced, both kept.
 CLASH_MARK = "~"
-MAX_CLASH_SUFFIX_CHARS = 6  # "~99999": what a name may grow by at write time
+MAX_CLASH_SUFFIX = 99_999
+MAX_CLASH_SUFFIX_CHARS = len(f"{CLASH_MARK}{MAX_CLASH_SUFFIX}")  # what a name may grow by
 _FALLBACK_NAME_MAX = 255  # bytes, where the filesystem does not say
 _FALLBACK_PATH_MAX = 4096
 _STALE_AFTER_S = 24 * 3600
@@ -52,34 +52,40 @@ _SAMPLE: dict[str, Any] = {
 }
 
 
-def output_paths(spec: JobSpec, images: Sequence[ReplyImage]) -> list[Path]:
-    """The absolute file each image goes to, in order; OutputError for a bad template."""
+def output_names(spec: JobSpec, images: Sequence[ReplyImage]) -> list[str]:
+    """Each image's name relative to the output folder (or prefix), in order; OutputError
+    for a bad template or a name that would leave the folder."""
     template = _template_for(spec.output_name, len(images))
-    base = spec.output_dir.absolute()
     fields: dict[str, Any] = {"stem": spec.image.stem, "key": spec.key, "key8": spec.key8}
     fields["job"] = spec.entry
-    paths = []
+    names = []
     for index, image in enumerate(images, start=1):
         ext = _EXTENSIONS.get(image.format, image.format.lower())
         try:
             name = template.format(**fields, index=index, ext=ext)
         except (ValueError, KeyError, IndexError, AttributeError) as exc:
             raise OutputError(f"output name {shown(spec.output_name)} is unusable: {exc}") from exc
-        problem = _escape_problem(name, base)
+        problem = _escape_problem(name, spec.output_dir)
         if problem is not None:
             raise OutputError(f"output name {shown(spec.output_name)} {problem}; nothing written")
-        paths.append(base / name)
-    return paths
+        names.append(name)
+    return names
+
+
+def output_paths(spec: JobSpec, images: Sequence[ReplyImage]) -> list[OutputPlace]:
+    """Where each image goes, in order; OutputError for a bad template."""
+    base = _absolute(spec.output_dir)
+    return [base / name for name in output_names(spec, images)]
 
 
 REPLY_FORMATS = tuple(_EXTENSIONS)  # every format a reply may come back in
 
 
-def possible_paths(spec: JobSpec, count: int) -> list[Path]:
+def possible_paths(spec: JobSpec, count: int) -> list[OutputPlace]:
     """Every file a reply of `count` images could go to, whatever format it comes back in
     (the extension follows the reply, not the request): for manifest-time checks, without
     the filesystem lookups `output_paths` makes."""
-    base = spec.output_dir.absolute()
+    base = _absolute(spec.output_dir)
     template = _template_for(spec.output_name, count)
     fields: dict[str, Any] = {"stem": spec.image.stem, "key": spec.key, "key8": spec.key8}
     fields["job"] = spec.entry
@@ -90,12 +96,12 @@ def possible_paths(spec: JobSpec, count: int) -> list[Path]:
     ]
 
 
-def check_output_template(template: str, output_dir: Path) -> str | None:
+def check_output_template(template: str, output_dir: OutputPlace) -> str | None:
     """For manifest validation: what is wrong with `template`, or None if it is usable."""
     try:
         for count in (1, 2):
             name = _template_for(template, count).format(**_SAMPLE)
-            problem = _escape_problem(name, output_dir.absolute())
+            problem = _escape_problem(name, output_dir)
             if problem is not None:
                 return f"output name {shown(template)} {problem}"
     except OutputError as exc:
@@ -105,12 +111,18 @@ def check_output_template(template: str, output_dir: Path) -> str | None:
     return None
 
 
+def _absolute(place: OutputPlace) -> OutputPlace:
+    return place.absolute() if isinstance(place, Path) else place
+
+
 def write_outputs(spec: JobSpec, images: Sequence[ReplyImage]) -> tuple[OutputRef, ...]:
     """Write every image atomically, never over an existing file, and describe what was
     written (a clash keeps both files: the new one under a suffixed name, with a warning)."""
     refs = []
-    own_name = _names_its_job(spec.output_name)
-    for index, (image, wanted) in enumerate(zip(images, output_paths(spec, images), strict=True)):
+    own_name = names_its_job(spec.output_name)
+    base = _local_folder(spec.output_dir)
+    for index, (image, name) in enumerate(zip(images, output_names(spec, images), strict=True)):
+        wanted = base.absolute() / name
         path = write_new(wanted, image.data, replace_existing=own_name)
         if path != wanted:
             log.warning(
@@ -118,18 +130,14 @@ def write_outputs(spec: JobSpec, images: Sequence[ReplyImage]) -> tuple[OutputRe
                 "yours); kept it, and wrote %s instead",
                 spec.entry, spec.image.name, spec.key8, wanted, path.name,
             )  # fmt: skip
-        refs.append(
-            OutputRef(
-                index=index + 1,
-                path=path,
-                sha256=hashlib.sha256(image.data).hexdigest(),
-                size=len(image.data),
-                width=image.width,
-                height=image.height,
-                format=image.format,
-            )
-        )
+        refs.append(OutputRef.of(index + 1, path, image))
     return tuple(refs)
+
+
+def _local_folder(place: OutputPlace) -> Path:
+    if isinstance(place, Path):
+        return place
+    raise OutputError(f"{place} is not a folder on this machine")  # a wiring bug: say so
 
 
 def sweep_temp_files(output_dir: Path, is_alive: Callable[[int], bool] = pid_alive) -> int:
@@ -223,8 +231,9 @@ def _chunk(literal: str, field: str | None, spec: str | None, conversion: str | 
     )
 
 
-def _escape_problem(name: str, base: Path) -> str | None:
-    """Why `name` may not be written under `base`, or None if it stays inside."""
+def _escape_problem(name: str, base: OutputPlace) -> str | None:
+    """Why `name` may not be written under `base`, or None if it stays inside (an object
+    store has no links to follow out: the checks on the name are all there is)."""
     separators = {"/", os.sep, os.altsep or "/"}
     pieces = re.split("|".join(re.escape(s) for s in separators), name)
     if not name or "\0" in name:
@@ -235,14 +244,23 @@ def _escape_problem(name: str, base: Path) -> str | None:
         return f"leads out of the output folder ({name})"
     if pieces[-1] in ("", "."):
         return f"does not end in a file name ({name})"
+    if not isinstance(base, Path):
+        return None
     target = (base / name).resolve()
     if not target.is_relative_to(base.resolve()):
         return f"leads out of the output folder through a link ({name})"
     return None
 
 
-def path_limits(folder: Path) -> tuple[int, int]:
+# S3 and its kin take keys of up to 1,024 bytes (UTF-8), whatever their segments' lengths.
+OBJECT_KEY_MAX = 1024
+
+
+def path_limits(folder: OutputPlace) -> tuple[int, int]:
     """(longest file name, longest path) in bytes where `folder` is (or will be made)."""
+    if not isinstance(folder, Path):
+        # The whole URL may be as long as the bucket's part plus the longest key.
+        return OBJECT_KEY_MAX, len(folder.bucket_url.encode()) + 1 + OBJECT_KEY_MAX + 1
     existing = folder
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
@@ -258,7 +276,7 @@ def path_limits(folder: Path) -> tuple[int, int]:
     return limits[0], limits[1]
 
 
-def length_problem(path: Path, name_max: int, path_max: int) -> str | None:
+def length_problem(path: OutputPlace, name_max: int, path_max: int) -> str | None:
     """Why `path` could not be written (with room for a clash suffix), or None."""
     name = os.fsencode(path.name)
     if len(name) + MAX_CLASH_SUFFIX_CHARS > name_max:
@@ -273,7 +291,7 @@ def length_problem(path: Path, name_max: int, path_max: int) -> str | None:
     return None
 
 
-def _names_its_job(template: str) -> bool:
+def names_its_job(template: str) -> bool:
     """Whether names from `template` carry the job's key: a file of such a name can only be
     this job's own earlier result (written, then the runner died before recording it)."""
     try:
@@ -311,7 +329,7 @@ def _clash_name(path: Path, number: int) -> Path:
 
 
 def _place_without_replacing(temp: Path, path: Path) -> Path:
-    for number in range(1, 100_000):
+    for number in range(1, MAX_CLASH_SUFFIX + 1):
         candidate = path if number == 1 else _clash_name(path, number)
         try:
             os.link(temp, candidate)
@@ -326,7 +344,7 @@ def _place_without_replacing(temp: Path, path: Path) -> Path:
             return candidate
         temp.unlink()
         return candidate
-    raise OutputError(f"cannot write {path}: 99,999 files of that name already exist")
+    raise OutputError(f"cannot write {path}: {MAX_CLASH_SUFFIX:,} files of that name exist")
 
 
 # Filesystems without hard links (FAT, some network mounts) answer link() with these.

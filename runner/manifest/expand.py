@@ -22,7 +22,16 @@ from runner.errors import ManifestError, shown
 from runner.manifest.digests import Digester
 from runner.manifest.output_rules import check_outputs
 from runner.manifest.schema import Document, JobFields, prices_from, profile_from, read_document
-from runner.records import JobSpec, Manifest, ProviderProfile, RunLimits
+from runner.records import (
+    OBJECT_SCHEMES,
+    JobSpec,
+    Manifest,
+    OutputPlace,
+    ProviderProfile,
+    RunLimits,
+    is_object_url,
+    output_place,
+)
 from runner.settings import DEFAULT_OUTPUT_NAME
 
 KEY_VERSION = 1  # bump only if the key recipe changes: it would re-send every job
@@ -35,7 +44,7 @@ class ParsedManifest:
 
     path: Path
     providers: Mapping[str, ProviderProfile]
-    output_dir: Path
+    output_dir: OutputPlace
     database: str | None
     drafts: tuple[_Draft, ...]
     limits: RunLimits = field(default_factory=RunLimits)
@@ -73,7 +82,7 @@ def parse_manifest(path: Path) -> ParsedManifest:
     path = _absolute(path)
     doc = read_document(path)
     base = path.parent
-    output_dir = _absolute(base / doc.output_dir)
+    output_dir = _output_folder(doc.output_dir, base, str(path))
     profiles = {name: profile_from(name, p, str(path)) for name, p in doc.providers.items()}
     drafts = tuple(
         draft
@@ -108,7 +117,7 @@ class _Draft:
     output_name: str
     glob: str | None = None  # the pattern that matched `image`; None when named explicitly
 
-    def spec(self, digests: Mapping[Path, str | None], output_dir: Path) -> JobSpec:
+    def spec(self, digests: Mapping[Path, str | None], output_dir: OutputPlace) -> JobSpec:
         image_sha = digests.get(self.image)
         mask_sha = digests.get(self.mask) if self.mask else None
         return JobSpec(
@@ -148,7 +157,7 @@ def _expand(
     entry: JobFields,
     doc: Document,
     profiles: Mapping[str, ProviderProfile],
-    folders: tuple[Path, Path],
+    folders: tuple[Path, OutputPlace],
     file: str,
 ) -> list[_Draft]:
     """One job entry's drafts; `folders` is (the manifest's folder, the output folder)."""
@@ -341,7 +350,26 @@ def _glob_root(pattern: str, base: Path) -> Path:
     return _absolute(base / Path(*fixed).expanduser()) if fixed else _absolute(base)
 
 
-def _image_paths(pattern: str, base: Path, fail: Any, output_dir: Path) -> list[tuple[Path, Path]]:
+def _output_folder(written: str, base: Path, file: str) -> OutputPlace:
+    """`output_dir` as written: a folder (relative to the manifest) or an object store URL."""
+    scheme, sep, rest = written.partition("://")
+    if not sep:
+        return _absolute(base / written)
+    if not is_object_url(written):
+        schemes = ", ".join(f"{s}://" for s in OBJECT_SCHEMES)
+        raise ManifestError(
+            f"{scheme}:// is not a place outputs can go; use a folder or {schemes}",
+            file=file,
+            field="output_dir",
+        )
+    if not rest.split("/", 1)[0]:
+        raise ManifestError(f"{shown(written)} names no bucket", file=file, field="output_dir")
+    return output_place(written)
+
+
+def _image_paths(
+    pattern: str, base: Path, fail: Any, output_dir: OutputPlace
+) -> list[tuple[Path, Path]]:
     """Each image with the folder `{dir}` is relative to: an explicit path as it is (its
     own folder); a glob's matches, sorted, never under the output folder (a re-run must
     never pay to edit its own results). Brace alternatives are expanded first."""
@@ -361,7 +389,9 @@ def _image_paths(pattern: str, base: Path, fail: Any, output_dir: Path) -> list[
         else:  # glob.glob, not Path.glob: absolute patterns, '**' across the whole pattern
             hits = glob.glob(str(full), recursive=True)  # noqa: PTH207
         found.update(_absolute(Path(hit)) for hit in hits if Path(hit).is_file())
-    matches = sorted(path for path in found if not path.is_relative_to(output_dir))
+    # Outputs in an object store are never among the files a glob finds.
+    local_out = output_dir if isinstance(output_dir, Path) else None
+    matches = sorted(p for p in found if local_out is None or not p.is_relative_to(local_out))
     if not matches:
         why = " outside the output folder (output_dir)" if found else ""
         raise fail(

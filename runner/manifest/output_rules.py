@@ -13,7 +13,7 @@ from pathlib import Path
 from runner.dialects import params as dialects
 from runner.errors import ManifestError, OutputError, shown
 from runner.files.outputs import length_problem, output_paths, path_limits, possible_paths
-from runner.records import JobSpec, ReplyImage
+from runner.records import JobSpec, OutputPlace, ReplyImage
 
 
 def check_outputs(specs: Sequence[JobSpec], inputs: Collection[Path], file: str) -> None:
@@ -22,7 +22,7 @@ def check_outputs(specs: Sequence[JobSpec], inputs: Collection[Path], file: str)
     if not specs:
         return
     name_max, path_max = path_limits(specs[0].output_dir)
-    owners: dict[Path, JobSpec] = {}
+    owners: dict[OutputPlace, JobSpec] = {}
     for spec in specs:
         count = spec.images_asked
         try:

@@ -135,13 +135,33 @@ def _one_problem(error: Any, file: str) -> ManifestError:
     field = ".".join(loc[2:] if job is not None else loc)
     if error["type"] == "extra_forbidden":
         close = difflib.get_close_matches(loc[-1], _known_keys(), n=1, cutoff=0.7)
-        hint = f"did you mean {close[0]!r}?" if close else "check the spelling"
+        if close and close[0] == loc[-1]:  # a real key, at the wrong level
+            hint = f"{loc[-1]!r} is not a key here, only {_where_allowed(loc[-1])};"
+        else:
+            hint = f"did you mean {close[0]!r}?" if close else "check the spelling"
         message = f"unknown key ({hint} see README 'Manifest')"
     elif error["type"] == "missing":
         message = "required"
     else:
         message = f"{error['msg']} (got {shown(error.get('input'))})"
     return ManifestError(message, file=file, job=job, field=field)
+
+
+_SECTION_NAMES = {
+    "Profile": "a provider profile",
+    "_Limits": "limits:",
+    "Price": "a pricing: entry",
+    "MaskFields": "mask: {path, optional}",
+    "JobFields": "defaults: or a job",
+    "Document": "the top level",
+}
+
+
+def _where_allowed(key: str) -> str:
+    """Which sections of the manifest take `key`, in words (`in defaults: or a job`)."""
+    models = _Strict.__subclasses__()
+    owners = [_SECTION_NAMES.get(m.__name__, m.__name__) for m in models if key in m.model_fields]
+    return "in " + " or ".join(owners)
 
 
 def _known_keys() -> list[str]:

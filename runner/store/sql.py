@@ -54,6 +54,7 @@ from runner.records import (
     Outcome,
     OutputRef,
     Summary,
+    output_place,
     short_key,
 )
 from runner.redact import redact
@@ -118,7 +119,7 @@ def _spec_from_row(row: Any) -> JobSpec:
         provider=row.provider,
         model=row.model,
         params=json.loads(row.params_json),
-        output_dir=Path(row.output_dir),
+        output_dir=output_place(row.output_dir),
         output_name=row.output_name,
         image_sha256=row.image_sha256,
         mask_sha256=row.mask_sha256,

@@ -327,3 +327,18 @@ def test_a_mask_template_may_use_the_images_folder(tmp_path: Path) -> None:
     )  # fmt: skip
     (job,) = manifest.jobs
     assert job.mask == (tmp_path / "masks" / "beach" / "x.png").resolve()
+
+
+def test_a_real_key_at_the_wrong_level_says_where_it_belongs(tmp_path: Path) -> None:
+    """Not "did you mean 'output_name'?" for output_name itself."""
+    (tmp_path / "a.png").write_bytes(b"x")
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(
+        "providers: {p: {dialect: openai, base_url: 'http://127.0.0.1:9', api_key_env: K}}\n"
+        "output_name: '{stem}.{ext}'\njobs: [{image: a.png, prompt: hi}]\n"
+    )
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(manifest)
+    message = str(caught.value)
+    assert "did you mean" not in message
+    assert "'output_name' is not a key here, only in defaults: or a job" in message
