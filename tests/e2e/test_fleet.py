@@ -17,7 +17,7 @@ from datetime import UTC
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, KEY_ENV, Workspace
+from conftest import API_KEY, KEY_ENV, S3Bucket, Workspace
 
 from runner.testing import FakeProvider
 
@@ -237,3 +237,40 @@ def test_requests_per_minute_is_the_fleets_pace(
     times = sorted(request.arrived_at for request in fake.requests)  # type: ignore[attr-defined]
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert min(gaps) >= 0.9, gaps
+
+
+def test_three_runners_share_one_bucket_and_a_killed_ones_jobs_land_there_once(
+    workspace: Workspace, fake: FakeProvider, pg_database: str, s3_bucket: S3Bucket
+) -> None:
+    """Separate working folders sharing only the database URL and the output store (moto's
+    S3 on 127.0.0.1): every job's image is in the bucket exactly once, whole, one runner
+    killed on the way."""
+    jobs = [{"image": workspace.image(f"s{i}.png"), "prompt": f"edit {i}"} for i in range(18)]
+    manifest = workspace.manifest(
+        jobs, profile={"concurrency": 3}, output_dir=f"{s3_bucket.url}/fleet"
+    )
+    fake.latency = 0.3
+    runners = [
+        start(manifest, pg_database, workspace.root / f"s{i}", "--lease", "3") for i in range(3)
+    ]
+    wait_for(lambda: sum(fake.paid.values()) >= 3)
+    runners[0].kill()
+    runners[0].communicate()
+    for runner in runners[1:]:
+        _, stderr = runner.communicate(timeout=120)
+        assert runner.returncode == 0, stderr
+
+    export = subprocess.run(
+        [sys.executable, "-m", "runner", "export", str(manifest), "--db", pg_database],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in export.stdout.splitlines()]
+    assert [row["status"] for row in rows] == ["succeeded"] * 18
+    urls = [out for row in rows for out in row["outputs"]]
+    keys = [url.removeprefix(s3_bucket.url + "/") for url in urls]
+    assert sorted(keys) == s3_bucket.object_keys()  # one object per job, no ~2, no leftovers
+    assert all(key.startswith("fleet/s") for key in keys)
+    for key in keys:
+        assert s3_bucket.get(key).startswith(b"\x89PNG")
+    assert not list(workspace.root.rglob("*.png.runner-tmp"))
+    assert fake.in_flight_peak <= 3
