@@ -6,6 +6,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from runner.settings import DEFAULT_MAX_REPLY_MB
 class JobState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    SUBMITTED = "submitted"  # a line of an open batch (batch mode): never sent otherwise
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -259,6 +261,41 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One batch sent to a provider's Batch API, as the database keeps it."""
+
+    id: str  # ours; also the `runner_batch` tag in the batch's metadata at the provider
+    provider: str
+    manifest: str
+    input_file_id: str
+    lines: int
+    run_id: str
+    created_at: datetime
+    status: str = "creating"  # the provider's status once it has answered
+    provider_batch_id: str | None = None
+    completed_lines: int = 0
+    failed_lines: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    expires_at: datetime | None = None
+    ended_at: datetime | None = None
+    collected_at: datetime | None = None
+
+    def shown(self) -> dict[str, Any]:
+        """What `runner status` shows of an open batch (its JSON under `batches`)."""
+        return {
+            "id": self.provider_batch_id or f"(being created: {self.id[:10]})",
+            "provider": self.provider,
+            "status": self.status,
+            "lines": self.lines,
+            "completed": self.completed_lines,
+            "failed": self.failed_lines,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Totals:
     input_tokens: int = 0
     output_tokens: int = 0
@@ -292,6 +329,8 @@ class Summary:
     # The runners on this manifest: unfinished runs (live, or silent: no heartbeat for a
     # while, likely gone) and runs found dead whose jobs were taken back. See `fleet_entry`.
     fleet: Sequence[Mapping[str, Any]] = ()
+    # Open batches (batch mode): provider id, profile, status, lines and their counts, times.
+    batches: Sequence[Mapping[str, Any]] = ()
 
 
 # A runner whose last heartbeat is older than this is shown as silent (likely gone; its
@@ -422,6 +461,13 @@ class ProviderProfile:
     # Failures (any non-2xx) within 30 s that pause the provider for 30 s; None = no breaker.
     breaker_failures: int | None = None
     max_reply_mb: float = DEFAULT_MAX_REPLY_MB  # largest reply per image asked for
+    mode: str = "live"  # or "batch": OpenAI's Batch API, at half price, within 24 h
+    batch_max_lines: int = 50_000  # lines per batch (OpenAI's own limit is 50,000)
+    batch_window: str = "24h"
+
+    @property
+    def batched(self) -> bool:
+        return self.mode == "batch"
 
     @property
     def secret_env(self) -> str | None:

@@ -38,6 +38,9 @@ DEFAULT_READ_TIMEOUT_S = 600.0  # edits are slow; providers advise 300-600 s
 # Largest reply per image, in MiB: a 4K PNG is ~25 MB, ~35 MB in base64. A reply asking for
 # n images may be n times that; anything larger is refused (and retried) unread.
 DEFAULT_MAX_REPLY_MB = 64
+# Lines per batch in batch mode unless the profile says (OpenAI takes up to 50,000): smaller
+# batches finish, and can be collected, sooner.
+DEFAULT_BATCH_LINES = 2000
 DEFAULT_LEASE_S = 120.0  # a claimed job's lease; renewed while the runner lives
 DEFAULT_POLL_S = 5.0  # how often to look again while other runners hold this manifest's jobs
 # "-{index}" is put before the extension when a job returns several images and the
@@ -76,6 +79,8 @@ SETTING_FLAGS = (
     "progress-interval",
     "concurrency",
     "lease",
+    "wait",
+    "keep-files",
     "quiet",
     "verbose",
 )

@@ -55,6 +55,7 @@ from runner.records import (
 from runner.store.engine import database_exists, peek_job_states, peek_output_paths
 from runner.store.protocol import Store
 from runner.store.tables import utcnow
+from runner.store.threaded import ThreadedStore
 
 __all__ = [
     "Options",
@@ -78,6 +79,9 @@ async def status(path: Path, options: Options) -> Summary:
         return Summary(counts=counts, totals=Totals(), never_run=True)
     async with opened(parsed, options) as session:
         summary = await session.store.summary(session.id)
+        if isinstance(session.store, ThreadedStore):
+            batches = await session.store.batches.open_batches(session.id)
+            summary = replace(summary, batches=[b.shown() for b in batches])
     fleet = [_on_this_host(entry) for entry in summary.fleet]
     if summary.last_run is None:
         return replace(summary, fleet=fleet)

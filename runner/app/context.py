@@ -38,6 +38,8 @@ class Options:
     concurrency: int | None = None
     reporter: ProgressReporter | None = None
     handle_signals: bool = False  # the CLI turns this on; library callers keep their own
+    wait: bool = False  # run --wait: poll open batches until they end (or the deadline)
+    keep_files: bool = False  # run --keep-files: leave batch inputs and files at the provider
 
 
 def resolve_db(parsed: ParsedManifest, override: str | None) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from runner.app.batch_mode import BatchLane, BatchReport, waiting_message
 from runner.app.context import Options, opened, parse, resolve_db
 from runner.dialects import dialect_named
 from runner.dialects.factory import (
@@ -29,6 +30,7 @@ from runner.dialects.factory import (
     credentials,
     http_client,
 )
+from runner.dialects.openai.batch import OpenAIBatchClient
 from runner.engine.budget import LimitGuard, ResolvedLimits
 from runner.engine.pacing import ProviderGate
 from runner.engine.pool import Pool, PoolReport, Unrecorded
@@ -38,6 +40,7 @@ from runner.errors import ExitCode, ManifestError, OutputError, StopNotice, Stor
 from runner.files import journal, procs
 from runner.files.local import Outputs, local_files
 from runner.files.outputs import sweep_temp_files
+from runner.files.preflight import prepare_request
 from runner.manifest.durations import format_duration, parse_deadline
 from runner.manifest.expand import ParsedManifest
 from runner.records import (
@@ -55,10 +58,14 @@ from runner.settings import SystemClock
 from runner.signals import ROUTER
 from runner.store.engine import redact_url
 from runner.store.protocol import RunInfo, Store
+from runner.store.threaded import ThreadedStore
 
 log = logging.getLogger("runner")
 TO_DO = frozenset({JobState.PENDING.value, JobState.RUNNING.value})
 PROGRESS_TICK_S = 1.0
+# run --wait: how long between looks at open batches, doubling up to the most.
+BATCH_POLL_FIRST_S = 30.0
+BATCH_POLL_MAX_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +108,9 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
         states = await store.job_states(session.id)
         to_do = [spec for spec in manifest.jobs if states[spec.key] in TO_DO]
         # Only providers with work left need a key: a finished manifest re-runs keyless.
-        creds = credentials(parsed, {spec.provider for spec in to_do})
+        # Jobs in open batches are work left: their batches are collected with the key.
+        waiting = {s.provider for s in manifest.jobs if states[s.key] == JobState.SUBMITTED}
+        creds = credentials(parsed, {spec.provider for spec in to_do} | waiting)
         if isinstance(manifest.output_dir, Path):  # an object store has no temp files
             await anyio.to_thread.run_sync(sweep_temp_files, manifest.output_dir)
         await _reclaim_dead_runs(store)
@@ -233,6 +242,9 @@ class _Work:
                 books[name] = dialect.price_book(self.manifest.pricing.get(name, {}), catalogue)
             await self._learn_from_earlier_runs(books)
             await self._price_jobs(books)
+            batched = {name: p for name, p in profiles.items() if p.batched}
+            batch_reports = await self._run_batches(batched, providers, books, stack)
+            profiles = {name: p for name, p in profiles.items() if not p.batched}
             lanes = {
                 name: Lane(
                     providers[name],
@@ -262,7 +274,66 @@ class _Work:
                 reclaim_dead=lambda: _reclaim_dead_runs(self.store),
                 keep_unrecorded=self._keep_unrecorded,
             )
-            return await self._drive(pool, _EstimateOfWhatIsLeft(self.to_do, books))
+            live = [spec for spec in self.to_do if spec.provider in profiles]
+            if live:
+                report = await self._drive(pool, _EstimateOfWhatIsLeft(live, books))
+            else:
+                report = PoolReport()
+            return _with_batches(report, batch_reports)
+
+    async def _run_batches(
+        self,
+        profiles: Mapping[str, ProviderProfile],
+        providers: Mapping[str, Provider],
+        books: Mapping[str, PriceBook],
+        stack: AsyncExitStack,
+    ) -> list[BatchReport]:
+        """Collect, then submit, for each `mode: batch` profile; with --wait, again and
+        again (backing off) until no batch is open or the deadline comes."""
+        if not profiles:
+            return []
+        if not isinstance(self.store, ThreadedStore):
+            raise ManifestError("mode: batch needs a database (SQLite or PostgreSQL)")
+        lanes = []
+        for name, profile in profiles.items():
+            key = self.creds[name].api_key
+            if key is None:
+                raise ManifestError(f"providers.{name}: mode: batch needs an API key")
+            client = await stack.enter_async_context(http_client(profile))
+            lanes.append(
+                BatchLane(
+                    profile,
+                    OpenAIBatchClient(profile.base_url, key, client, _epoch(self.options)),
+                    self.store,
+                    manifest=str(self.manifest.path),
+                    owner=self.owner,
+                    outputs=self.outputs,
+                    prepare=prepare_request,
+                    limits=providers[name].limits_for,
+                    book=books[name],
+                    now=self.options.wall_clock,
+                    keep_files=self.options.keep_files,
+                )
+            )
+        clock = self.options.clock or SystemClock()
+        pause = BATCH_POLL_FIRST_S
+        while True:
+            for lane in lanes:
+                await lane.collect()
+                if not lane.report.stops:
+                    await lane.submit()
+            open_now = sum(lane.report.open_batches for lane in lanes)
+            stopped = any(lane.report.stops for lane in lanes)
+            if not self.options.wait or not open_now or stopped or self._past_deadline():
+                return [lane.report for lane in lanes]
+            log.info("%s; next look in %s", waiting_message([lane.report for lane in lanes]),
+                     format_duration(pause))  # fmt: skip
+            await clock.sleep(pause)
+            pause = min(pause * 2, BATCH_POLL_MAX_S)
+
+    def _past_deadline(self) -> bool:
+        deadline = self.limits.deadline
+        return deadline is not None and self.options.wall_clock() >= deadline
 
     async def _keep_unrecorded(self, items: Sequence[Unrecorded]) -> None:
         entries = [
@@ -411,6 +482,20 @@ async def _stop_on_signals(pool: Pool, grace_s: float, received: asyncio.Queue[i
 @asynccontextmanager
 async def _no_signals() -> AsyncIterator[None]:
     yield None
+
+
+def _with_batches(report: PoolReport, batches: Sequence[BatchReport]) -> PoolReport:
+    """The pool's report with the batch lanes' results in it; open batches are a stop with
+    work left (exit 75: run again to collect)."""
+    for batch in batches:
+        report.succeeded += batch.succeeded
+        report.failed += batch.failed
+        report.spent_usd += batch.spent_usd
+        report.stops.extend(batch.stops)
+    message = waiting_message(batches)
+    if message is not None:
+        report.stops.append(StopNotice("*", "batches", message, ExitCode.EARLY))
+    return report
 
 
 def exit_code_for(report: PoolReport, states: Mapping[str, str]) -> ExitCode:

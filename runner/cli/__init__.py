@@ -234,6 +234,18 @@ def main() -> None:
     help="How long a claimed job stays this run's without a heartbeat (renewed every third "
     "of it): after a crash or a pause, other runners take its jobs after this long.",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="mode: batch profiles: look at open batches again and again (30 s, doubling to "
+    "10 min) until they end or the deadline comes, instead of exiting 75 to be run again.",
+)
+@click.option(
+    "--keep-files",
+    is_flag=True,
+    help="mode: batch profiles: leave uploaded images and batch files at the provider "
+    "(by default they are deleted once no open batch needs them).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress; errors and the result only.")
 @click.option(
     "-v",
@@ -253,6 +265,8 @@ def run(
     progress_interval: float,
     concurrency: int | None,
     lease: float,
+    wait: bool,
+    keep_files: bool,
     quiet: bool,
     verbose: int,
 ) -> None:  # fmt: skip
@@ -284,6 +298,8 @@ def run(
         concurrency=concurrency,
         reporter=reporter,
         handle_signals=True,
+        wait=wait,
+        keep_files=keep_files,
     )
     try:
         outcome = _run_async(lambda: app.run(manifest, options), _json_result if as_json else None)

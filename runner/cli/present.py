@@ -47,6 +47,7 @@ def status_document(summary: Summary) -> dict[str, Any]:
         "failed_by_kind": dict(summary.failed_by_kind),
         "never_run": summary.never_run,
         "fleet": [dict(entry) for entry in summary.fleet],
+        "batches": [dict(batch) for batch in summary.batches],
     }
 
 
@@ -84,6 +85,8 @@ def print_summary(summary: Summary, console: Console) -> None:
 def summary_table(summary: Summary) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     for state, count in summary.counts.items():
+        if state == "submitted" and not count:
+            continue  # batch mode's state: shown where batches are used
         table.add_row(state, _failed_line(summary) if state == "failed" else str(count))
     totals = summary.totals
     table.add_row("tokens", f"{totals.total_tokens:,} ({totals.input_tokens:,} in, "
@@ -96,12 +99,25 @@ def summary_table(summary: Summary) -> Table:
         table.add_row("last run", _last_run_text(last))
     for entry in summary.fleet:
         table.add_row("runner", _fleet_text(entry))
+    for batch in summary.batches:
+        table.add_row("batch", _batch_text(batch))
     for name, account in summary.providers.items():
         table.add_row(f"{name} spend", format_usd(account.cost_usd, 4, fixed=True))
         balance = _balance(account.balance_usd, account.balance_diem, account.balance_after_usd)
         if balance:
             table.add_row(f"{name} balance", f"{balance} (as of {account.balance_seen_at})")
     return table
+
+
+def _batch_text(batch: Mapping[str, Any]) -> str:
+    """`batch_abc (openai-night): in_progress, 2000 lines (1200 done, 3 failed), created
+    01:02, expires 01:02 tomorrow`."""
+    expires = f", expires {_local_time(batch['expires_at'])}" if batch["expires_at"] else ""
+    return (
+        f"{batch['id']} ({batch['provider']}): {batch['status']}, {batch['lines']} lines "
+        f"({batch['completed']} done, {batch['failed']} failed), created "
+        f"{_local_time(batch['created_at'])}{expires}"
+    )
 
 
 def _fleet_text(entry: Mapping[str, Any]) -> str:

@@ -41,6 +41,7 @@ class Dialect(Protocol):
     default_requests_per_minute: float | None  # pacing a profile gets unless it sets one
     default_breaker_failures: int | None
     has_catalogue: bool  # a model list is fetched from the provider
+    has_batch_api: bool  # `mode: batch` (OpenAI's Batch API) is offered
 
     def check_model(self, model: str) -> str | None:
         """Why the model cannot be used (retired...), or None."""

@@ -20,6 +20,7 @@ from runner.errors import ManifestError, shown
 from runner.manifest import yaml_load
 from runner.records import ProviderProfile
 from runner.settings import (
+    DEFAULT_BATCH_LINES,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_REPLY_MB,
     DEFAULT_READ_TIMEOUT_S,
@@ -28,6 +29,13 @@ from runner.settings import (
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchSettings(_Strict):
+    """`mode: batch` (OpenAI's Batch API): how the lines are split, how long they may take."""
+
+    max_lines: int = Field(DEFAULT_BATCH_LINES, ge=1, le=50_000)
+    completion_window: Literal["24h"] = "24h"
 
 
 class Profile(_Strict):
@@ -41,6 +49,8 @@ class Profile(_Strict):
     timeout_s: float = Field(DEFAULT_READ_TIMEOUT_S, gt=0)
     breaker_failures: int | None = Field(None, ge=1)
     max_reply_mb: float = Field(DEFAULT_MAX_REPLY_MB, gt=0)
+    mode: Literal["live", "batch"] = "live"
+    batch: BatchSettings | None = None
 
 
 class _Limits(_Strict):
@@ -154,6 +164,7 @@ _SECTION_NAMES = {
     "MaskFields": "mask: {path, optional}",
     "JobFields": "defaults: or a job",
     "Document": "the top level",
+    "BatchSettings": "a provider's batch:",
 }
 
 
@@ -198,6 +209,15 @@ def profile_from(name: str, raw: Profile, file: str) -> ProviderProfile:
             "wallet_key_env is only used with auth: x402", file=file, field=f"{field}.auth"
         )
     dialect = dialect_named(raw.dialect)
+    if raw.mode == "batch" and not dialect.has_batch_api:
+        raise ManifestError(
+            "mode: batch is OpenAI's Batch API; only the openai dialect has it",
+            file=file,
+            field=f"{field}.mode",
+        )
+    if raw.batch is not None and raw.mode != "batch":
+        raise ManifestError("batch: settings need mode: batch", file=file, field=f"{field}.batch")
+    settings = raw.batch or BatchSettings()
     return ProviderProfile(
         name=name,
         dialect=raw.dialect,
@@ -210,6 +230,9 @@ def profile_from(name: str, raw: Profile, file: str) -> ProviderProfile:
         wallet_key_env=raw.wallet_key_env,
         breaker_failures=raw.breaker_failures or dialect.default_breaker_failures,
         max_reply_mb=raw.max_reply_mb,
+        mode=raw.mode,
+        batch_max_lines=settings.max_lines,
+        batch_window=settings.completion_window,
     )
 
 

@@ -15,7 +15,6 @@ import json
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -54,14 +53,15 @@ from runner.records import (
     Outcome,
     OutputRef,
     Summary,
-    output_place,
     short_key,
 )
 from runner.redact import redact
 from runner.store import admin, queries
 from runner.store import tables as t
+from runner.store.batch_sql import SqlBatchStore
 from runner.store.batching import GroupCommit
 from runner.store.protocol import AttemptTicket, RunInfo
+from runner.store.rows import spec_from_row, usage_columns
 
 _CHUNK = 500  # keys per IN (...) list, under SQLite's bound-parameter limit
 _PENDING, _RUNNING = JobState.PENDING.value, JobState.RUNNING.value
@@ -107,49 +107,6 @@ def _insert_new(conn: AsyncConnection, table: Table) -> Any:
 
         return sqlite_insert(table).on_conflict_do_nothing()
     return insert(table)
-
-
-def _spec_from_row(row: Any) -> JobSpec:
-    return JobSpec(
-        key=row.key,
-        entry=row.manifest_entry,
-        image=Path(row.image_path),
-        mask=Path(row.mask_path) if row.mask_path else None,
-        prompt=row.prompt,
-        provider=row.provider,
-        model=row.model,
-        params=json.loads(row.params_json),
-        output_dir=output_place(row.output_dir),
-        output_name=row.output_name,
-        image_sha256=row.image_sha256,
-        mask_sha256=row.mask_sha256,
-    )
-
-
-def _usage_columns(record: AttemptRecord) -> dict[str, Any]:
-    facts, usage = record.facts, record.usage
-    columns: dict[str, Any] = {}
-    if facts is not None:
-        columns = {
-            "balance_usd": facts.balance_usd,
-            "balance_diem": facts.balance_diem,
-            "balance_after_usd": facts.balance_after_usd,
-            "content_violation": facts.content_violation,
-            "served_model": redact(facts.served_model),
-        }
-    if usage is None:
-        return columns
-    return {
-        **columns,
-        "input_tokens": usage.input_tokens,
-        "input_image_tokens": usage.input_image_tokens,
-        "input_text_tokens": usage.input_text_tokens,
-        "output_tokens": usage.output_tokens,
-        "output_image_tokens": usage.output_image_tokens,
-        "total_tokens": usage.total_tokens,
-        "usage_json": redact(usage.raw),
-        "usage_flag": redact(usage.suspect[:200]) if usage.suspect else None,
-    }
 
 
 def _counted_attempts() -> Any:
@@ -199,6 +156,7 @@ class SqlStore:
         # Reads queue with the writes: on SQLite there is one connection, and a read in a
         # batch's transaction sees everything committed before it.
         self._db = GroupCommit(engine.begin)
+        self.batches = SqlBatchStore(self._db, clock)  # batch mode's own verbs
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -351,7 +309,7 @@ class SqlStore:
                         .where(a.job_key.in_([r.key for r in rows]), a.outcome == Outcome.IN_FLIGHT)
                         .values(outcome=Outcome.ABANDONED.value, finished_at=now)
                     )
-            return [Job(_spec_from_row(r), r.attempts_this_round, r.unanswered) for r in rows]
+            return [Job(spec_from_row(r), r.attempts_this_round, r.unanswered) for r in rows]
 
         return await self._db.run(write)
 
@@ -658,7 +616,7 @@ class SqlStore:
                 error_message=redact(record.error_message),
                 request_id=redact(record.request_id),
                 cost_usd=record.cost_usd,
-                **_usage_columns(record),
+                **usage_columns(record),
             )
         )
 

@@ -219,3 +219,56 @@ model_catalogues = Table(
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# Batch mode (OpenAI's Batch API). A batch row is written, with its input file's id, before
+# `POST /batches`, so that a crash before its answer is recorded leaves enough to find the
+# batch at the provider (its metadata carries this row's id) instead of sending the lines
+# twice. `provider_batch_id` is NULL until then.
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(64), primary_key=True),  # ours: the `runner_batch` metadata tag
+    Column("provider", String(200), nullable=False),
+    Column("manifest", Text, nullable=False),
+    Column("provider_batch_id", String(200)),
+    Column("input_file_id", String(200), nullable=False),
+    # creating | validating | in_progress | finalizing | completed | failed | expired |
+    # cancelling | cancelled | lost (never created at the provider)
+    Column("status", String(20), nullable=False),
+    Column("lines", Integer, nullable=False),
+    Column("completed_lines", Integer, nullable=False, server_default="0"),
+    Column("failed_lines", Integer, nullable=False, server_default="0"),
+    Column("output_file_id", String(200)),
+    Column("error_file_id", String(200)),
+    Column("run_id", String(64), nullable=False),  # the run that submitted it
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime),
+    Column("ended_at", UTCDateTime),
+    Column("collected_at", UTCDateTime),  # every line's answer is recorded
+    Column("files_deleted_at", UTCDateTime),
+)
+Index("ix_batches_provider_collected_at", batches.c.provider, batches.c.collected_at)
+
+# Which job is a line of which batch: a job is `submitted` while its batch is open.
+batch_lines = Table(
+    "batch_lines",
+    metadata,
+    Column("batch_id", String(64), ForeignKey("batches.id"), primary_key=True),
+    Column("job_key", String(64), ForeignKey("jobs.key"), primary_key=True),
+    Column("estimate_usd", Float),  # at batch prices: what --max-cost counts until collected
+    Column("outcome", String(16)),  # NULL until its answer is recorded (an Outcome value)
+)
+Index("ix_batch_lines_job_key", batch_lines.c.job_key)
+
+# Input images and masks uploaded to a provider's Files API, once per content digest.
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("provider", String(200), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("file_id", String(200), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("uploaded_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime),
+)

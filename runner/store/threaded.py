@@ -12,6 +12,7 @@ and a store call costs one hop between the loops each way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -21,6 +22,7 @@ from runner.errors import StopNotice
 from runner.manifest.digests import DigestEntry
 from runner.records import (
     AttemptRecord,
+    BatchRecord,
     ExportRow,
     FailureKind,
     Job,
@@ -29,6 +31,7 @@ from runner.records import (
     OutputRef,
     Summary,
 )
+from runner.store.batch_sql import SqlBatchStore
 from runner.store.protocol import AttemptTicket, RunInfo
 from runner.store.sql import SqlStore
 
@@ -70,10 +73,81 @@ async def open_threaded(opener: Callable[[], Awaitable[SqlStore]]) -> ThreadedSt
     return ThreadedStore(inner, loop)
 
 
+class ThreadedBatches:
+    """Batch mode's verbs (batch_sql.py), each run on the store's loop."""
+
+    def __init__(self, inner: SqlBatchStore, loop: StoreLoop) -> None:
+        self._inner = inner
+        self._loop = loop
+
+    def _call(self, method: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kw: Any) -> Any:
+        return self._loop.call(functools.partial(method, *args, **kw))
+
+    async def known_uploads(self, provider: str, digests: Sequence[str]) -> dict[str, str]:
+        result: dict[str, str] = await self._call(self._inner.known_uploads, provider, digests)
+        return result
+
+    async def save_upload(
+        self, provider: str, sha256: str, file_id: str, size: int, expires_at: datetime | None
+    ) -> None:
+        await self._call(self._inner.save_upload, provider, sha256, file_id, size, expires_at)
+
+    async def forget_uploads(self, provider: str, file_ids: Sequence[str]) -> None:
+        await self._call(self._inner.forget_uploads, provider, file_ids)
+
+    async def all_uploads(self, provider: str) -> list[str]:
+        result: list[str] = await self._call(self._inner.all_uploads, provider)
+        return result
+
+    async def submit(
+        self, batch: BatchRecord, lines: Mapping[str, float | None], owner: str
+    ) -> int:
+        result: int = await self._call(self._inner.submit, batch, lines, owner)
+        return result
+
+    async def update(self, batch_id: str, **values: Any) -> None:
+        await self._call(self._inner.update, batch_id, **values)
+
+    async def open_batches(self, manifest: str | None = None) -> list[BatchRecord]:
+        result: list[BatchRecord] = await self._call(self._inner.open_batches, manifest)
+        return result
+
+    async def waiting_lines(self, batch_id: str) -> dict[str, JobSpec]:
+        result: dict[str, JobSpec] = await self._call(self._inner.waiting_lines, batch_id)
+        return result
+
+    async def record_line(
+        self,
+        batch: BatchRecord,
+        spec: JobSpec,
+        run_id: str,
+        record: AttemptRecord,
+        outputs: Sequence[OutputRef] = (),
+        *,
+        state: JobState,
+        reason: str | None = None,
+        kind: FailureKind | None = None,
+    ) -> bool:
+        result: bool = await self._call(
+            self._inner.record_line, batch, spec, run_id, record, outputs,
+            state=state, reason=reason, kind=kind,
+        )  # fmt: skip
+        return result
+
+    async def close(self, batch_id: str, reason: str) -> int:
+        result: int = await self._call(self._inner.close, batch_id, reason)
+        return result
+
+    async def open_estimate(self, manifest: str) -> float:
+        result: float = await self._call(self._inner.open_estimate, manifest)
+        return result
+
+
 class ThreadedStore:
     def __init__(self, inner: SqlStore, loop: StoreLoop) -> None:
         self._inner = inner
         self._loop = loop
+        self.batches = ThreadedBatches(inner.batches, loop)
 
     async def close(self) -> None:
         try:

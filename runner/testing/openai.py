@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from typing import ClassVar, Literal
 
 from runner.testing.imaging import digest, fingerprint
+from runner.testing.openai_batch import FakeBatchAPI
 from runner.testing.openai_http import (
     DRIP_INTERVAL,
     EDIT_PATH,
@@ -97,6 +98,8 @@ class FakeProvider(FakeBase[RecordedRequest]):
         # so that concurrent requests cannot overshoot it.
         self._reserved = 0
         self._files: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        # OpenAI's Files and Batch APIs (openai_batch.py): `mode: batch` talks to these.
+        self.batch = FakeBatchAPI(self)
         self._file_ids = itertools.count(1)
 
     @property

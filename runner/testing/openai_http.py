@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from runner.testing.imaging import digest, edit
 from runner.testing.imaging import fingerprint as make_fingerprint
@@ -17,6 +17,7 @@ from runner.testing.server import BaseHandler, FakeServer, format_seconds
 
 if TYPE_CHECKING:
     from runner.testing.openai import FakeProvider
+    from runner.testing.openai_batch import FakeBatchAPI
 
 __all__ = [
     "DRIP_INTERVAL",
@@ -51,6 +52,7 @@ DRIP_INTERVAL = 0.2  # seconds between the bytes of a `drip` reply
 MAX_FILES = 512
 
 FILE_PATH = re.compile(r"/files/([A-Za-z0-9_-]+)\.png")
+BATCH_ROUTES = re.compile(r"/v1/(files|batches)(?:/([A-Za-z0-9_-]+))?(/content|/cancel)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,8 @@ class OpenAIHandler(BaseHandler):
 
     def do_GET(self) -> None:
         self._discard_body_or_close()
+        if self._batch_route("GET", b""):
+            return
         match = FILE_PATH.fullmatch(urlsplit(self.path).path)
         data = self.server.provider._load_file(match.group(1)) if match else None
         if data is None:
@@ -84,8 +88,91 @@ class OpenAIHandler(BaseHandler):
         if urlsplit(self.path).path == EDIT_PATH:
             self._edit()
             return
-        self._discard_body_or_close()
+        if urlsplit(self.path).path.startswith(("/v1/files", "/v1/batches")):
+            try:
+                body = self._read_body()
+            except (BadRequest, OSError):
+                self.close_connection = True
+                self._send(400, envelope("bad body", "invalid_request_error", "invalid"))
+                return
+            if self._batch_route("POST", body):
+                return
+        else:
+            self._discard_body_or_close()
         self._send(404, envelope("Not found", "invalid_request_error", "not_found"))
+
+    def do_DELETE(self) -> None:
+        self._discard_body_or_close()
+        if not self._batch_route("DELETE", b""):
+            self._send(404, envelope("Not found", "invalid_request_error", "not_found"))
+
+    def _batch_route(self, method: str, body: bytes) -> bool:
+        """The Files and Batch APIs (openai_batch.py); False when the path is not theirs."""
+        url = urlsplit(self.path)
+        route = BATCH_ROUTES.fullmatch(url.path)
+        if route is None:
+            return False
+        provider = self.server.provider
+        api = provider.batch
+        key = provider.api_key
+        if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
+            self._send(401, envelope("Incorrect API key provided", "invalid_request_error",
+                                     "invalid_api_key"))  # fmt: skip
+            return True
+        kind, ident, tail = route.group(1), route.group(2), route.group(3)
+        answer: tuple[int, Any] = (
+            404,
+            json.loads(envelope("Not found", "invalid_request_error", "")),
+        )
+        if kind == "files" and method == "POST" and ident is None:
+            answer = self._upload(api, body)
+        elif kind == "files" and ident is not None and method == "GET":
+            found = api.file(ident)
+            if found is not None and tail == "/content":
+                self._send(200, found.data, "application/octet-stream")
+                return True
+            if found is not None and tail is None:
+                answer = (200, found.public())
+        elif kind == "files" and ident is not None and method == "DELETE":
+            if api.delete(ident):
+                answer = (200, {"id": ident, "object": "file", "deleted": True})
+        elif kind == "batches" and method == "POST" and ident is None:
+            try:
+                request = json.loads(body)
+            except ValueError:
+                request = {}
+            answer = api.create(request if isinstance(request, dict) else {})
+        elif kind == "batches" and method == "POST" and tail == "/cancel" and ident is not None:
+            cancelled = api.cancel(ident)
+            if cancelled is not None:
+                answer = (200, cancelled)
+        elif kind == "batches" and method == "GET" and ident is not None and tail is None:
+            got = api.get(ident)
+            if got is not None:
+                answer = (200, got)
+        elif kind == "batches" and method == "GET" and ident is None:
+            query = dict(parse_qsl(url.query))
+            answer = (200, api.listing(query.get("after"), int(query.get("limit", "20"))))
+        self._send(answer[0], json.dumps(answer[1]).encode())
+        return True
+
+    def _upload(self, api: FakeBatchAPI, body: bytes) -> tuple[int, Any]:
+        if api.payment_on_upload:
+            status, message, type_, code = FAULT_REPLIES["payment"]
+            return status, json.loads(
+                envelope(message.replace("{request_id}", "req_up"), type_, code)
+            )
+        try:
+            parts = parse_multipart(self.headers.get("Content-Type", ""), body)
+        except BadRequest as exc:
+            return 400, json.loads(envelope(str(exc), "invalid_request_error", "invalid"))
+        fields = {p.name: p for p in parts}
+        purpose, file = fields.get("purpose"), fields.get("file")
+        if purpose is None or file is None:
+            return 400, json.loads(
+                envelope("purpose and file are required", "invalid_request_error", "")
+            )
+        return 200, api.upload(purpose.data.decode(), file.filename or "file", file.data)
 
     def _edit(self) -> None:
         provider = self.server.provider

@@ -106,7 +106,7 @@ def test_status_json_export_and_retry(workspace: Workspace, fake: FakeProvider) 
 
     status = json.loads(runner("status", manifest, "--json").stdout)
     assert status["counts"] == {
-        "pending": 0, "running": 0, "succeeded": 1, "failed": 2, "cancelled": 0,
+        "pending": 0, "running": 0, "submitted": 0, "succeeded": 1, "failed": 2, "cancelled": 0,
     }  # fmt: skip
     assert (
         status["usage"]["total_tokens"]

@@ -38,7 +38,7 @@ async def test_happy_path_with_masks_and_two_variants(
 
     assert outcome.exit_code == ExitCode.OK
     assert dict(outcome.summary.counts) == {
-        "pending": 0, "running": 0, "succeeded": 3, "failed": 0, "cancelled": 0,
+        "pending": 0, "running": 0, "submitted": 0, "succeeded": 3, "failed": 0, "cancelled": 0,
     }  # fmt: skip
     assert fake.requests_total == 3
     sent = {r.fields["prompt"]: r for r in fake.requests}

@@ -342,3 +342,36 @@ def test_a_real_key_at_the_wrong_level_says_where_it_belongs(tmp_path: Path) -> 
     message = str(caught.value)
     assert "did you mean" not in message
     assert "'output_name' is not a key here, only in defaults: or a job" in message
+
+
+@pytest.mark.parametrize(
+    ("profile", "field", "message"),
+    [
+        ("{dialect: venice, base_url: 'http://h', api_key_env: K, mode: batch}",
+         "providers.p.mode", "only the openai dialect has it"),
+        ("{dialect: openai, base_url: 'http://h', api_key_env: K, batch: {max_lines: 10}}",
+         "providers.p.batch", "batch: settings need mode: batch"),
+        ("{dialect: openai, base_url: 'http://h', api_key_env: K, mode: batch, "
+         "batch: {max_lines: 60000}}", "providers.p.batch.max_lines", "50000"),
+    ],
+)  # fmt: skip
+def test_batch_mode_settings_are_checked(
+    tmp_path: Path, profile: str, field: str, message: str
+) -> None:
+    (tmp_path / "a.png").write_bytes(b"x")
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(f"providers: {{p: {profile}}}\njobs: [{{image: a.png, prompt: hi}}]\n")
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(manifest)
+    assert caught.value.field == field and message in str(caught.value)
+
+
+def test_batch_mode_settings_reach_the_profile(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"x")
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(
+        "providers: {p: {dialect: openai, base_url: 'http://h', api_key_env: K, mode: batch,"
+        " batch: {max_lines: 500}}}\njobs: [{image: a.png, prompt: hi}]\n"
+    )
+    profile = parse_manifest(manifest).providers["p"]
+    assert profile.batched and profile.batch_max_lines == 500 and profile.batch_window == "24h"

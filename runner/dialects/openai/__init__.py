@@ -42,6 +42,7 @@ class OpenAIDialect:
     default_requests_per_minute: float | None = None
     default_breaker_failures: int | None = None
     has_catalogue = False
+    has_batch_api = True  # /v1/files + /v1/batches (dialects/openai/batch.py)
 
     def check_model(self, model: str) -> str | None:
         retired = RETIRED_MODELS.get(model)

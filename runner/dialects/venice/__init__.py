@@ -42,6 +42,7 @@ class VeniceDialect:
     default_requests_per_minute: float | None = VENICE_DEFAULT_RPM
     default_breaker_failures: int | None = VENICE_BREAKER_FAILURES
     has_catalogue = True
+    has_batch_api = False
 
     def check_model(self, model: str) -> str | None:
         return None  # which models exist comes from the model list, at run time

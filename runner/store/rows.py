@@ -1,0 +1,53 @@
+"""Rows to records and back, shared by the store's writers (sql.py, batch_sql.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from runner.records import AttemptRecord, JobSpec, output_place
+from runner.redact import redact
+
+
+def spec_from_row(row: Any) -> JobSpec:
+    return JobSpec(
+        key=row.key,
+        entry=row.manifest_entry,
+        image=Path(row.image_path),
+        mask=Path(row.mask_path) if row.mask_path else None,
+        prompt=row.prompt,
+        provider=row.provider,
+        model=row.model,
+        params=json.loads(row.params_json),
+        output_dir=output_place(row.output_dir),
+        output_name=row.output_name,
+        image_sha256=row.image_sha256,
+        mask_sha256=row.mask_sha256,
+    )
+
+
+def usage_columns(record: AttemptRecord) -> dict[str, Any]:
+    facts, usage = record.facts, record.usage
+    columns: dict[str, Any] = {}
+    if facts is not None:
+        columns = {
+            "balance_usd": facts.balance_usd,
+            "balance_diem": facts.balance_diem,
+            "balance_after_usd": facts.balance_after_usd,
+            "content_violation": facts.content_violation,
+            "served_model": redact(facts.served_model),
+        }
+    if usage is None:
+        return columns
+    return {
+        **columns,
+        "input_tokens": usage.input_tokens,
+        "input_image_tokens": usage.input_image_tokens,
+        "input_text_tokens": usage.input_text_tokens,
+        "output_tokens": usage.output_tokens,
+        "output_image_tokens": usage.output_image_tokens,
+        "total_tokens": usage.total_tokens,
+        "usage_json": redact(usage.raw),
+        "usage_flag": redact(usage.suspect[:200]) if usage.suspect else None,
+    }

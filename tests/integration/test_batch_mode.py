@@ -1,0 +1,221 @@
+"""`mode: batch` end to end against the fake's Files and Batch APIs over real HTTP, with a
+real SQLite file: submit, exit 75, collect; half the live price; a batch that expires half
+done; error lines; a crash between creating a batch and recording it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from conftest import API_KEY, KEY_ENV, Workspace, options
+from helpers import invoke
+
+from runner import app
+from runner.errors import ExitCode
+from runner.testing import FakeProvider
+
+
+def thirty_jobs(workspace: Workspace) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = []
+    for i in range(30):
+        job: dict[str, Any] = {"image": workspace.image(f"photos/p{i}.png"), "prompt": f"edit {i}"}
+        if i % 3 == 0:
+            job["mask"] = workspace.mask(f"masks/p{i}.png")
+        if i == 7:
+            job["params"] = {"n": 2}
+        jobs.append(job)
+    return jobs
+
+
+def batch_manifest(
+    workspace: Workspace, jobs: list[dict[str, Any]], name: str = "jobs.yaml"
+) -> Path:
+    return workspace.manifest(jobs, name=name, profile={"mode": "batch"})
+
+
+def costs(workspace: Workspace, db: str = "jobs.db") -> dict[str, float]:
+    rows = workspace.db(db).execute(
+        "SELECT job_key, cost_usd FROM attempts WHERE outcome = 'succeeded'"
+    )
+    return dict(rows)
+
+
+async def test_submit_then_collect_at_half_the_live_price(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = thirty_jobs(workspace)
+    manifest = batch_manifest(workspace, jobs)
+
+    first = await app.run(manifest, options())
+
+    assert first.exit_code == ExitCode.EARLY
+    assert first.summary.counts["submitted"] == 30
+    assert any(
+        "30 jobs in 1 batch at OpenAI; run again to collect" in s.message for s in first.stops
+    )
+    assert fake.requests_total == 0  # nothing went to the live endpoint
+    assert fake.batch.batches_created == 1
+    images = fake.batch.live_files("vision")
+    assert len(images) == 30 + 1  # each input once; the ten masks are one picture, sent once
+
+    second = await app.run(manifest, options())
+
+    assert second.exit_code == ExitCode.OK
+    assert second.summary.counts["succeeded"] == 30
+    assert fake.batch.batches_created == 1 and fake.batch.lines_billed == 30
+    outputs = workspace.db().execute("SELECT COUNT(*) FROM outputs").fetchone()[0]
+    assert outputs == 31  # one job asked for two images
+    for path, digest in workspace.db().execute("SELECT path, sha256 FROM outputs"):
+        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest
+    # Files at the provider are cleaned up once nothing open needs them.
+    assert fake.batch.live_files() == []
+
+    # The same jobs live: each batch line cost half of what its live twin cost.
+    live = workspace.manifest(jobs, name="live.yaml", database="live.db")
+    assert (await app.run(live, options())).exit_code == ExitCode.OK
+    batch_costs, live_costs = costs(workspace), costs(workspace, "live.db")
+    assert batch_costs.keys() == live_costs.keys() and len(batch_costs) == 30
+    for key, cost in batch_costs.items():
+        assert abs(cost - live_costs[key] / 2) < 1e-12
+
+    third = await app.run(manifest, options())  # nothing left: nothing sent
+    assert third.exit_code == ExitCode.OK and fake.batch.batches_created == 1
+
+
+async def test_a_batch_that_expires_half_done_keeps_its_half_and_resubmits_the_rest(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"e{i}.png"), "prompt": f"e {i}"} for i in range(10)]
+    manifest = batch_manifest(workspace, jobs)
+    fake.batch.expire_after = 5
+
+    assert (await app.run(manifest, options())).exit_code == ExitCode.EARLY
+    fake.batch.expire_after = None
+    collected = await app.run(manifest, options())  # collects 5, submits the other 5
+
+    assert collected.exit_code == ExitCode.EARLY
+    assert collected.summary.counts["succeeded"] == 5
+    assert collected.summary.counts["submitted"] == 5
+    assert fake.batch.batches_created == 2
+
+    done = await app.run(manifest, options())
+    assert done.exit_code == ExitCode.OK and done.summary.counts["succeeded"] == 10
+    assert fake.batch.lines_billed == 10 and set(fake.paid.values()) == {1}  # none twice
+
+
+async def test_error_lines_retryable_resubmitted_permanent_failed_quota_stops(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"x{i}.png"), "prompt": f"x {i}"} for i in range(6)]
+    manifest = batch_manifest(workspace, jobs)
+    fake.batch.line_faults = {0: "rate_limit", 1: "bad_request", 2: "server_error"}
+
+    assert (await app.run(manifest, options())).exit_code == ExitCode.EARLY
+    fake.batch.line_faults = {}
+    second = await app.run(manifest, options())
+
+    assert second.summary.counts["succeeded"] == 3
+    assert second.summary.counts["failed"] == 1  # the 400
+    assert second.summary.counts["submitted"] == 2  # the 429 and the 500, in a new batch
+    failed = workspace.db().execute("SELECT error, failure_kind FROM jobs WHERE status = 'failed'")
+    error, kind = failed.fetchone()
+    assert (kind == "refused" and "Invalid" in error) or "invalid" in error.lower()
+
+    third = await app.run(manifest, options())
+    assert third.exit_code == ExitCode.FAILED  # one job failed for good, the rest succeeded
+    assert third.summary.counts["succeeded"] == 5
+
+
+async def test_a_quota_line_stops_the_provider_with_exit_3(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"q{i}.png"), "prompt": f"q {i}"} for i in range(4)]
+    manifest = batch_manifest(workspace, jobs)
+    fake.batch.line_faults = {1: "payment"}
+
+    assert (await app.run(manifest, options())).exit_code == ExitCode.EARLY
+    fake.batch.line_faults = {}
+    collected = await app.run(manifest, options())
+
+    assert collected.exit_code == ExitCode.PAYMENT
+    assert collected.summary.counts["succeeded"] == 3
+    assert collected.summary.counts["pending"] == 1  # not billed: sent again after a top-up
+    assert fake.batch.batches_created == 1  # the stop held back the next batch
+
+    after = await app.run(manifest, options())  # after the top-up: submitted again
+    assert after.exit_code == ExitCode.EARLY and fake.batch.batches_created == 2
+
+
+async def test_unknown_and_duplicate_custom_ids_are_ignored(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"d{i}.png"), "prompt": f"d {i}"} for i in range(3)]
+    manifest = batch_manifest(workspace, jobs)
+    fake.batch.junk_lines = True
+
+    await app.run(manifest, options())
+    collected = await app.run(manifest, options())
+
+    assert collected.exit_code == ExitCode.OK and collected.summary.counts["succeeded"] == 3
+    assert workspace.db().execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 3
+
+
+async def test_a_batch_created_but_never_recorded_is_adopted_not_sent_again(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    """The run died between `POST /batches` and recording its answer: the row is there
+    with status `creating` and no provider id; the next run finds the batch by its tag."""
+    jobs = [{"image": workspace.image(f"c{i}.png"), "prompt": f"c {i}"} for i in range(4)]
+    manifest = batch_manifest(workspace, jobs)
+    assert (await app.run(manifest, options())).exit_code == ExitCode.EARLY
+    with workspace.db() as db:  # as if the answer had never been recorded
+        db.execute("UPDATE batches SET provider_batch_id = NULL, status = 'creating'")
+
+    collected = await app.run(manifest, options())
+
+    assert collected.exit_code == ExitCode.OK
+    assert collected.summary.counts["succeeded"] == 4
+    assert fake.batch.batches_created == 1 and fake.batch.lines_billed == 4
+
+
+async def test_a_batch_that_was_never_created_goes_back_to_pending(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"n{i}.png"), "prompt": f"n {i}"} for i in range(3)]
+    manifest = batch_manifest(workspace, jobs)
+    assert (await app.run(manifest, options())).exit_code == ExitCode.EARLY
+    fake.batch.batches.clear()  # the provider never heard of it
+    with workspace.db() as db:
+        db.execute(
+            "UPDATE batches SET provider_batch_id = NULL, status = 'creating', "
+            "run_id = 'another-run'"
+        )
+
+    again = await app.run(manifest, options())
+
+    assert again.summary.counts["submitted"] == 3  # sent again, in a new batch
+    assert fake.batch.batches_created == 2
+    lost = workspace.db().execute("SELECT status FROM batches ORDER BY created_at").fetchall()
+    assert next(row[0] for row in lost) == "lost"
+
+
+def test_status_json_lists_open_batches(workspace: Workspace, fake: FakeProvider) -> None:
+    jobs = [{"image": workspace.image(f"s{i}.png"), "prompt": f"s {i}"} for i in range(2)]
+    manifest = batch_manifest(workspace, jobs)
+    env = {KEY_ENV: API_KEY, "RUNNER_DB": None}
+    ran = invoke("run", manifest, env=env)
+    assert ran.returncode == ExitCode.EARLY
+    assert "2 jobs in 1 batch at OpenAI; run again to collect" in ran.stderr
+
+    status = json.loads(invoke("status", manifest, "--json", env=env).stdout)
+    (batch,) = status["batches"]
+    assert batch["provider"] == "fake" and batch["lines"] == 2
+    assert batch["id"].startswith("batch_") and batch["status"] in (
+        "validating",
+        "in_progress",
+        "completed",
+    )
+    human = invoke("status", manifest, env=env).stdout
+    assert batch["id"] in human
