@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio.to_thread
 
+from runner.cpu_work import run_cpu_work
 from runner.dialects.openai.batch import (
     ENDED,
     IMAGE_PURPOSE,
@@ -34,6 +35,7 @@ from runner.dialects.openai.batch import (
 from runner.engine.ports import Prepare
 from runner.engine.pricing import PriceBook
 from runner.errors import (
+    ExitCode,
     InputError,
     OutputError,
     PermanentJobError,
@@ -60,6 +62,23 @@ log = logging.getLogger("runner")
 BATCH_DISCOUNT = 0.5
 # How long a claimed job may wait between its claim and its batch's record.
 CLAIM_LEASE_S = 600.0
+
+
+@dataclass(slots=True)
+class BatchBudget:
+    """--max-cost for batch lanes: a line counts at its estimated batch cost from the
+    moment it is submitted (it may be billed whenever the provider runs it)."""
+
+    cap: float | None
+    committed: float = 0.0
+
+    def take(self, estimate: float | None) -> bool:
+        if self.cap is None:
+            return True
+        if estimate is None or self.committed + estimate > self.cap:
+            return False
+        self.committed += estimate
+        return True
 
 
 @dataclass(slots=True)
@@ -90,8 +109,10 @@ class BatchLane:
         book: PriceBook,
         now: Callable[[], datetime],
         keep_files: bool = False,
+        budget: BatchBudget | None = None,
     ) -> None:
         self.profile = profile
+        self._budget = budget or BatchBudget(None)
         self._client = client
         self._store = store
         self._batches: ThreadedBatches = store.batches
@@ -142,10 +163,20 @@ class BatchLane:
             if file_id:
                 await self._read_answers(batch, str(file_id), waiting)
         reason = _why_not_run(status, info)
-        back = await self._batches.close(batch.id, reason)
-        if back:
-            log.warning("%s: batch %s %s: %d jobs not run go back to pending (%s)",
-                        self.profile.name, info.get("id"), status, back, reason)  # fmt: skip
+        # Lines that never ran were never billed. After an expiry they go in the next
+        # batch; a batch the provider refused (validation) would be refused again, so its
+        # jobs fail with the reason (`runner retry` after a fix); a cancelled batch's jobs
+        # are cancelled, as asked (`runner cancel --state submitted`).
+        state = {"failed": JobState.FAILED, "cancelled": JobState.CANCELLED}.get(
+            status, JobState.PENDING
+        )
+        moved = await self._batches.close(batch.id, reason, state)
+        if state is JobState.FAILED:
+            self.report.failed += moved
+        if moved:
+            log.warning("%s: batch %s %s: %d jobs it did not run are now %s (%s)",
+                        self.profile.name, info.get("id"), status, moved, state.value,
+                        reason)  # fmt: skip
         await self._clean_up(batch, info)
 
     async def _provider_view(self, batch: BatchRecord) -> dict[str, Any] | None:
@@ -163,7 +194,9 @@ class BatchLane:
         if self._now() - batch.created_at < timedelta(minutes=10) and batch.run_id == self._owner:
             return None  # our own, being created right now
         await self._batches.update(batch.id, status="lost")
-        back = await self._batches.close(batch.id, "its batch was never created; sent again")
+        back = await self._batches.close(
+            batch.id, "its batch was never created; sent again", JobState.PENDING
+        )
         log.warning("%s: a batch of %d lines was never created at the provider; they go "
                     "back to pending", self.profile.name, back)  # fmt: skip
         if not self._keep_files:
@@ -175,7 +208,8 @@ class BatchLane:
     ) -> None:
         unknown = 0
         async for line in self._client.lines(file_id):
-            answer = line_answer(line, self._now().timestamp())
+            # Decoding a line's images is CPU work: off the event loop, as for live replies.
+            answer = await run_cpu_work(len(line), line_answer, line, self._now().timestamp())
             spec = waiting.get(answer.custom_id) if answer is not None else None
             if answer is None or spec is None:
                 unknown += 1  # not JSON, a custom_id not of this batch, or a duplicate
@@ -286,6 +320,14 @@ class BatchLane:
     async def _submit_jobs(self, specs: Sequence[JobSpec]) -> None:
         lines: list[tuple[JobSpec, bytes]] = []
         for spec in specs:
+            if not self._budget.take(self._batch_estimate(spec)):
+                cap = self._budget.cap
+                message = (
+                    f"--max-cost ${cap:g}: the lines submitted already are estimated at "
+                    f"${self._budget.committed:.4f}; the rest wait for the next run"
+                )
+                self.report.stops.append(StopNotice("*", "limit", message, ExitCode.EARLY))
+                break  # what was not submitted goes back to pending (see `submit`)
             try:
                 limits = self._limits(spec.model)
                 request = await anyio.to_thread.run_sync(self._prepare, spec, limits)
@@ -324,10 +366,7 @@ class BatchLane:
             input_file_id=str(uploaded["id"]), lines=len(chunk), run_id=self._owner,
             created_at=self._now(),
         )  # fmt: skip
-        estimates = {}
-        for spec, _ in chunk:
-            estimate = self._book.estimate(spec)
-            estimates[spec.key] = estimate * BATCH_DISCOUNT if estimate is not None else None
+        estimates = {spec.key: self._batch_estimate(spec) for spec, _ in chunk}
         # On record before the provider hears of it: a crash from here on leaves the row
         # (status "creating") that the next run resolves by the tag, never a second batch.
         await self._batches.submit(batch, estimates, self._owner)
@@ -345,6 +384,10 @@ class BatchLane:
                  created.get("id"))  # fmt: skip
 
     # -- shared -------------------------------------------------------------------------
+    def _batch_estimate(self, spec: JobSpec) -> float | None:
+        estimate = self._book.estimate(spec)
+        return estimate * BATCH_DISCOUNT if estimate is not None else None
+
     def _stop(self, exc: ProviderStop) -> None:
         notice = StopNotice(self.profile.name, exc.outcome, exc.describe(), exc.exit_code)
         if notice not in self.report.stops:
@@ -389,7 +432,9 @@ def _why_not_run(status: str, info: dict[str, Any]) -> str:
     if status == "failed":
         errors = (info.get("errors") or {}).get("data") or []
         first = errors[0].get("message") if errors and isinstance(errors[0], dict) else None
-        return f"the batch failed validation: {first or 'no reason given'}"
+        return f"the provider refused its batch: {first or 'no reason given'}"
+    if status == "cancelled":
+        return "its batch was cancelled before running it"
     return f"its batch {status} before running it; sent again in the next batch"
 
 

@@ -29,6 +29,7 @@ from runner.dialects.factory import (
     credentials,
     http_client,
 )
+from runner.dialects.openai.batch import OpenAIBatchClient
 from runner.errors import InputError, ManifestError
 from runner.files import procs
 from runner.files.html_report import (
@@ -172,10 +173,37 @@ async def retry(path: Path, options: Options, key: str | None = None) -> int:
 async def cancel(
     path: Path, options: Options, key: str | None, states: Collection[JobState]
 ) -> int:
-    """Cancelled jobs are never sent; `runner retry --job KEY` brings one back."""
-    async with opened(await parse(path), options) as session:
+    """Cancelled jobs are never sent; `runner retry --job KEY` brings one back. Submitted
+    jobs (batch mode) are cancelled at the provider, batch by batch: lines that finished
+    first are still collected (and paid for), the rest end cancelled when collected."""
+    parsed = await parse(path)
+    async with opened(parsed, options) as session:
         full_key = one_job(session.manifest, key) if key is not None else None
-        return await session.store.cancel(session.id, full_key, states)
+        count = 0
+        if JobState.SUBMITTED in states and isinstance(session.store, ThreadedStore):
+            count += await _cancel_batches(parsed, session.store, session.id)
+        others = [s for s in states if s is not JobState.SUBMITTED]
+        if others:
+            count += await session.store.cancel(session.id, full_key, others)
+        return count
+
+
+async def _cancel_batches(parsed: ParsedManifest, store: ThreadedStore, manifest: str) -> int:
+    batches = [b for b in await store.batches.open_batches(manifest) if b.provider_batch_id]
+    if not batches:
+        return 0
+    creds = credentials(parsed, {b.provider for b in batches})
+    cancelled = 0
+    for batch in batches:
+        profile = parsed.providers[batch.provider]
+        key = creds[batch.provider].api_key
+        assert batch.provider_batch_id is not None and key is not None  # filtered above
+        async with http_client(profile) as client:
+            api = OpenAIBatchClient(profile.base_url, key, client)
+            answer = await api.cancel_batch(batch.provider_batch_id)
+        await store.batches.update(batch.id, status=str(answer.get("status") or "cancelling"))
+        cancelled += len(await store.batches.waiting_lines(batch.id))
+    return cancelled
 
 
 async def report(

@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from runner.app.batch_mode import BatchLane, BatchReport, waiting_message
+from runner.app.batch_mode import BatchBudget, BatchLane, BatchReport, waiting_message
 from runner.app.context import Options, opened, parse, resolve_db
 from runner.dialects import dialect_named
 from runner.dialects.factory import (
@@ -295,6 +295,7 @@ class _Work:
         if not isinstance(self.store, ThreadedStore):
             raise ManifestError("mode: batch needs a database (SQLite or PostgreSQL)")
         lanes = []
+        budget = BatchBudget(self.limits.max_cost_usd)  # shared by the batch profiles
         for name, profile in profiles.items():
             key = self.creds[name].api_key
             if key is None:
@@ -313,6 +314,7 @@ class _Work:
                     book=books[name],
                     now=self.options.wall_clock,
                     keep_files=self.options.keep_files,
+                    budget=budget,
                 )
             )
         clock = self.options.clock or SystemClock()

@@ -450,7 +450,7 @@ def retry(manifest: Path, db: str | None, key: str | None) -> None:
 @click.option("--job", "key", metavar="KEY", help="Only the job whose key starts with KEY.")
 @click.option(
     "--state",
-    type=click.Choice(["pending", "failed"]),
+    type=click.Choice(["pending", "failed", "submitted"]),
     default=None,
     help="Cancel every job in this state (default with no --job: pending).",
 )
@@ -462,6 +462,13 @@ def cancel(manifest: Path, db: str | None, key: str | None, state: str | None) -
         state = "pending"
     states = [JobState(state)] if state else [JobState.PENDING, JobState.FAILED]
     count = _run_async(lambda: app.cancel(manifest, app.Options(db=db), key, states))
+    if state == "submitted":  # the provider cancels; the next run collects what finished
+        out().print(
+            f"{count} submitted job{'s' if count != 1 else ''} in batches cancelled at the "
+            "provider; the next `runner run` collects the lines that had finished and marks "
+            "the rest cancelled"
+        )
+        return
     out().print(f"{count} job{'s' if count != 1 else ''} cancelled")
 
 

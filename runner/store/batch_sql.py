@@ -252,18 +252,20 @@ class SqlBatchStore:
 
         return await self._db.run(write)
 
-    async def close(self, batch_id: str, reason: str) -> int:
-        """Every answer of the batch is in: lines without one go back to pending (they were
-        never run, so never billed), and the batch is done. Returns how many went back."""
+    async def close(self, batch_id: str, reason: str, state: JobState = JobState.PENDING) -> int:
+        """Every answer of the batch is in: the jobs of lines without one (never run, never
+        billed) go to `state` with `reason`, and the batch is done. Returns how many moved."""
         line = t.batch_lines.c
         now = self._now()
 
         async def write(conn: AsyncConnection) -> int:
             waiting = select(line.job_key).where(line.batch_id == batch_id, line.outcome.is_(None))
+            ended = {"finished_at": now} if state is not JobState.PENDING else {}
+            kind = {"failure_kind": FailureKind.REFUSED.value} if state is JobState.FAILED else {}
             back = await conn.execute(
                 update(t.jobs)
                 .where(t.jobs.c.key.in_(waiting), t.jobs.c.status == _SUBMITTED)
-                .values(status=JobState.PENDING.value, error=redact(reason), updated_at=now)
+                .values(status=state.value, error=redact(reason), updated_at=now, **ended, **kind)
             )
             await conn.execute(
                 update(t.batch_lines)

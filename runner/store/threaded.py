@@ -134,8 +134,8 @@ class ThreadedBatches:
         )  # fmt: skip
         return result
 
-    async def close(self, batch_id: str, reason: str) -> int:
-        result: int = await self._call(self._inner.close, batch_id, reason)
+    async def close(self, batch_id: str, reason: str, state: JobState = JobState.PENDING) -> int:
+        result: int = await self._call(self._inner.close, batch_id, reason, state)
         return result
 
     async def open_estimate(self, manifest: str) -> float:

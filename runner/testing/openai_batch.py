@@ -15,7 +15,9 @@ Faults a test sets before the batch is created:
   `quota_429`, `server_error`, ...): that line answers as the live endpoint would;
 - `fail_validation`: the next batch fails validation (`errors.data[]`, no lines run);
 - `junk_lines`: the output file also has a duplicate line and an unknown custom_id;
-- `payment_on_upload`: `POST /v1/files` answers 402 as the live endpoint's payment fault.
+- `payment_on_upload`: `POST /v1/files` answers 402 as the live endpoint's payment fault;
+- `create_delay`: the batch is created at once, its answer sent this many seconds later
+  (a client killed meanwhile never hears of it).
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class FakeBatchAPI:
         self.fail_validation = False
         self.junk_lines = False
         self.payment_on_upload = False
+        self.create_delay = 0.0  # seconds between creating a batch and answering its POST
         self.batches_created = 0
         self.lines_billed = 0
 

@@ -142,6 +142,10 @@ class OpenAIHandler(BaseHandler):
             except ValueError:
                 request = {}
             answer = api.create(request if isinstance(request, dict) else {})
+            # Created, not yet answered: a client killed now never hears of its batch.
+            if api.create_delay and provider._sleep(api.create_delay):
+                self.close_connection = True
+                return True
         elif kind == "batches" and method == "POST" and tail == "/cancel" and ident is not None:
             cancelled = api.cancel(ident)
             if cancelled is not None:

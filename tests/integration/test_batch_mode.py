@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from conftest import API_KEY, KEY_ENV, Workspace, options
-from helpers import invoke
+from helpers import FakeClock, invoke
 
 from runner import app
 from runner.errors import ExitCode
+from runner.records import RunLimits
 from runner.testing import FakeProvider
 
 
@@ -219,3 +221,95 @@ def test_status_json_lists_open_batches(workspace: Workspace, fake: FakeProvider
     )
     human = invoke("status", manifest, env=env).stdout
     assert batch["id"] in human
+
+
+async def test_wait_polls_until_the_batches_end_in_one_run(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"w{i}.png"), "prompt": f"w {i}"} for i in range(3)]
+    manifest = batch_manifest(workspace, jobs)
+    clock = FakeClock()
+
+    outcome = await app.run(manifest, replace(options(clock), wait=True))
+
+    assert outcome.exit_code == ExitCode.OK and outcome.summary.counts["succeeded"] == 3
+    assert clock.sleeps and clock.sleeps[0] == 30.0  # looked again after 30 s, not at once
+
+
+async def test_a_402_on_upload_stops_with_exit_3_and_sends_nothing(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"u{i}.png"), "prompt": f"u {i}"} for i in range(3)]
+    manifest = batch_manifest(workspace, jobs)
+    fake.batch.payment_on_upload = True
+
+    outcome = await app.run(manifest, options())
+
+    assert outcome.exit_code == ExitCode.PAYMENT
+    assert outcome.summary.counts["pending"] == 3 and fake.batch.batches_created == 0
+
+
+async def test_a_batch_the_provider_refuses_fails_its_jobs_with_the_reason(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"v{i}.png"), "prompt": f"v {i}"} for i in range(2)]
+    manifest = batch_manifest(workspace, jobs)
+    fake.batch.fail_validation = True
+
+    await app.run(manifest, options())
+    collected = await app.run(manifest, options())
+
+    assert collected.exit_code == ExitCode.FAILED and collected.summary.counts["failed"] == 2
+    errors = {row[0] for row in workspace.db().execute("SELECT error FROM jobs")}
+    assert errors == {"the provider refused its batch: line 1: body.model is invalid"}
+    assert fake.batch.batches_created == 1  # not sent again and again
+
+
+async def test_max_cost_counts_submitted_lines_at_their_batch_estimate(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"m{i}.png"), "prompt": f"m {i}"} for i in range(10)]
+    manifest = batch_manifest(workspace, jobs)
+    # gpt-image-2's static estimate is $0.1029 a job live, so $0.05145 a batch line.
+    limits = RunLimits(max_cost_usd=0.16)
+
+    outcome = await app.run(manifest, replace(options(), limits=limits))
+
+    assert outcome.summary.counts["submitted"] == 3  # 0.154 fits under 0.16; 0.206 would not
+    assert outcome.summary.counts["pending"] == 7
+    assert any(stop.kind == "limit" for stop in outcome.stops)
+    estimates = workspace.db().execute("SELECT SUM(estimate_usd) FROM batch_lines").fetchone()[0]
+    assert abs(estimates - 3 * 0.1029 / 2) < 1e-9
+
+
+def test_cancel_submitted_cancels_at_the_provider_and_the_rest_end_cancelled(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"k{i}.png"), "prompt": f"k {i}"} for i in range(3)]
+    manifest = batch_manifest(workspace, jobs)
+    env = {KEY_ENV: API_KEY, "RUNNER_DB": None}
+    fake.batch.delay = 3600  # still running when cancelled
+    assert invoke("run", manifest, env=env).returncode == ExitCode.EARLY
+
+    cancelled = invoke("cancel", manifest, "--state", "submitted", env=env)
+
+    assert cancelled.returncode == 0 and "3 submitted jobs" in cancelled.stdout
+    assert [b.status for b in fake.batch.batches.values()] == ["cancelled"]
+    after = invoke("run", manifest, env=env)
+    assert after.returncode == ExitCode.OK  # nothing left to do: all cancelled
+    states = {row[0] for row in workspace.db().execute("SELECT status FROM jobs")}
+    assert states == {"cancelled"} and fake.batch.lines_billed == 0
+
+
+async def test_keep_files_leaves_the_uploads_at_the_provider(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"f{i}.png"), "prompt": f"f {i}"} for i in range(2)]
+    manifest = batch_manifest(workspace, jobs)
+    kept = replace(options(), keep_files=True)
+
+    await app.run(manifest, kept)
+    await app.run(manifest, kept)
+
+    purposes = sorted(f.purpose for f in fake.batch.live_files())
+    assert purposes == ["batch", "batch_output", "vision", "vision"]

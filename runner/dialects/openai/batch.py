@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 
 from runner.dialects.base import classify
-from runner.dialects.openai.client import _parse_reply
+from runner.dialects.openai.client import parse_body
+from runner.dialects.replies import lift_base64, loads
 from runner.errors import ProviderError, RetryableError
 from runner.records import EditRequest, EditResult
 from runner.redact import redact_error, redact_result
@@ -117,15 +118,19 @@ class OpenAIBatchClient:
             if reply.status_code != 200:
                 await reply.aread()
                 raise redact_error(classify(reply, self._wall_clock()))
-            pending = b""
+            buffer = bytearray()
             async for chunk in reply.aiter_bytes():
-                pending += chunk
-                *whole, pending = pending.split(b"\n")
-                for line in whole:
+                searched = len(buffer)  # a newline can only be in what just came
+                buffer += chunk
+                start = 0
+                while (end := buffer.find(b"\n", searched)) != -1:
+                    line = bytes(buffer[start:end])
+                    start = searched = end + 1
                     if line.strip():
                         yield line
-            if pending.strip():
-                yield pending
+                del buffer[:start]  # once per chunk: no quadratic copying of 3 MB lines
+            if bytes(buffer).strip():
+                yield bytes(buffer)
 
     async def _json(self, method: str, path: str, **request: Any) -> Mapping[str, Any]:
         response = await self._client.request(
@@ -164,9 +169,11 @@ def edit_line(
 
 def line_answer(line: bytes, now: float) -> LineAnswer | None:
     """What one output- or error-file line says; None for a line that is not JSON with a
-    custom_id (reported by the caller, never fatal)."""
+    custom_id (reported by the caller, never fatal). The line is parsed once, its base64
+    images lifted out first (a line is a whole reply: megabytes)."""
+    small, lifted = lift_base64(line)
     try:
-        item = json.loads(line)
+        item = loads(small)
     except ValueError:
         return None
     if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str):
@@ -182,21 +189,21 @@ def line_answer(line: bytes, now: float) -> LineAnswer | None:
         message = str(error.get("message") or "the batch gave no answer for this line")
         return LineAnswer(custom_id, error=RetryableError(f"{code}: {message}", status_code=None))
     status = response.get("status_code")
-    request_id = response.get("request_id")
-    raw = json.dumps(response.get("body"), separators=(",", ":")).encode()
+    request_id = str(response["request_id"]) if response.get("request_id") else None
     if status != 200:
         # The line's answer as the live endpoint would have given it: classified alike.
-        headers = {"x-request-id": str(request_id)} if request_id else {}
+        raw = json.dumps(response.get("body"), separators=(",", ":")).encode()
+        headers = {"x-request-id": request_id} if request_id else {}
         fake = httpx.Response(int(status or 500), content=raw, headers=headers)
         return LineAnswer(custom_id, error=redact_error(classify(fake, now)))
     try:
-        parsed = _parse_reply(raw, str(request_id) if request_id else None)
+        parsed = parse_body(response.get("body"), lifted, request_id)
     except ProviderError as exc:
         return LineAnswer(custom_id, error=redact_error(exc))
     if not parsed.images:
         empty = RetryableError(
             "reply has no image in data[]", status_code=200, usage=parsed.usage,
-            request_id=str(request_id) if request_id else None,
+            request_id=request_id,
         )  # fmt: skip
         return LineAnswer(custom_id, error=empty)
     result = EditResult(images=parsed.images, usage=parsed.usage, request_id=request_id)

@@ -167,6 +167,13 @@ def _parse_reply(content: bytes, request_id: str | None) -> _Parsed:
         raise RetryableError(
             f"reply is not JSON ({len(content)} bytes)", status_code=200, request_id=request_id
         ) from exc
+    return parse_body(body, lifted, request_id)
+
+
+def parse_body(body: Any, lifted: list[memoryview], request_id: str | None) -> _Parsed:
+    """A parsed reply body (its `b64_json` values lifted out, see `lift_base64`): the
+    images decoded and checked, the `url`s to fetch, the usage. A batch output line
+    carries the same body inside it (dialects/openai/batch.py)."""
     if not isinstance(body, dict):
         raise RetryableError("reply is not a JSON object", status_code=200, request_id=request_id)
     usage = parse_usage(body.get("usage"))
