@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from runner.cpu_work import run_cpu_work
 from runner.dialects.openai.batch import (
@@ -62,6 +65,10 @@ log = logging.getLogger("runner")
 BATCH_DISCOUNT = 0.5
 # How long a claimed job may wait between its claim and its batch's record.
 CLAIM_LEASE_S = 600.0
+# Collecting: lines read ahead of the tasks that decode, write and record them (a line is a
+# whole reply, a few MB), and how many lines are handled at once.
+COLLECT_QUEUE_LINES = 4
+COLLECT_WORKERS = 4
 
 
 @dataclass(slots=True)
@@ -159,9 +166,13 @@ class BatchLane:
         if status not in ENDED:
             return
         waiting = await self._batches.waiting_lines(batch.id)
+        started, lines = time.monotonic(), len(waiting)
         for file_id in (info.get("output_file_id"), info.get("error_file_id")):
             if file_id:
                 await self._read_answers(batch, str(file_id), waiting)
+        log.info("%s: batch %s %s: %d of %d lines answered, recorded in %.2f s",
+                 self.profile.name, info.get("id"), status, lines - len(waiting), lines,
+                 time.monotonic() - started)  # fmt: skip
         reason = _why_not_run(status, info)
         # Lines that never ran were never billed. After an expiry they go in the next
         # batch; a batch the provider refused (validation) would be refused again, so its
@@ -206,18 +217,34 @@ class BatchLane:
     async def _read_answers(
         self, batch: BatchRecord, file_id: str, waiting: dict[str, JobSpec]
     ) -> None:
+        """Lines are read by one task and handled by a few others, so the download goes on
+        while images are decoded, written (fsynced) and recorded; at most
+        COLLECT_QUEUE_LINES + COLLECT_WORKERS lines (a few MB each) are held at once."""
         unknown = 0
-        async for line in self._client.lines(file_id):
-            # Decoding a line's images is CPU work: off the event loop, as for live replies.
-            answer = await run_cpu_work(len(line), line_answer, line, self._now().timestamp())
-            spec = waiting.get(answer.custom_id) if answer is not None else None
-            if answer is None or spec is None:
-                unknown += 1  # not JSON, a custom_id not of this batch, or a duplicate
-                continue
-            if answer.not_run:
-                continue  # the batch ended first: `close` puts the job back, unbilled
-            if await self._record(batch, spec, answer):
-                del waiting[spec.key]
+        send, receive = anyio.create_memory_object_stream[bytes](COLLECT_QUEUE_LINES)
+
+        async def handle(lines: MemoryObjectReceiveStream[bytes]) -> None:
+            nonlocal unknown
+            async with lines:
+                async for line in lines:
+                    # Decoding a line's images is CPU work: off the event loop.
+                    now = self._now().timestamp()
+                    answer = await run_cpu_work(len(line), line_answer, line, now)
+                    # Taken from `waiting` before any await: a repeated custom_id handled
+                    # by another task at the same time finds it gone.
+                    spec = waiting.pop(answer.custom_id, None) if answer is not None else None
+                    if answer is None or spec is None:
+                        unknown += 1  # not JSON, not a waiting job of this batch, repeated
+                    elif not answer.not_run:  # not run: `close` puts the job back
+                        await self._record(batch, spec, answer)
+
+        async with anyio.create_task_group() as workers:
+            async with receive:
+                for _ in range(COLLECT_WORKERS):
+                    workers.start_soon(handle, receive.clone())
+            async with send:
+                async for line in self._client.lines(file_id):
+                    await send.send(line)
         if unknown:
             log.warning("%s: batch %s: %d lines of file %s were not this batch's waiting jobs "
                         "(unknown or repeated custom_id, or not JSON); ignored",

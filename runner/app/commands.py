@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio.to_thread
 
+from runner.app.batch_mode import BATCH_DISCOUNT
 from runner.app.context import Options, opened, parse, resolve_db
 from runner.app.run_jobs import (
     RunOutcome,
@@ -360,6 +361,8 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
             except InputError as exc:
                 problem = str(exc)
             estimate = books[spec.provider].estimate(spec)
+            if estimate is not None and parsed.providers[spec.provider].batched:
+                estimate *= BATCH_DISCOUNT  # mode: batch is billed at the batch price
             checks.append(JobCheck(spec.entry, str(spec.image), problem, estimate))
         return checks
 

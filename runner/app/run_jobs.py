@@ -114,12 +114,14 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
         if isinstance(manifest.output_dir, Path):  # an object store has no temp files
             await anyio.to_thread.run_sync(sweep_temp_files, manifest.output_dir)
         await _reclaim_dead_runs(store)
+        in_batches = sum(1 for s in manifest.jobs if states[s.key] == JobState.SUBMITTED)
         log.info(
-            "%s: %d jobs (%d new), %d to send; database %s",
+            "%s: %d jobs (%d new), %d to send%s; database %s",
             manifest.path.name,
             len(manifest.jobs),
             session.new_jobs,
             len(to_do),
+            f", {in_batches} in open batches" if in_batches else "",
             redact_url(resolve_db(parsed, options.db)),
         )
         run_info = RunInfo(

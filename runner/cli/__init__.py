@@ -675,13 +675,15 @@ async def _listing_problems(work: Awaitable[T]) -> T:
 @click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False),
               default=Path("runner-demo"), show_default=True,
               help="Where the demo's manifest, images and outputs go.")  # fmt: skip
-def demo(directory: Path) -> None:
+@click.option("--batch", is_flag=True,
+              help="Through the fake's Batch API (mode: batch): submit, then collect.")  # fmt: skip
+def demo(directory: Path, batch: bool) -> None:
     """Run the example manifest offline against the built-in fake provider."""
     from runner.cli.demo import run_demo
 
     _setup_logging(verbosity=0)
     with _guard():
-        code = run_demo(directory, out())
+        code = run_demo(directory, out(), batch)
     raise SystemExit(code)
 
 

@@ -22,6 +22,7 @@ Faults a test sets before the batch is created:
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import threading
@@ -119,6 +120,8 @@ class FakeBatchAPI:
         self.junk_lines = False
         self.payment_on_upload = False
         self.create_delay = 0.0  # seconds between creating a batch and answering its POST
+        # Every line's image, instead of an edit of its input (benchmarks: big replies).
+        self.reply_png: bytes | None = None
         self.batches_created = 0
         self.lines_billed = 0
 
@@ -288,11 +291,15 @@ class FakeBatchAPI:
         prompt, model = str(body.get("prompt", "")), str(body.get("model", ""))
         n = int(body.get("n", 1))
         image_digest = digest(image)
-        edits = [edit(image, image_digest, mask, index) for index in range(n)]
+        if self.reply_png is not None:
+            encoded = [base64.b64encode(self.reply_png).decode("ascii")] * n
+        else:
+            edits = [edit(image, image_digest, mask, index) for index in range(n)]
+            encoded = [e.b64.decode("ascii") for e in edits]
         usage = usage_of(prompt, mask is not None, n)
         reply_body = {
             "created": int(time.time()),
-            "data": [{"b64_json": e.b64.decode("ascii")} for e in edits],
+            "data": [{"b64_json": value} for value in encoded],
             "usage": usage,
         }
         fingerprint = make_fingerprint(

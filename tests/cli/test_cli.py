@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,19 @@ def test_the_demo_runs_offline_and_writes_its_report(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "demo" / "report.html").exists()
     assert any((tmp_path / "demo").rglob("*.png"))
+
+
+@pytest.mark.slow  # the example images, twice through the fake, and the report
+def test_the_batch_demo_submits_then_collects(tmp_path: Path) -> None:
+    result = runner("demo", "--batch", "--dir", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr
+    assert "exit 75: the jobs went to the fake's Batch API in 1 batch" in result.stdout
+    outputs = sorted(p.name for p in (tmp_path / "demo" / "out").glob("*.png"))
+    assert len(outputs) == 5  # four jobs, one of them asking for two images
+    db = sqlite3.connect(tmp_path / "demo" / "jobs.db")
+    assert db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall() == [
+        ("succeeded", 4)
+    ]
+    assert db.execute("SELECT COUNT(*) FROM batches WHERE collected_at IS NOT NULL").fetchone() == (
+        1,
+    )

@@ -313,3 +313,12 @@ async def test_keep_files_leaves_the_uploads_at_the_provider(
 
     purposes = sorted(f.purpose for f in fake.batch.live_files())
     assert purposes == ["batch", "batch_output", "vision", "vision"]
+
+
+async def test_validate_shows_batch_prices(workspace: Workspace, fake: FakeProvider) -> None:
+    jobs = [{"image": workspace.image(f"p{i}.png"), "prompt": f"p {i}"} for i in range(4)]
+    batch = await app.validate(batch_manifest(workspace, jobs))
+    live = await app.validate(workspace.manifest(jobs, name="live.yaml"))
+
+    assert live.estimated_cost_usd > 0
+    assert abs(batch.estimated_cost_usd - live.estimated_cost_usd / 2) < 1e-9
