@@ -117,8 +117,10 @@ class BatchLane:
         now: Callable[[], datetime],
         keep_files: bool = False,
         budget: BatchBudget | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         self.profile = profile
+        self._max_attempts = max_attempts
         self._budget = budget or BatchBudget(None)
         self._client = client
         self._store = store
@@ -144,6 +146,9 @@ class BatchLane:
                 await self._collect_one(batch)
             except ProviderStop as exc:
                 self._stop(exc)
+                return
+            except ProviderError as exc:  # the batch stays open; the next run tries again
+                self._hold(f"could not collect batch {batch.provider_batch_id}", exc)
                 return
         await self._count_open()
 
@@ -238,13 +243,16 @@ class BatchLane:
                     elif not answer.not_run:  # not run: `close` puts the job back
                         await self._record(batch, spec, answer)
 
-        async with anyio.create_task_group() as workers:
-            async with receive:
-                for _ in range(COLLECT_WORKERS):
-                    workers.start_soon(handle, receive.clone())
-            async with send:
-                async for line in self._client.lines(file_id):
-                    await send.send(line)
+        try:
+            async with anyio.create_task_group() as workers:
+                async with receive:
+                    for _ in range(COLLECT_WORKERS):
+                        workers.start_soon(handle, receive.clone())
+                async with send:
+                    async for line in self._client.lines(file_id):
+                        await send.send(line)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
         if unknown:
             log.warning("%s: batch %s: %d lines of file %s were not this batch's waiting jobs "
                         "(unknown or repeated custom_id, or not JSON); ignored",
@@ -293,8 +301,9 @@ class BatchLane:
                 reason=error.describe(), kind=FailureKind.REFUSED,
             )  # fmt: skip
         return await self._batches.record_line(  # retryable: in the next batch
-            batch, spec, self._owner, record, state=JobState.PENDING, reason=error.describe()
-        )
+            batch, spec, self._owner, record, state=JobState.PENDING,
+            reason=error.describe(), max_attempts=self._max_attempts,
+        )  # fmt: skip
 
     async def _clean_up(self, batch: BatchRecord, info: dict[str, Any]) -> None:
         """The batch's files at the provider go once read; the uploaded images once no
@@ -336,6 +345,8 @@ class BatchLane:
                 await self._submit_jobs([job.spec for job in jobs])
             except ProviderStop as exc:
                 self._stop(exc)
+            except ProviderError as exc:  # a refused upload, a network failure
+                self._hold("could not submit a batch", exc)
             finally:  # whatever was not submitted goes back
                 for job in jobs:
                     if await self._store.holds(job.spec.key, self._owner):
@@ -420,6 +431,12 @@ class BatchLane:
         if notice not in self.report.stops:
             self.report.stops.append(notice)
 
+    def _hold(self, what: str, exc: ProviderError) -> None:
+        """Stop this profile for this run with the work kept (exit 75, run again)."""
+        message = f"{what}: {exc.describe()}"
+        log.error("%s: %s", self.profile.name, message)
+        self.report.stops.append(StopNotice(self.profile.name, "batch", message, ExitCode.EARLY))
+
     async def _count_open(self) -> None:
         mine = [
             b for b in await self._batches.open_batches(self._manifest)
@@ -427,6 +444,20 @@ class BatchLane:
         ]  # fmt: skip
         self.report.open_batches = len(mine)
         self.report.open_jobs = sum(b.lines for b in mine)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What went wrong in a task group, unwrapped: the first error that is not the
+    cancellation it caused in the other tasks (the group itself if there is none)."""
+    cancelled = anyio.get_cancelled_exc_class()
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        elif not isinstance(error, cancelled):
+            return error
+    return group
 
 
 def _split(lines: Sequence[tuple[JobSpec, bytes]]) -> list[list[tuple[JobSpec, bytes]]]:

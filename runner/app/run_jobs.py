@@ -317,6 +317,7 @@ class _Work:
                     now=self.options.wall_clock,
                     keep_files=self.options.keep_files,
                     budget=budget,
+                    max_attempts=self.options.settings.retry.max_attempts,
                 )
             )
         clock = self.options.clock or SystemClock()

@@ -199,9 +199,12 @@ class SqlBatchStore:
         state: JobState,
         reason: str | None = None,
         kind: FailureKind | None = None,
+        max_attempts: int | None = None,
     ) -> bool:
         """One line's answer: an attempt (paid if it has usage), the job's new state, its
-        outputs. Only the first answer for a line counts (False: a duplicate, ignored)."""
+        outputs. Only the first answer for a line counts (False: a duplicate, ignored). A
+        job going back to pending that has used `max_attempts` counted attempts (since the
+        last `runner retry`) fails instead: out of attempts, as a live job would."""
         line = t.batch_lines.c
         now = self._now()
 
@@ -225,15 +228,28 @@ class SqlBatchStore:
                 )
             )  # fmt: skip
             (attempt_id,) = inserted.inserted_primary_key or (None,)
-            values: dict[str, Any] = {"status": state.value, "updated_at": now}
-            if state in (JobState.SUCCEEDED, JobState.FAILED):
+            final, why, why_kind = state, reason, kind
+            if state is JobState.PENDING and max_attempts is not None and record.counted:
+                used = await conn.scalar(
+                    select(func.count())
+                    .select_from(t.attempts)
+                    .join(t.jobs, t.jobs.c.key == t.attempts.c.job_key)
+                    .where(t.attempts.c.job_key == spec.key, t.attempts.c.counted.is_(True),
+                           t.attempts.c.id > t.jobs.c.attempt_floor)
+                )  # fmt: skip
+                if (used or 0) >= max_attempts:
+                    final, why_kind = JobState.FAILED, FailureKind.ATTEMPTS
+                    why = f"gave up after {used} batch attempts: {reason}"
+            state_now = final
+            values: dict[str, Any] = {"status": state_now.value, "updated_at": now}
+            if state_now in (JobState.SUCCEEDED, JobState.FAILED):
                 values["finished_at"] = now
-            if state is JobState.FAILED:
-                values.update(error=redact(reason), failure_kind=kind.value if kind else None)
-            elif state is JobState.SUCCEEDED:
+            if state_now is JobState.FAILED:
+                values.update(error=redact(why), failure_kind=why_kind.value if why_kind else None)
+            elif state_now is JobState.SUCCEEDED:
                 values.update(error=redact(record.error_message), failure_kind=None)
             else:
-                values["error"] = redact(reason)
+                values["error"] = redact(why)
             await conn.execute(
                 update(t.jobs).where(t.jobs.c.key == spec.key, t.jobs.c.status == _SUBMITTED)
                 .values(**values)

@@ -127,10 +127,11 @@ class ThreadedBatches:
         state: JobState,
         reason: str | None = None,
         kind: FailureKind | None = None,
+        max_attempts: int | None = None,
     ) -> bool:
         result: bool = await self._call(
             self._inner.record_line, batch, spec, run_id, record, outputs,
-            state=state, reason=reason, kind=kind,
+            state=state, reason=reason, kind=kind, max_attempts=max_attempts,
         )  # fmt: skip
         return result
 

@@ -322,3 +322,39 @@ async def test_validate_shows_batch_prices(workspace: Workspace, fake: FakeProvi
 
     assert live.estimated_cost_usd > 0
     assert abs(batch.estimated_cost_usd - live.estimated_cost_usd / 2) < 1e-9
+
+
+async def test_an_output_file_that_cannot_be_read_keeps_the_batch_for_the_next_run(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"g{i}.png"), "prompt": f"g {i}"} for i in range(3)]
+    manifest = batch_manifest(workspace, jobs)
+    await app.run(manifest, options())
+    (batch,) = fake.batch.batches.values()
+    fake.batch.get(batch.id)  # run it now
+    saved = fake.batch.files[batch.output_file_id or ""]
+    fake.batch.files.pop(saved.id)  # the provider loses the file for a while: a 404
+
+    stuck = await app.run(manifest, options())
+
+    assert stuck.exit_code == ExitCode.EARLY
+    assert any("could not collect batch" in s.message for s in stuck.stops)
+    assert stuck.summary.counts["submitted"] == 3  # kept: nothing re-sent, nothing lost
+    fake.batch.files[saved.id] = saved
+    done = await app.run(manifest, options())
+    assert done.exit_code == ExitCode.OK and fake.batch.batches_created == 1
+
+
+async def test_a_retryable_line_that_keeps_failing_fails_after_max_attempts(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image("r.png"), "prompt": "r"}]
+    manifest = batch_manifest(workspace, jobs)
+    fake.batch.line_faults = {0: "server_error"}
+
+    codes = [(await app.run(manifest, options(max_attempts=2))).exit_code for _ in range(3)]
+
+    assert codes == [ExitCode.EARLY, ExitCode.EARLY, ExitCode.FAILED]
+    error, kind = workspace.db().execute("SELECT error, failure_kind FROM jobs").fetchone()
+    assert kind == "attempts" and error.startswith("gave up after 2 batch attempts")
+    assert fake.batch.batches_created == 2

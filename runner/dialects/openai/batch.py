@@ -112,6 +112,13 @@ class OpenAIBatchClient:
     async def lines(self, file_id: str) -> AsyncIterator[bytes]:
         """The file's lines, streamed: an output file may be hundreds of MB, and only one
         line (one reply, a few MB) is held at a time."""
+        try:
+            async for line in self._lines(file_id):
+                yield line
+        except httpx.HTTPError as exc:  # cut off mid-file: what was read is recorded
+            raise RetryableError(f"reading file {file_id}: {type(exc).__name__}: {exc}") from None
+
+    async def _lines(self, file_id: str) -> AsyncIterator[bytes]:
         url = f"{self._base}/files/{file_id}/content"
         timeout = httpx.Timeout(30.0, read=READ_TIMEOUT_S)
         async with self._client.stream("GET", url, headers=self._auth, timeout=timeout) as reply:
@@ -133,9 +140,12 @@ class OpenAIBatchClient:
                 yield bytes(buffer)
 
     async def _json(self, method: str, path: str, **request: Any) -> Mapping[str, Any]:
-        response = await self._client.request(
-            method, f"{self._base}{path}", headers=self._auth, **request
-        )
+        try:
+            response = await self._client.request(
+                method, f"{self._base}{path}", headers=self._auth, **request
+            )
+        except httpx.HTTPError as exc:  # no answer: a network failure, said in one line
+            raise RetryableError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
         if response.status_code != 200:
             raise redact_error(classify(response, self._wall_clock()))
         try:
