@@ -358,3 +358,22 @@ async def test_a_retryable_line_that_keeps_failing_fails_after_max_attempts(
     error, kind = workspace.db().execute("SELECT error, failure_kind FROM jobs").fetchone()
     assert kind == "attempts" and error.startswith("gave up after 2 batch attempts")
     assert fake.batch.batches_created == 2
+
+
+async def test_batch_mode_on_postgresql(
+    workspace: Workspace, fake: FakeProvider, pg_database: str
+) -> None:
+    jobs = [{"image": workspace.image(f"pg{i}.png"), "prompt": f"pg {i}"} for i in range(4)]
+    manifest = batch_manifest(workspace, jobs)
+    fake.batch.line_faults = {0: "server_error"}
+    on_pg = replace(options(), db=pg_database)
+
+    first = await app.run(manifest, on_pg)
+    fake.batch.line_faults = {}
+    second = await app.run(manifest, on_pg)
+    third = await app.run(manifest, on_pg)
+
+    assert first.summary.counts["submitted"] == 4
+    assert second.summary.counts["succeeded"] == 3 and second.summary.counts["submitted"] == 1
+    assert third.exit_code == ExitCode.OK and third.summary.counts["succeeded"] == 4
+    assert fake.batch.batches_created == 2 and set(fake.paid.values()) == {1}
