@@ -377,6 +377,8 @@ class ExportRow:
     outputs: tuple[str, ...] = field(default_factory=tuple)
     price: Mapping[str, Any] | None = None  # what the job is costed at (see pricing.py)
     balance_usd: float | None = None  # the provider's balance on this job's latest answer
+    output_sha256: tuple[str, ...] = ()  # beside `outputs`, in the same order
+    request_id: str | None = None  # of the reply its outputs came from
 
 
 MIN_ELAPSED_S = 1.0  # below this a rate is noise: report 0 jobs/min and no ETA

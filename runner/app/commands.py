@@ -44,6 +44,7 @@ from runner.files.html_report import (
 )
 from runner.files.object_store import ObjectOutputs
 from runner.files.preflight import prepare_request
+from runner.manifest.digests import Digester
 from runner.manifest.expand import ParsedManifest
 from runner.records import (
     ExportRow,
@@ -112,6 +113,23 @@ def _run_state(run: Mapping[str, Any]) -> str:
 async def export(path: Path, options: Options) -> Sequence[ExportRow]:
     async with opened(await parse(path), options) as session:
         return await session.store.export_rows(session.id)
+
+
+async def export_dataset(path: Path, options: Options, fmt: str, target: Path) -> int:
+    """`export --format parquet|imagefolder` (see table_export.py); returns rows / images."""
+    from runner.app import table_export
+
+    parsed = await parse(path)
+    async with opened(parsed, options) as session:
+        rows = await session.store.export_rows(session.id)
+        digester = Digester(await session.store.load_digests())
+    if fmt == "imagefolder":
+        read = ObjectOutputs().read
+        return await anyio.to_thread.run_sync(table_export.write_imagefolder, target, rows, read)
+    sources = await anyio.to_thread.run_sync(table_export.table_paths, parsed)
+    return await anyio.to_thread.run_sync(
+        table_export.write_parquet, target, parsed, rows, digester, sources
+    )
 
 
 @dataclass(frozen=True, slots=True)

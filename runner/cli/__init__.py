@@ -607,17 +607,33 @@ def report(manifest: Path, db: str | None, output: Path | None) -> None:
 @main.command()
 @MANIFEST
 @DB
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
-              show_default=True)  # fmt: skip
-@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-",
-              help="File to write (default: standard output).")  # fmt: skip
-def export(manifest: Path, db: str | None, fmt: str, output: Any) -> None:
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "imagefolder"]),
+              default="jsonl", show_default=True,
+              help="parquet: a table (a jobs_from: table's own columns first); imagefolder: "
+              "the output images plus metadata.jsonl, for datasets.load_dataset.")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(path_type=Path, allow_dash=True), default="-",
+              help="File to write (default: stdout); a folder for imagefolder.")  # fmt: skip
+def export(manifest: Path, db: str | None, fmt: str, output: Path) -> None:
     """One row per job: inputs, status, attempts, error, usage, cost, outputs."""
     from runner import app
     from runner.cli import present
 
+    if fmt in ("parquet", "imagefolder"):
+        if str(output) == "-":
+            raise click.UsageError(
+                f"--format {fmt} needs -o (a {'folder' if fmt == 'imagefolder' else 'file'})"
+            )
+        count = _run_async(lambda: app.export_dataset(manifest, app.Options(db=db), fmt, output))
+        what = "images" if fmt == "imagefolder" else "rows"
+        err().print(f"wrote {count} {what} to {output}", markup=False)
+        return
     rows = _run_async(lambda: app.export(manifest, app.Options(db=db)))
-    (present.write_csv if fmt == "csv" else present.write_jsonl)(rows, output)
+    writer = present.write_csv if fmt == "csv" else present.write_jsonl
+    if str(output) == "-":
+        writer(rows, sys.stdout)
+        return
+    with output.open("w", encoding="utf-8", newline="") as stream:
+        writer(rows, stream)
 
 
 @main.command()

@@ -11,7 +11,7 @@ import glob
 import hashlib
 import json
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from string import Formatter
@@ -19,9 +19,17 @@ from typing import Any
 
 from runner.dialects import dialect_named
 from runner.errors import ManifestError, shown
+from runner.manifest import tables
 from runner.manifest.digests import Digester
 from runner.manifest.output_rules import check_outputs
-from runner.manifest.schema import Document, JobFields, prices_from, profile_from, read_document
+from runner.manifest.schema import (
+    Document,
+    JobFields,
+    TableSource,
+    prices_from,
+    profile_from,
+    read_document,
+)
 from runner.records import (
     OBJECT_SCHEMES,
     JobSpec,
@@ -88,6 +96,10 @@ def parse_manifest(path: Path) -> ParsedManifest:
         draft
         for index, entry in enumerate(doc.jobs)
         for draft in _expand(index, entry, doc, profiles, (base, output_dir), str(path))
+    ) + tuple(
+        draft
+        for index, source in enumerate(doc.jobs_from)
+        for draft in _table_drafts(index, source, doc, profiles, base, str(path))
     )
     limits = RunLimits(doc.limits.deadline, doc.limits.max_jobs, doc.limits.max_cost)
     return ParsedManifest(
@@ -116,6 +128,7 @@ class _Draft:
     params: Mapping[str, Any]
     output_name: str
     glob: str | None = None  # the pattern that matched `image`; None when named explicitly
+    row: tuple[int, int] | None = None  # (jobs_from index, row number) of a table's row
 
     def spec(self, digests: Mapping[Path, str | None], output_dir: OutputPlace) -> JobSpec:
         image_sha = digests.get(self.image)
@@ -348,6 +361,89 @@ def _glob_root(pattern: str, base: Path) -> Path:
             break
         fixed.append(part)
     return _absolute(base / Path(*fixed).expanduser()) if fixed else _absolute(base)
+
+
+def _table_drafts(
+    index: int,
+    source: TableSource,
+    doc: Document,
+    profiles: Mapping[str, ProviderProfile],
+    base: Path,
+    file: str,
+) -> Iterator[_Draft]:
+    """One draft per row of a `jobs_from:` table, in row order. The profile, model and
+    params are those of `defaults:` plus the row's own params columns; they are checked
+    once per distinct combination, not once per row."""
+    field = f"jobs_from[{index}]"
+    table = _absolute(base / source.table)
+    tables.kind_of(table, file, f"{field}.table")
+    defaults = doc.defaults.model_dump(exclude_none=True)
+
+    def fail(where: str, message: str) -> ManifestError:
+        return ManifestError(message, file=file, field=f"{field}.{where}")
+
+    provider = _pick_provider(defaults.get("provider"), profiles, fail)
+    dialect = dialect_named(provider.dialect)
+    model = defaults.get("model") or dialect.default_model
+    if problem := dialect.check_model(model):
+        raise fail("model", problem)
+    output_name = defaults.get("output_name") or DEFAULT_OUTPUT_NAME
+    if problem := _check_template(output_name):
+        raise fail("output_name", problem)
+    if source.prompt is None and not str(defaults.get("prompt") or "").strip():
+        raise fail("prompt", "name the prompt's column, or give defaults.prompt")
+    param_columns = source.params or {}
+    needed = [source.image, *(c for c in (source.prompt, source.mask, source.id) if c)]
+    needed += list(param_columns.values())
+    checked: dict[str, str | None] = {}
+    carried = base / tables.CARRIED_FOLDER
+    entry = len(doc.jobs) + index  # after the `jobs:` entries, in the order jobs_from lists
+    for number, row in tables.read_rows(table, needed):
+        row_id = f" (id {shown(row[source.id])})" if source.id and row.get(source.id) else ""
+
+        def bad(column: str, message: str, where: str = f"row {number}{row_id}") -> ManifestError:
+            return ManifestError(message, file=str(table), field=f"{where}, column {column!r}")
+
+        image = tables.image_cell(row.get(source.image), table.parent, carried)
+        if isinstance(image, str):
+            raise bad(source.image, image)
+        mask = None
+        if source.mask and row.get(source.mask) is not None:
+            cell = tables.image_cell(row[source.mask], table.parent, carried)
+            if isinstance(cell, str):
+                raise bad(source.mask, cell)
+            mask = cell
+        prompt = row.get(source.prompt) if source.prompt else defaults.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise bad(source.prompt or "prompt", f"a prompt is required, got {shown(prompt)}")
+        params = dict(defaults.get("params") or {})
+        params.update(
+            {
+                name: row[column]
+                for name, column in param_columns.items()
+                if row.get(column) is not None
+            }
+        )
+        signature = json.dumps(params, sort_keys=True, default=str)
+        if signature not in checked:
+            found_problem = dialect.check_params(params)
+            checked[signature] = (
+                f"{found_problem[0]}: {found_problem[1]}" if found_problem else None
+            )
+        if (problem := checked[signature]) is not None:
+            name = problem.split(":", 1)[0]
+            raise bad(param_columns.get(name, f"params.{name}"), problem)
+        yield _Draft(
+            entry=entry,
+            image=image,
+            mask=mask,
+            prompt=prompt,
+            provider=provider,
+            model=model,
+            params=params,
+            output_name=fill_folder_fields(output_name, "", image.stem),
+            row=(index, number),
+        )
 
 
 def _output_folder(written: str, base: Path, file: str) -> OutputPlace:

@@ -85,6 +85,17 @@ class JobFields(_Strict):
     output_name: str | None = None
 
 
+class TableSource(_Strict):
+    """`jobs_from:` one table as a job list: which columns hold what (see tables.py)."""
+
+    table: str  # .csv, .tsv, .jsonl or .parquet, relative to the manifest
+    image: str  # column: a path (relative to the table) or the image's bytes
+    prompt: str | None = None  # column; without it, `defaults.prompt` for every row
+    mask: str | None = None  # column, like image
+    id: str | None = None  # column: a stable row id, named in errors (and kept in exports)
+    params: dict[str, str] | None = None  # param name -> column holding its value per row
+
+
 class Document(_Strict):
     providers: dict[str, Profile] = Field(min_length=1)
     defaults: JobFields = JobFields()
@@ -92,7 +103,8 @@ class Document(_Strict):
     database: str | None = None
     limits: _Limits = _Limits()
     pricing: dict[str, dict[str, Price]] = Field(default_factory=dict)
-    jobs: list[JobFields] = Field(min_length=1)
+    jobs: list[JobFields] = Field(default_factory=list)
+    jobs_from: list[TableSource] = Field(default_factory=list)
 
 
 def read_document(path: Path) -> Document:
@@ -112,9 +124,12 @@ def read_document(path: Path) -> Document:
     if not isinstance(raw, dict):
         raise ManifestError("the manifest must be a mapping with providers: and jobs:", file=name)
     try:
-        return Document.model_validate(raw)
+        document = Document.model_validate(raw)
     except ValidationError as exc:
         raise _translate(exc, name) from None
+    if not document.jobs and not document.jobs_from:
+        raise ManifestError("required (or jobs_from: tables of jobs)", file=name, field="jobs")
+    return document
 
 
 def _translate(exc: ValidationError, file: str) -> ManifestError:
@@ -164,6 +179,7 @@ _SECTION_NAMES = {
     "MaskFields": "mask: {path, optional}",
     "JobFields": "defaults: or a job",
     "Document": "the top level",
+    "TableSource": "a jobs_from: entry",
     "BatchSettings": "a provider's batch:",
 }
 

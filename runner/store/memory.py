@@ -615,6 +615,17 @@ class MemoryStore:
                     outputs=tuple(str(o.path) for key, _, o in self._t.outputs if key == spec.key),
                     price=json.loads(row.price_json) if row.price_json else None,
                     balance_usd=latest_balance.balance_usd if latest_balance else None,
+                    output_sha256=tuple(
+                        o.sha256 for key, _, o in self._t.outputs if key == spec.key
+                    ),
+                    request_id=next(
+                        (
+                            a.record.request_id
+                            for a in sorted(attempts, key=_by_id, reverse=True)
+                            if a.outcome == Outcome.SUCCEEDED.value and a.record is not None
+                        ),
+                        None,
+                    ),
                 )
             )
         return rows

@@ -197,23 +197,31 @@ async def export_rows(conn: AsyncConnection, manifest: str) -> Sequence[ExportRo
         .scalar_subquery()
         .label("balance_usd")
     )
+    request_id = (
+        select(a.request_id)
+        .where(a.job_key == j.key, a.outcome == Outcome.SUCCEEDED.value)
+        .order_by(a.id.desc())
+        .limit(1)
+        .scalar_subquery()
+        .label("success_request_id")
+    )
     rows = (
         await conn.execute(
-            select(t.jobs, usage, balance)
+            select(t.jobs, usage, balance, request_id)
             .join(t.manifest_jobs, m.job_key == j.key)
             .outerjoin(usage, usage.c.job_key == j.key)
             .where(m.manifest == manifest)
             .order_by(m.position)
         )
     ).all()
-    paths: dict[str, list[str]] = {}
+    paths: dict[str, list[tuple[str, str]]] = {}
     outs = await conn.execute(
-        select(t.outputs.c.job_key, t.outputs.c.path)
+        select(t.outputs.c.job_key, t.outputs.c.path, t.outputs.c.sha256)
         .where(t.outputs.c.job_key.in_(select(m.job_key).where(m.manifest == manifest)))
         .order_by(t.outputs.c.job_key, t.outputs.c.id)
     )
-    for key, path in outs:
-        paths.setdefault(key, []).append(path)
+    for key, path, digest in outs:
+        paths.setdefault(key, []).append((path, digest))
     return [_export_row(row, paths.get(row.key, [])) for row in rows]
 
 
@@ -253,7 +261,7 @@ def _run_dict(row: Any) -> dict[str, Any]:
     }
 
 
-def _export_row(row: Any, outputs: list[str]) -> ExportRow:
+def _export_row(row: Any, outputs: list[tuple[str, str]]) -> ExportRow:
     return ExportRow(
         key=row.key,
         image=row.image_path,
@@ -271,7 +279,9 @@ def _export_row(row: Any, outputs: list[str]) -> ExportRow:
             int(row.total_tokens or 0),
             float(row.cost_usd or 0.0),
         ),
-        outputs=tuple(outputs),
+        outputs=tuple(path for path, _ in outputs),
         price=json.loads(row.price_json) if row.price_json else None,
         balance_usd=row.balance_usd,
+        output_sha256=tuple(digest for _, digest in outputs),
+        request_id=row.success_request_id,
     )

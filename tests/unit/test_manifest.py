@@ -102,7 +102,7 @@ def test_glob_gives_one_sorted_job_per_file_with_stem_paired_masks(tmp_path: Pat
         ({"jobs": [{"image": "a.png"}]}, "jobs[0].prompt: required"),
         ({"jobs": [{"prompt": "x"}]}, "jobs[0].image: required"),
         ({"jobs": [{"image": "a.png", "prompt": 5}]}, "jobs[0].prompt: Input should be a valid string"),
-        ({"jobs": []}, "jobs: List should have at least 1 item"),
+        ({"jobs": []}, "jobs: required (or jobs_from: tables of jobs)"),
         ({"jobs": [{"image": "*.jpg", "prompt": "x"}]}, "jobs[0].image: the glob '*.jpg' matched no file"),
         (
             {"jobs": [{"image": "a.png", "prompt": "x", "mask": "m/*.png"}]},

@@ -1,0 +1,194 @@
+"""`jobs_from:` tables in (CSV, JSONL, Parquet with path, binary and Image-struct cells) and
+the results out as Parquet and as an imagefolder, against the fake over real HTTP."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import API_KEY, KEY_ENV, Workspace, options
+from helpers import invoke
+
+from runner import app
+from runner.errors import ExitCode, ManifestError
+from runner.testing import FakeProvider
+
+
+def table_manifest(workspace: Workspace, source: dict[str, Any], **extra: Any) -> Path:
+    path = workspace.manifest([], **extra)
+    document = yaml.safe_load(path.read_text())
+    del document["jobs"]
+    document["jobs_from"] = [source]
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def env() -> dict[str, str | None]:
+    return {KEY_ENV: API_KEY, "RUNNER_DB": None}
+
+
+def test_a_csv_table_runs_and_exports_its_own_columns_as_parquet(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    rows = [
+        {"row_id": f"r{i}", "file_name": workspace.image(f"data/img/{i}.png").removeprefix("data/"),
+         "instruction": f"make it {i}", "size": "1024x1024" if i % 2 else ""}
+        for i in range(6)
+    ]  # fmt: skip
+    write_csv(workspace.root / "data" / "train.csv", rows)
+    manifest = table_manifest(
+        workspace,
+        {"table": "data/train.csv", "image": "file_name", "prompt": "instruction",
+         "id": "row_id", "params": {"size": "size"}},
+    )  # fmt: skip
+
+    ran = invoke("run", manifest, env=env())
+
+    assert ran.returncode == ExitCode.OK and fake.requests_total == 6
+    sizes = sorted(r.fields.get("size", "-") for r in fake.requests)
+    assert sizes == ["-", "-", "-", "1024x1024", "1024x1024", "1024x1024"]
+
+    target = workspace.root / "results.parquet"
+    exported_run = invoke("export", manifest, "--format", "parquet", "-o", target, env=env())
+    assert exported_run.returncode == 0, exported_run.stderr
+    table = pq.read_table(target)
+    assert table.column_names[:4] == ["row_id", "file_name", "instruction", "size"]
+    assert {"status", "error", "attempts", "cost_usd", "output_path", "output_sha256",
+            "request_id", "model", "input_tokens"} <= set(table.column_names)  # fmt: skip
+    exported = table.to_pylist()
+    assert [r["row_id"] for r in exported] == [f"r{i}" for i in range(6)]  # row for row
+    assert all(r["status"] == "succeeded" and len(r["output_path"]) == 1 for r in exported)
+    assert all(Path(r["output_path"][0]).is_file() for r in exported)
+
+
+async def test_jsonl_and_parquet_with_binary_and_image_struct_cells(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    images = [(workspace.root / workspace.image(f"src/{i}.png")).read_bytes() for i in range(3)]
+    table = pa.table(
+        {
+            "picture": pa.array(images, pa.binary()),
+            "hf": [{"bytes": images[0], "path": None}, {"bytes": None, "path": "src/1.png"},
+                   {"bytes": images[2], "path": "ignored.png"}],
+            "text": ["a", "b", "c"],
+        }
+    )  # fmt: skip
+    pq.write_table(table, workspace.root / "carried.parquet")
+    (workspace.root / "rows.jsonl").write_text(
+        "".join(json.dumps({"f": f"src/{i}.png", "p": f"j{i}"}) + "\n" for i in range(3))
+    )
+    for index, source in enumerate(
+        [
+            {"table": "carried.parquet", "image": "picture", "prompt": "text"},
+            {"table": "carried.parquet", "image": "hf", "prompt": "text"},
+            {"table": "rows.jsonl", "image": "f", "prompt": "p"},
+        ]
+    ):
+        manifest = table_manifest(workspace, source, database=f"t{index}.db")
+        outcome = await app.run(manifest, options())
+        assert outcome.exit_code == ExitCode.OK, source
+        assert outcome.summary.counts["succeeded"] == 3
+    # Binary cells and Image structs with bytes are kept once, by content.
+    carried = sorted(p.name for p in (workspace.root / ".runner-inputs").iterdir())
+    assert len(carried) == 3 and all(name.endswith(".png") for name in carried)
+    assert fake.requests_total == 9  # three tables of three rows, each its own database
+    # A path cell and bytes cells of the same picture are the same input: one fingerprint.
+    assert len(fake.received) == 6  # (3 pictures x prompts a/b/c) + (3 pictures x j0..j2)
+
+
+async def test_adding_rows_to_a_finished_table_sends_only_the_new_rows(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    rows = [{"file": workspace.image(f"n/{i}.png"), "prompt": f"p{i}"} for i in range(40)]
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    assert fake.requests_total == 40
+
+    rows += [{"file": workspace.image(f"n/new{i}.png"), "prompt": f"q{i}"} for i in range(10)]
+    write_csv(workspace.root / "t.csv", rows)
+    again = await app.run(manifest, options())
+
+    assert again.exit_code == ExitCode.OK and fake.requests_total == 50  # exactly 10 more
+
+
+async def test_the_imagefolder_export_has_one_file_name_per_output(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    rows = [{"file": workspace.image(f"i/{i}.png"), "prompt": f"p{i}"} for i in range(3)]
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    document = yaml.safe_load(manifest.read_text())
+    document["defaults"] = {"params": {"n": 2}}
+    manifest.write_text(yaml.safe_dump(document))
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+
+    folder = workspace.root / "dataset"
+    count = await app.export_dataset(manifest, options(), "imagefolder", folder)
+
+    lines = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    assert count == 6 and len(lines) == 6
+    assert len({line["file_name"] for line in lines}) == 6
+    assert all((folder / line["file_name"]).is_file() for line in lines)
+    assert all(next(iter(line)) == "file_name" for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("rows", "source", "message"),
+    [
+        ([{"file": "a.png", "prompt": "x"}], {"image": "picture", "prompt": "prompt"},
+         "t.csv: column 'picture': no column 'picture' (the table has: file, prompt)"),
+        ([{"file": "a.png", "prompt": "x"}, {"file": "a.png", "prompt": ""}],
+         {"image": "file", "prompt": "prompt"},
+         "t.csv: row 2, column 'prompt': a prompt is required, got None"),
+        ([{"id": "k9", "file": "", "prompt": "x"}], {"image": "file", "prompt": "prompt", "id": "id"},
+         "t.csv: row 1 (id 'k9'), column 'file': empty"),
+        ([{"file": "a.png", "prompt": "x", "q": "ultra"}],
+         {"image": "file", "prompt": "prompt", "params": {"quality": "q"}},
+         "t.csv: row 1, column 'q': quality"),
+    ],
+)  # fmt: skip
+async def test_a_bad_table_is_one_line_naming_table_row_and_column_and_sends_nothing(
+    workspace: Workspace,
+    fake: FakeProvider,
+    rows: list[dict[str, Any]],
+    source: dict[str, Any],
+    message: str,
+) -> None:
+    workspace.image("a.png")
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", **source})
+
+    with pytest.raises(ManifestError) as caught:
+        await app.run(manifest, options())
+
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert fake.requests_total == 0
+
+
+async def test_a_row_whose_image_is_missing_fails_that_job_only(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    rows = [{"file": workspace.image(f"m/{i}.png"), "prompt": f"p{i}"} for i in range(3)]
+    rows.append({"file": "m/gone.png", "prompt": "p3"})
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+
+    outcome = await app.run(manifest, options())
+
+    assert outcome.exit_code == ExitCode.FAILED
+    assert outcome.summary.counts["succeeded"] == 3 and outcome.summary.counts["failed"] == 1
+    assert fake.requests_total == 3
