@@ -3,7 +3,9 @@
 
 - `context.py`: `Options`, and opening a manifest with its database (`opened`).
 - `run_jobs.py`: `runner run`, from a manifest to a finished (or cleanly stopped) run.
+- `batch_mode.py`: `mode: batch` profiles within a run: collect ended batches, submit new.
 - `commands.py`: every other command.
+- `table_export.py`: `export --format parquet | imagefolder`.
 """
 
 from runner.app.commands import (

@@ -1,5 +1,6 @@
 """The OpenAI / CometAPI dialect as one object (`OPENAI`): multipart `POST /images/edits`
-with a JSON reply (`client.py`), its rules and token prices (`rules.py`)."""
+with a JSON reply (`client.py`), its rules and token prices (`rules.py`), and the Files and
+Batch APIs for `mode: batch` (`batch.py`)."""
 
 from __future__ import annotations
 
