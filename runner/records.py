@@ -331,6 +331,7 @@ class Summary:
     fleet: Sequence[Mapping[str, Any]] = ()
     # Open batches (batch mode): provider id, profile, status, lines and their counts, times.
     batches: Sequence[Mapping[str, Any]] = ()
+    duplicates: int = 0  # see Manifest.duplicates
 
 
 # A runner whose last heartbeat is older than this is shown as silent (likely gone; its
@@ -496,3 +497,5 @@ class Manifest:
     limits: RunLimits = field(default_factory=RunLimits)
     # provider -> model -> price, from the manifest's `pricing:`; built-ins fill the rest.
     pricing: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    # Entries or table rows whose inputs repeat another's exactly: the same job, paid once.
+    duplicates: int = 0

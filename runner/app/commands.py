@@ -34,12 +34,14 @@ from runner.dialects.openai.batch import OpenAIBatchClient
 from runner.errors import InputError, ManifestError
 from runner.files import procs
 from runner.files.html_report import (
+    REPORT_MAX_JOBS,
     ProgressCallback,
     ReportJob,
     ReportStats,
     ReportTotals,
     default_output,
     manifest_folder,
+    sample_for_report,
     write_report,
 )
 from runner.files.object_store import ObjectOutputs
@@ -82,6 +84,7 @@ async def status(path: Path, options: Options) -> Summary:
         return Summary(counts=counts, totals=Totals(), never_run=True)
     async with opened(parsed, options) as session:
         summary = await session.store.summary(session.id)
+        summary = replace(summary, duplicates=session.manifest.duplicates)
         if isinstance(session.store, ThreadedStore):
             batches = await session.store.batches.open_batches(session.id)
             summary = replace(summary, batches=[b.shown() for b in batches])
@@ -230,10 +233,12 @@ async def report(
     options: Options,
     output: Path | None = None,
     on_progress: ProgressCallback | None = None,
+    limit: int | None = REPORT_MAX_JOBS,
 ) -> ReportStats:
     """The batch's HTML report at `output` (default: report.html beside the manifest).
 
     `on_progress(done, total)` is called from a worker thread while thumbnails are made.
+    With more than `limit` jobs (None: no limit) the page shows a sample, and says so.
     """
     async with opened(await parse(path), options) as session:
         rows = await session.store.export_rows(session.id)
@@ -254,6 +259,7 @@ async def report(
         )
         for row in rows
     ]
+    report_jobs, sampled = sample_for_report(report_jobs, limit)
     generated_at = options.wall_clock()
     target = output if output is not None else default_output(path)
     workers = max(1, os.cpu_count() or 1)  # decoding the images is most of the time
@@ -265,6 +271,7 @@ async def report(
             manifest=str(path),
             generated_at=generated_at,
             folder=manifest_folder(path),  # touches the disk: here, not on the event loop
+            sampled=sampled,
         )
         return write_report(
             report_jobs,

@@ -567,14 +567,21 @@ def models(manifest: Path, db: str | None) -> None:
     show_default=False,
     help="The HTML file to write (default: report.html beside the manifest).",
 )
-def report(manifest: Path, db: str | None, output: Path | None) -> None:
+@click.option(
+    "--all",
+    "every_job",
+    is_flag=True,
+    help="A card for every job; by default a batch of more than 2,000 jobs shows every "
+    "failed one and an even sample of the rest (the page says which).",
+)
+def report(manifest: Path, db: str | None, output: Path | None, every_job: bool) -> None:
     """One HTML page: totals, failures and reasons, before/after thumbnails grouped by
     prompt, filters by state, folder and text; a click on a thumbnail shows the full-size
     pictures (linked from disk, the thumbnails are embedded)."""
     from contextlib import ExitStack
 
     from runner import app
-    from runner.files.html_report import default_output
+    from runner.files.html_report import REPORT_MAX_JOBS, default_output
 
     target = output if output is not None else default_output(manifest)
     with ExitStack() as stack:
@@ -598,7 +605,10 @@ def report(manifest: Path, db: str | None, output: Path | None) -> None:
                 printed = tenth
                 click.echo(f"report: {done}/{total} thumbnails ({tenth * 10}%)", err=True)
 
-        stats = _run_async(lambda: app.report(manifest, app.Options(db=db), target, on_progress))
+        limit = None if every_job else REPORT_MAX_JOBS
+        stats = _run_async(
+            lambda: app.report(manifest, app.Options(db=db), target, on_progress, limit)
+        )
     out().print(
         f"wrote {target} ({stats.jobs} jobs, {stats.bytes_written / 1e6:.1f} MB)", markup=False
     )

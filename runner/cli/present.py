@@ -48,6 +48,7 @@ def status_document(summary: Summary) -> dict[str, Any]:
         "never_run": summary.never_run,
         "fleet": [dict(entry) for entry in summary.fleet],
         "batches": [dict(batch) for batch in summary.batches],
+        "duplicates": summary.duplicates,
     }
 
 
@@ -101,6 +102,12 @@ def summary_table(summary: Summary) -> Table:
         table.add_row("runner", _fleet_text(entry))
     for batch in summary.batches:
         table.add_row("batch", _batch_text(batch))
+    if summary.duplicates:
+        table.add_row(
+            "duplicates",
+            f"{summary.duplicates} entries or table rows repeat another's image, mask, prompt "
+            "and params exactly: the same job, sent and paid once",
+        )
     for name, account in summary.providers.items():
         table.add_row(f"{name} spend", format_usd(account.cost_usd, 4, fixed=True))
         balance = _balance(account.balance_usd, account.balance_diem, account.balance_after_usd)

@@ -105,6 +105,8 @@ class ReportTotals:
     # The manifest's folder (absolute): cards name their input's folder relative to it, and
     # pictures inside it are linked relatively when the page is inside it too.
     folder: Path | None = None
+    # When the page shows a sample of a large batch (see `sample_for_report`): which rule.
+    sampled: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,41 @@ class JobThumbnails:
     before: Thumbnail | None
     outputs: tuple[Thumbnail | None, ...]
     mask_missing: bool = False  # the job has a mask but it could not be read
+
+
+# Cards a report shows unless asked for all: a page of a few thousand thumbnails still opens
+# quickly; one of 100,000 (a data: URI each) would be gigabytes.
+REPORT_MAX_JOBS = 2000
+
+
+def sample_for_report(
+    jobs: Sequence[ReportJob], limit: int | None = REPORT_MAX_JOBS
+) -> tuple[list[ReportJob], str | None]:
+    """The jobs the page shows, in manifest order, and the rule when not all of them: every
+    failed job first (they need a look), then an even sample of the others: every k-th."""
+    if limit is None or len(jobs) <= limit:
+        return list(jobs), None
+    failed = [i for i, job in enumerate(jobs) if job.state == JobState.FAILED][:limit]
+    chosen = set(failed)
+    others = [i for i in range(len(jobs)) if i not in chosen]
+    room = limit - len(chosen)
+    step = max(1, -(-len(others) // room)) if room > 0 else 0
+    if step:
+        chosen.update(others[::step][:room])
+    kept = [jobs[i] for i in sorted(chosen)]
+    rule = (
+        f"showing {len(kept):,} of {len(jobs):,} jobs: every failed job ({len(failed):,}), then "
+        + (f"every {_ordinal(step)} other job" if step else "no others")
+        + "; `runner report --all` shows every job"
+    )
+    return kept, rule
+
+
+def _ordinal(n: int) -> str:
+    if n == 1:
+        return "one"
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def default_output(manifest: Path) -> Path:
@@ -436,7 +473,9 @@ def _render_totals(totals: ReportTotals, job_count: int) -> str:
         "<header>\n<h1>Batch report</h1>\n<dl>"
         f"<dt>Manifest</dt><dd>{e(totals.manifest)}</dd>"
         f'<dt>Generated</dt><dd><time datetime="{e(local.isoformat())}">{e(shown)}</time></dd>'
-        f"<dt>Jobs</dt><dd>{job_count}</dd>"
+        f"<dt>Jobs</dt><dd>{sum(totals.counts.values()) if totals.sampled else job_count}</dd>"
+        + (f'<dt>Shown</dt><dd class="sampled">{e(totals.sampled)}</dd>' if totals.sampled else "")
+        + ""
         f'<dt>Total cost</dt><dd class="total-cost">{e(format_usd(totals.cost_usd, 4))}</dd>'
         f'</dl>\n<ul class="counts">{counts}</ul>\n</header>\n'
     )

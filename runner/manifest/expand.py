@@ -82,6 +82,7 @@ class ParsedManifest:
             self.database,
             self.limits,
             self.pricing,
+            duplicates=len(drafts) - len(specs),
         )
 
 

@@ -192,3 +192,19 @@ async def test_a_row_whose_image_is_missing_fails_that_job_only(
     assert outcome.exit_code == ExitCode.FAILED
     assert outcome.summary.counts["succeeded"] == 3 and outcome.summary.counts["failed"] == 1
     assert fake.requests_total == 3
+
+
+def test_identical_rows_are_one_job_and_status_says_so(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    image = workspace.image("d/a.png")
+    rows = [{"file": image, "prompt": "same"}] * 3 + [{"file": image, "prompt": "other"}]
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+
+    assert invoke("run", manifest, env=env()).returncode == 0
+    status = json.loads(invoke("status", manifest, "--json", env=env()).stdout)
+
+    assert fake.requests_total == 2 and status["counts"]["succeeded"] == 2
+    assert status["duplicates"] == 2
+    assert "2 entries or table rows repeat" in invoke("status", manifest, env=env()).stdout

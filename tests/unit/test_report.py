@@ -854,3 +854,26 @@ def test_runner_report_writes_beside_the_manifest_and_shows_progress(
     again = invoke("report", manifest, "-o", "mine.html", env={"RUNNER_DB": None})
     assert again.returncode == 0, again.stderr
     assert (elsewhere / "mine.html").is_file()
+
+
+def test_a_large_batch_shows_every_failed_job_and_an_even_sample_and_says_so(
+    tmp_path: Path,
+) -> None:
+    from runner.files.html_report import sample_for_report
+
+    base = job(tmp_path, "j")  # one picture: sampling never opens it
+    jobs = [
+        replace(base, key=f"{i:064d}", state="failed" if i % 100 == 7 else "succeeded")
+        for i in range(1000)
+    ]
+    shown, rule = sample_for_report(jobs, limit=100)
+
+    assert len(shown) == 100
+    assert [j.key for j in shown] == sorted(j.key for j in shown)  # manifest order kept
+    failed = {j.key for j in jobs if j.state == "failed"}
+    assert failed <= {j.key for j in shown}  # all ten failed jobs
+    assert rule is not None and rule.startswith("showing 100 of 1,000 jobs")
+    assert "every failed job (10)" in rule and "every 11th other job" in rule
+    assert sample_for_report(jobs[:50], limit=100) == (jobs[:50], None)  # small: all, no rule
+    everything, none = sample_for_report(jobs, limit=None)
+    assert len(everything) == 1000 and none is None
