@@ -397,7 +397,7 @@ def _watch_status(manifest: Path, db: str | None, interval: float) -> None:
     elsewhere), until SIGINT or SIGTERM, which end it quietly with exit 0: watching sends
     nothing and holds no lock, so stopping it is the normal way out."""
     import signal
-    import time
+    import threading
     from datetime import datetime
 
     from rich.console import Group
@@ -407,8 +407,12 @@ def _watch_status(manifest: Path, db: str | None, interval: float) -> None:
     from runner import app
     from runner.cli import present
 
+    # The signal only asks; the loop ends between refreshes. Raising from the handler could
+    # land inside a refresh, with the database open on its own thread, and hang its exit.
+    stop = threading.Event()
+
     def quit_quietly(signum: int, frame: object) -> None:
-        raise SystemExit(ExitCode.OK)
+        stop.set()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, quit_quietly)
@@ -422,13 +426,14 @@ def _watch_status(manifest: Path, db: str | None, interval: float) -> None:
         return Group(Text(head, style="dim"), present.summary_table(summary))
 
     if not console.is_terminal:
-        while True:
+        while not stop.is_set():
             console.print(frame())
-            time.sleep(interval)
+            stop.wait(interval)
+        raise SystemExit(ExitCode.OK)
     with Live(frame(), console=console, auto_refresh=False) as live:
-        while True:
-            time.sleep(interval)
+        while not stop.wait(interval):
             live.update(frame(), refresh=True)
+    raise SystemExit(ExitCode.OK)
 
 
 @main.command()

@@ -1,0 +1,150 @@
+"""Tables at scale: a `jobs_from:` CSV of N rows (tiny images, one file each), measured.
+
+    .venv/bin/python bench/scale.py                     # 1,000 and 100,000 rows
+    .venv/bin/python bench/scale.py --rows 1000,10000   # quicker
+
+For each size, each step a child process measured for wall time and peak RSS (VmHWM, read
+from /proc while it runs): `validate`; the first `run` up to its first request (the fake
+answers after 30 s, so the run is killed once the request arrives); a no-op re-run of the
+finished table (the jobs are marked succeeded in the database directly: running 100,000
+edits through the fake is not what is measured); `status`; `export --format parquet`.
+Beside them, reading the table with pyarrow, the floor for a re-run (issue 13's targets:
+peak RSS at 100,000 rows within 64 MB of 1,000 rows; the no-op re-run at most 3x reading the
+table; the first request within 10 s at 100,000 rows on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from runner.testing import FakeProvider  # noqa: E402
+
+API_KEY = "bench-key"
+KEY_ENV = "BENCH_FAKE_KEY"
+
+
+def measured(
+    args: list[str], env: dict[str, str], stop_when: object = None
+) -> tuple[float, float, int]:
+    """(wall s, peak RSS MB, exit code); `stop_when()` true kills the child (time so far)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = Path(f"/proc/{proc.pid}/status")
+    peak_kb = 0
+    while proc.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kb = max(peak_kb, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        if callable(stop_when) and stop_when():
+            wall = time.monotonic() - started
+            proc.kill()
+            proc.wait()
+            return wall, peak_kb / 1024, -9
+        time.sleep(0.01)
+    return time.monotonic() - started, peak_kb / 1024, proc.returncode
+
+
+def make_table(root: Path, rows: int) -> Path:
+    from PIL import Image
+
+    folder = root / "img"
+    folder.mkdir()
+    table = root / "train.csv"
+    with table.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["row_id", "file_name", "instruction"])
+        for i in range(rows):
+            name = f"{i:06d}.png"
+            Image.new("RGB", (8, 8), (i % 256, (i >> 8) % 256, (i >> 16) % 256)).save(folder / name)
+            writer.writerow([f"r{i}", f"img/{name}", "make it brighter"])
+    return table
+
+
+def one_size(rows: int) -> dict[str, tuple[float, float]]:
+    import pyarrow.csv as pacsv
+
+    figures: dict[str, tuple[float, float]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp,
+        FakeProvider(api_key=API_KEY, latency=30.0) as fake,
+    ):
+        root = Path(tmp)
+        started = time.monotonic()
+        table = make_table(root, rows)
+        print(f"  {rows:,} rows: table and images made in {time.monotonic() - started:.1f} s")
+        manifest = root / "jobs.yaml"
+        manifest.write_text(
+            "providers:\n  fake:\n    dialect: openai\n"
+            f"    base_url: {fake.base_url}\n    api_key_env: {KEY_ENV}\n    concurrency: 4\n"
+            "output_dir: out\njobs_from:\n  - table: train.csv\n    image: file_name\n"
+            "    prompt: instruction\n    id: row_id\n"
+        )
+        env = {**os.environ, KEY_ENV: API_KEY, "RUNNER_DB": ""}
+        runner = [sys.executable, "-m", "runner"]
+        wall, rss, _ = measured([*runner, "validate", str(manifest)], env)
+        figures["validate"] = (wall, rss)
+        wall, rss, _ = measured(
+            [*runner, "run", str(manifest), "--log-format", "plain"], env,
+            stop_when=lambda: fake.requests_total > 0 or len(fake.received) > 0,
+        )  # fmt: skip
+        figures["first run: to first request"] = (wall, rss)
+        with sqlite3.connect(root / "jobs.db") as db:
+            db.execute("UPDATE jobs SET status = 'succeeded', lease_owner = NULL")
+            db.execute("UPDATE runs SET ended_at = started_at, exit_code = 0")
+        wall, rss, code = measured([*runner, "run", str(manifest), "--log-format", "plain"], env)
+        assert code == 0, code
+        figures["no-op re-run"] = (wall, rss)
+        wall, rss, _ = measured([*runner, "status", str(manifest)], env)
+        figures["status"] = (wall, rss)
+        out = root / "results.parquet"
+        wall, rss, code = measured(
+            [*runner, "export", str(manifest), "--format", "parquet", "-o", str(out)], env
+        )
+        assert code == 0 and out.exists(), code
+        figures["export --format parquet"] = (wall, rss)
+        started = time.monotonic()
+        pacsv.read_csv(table)
+        figures["pyarrow reads the table"] = (time.monotonic() - started, 0.0)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", default="1000,100000")
+    sizes = [int(n) for n in parser.parse_args().rows.split(",")]
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    results = {rows: one_size(rows) for rows in sizes}
+    steps = list(next(iter(results.values())))
+    print(f"{'step':30}" + "".join(f"{f'{n:,} rows: s / MB':>24}" for n in sizes))
+    for step in steps:
+        cells = "".join(
+            f"{results[n][step][0]:>14.2f} / {results[n][step][1]:>6.0f}" for n in sizes
+        )
+        print(f"{step:30}{cells}")
+    small, big = sizes[0], sizes[-1]
+    peak = max(v[1] for v in results[big].values()) - max(v[1] for v in results[small].values())
+    noop = results[big]["no-op re-run"][0] / max(results[big]["pyarrow reads the table"][0], 1e-9)
+    first = results[big]["first run: to first request"][0]
+    print(
+        f"peak RSS {big:,} vs {small:,} rows: +{peak:.0f} MB (target <= 64); no-op re-run "
+        f"{noop:.0f}x reading the table (target <= 3x); first request after {first:.1f} s "
+        "(target < 10 s at 100,000 rows)"
+    )
+
+
+if __name__ == "__main__":
+    main()
