@@ -7,14 +7,16 @@ leave a half-written file under the final name that a later run would take for a
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
+import functools
 import logging
 import os
 import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePath
 from string import Formatter
 from typing import Any
@@ -191,6 +193,7 @@ def ensure_writable(output_dir: Path) -> None:
         raise OutputError(f"cannot write in output folder {where}: {_reason(exc)}") from exc
 
 
+@functools.lru_cache(maxsize=1024)
 def _template_for(template: str, count: int) -> str:
     """The template with "-{index}" added where several images would otherwise collide."""
     try:
@@ -231,11 +234,15 @@ def _chunk(literal: str, field: str | None, spec: str | None, conversion: str | 
     )
 
 
+_SEPARATORS = re.compile("|".join(re.escape(s) for s in {"/", os.sep, os.altsep or "/"}))
+
+
 def _escape_problem(name: str, base: OutputPlace) -> str | None:
     """Why `name` may not be written under `base`, or None if it stays inside (an object
-    store has no links to follow out: the checks on the name are all there is)."""
-    separators = {"/", os.sep, os.altsep or "/"}
-    pieces = re.split("|".join(re.escape(s) for s in separators), name)
+    store has no links to follow out: the checks on the name are all there is). Called for
+    every job of a manifest: folders are resolved once each (`_resolved`), and a plain name
+    costs one lstat."""
+    pieces = _SEPARATORS.split(name)
     if not name or "\0" in name:
         return "gives an empty or invalid file name"
     if PurePath(name).is_absolute() or PurePath(name).anchor:
@@ -246,10 +253,42 @@ def _escape_problem(name: str, base: OutputPlace) -> str | None:
         return f"does not end in a file name ({name})"
     if not isinstance(base, Path):
         return None
-    target = (base / name).resolve()
-    if not target.is_relative_to(base.resolve()):
+    root = _resolved(base)
+    folder = _resolved(base.joinpath(*pieces[:-1])) if len(pieces) > 1 else root
+    target = base.joinpath(*pieces)
+    leaves = not folder.is_relative_to(root)
+    if not leaves and target.is_symlink():  # the name itself, a link to elsewhere
+        leaves = not target.resolve().is_relative_to(root)
+    if leaves:
         return f"leads out of the output folder through a link ({name})"
     return None
+
+
+def _resolved(folder: Path) -> Path:
+    """`folder` with its links followed; inside `folders_cached()`, each folder once."""
+    cache = _FOLDERS.get()
+    if cache is None:
+        return folder.resolve()
+    found = cache.get(folder)
+    if found is None:
+        found = cache[folder] = folder.resolve()
+    return found
+
+
+_FOLDERS: contextvars.ContextVar[dict[Path, Path] | None] = contextvars.ContextVar(
+    "resolved_output_folders", default=None
+)
+
+
+@contextlib.contextmanager
+def folders_cached() -> Iterator[None]:
+    """Resolve each output folder once while checking a whole manifest's names (a job's
+    write, later, resolves afresh: a link may have changed since)."""
+    token = _FOLDERS.set({})
+    try:
+        yield
+    finally:
+        _FOLDERS.reset(token)
 
 
 # S3 and its kin take keys of up to 1,024 bytes (UTF-8), whatever their segments' lengths.

@@ -12,7 +12,13 @@ from pathlib import Path
 
 from runner.dialects import params as dialects
 from runner.errors import ManifestError, OutputError, shown
-from runner.files.outputs import length_problem, output_paths, path_limits, possible_paths
+from runner.files.outputs import (
+    folders_cached,
+    length_problem,
+    output_paths,
+    path_limits,
+    possible_paths,
+)
 from runner.records import JobSpec, OutputPlace, ReplyImage
 
 
@@ -21,6 +27,11 @@ def check_outputs(specs: Sequence[JobSpec], inputs: Collection[Path], file: str)
     input, or could not be written at all."""
     if not specs:
         return
+    with folders_cached():  # every job's names, one resolve per folder
+        _check(specs, inputs, file)
+
+
+def _check(specs: Sequence[JobSpec], inputs: Collection[Path], file: str) -> None:
     name_max, path_max = path_limits(specs[0].output_dir)
     owners: dict[OutputPlace, JobSpec] = {}
     for spec in specs:
