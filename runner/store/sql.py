@@ -84,6 +84,12 @@ def _spec_row(spec: JobSpec) -> dict[str, Any]:
     }
 
 
+# The jobs columns a manifest's entry sets (see `_spec_row`), compared on each sync.
+_SPEC_COLUMNS = (
+    "image_path", "mask_path", "image_sha256", "mask_sha256", "output_dir", "output_name",
+    "manifest_entry",
+)  # fmt: skip
+
 BUSY = "busy"  # begin_attempt's answer when the fleet's requests out reach the limit
 
 
@@ -166,27 +172,42 @@ class SqlStore:
         now = self._now()
 
         async def write(conn: AsyncConnection) -> int:
-            known: set[str] = set()
+            # A re-run of an unchanged manifest writes nothing: each known job's stored
+            # inputs are compared first and only rows that differ (files moved, a changed
+            # output name) are updated; the membership is rewritten only if it changed.
+            j = t.jobs.c
+            stored: dict[str, tuple[Any, ...]] = {}
             for chunk in _chunks([s.key for s in specs]):
-                rows = await conn.execute(select(t.jobs.c.key).where(t.jobs.c.key.in_(chunk)))
-                known.update(rows.scalars())
-            new = [s for s in specs if s.key not in known]
+                rows = await conn.execute(
+                    select(j.key, *(j[name] for name in _SPEC_COLUMNS)).where(j.key.in_(chunk))
+                )
+                stored.update({row[0]: tuple(row[1:]) for row in rows})
+            new = [s for s in specs if s.key not in stored]
             if new:  # another runner syncing the same manifest may have inserted some
                 await conn.execute(_insert_new(conn, t.jobs), [_new_job_row(s, now) for s in new])
-            refreshed = [
-                {"k": s.key, **_spec_row(s), "updated_at": now} for s in specs if s.key in known
-            ]
+            refreshed = []
+            for spec in specs:
+                row = _spec_row(spec)
+                was = stored.get(spec.key)
+                if was is not None and was != tuple(row[name] for name in _SPEC_COLUMNS):
+                    refreshed.append({"k": spec.key, **row, "updated_at": now})
             if refreshed:
                 stmt = update(t.jobs).where(t.jobs.c.key == bindparam("k"))
                 await conn.execute(stmt, refreshed)
             members = t.manifest_jobs
-            await conn.execute(delete(members).where(members.c.manifest == manifest))
-            if specs:
-                listed = [
-                    {"manifest": manifest, "job_key": s.key, "position": i}
-                    for i, s in enumerate(specs)
-                ]
-                await conn.execute(_insert_new(conn, members), listed)
+            listed = [(s.key, i) for i, s in enumerate(specs)]
+            current = await conn.execute(
+                select(members.c.job_key, members.c.position)
+                .where(members.c.manifest == manifest)
+                .order_by(members.c.position)
+            )
+            if [tuple(row) for row in current] != listed:
+                await conn.execute(delete(members).where(members.c.manifest == manifest))
+                if listed:
+                    await conn.execute(
+                        _insert_new(conn, members),
+                        [{"manifest": manifest, "job_key": k, "position": i} for k, i in listed],
+                    )
             return len(new)
 
         return await self._db.run(write)
