@@ -18,7 +18,7 @@ from typing import Any
 import anyio.to_thread
 
 from runner.app.batch_mode import BATCH_DISCOUNT
-from runner.app.context import Options, opened, parse, resolve_db
+from runner.app.context import Options, database_url_for, opened, parse, resolve_db
 from runner.app.run_jobs import (
     RunOutcome,
     exit_code_for,
@@ -32,7 +32,7 @@ from runner.dialects.factory import (
 )
 from runner.dialects.openai.batch import OpenAIBatchClient
 from runner.errors import InputError, ManifestError
-from runner.files import procs
+from runner.files import journal, procs
 from runner.files.html_report import (
     REPORT_MAX_JOBS,
     ProgressCallback,
@@ -47,7 +47,7 @@ from runner.files.html_report import (
 from runner.files.object_store import ObjectOutputs
 from runner.files.preflight import prepare_request
 from runner.manifest.digests import Digester
-from runner.manifest.expand import ParsedManifest
+from runner.manifest.expand import ParsedManifest, quick_look
 from runner.records import (
     ExportRow,
     JobState,
@@ -57,10 +57,15 @@ from runner.records import (
     output_place,
     short_key,
 )
-from runner.store.engine import database_exists, peek_job_states, peek_output_paths
+from runner.store.engine import (
+    database_exists,
+    open_store,
+    peek_job_states,
+    peek_output_paths,
+)
 from runner.store.protocol import Store
 from runner.store.tables import utcnow
-from runner.store.threaded import ThreadedStore
+from runner.store.threaded import ThreadedStore, open_threaded
 
 __all__ = [
     "Options",
@@ -75,6 +80,9 @@ async def status(path: Path, options: Options) -> Summary:
     """The manifest's jobs per state, spend, and its last run: whether that run ended, is
     running now, or died (its process is gone). A manifest that was never run has no
     database, and asking for its status does not make one."""
+    quick = await _status_from_database(path, options)
+    if quick is not None:
+        return quick
     parsed = await parse(path)
     url = resolve_db(parsed, options.db)
     if not database_exists(url):
@@ -88,6 +96,39 @@ async def status(path: Path, options: Options) -> Summary:
         if isinstance(session.store, ThreadedStore):
             batches = await session.store.batches.open_batches(session.id)
             summary = replace(summary, batches=[b.shown() for b in batches])
+    return _with_run_states(summary)
+
+
+async def _status_from_database(path: Path, options: Options) -> Summary | None:
+    """The status without re-reading the manifest's jobs: when the manifest's text and
+    tables are as they were at the last sync (`quick_fingerprint`), the database's job
+    list is the manifest's, and 100,000 jobs answer in a moment. None: read it in full."""
+    try:
+        look = await anyio.to_thread.run_sync(quick_look, path)
+    except ManifestError:
+        return None  # the full reading says what is wrong
+    if look is None:
+        return None
+    home = journal.home(look.output_dir, look.path)
+    if await anyio.to_thread.run_sync(journal.pending_files, home):
+        return None  # paid replies to record first: the full path records them
+    url = database_url_for(look.path, look.database, options.db)
+    if not database_exists(url):
+        return None
+    store = await open_threaded(lambda: open_store(url, options.wall_clock))
+    try:
+        synced = await store.last_sync(str(look.path))
+        if synced is None or synced[0] != look.fingerprint:
+            return None
+        summary = await store.summary(str(look.path))
+        batches = await store.batches.open_batches(str(look.path))
+    finally:
+        await store.close()
+    summary = replace(summary, duplicates=synced[1], batches=[b.shown() for b in batches])
+    return _with_run_states(summary)
+
+
+def _with_run_states(summary: Summary) -> Summary:
     fleet = [_on_this_host(entry) for entry in summary.fleet]
     if summary.last_run is None:
         return replace(summary, fleet=fleet)
@@ -129,7 +170,7 @@ async def export_dataset(path: Path, options: Options, fmt: str, target: Path) -
     if fmt == "imagefolder":
         read = ObjectOutputs().read
         return await anyio.to_thread.run_sync(table_export.write_imagefolder, target, rows, read)
-    sources = await anyio.to_thread.run_sync(table_export.table_paths, parsed)
+    sources = parsed.tables
     return await anyio.to_thread.run_sync(
         table_export.write_parquet, target, parsed, rows, digester, sources
     )

@@ -14,7 +14,7 @@ import anyio.to_thread
 
 from runner.files import journal
 from runner.manifest.digests import Digester
-from runner.manifest.expand import ParsedManifest, parse_manifest
+from runner.manifest.expand import ParsedManifest, parse_manifest, text_digest
 from runner.records import Manifest, ProgressReporter, RunLimits
 from runner.settings import DEFAULT_GRACE_S, Clock, RunSettings, unknown_env
 from runner.store.engine import database_url, open_store
@@ -43,11 +43,17 @@ class Options:
 
 
 def resolve_db(parsed: ParsedManifest, override: str | None) -> str:
+    return database_url_for(parsed.path, parsed.database, override)
+
+
+def database_url_for(manifest: Path, database: str | None, override: str | None) -> str:
+    """--db (relative to the cwd), else the manifest's `database:` (relative to it), else
+    `<manifest stem>.db` beside it."""
     if override:
         return database_url(override, Path.cwd())
-    if parsed.database:
-        return database_url(parsed.database, parsed.path.parent)
-    return database_url(f"{parsed.path.stem}.db", parsed.path.parent)
+    if database:
+        return database_url(database, manifest.parent)
+    return database_url(f"{manifest.stem}.db", manifest.parent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,7 @@ async def opened(parsed: ParsedManifest, options: Options) -> AsyncIterator[Open
         manifest = await anyio.to_thread.run_sync(parsed.resolve, digester, known_outputs)
         await store.save_digests(digester.fresh)
         new_jobs = await store.sync_manifest(str(manifest.path), manifest.jobs)
+        await store.record_sync(str(manifest.path), parsed.fingerprint, manifest.duplicates)
         yield Opened(manifest, store, new_jobs)
     finally:
         await store.close()
@@ -94,9 +101,12 @@ async def record_late_completions(store: Store, journal_home: Path) -> int:
 
 
 async def parse(path: Path) -> ParsedManifest:
+    # Taken before the manifest is read: if it changes meanwhile, the next look sees a
+    # different fingerprint and reads it again, never the other way round.
+    text = await anyio.to_thread.run_sync(text_digest, path)
     parsed = await anyio.to_thread.run_sync(parse_manifest, path)
     _warn_unknown_env(parsed)
-    return parsed
+    return parsed.fingerprinted(text)
 
 
 _warned_env: set[str] = set()  # once per process, however many commands a test runs

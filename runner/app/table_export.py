@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from runner.errors import ManifestError, OutputError
+from runner.errors import OutputError
 from runner.manifest import tables
 from runner.manifest.digests import Digester
 from runner.manifest.expand import ParsedManifest
@@ -173,17 +173,3 @@ def _free_name(name: str, key: str, index: int, taken: set[str]) -> str:
         name = f"{stem}-{key[:12]}-{index}.{ext}" if dot else f"{name}-{key[:12]}-{index}"
     taken.add(name)
     return name
-
-
-def table_paths(parsed: ParsedManifest) -> list[Path]:
-    """The `jobs_from:` tables, absolute, in order (one per index)."""
-    from runner.manifest.schema import read_document
-
-    document = read_document(parsed.path)
-    found = []
-    for index, source in enumerate(document.jobs_from):
-        path = (parsed.path.parent / source.table).resolve()
-        if not path.is_file():
-            raise ManifestError("table not found", file=str(path), field=f"jobs_from[{index}]")
-        found.append(path)
-    return found

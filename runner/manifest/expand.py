@@ -11,8 +11,8 @@ import glob
 import hashlib
 import json
 import os
-from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from string import Formatter
 from typing import Any
@@ -57,6 +57,16 @@ class ParsedManifest:
     drafts: tuple[_Draft, ...]
     limits: RunLimits = field(default_factory=RunLimits)
     pricing: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    fingerprint: str | None = None  # see `quick_fingerprint`; set by who reads the file
+    tables: tuple[Path, ...] = ()  # the `jobs_from:` tables, absolute, in order
+
+    def fingerprinted(self, text_sha256: str | None) -> ParsedManifest:
+        """With the fingerprint of the text it was read from (digested before reading, so a
+        change meanwhile makes a fingerprint that no later look matches)."""
+        patterns = any(draft.glob is not None for draft in self.drafts)
+        if text_sha256 is None or patterns:
+            return self
+        return replace(self, fingerprint=fingerprint_of(text_sha256, self.tables))
 
     def resolve(
         self, digester: Digester | None = None, known_outputs: Collection[str] = frozenset()
@@ -111,7 +121,65 @@ def parse_manifest(path: Path) -> ParsedManifest:
         drafts,
         limits,
         prices_from(doc.pricing, profiles, str(path)),
+        tables=tuple(_absolute(base / source.table) for source in doc.jobs_from),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class QuickLook:
+    """What a manifest says without expanding its jobs (see `quick_fingerprint`)."""
+
+    path: Path  # absolute, as the database knows the manifest
+    fingerprint: str
+    database: str | None  # as written
+    output_dir: OutputPlace
+
+
+def quick_look(path: Path) -> QuickLook | None:
+    fingerprint = quick_fingerprint(path)
+    if fingerprint is None:
+        return None
+    absolute = _absolute(path)
+    doc = read_document(absolute)
+    output_dir = _output_folder(doc.output_dir, absolute.parent, str(absolute))
+    return QuickLook(absolute, fingerprint, doc.database, output_dir)
+
+
+def quick_fingerprint(path: Path) -> str | None:
+    """A digest of what decides a manifest's job list without expanding it: its own text
+    and each `jobs_from:` table's size and modification time. None when that is not enough:
+    a glob or brace pattern in `jobs:` (files can appear under it), or an unreadable table.
+    An image edited in place is not seen here; the next `run` (or `validate`) sees it."""
+    path = _absolute(path)
+    text = text_digest(path)
+    if text is None:
+        return None
+    doc = read_document(path)
+    entries = [doc.defaults, *doc.jobs]
+    for entry in entries:
+        for pattern in (entry.image, entry.mask if isinstance(entry.mask, str) else None):
+            if pattern and _is_pattern(pattern):
+                return None
+    return fingerprint_of(text, [_absolute(path.parent / s.table) for s in doc.jobs_from])
+
+
+def text_digest(path: Path) -> str | None:
+    """sha256 of the manifest's bytes (no YAML parsed), None if it cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def fingerprint_of(text_sha256: str, tables: Sequence[Path]) -> str | None:
+    digest = hashlib.sha256(f"v{KEY_VERSION}\0{text_sha256}".encode())
+    for table in tables:
+        try:
+            info = table.stat()
+        except OSError:
+            return None
+        digest.update(f"\0{table}\0{info.st_size}\0{info.st_mtime_ns}".encode())
+    return digest.hexdigest()
 
 
 def load_manifest(path: Path, digester: Digester | None = None) -> Manifest:

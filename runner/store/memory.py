@@ -139,6 +139,7 @@ class MemoryStore:
         self._now = clock
         self._t = _Tables()
         self._ids = itertools.count(1)
+        self._syncs: dict[str, tuple[str, int]] = {}
 
     async def close(self) -> None:
         return None
@@ -155,6 +156,15 @@ class MemoryStore:
                 row.spec = spec
         self._t.manifests[manifest] = [spec.key for spec in specs]
         return new
+
+    async def record_sync(self, manifest: str, fingerprint: str | None, duplicates: int) -> None:
+        if fingerprint is None:
+            self._syncs.pop(manifest, None)
+        else:
+            self._syncs[manifest] = (fingerprint, duplicates)
+
+    async def last_sync(self, manifest: str) -> tuple[str, int] | None:
+        return self._syncs.get(manifest)
 
     async def retry(self, manifest: str, key: str | None = None) -> int:
         states = (JobState.FAILED, JobState.CANCELLED) if key else (JobState.FAILED,)

@@ -52,6 +52,15 @@ class Store(Protocol):
         `specs` the manifest's job list. Returns how many jobs were new."""
         ...
 
+    async def record_sync(self, manifest: str, fingerprint: str | None, duplicates: int) -> None:
+        """What the manifest looked like when its jobs were synced (None: not
+        fingerprintable, e.g. it has globs, whose matches change without it)."""
+        ...
+
+    async def last_sync(self, manifest: str) -> tuple[str, int] | None:
+        """(fingerprint, duplicates) of the manifest's last sync, if any."""
+        ...
+
     async def retry(self, manifest: str, key: str | None = None) -> int:
         """Failed jobs back to pending with a fresh attempt budget (a cancelled one too when
         named by `key`); history kept. Returns how many moved."""

@@ -212,6 +212,33 @@ class SqlStore:
 
         return await self._db.run(write)
 
+    async def record_sync(self, manifest: str, fingerprint: str | None, duplicates: int) -> None:
+        syncs = t.manifest_syncs
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(delete(syncs).where(syncs.c.manifest == manifest))
+            if fingerprint is not None:
+                await conn.execute(
+                    _insert_new(conn, syncs),
+                    [{"manifest": manifest, "fingerprint": fingerprint,
+                      "duplicates": duplicates, "synced_at": self._now()}],
+                )  # fmt: skip
+
+        await self._db.run(write)
+
+    async def last_sync(self, manifest: str) -> tuple[str, int] | None:
+        syncs = t.manifest_syncs.c
+
+        async def read(conn: AsyncConnection) -> tuple[str, int] | None:
+            row = (
+                await conn.execute(
+                    select(syncs.fingerprint, syncs.duplicates).where(syncs.manifest == manifest)
+                )
+            ).first()
+            return (str(row[0]), int(row[1])) if row is not None else None
+
+        return await self._db.run(read)
+
     async def retry(self, manifest: str, key: str | None = None) -> int:
         states = (JobState.FAILED, JobState.CANCELLED) if key else (JobState.FAILED,)
         return await self._move(manifest, states, JobState.PENDING, key)

@@ -272,3 +272,14 @@ uploads = Table(
     Column("uploaded_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime),
 )
+
+# The fingerprint of a manifest (its text and its tables' sizes and times) when its jobs
+# were last synced: while it matches, `status` reads the database without re-reading them.
+manifest_syncs = Table(
+    "manifest_syncs",
+    metadata,
+    Column("manifest", Text, primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("duplicates", Integer, nullable=False),
+    Column("synced_at", UTCDateTime, nullable=False),
+)

@@ -159,6 +159,12 @@ class ThreadedStore:
     async def sync_manifest(self, manifest: str, specs: Sequence[JobSpec]) -> int:
         return await self._loop.call(self._inner.sync_manifest, manifest, specs)
 
+    async def record_sync(self, manifest: str, fingerprint: str | None, duplicates: int) -> None:
+        await self._loop.call(self._inner.record_sync, manifest, fingerprint, duplicates)
+
+    async def last_sync(self, manifest: str) -> tuple[str, int] | None:
+        return await self._loop.call(self._inner.last_sync, manifest)
+
     async def retry(self, manifest: str, key: str | None = None) -> int:
         return await self._loop.call(self._inner.retry, manifest, key)
 

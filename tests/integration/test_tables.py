@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,47 @@ def test_identical_rows_are_one_job_and_status_says_so(
     assert fake.requests_total == 2 and status["counts"]["succeeded"] == 2
     assert status["duplicates"] == 2
     assert "2 entries or table rows repeat" in invoke("status", manifest, env=env()).stdout
+
+
+async def test_status_reads_only_the_database_while_manifest_and_table_are_unchanged(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.app import context
+
+    rows = [{"file": workspace.image(f"s/{i}.png"), "prompt": f"p{i}"} for i in range(5)]
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    reads: list[Path] = []
+    real_parse = context.parse_manifest
+    monkeypatch.setattr(context, "parse_manifest", lambda p: reads.append(p) or real_parse(p))
+
+    unchanged = await app.status(manifest, options())
+    assert reads == [] and unchanged.counts["succeeded"] == 5  # the database alone
+
+    time.sleep(0.01)  # a new modification time, whatever the file system's granularity
+    rows += [{"file": workspace.image("s/new.png"), "prompt": "new"}]
+    write_csv(workspace.root / "t.csv", rows)
+    changed = await app.status(manifest, options())
+    assert len(reads) == 1 and changed.counts["pending"] == 1  # read again: the new row
+
+    again = await app.status(manifest, options())  # synced by the status above
+    assert len(reads) == 1 and again.counts["pending"] == 1
+
+
+async def test_a_manifest_with_a_glob_is_always_read_for_its_status(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.app import context
+
+    workspace.image("g/a.png")
+    manifest = workspace.manifest([{"image": "g/*.png", "prompt": "p"}])
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    workspace.image("g/b.png")  # appears under the glob: the manifest text did not change
+    reads: list[Path] = []
+    real_parse = context.parse_manifest
+    monkeypatch.setattr(context, "parse_manifest", lambda p: reads.append(p) or real_parse(p))
+
+    summary = await app.status(manifest, options())
+
+    assert len(reads) == 1 and summary.counts["pending"] == 1
