@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -100,32 +100,44 @@ async def status(path: Path, options: Options) -> Summary:
 
 
 async def _status_from_database(path: Path, options: Options) -> Summary | None:
-    """The status without re-reading the manifest's jobs: when the manifest's text and
-    tables are as they were at the last sync (`quick_fingerprint`), the database's job
-    list is the manifest's, and 100,000 jobs answer in a moment. None: read it in full."""
+    """The status without re-reading the manifest's jobs (see `synced_store`)."""
+    async with synced_store(path, options) as synced:
+        if synced is None:
+            return None
+        store, manifest, duplicates = synced
+        summary = await store.summary(manifest)
+        batches = await store.batches.open_batches(manifest)
+    summary = replace(summary, duplicates=duplicates, batches=[b.shown() for b in batches])
+    return _with_run_states(summary)
+
+
+@asynccontextmanager
+async def synced_store(
+    path: Path, options: Options
+) -> AsyncIterator[tuple[ThreadedStore, str, int] | None]:
+    """(store, manifest id, duplicates) when the manifest's text and tables are as they were
+    at the last sync (`quick_fingerprint`): the database's job list is then the manifest's,
+    and reading commands answer without re-reading 100,000 rows. None: read it in full (no
+    database yet, changed since, globs, or paid replies waiting to be recorded)."""
     try:
         look = await anyio.to_thread.run_sync(quick_look, path)
     except ManifestError:
-        return None  # the full reading says what is wrong
-    if look is None:
-        return None
-    home = journal.home(look.output_dir, look.path)
-    if await anyio.to_thread.run_sync(journal.pending_files, home):
-        return None  # paid replies to record first: the full path records them
-    url = database_url_for(look.path, look.database, options.db)
-    if not database_exists(url):
-        return None
+        look = None  # the full reading says what is wrong
+    url = database_url_for(look.path, look.database, options.db) if look else None
+    home = journal.home(look.output_dir, look.path) if look else None
+    late = home is not None and bool(await anyio.to_thread.run_sync(journal.pending_files, home))
+    if look is None or url is None or late or not database_exists(url):
+        yield None
+        return
     store = await open_threaded(lambda: open_store(url, options.wall_clock))
     try:
         synced = await store.last_sync(str(look.path))
         if synced is None or synced[0] != look.fingerprint:
-            return None
-        summary = await store.summary(str(look.path))
-        batches = await store.batches.open_batches(str(look.path))
+            yield None
+        else:
+            yield store, str(look.path), synced[1]
     finally:
         await store.close()
-    summary = replace(summary, duplicates=synced[1], batches=[b.shown() for b in batches])
-    return _with_run_states(summary)
 
 
 def _with_run_states(summary: Summary) -> Summary:
@@ -155,6 +167,9 @@ def _run_state(run: Mapping[str, Any]) -> str:
 
 
 async def export(path: Path, options: Options) -> Sequence[ExportRow]:
+    async with synced_store(path, options) as synced:
+        if synced is not None:
+            return await synced[0].export_rows(synced[1])
     async with opened(await parse(path), options) as session:
         return await session.store.export_rows(session.id)
 
@@ -188,9 +203,13 @@ class JobFilter:
 async def jobs(path: Path, options: Options, chosen: JobFilter | None = None) -> list[ExportRow]:
     """The manifest's jobs in manifest order, filtered."""
     chosen = chosen or JobFilter()
-    async with opened(await parse(path), options) as session:
-        key = one_job(session.manifest, chosen.key) if chosen.key else None
-        rows = await session.store.export_rows(session.id)
+    async with synced_store(path, options) as synced:
+        if synced is not None:
+            rows = await synced[0].export_rows(synced[1])
+    if synced is None:
+        async with opened(await parse(path), options) as session:
+            rows = await session.store.export_rows(session.id)
+    key = _one_key(rows, chosen.key, str(path)) if chosen.key else None
     needle = chosen.search.casefold() if chosen.search else None
     return [
         row
@@ -207,16 +226,24 @@ def _searchable(row: ExportRow) -> str:
     ).casefold()
 
 
+def _one_key(rows: Sequence[ExportRow], prefix: str, where: str) -> str:
+    """`one_job` over export rows (the manifest's jobs as the database lists them)."""
+    return _one_of([(row.key, Path(row.image).name) for row in rows], prefix, where)
+
+
 def one_job(manifest: Manifest, prefix: str) -> str:
     """The key of the one job of `manifest` whose key starts with `prefix` (exit 2 when
     none does, or several: then they are listed, so the user can give more characters)."""
+    return _one_of([(s.key, s.image.name) for s in manifest.jobs], prefix, str(manifest.path))
+
+
+def _one_of(jobs: Sequence[tuple[str, str]], prefix: str, where: str) -> str:
     wanted = prefix.strip().lower()
-    matches = [spec for spec in manifest.jobs if spec.key.startswith(wanted)]
-    where = str(manifest.path)
+    matches = [(key, name) for key, name in jobs if key.startswith(wanted)]
     if not wanted or not matches:
         raise ManifestError(f"no job has a key starting with {prefix!r}", file=where, field="--job")
     if len(matches) > 1:
-        listed = ", ".join(f"{short_key(s.key)} ({s.image.name})" for s in matches[:10])
+        listed = ", ".join(f"{short_key(key)} ({name})" for key, name in matches[:10])
         more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
         raise ManifestError(
             f"{prefix!r} is the start of {len(matches)} jobs' keys: {listed}{more}; give more "
@@ -224,7 +251,7 @@ def one_job(manifest: Manifest, prefix: str) -> str:
             file=where,
             field="--job",
         )
-    return matches[0].key
+    return matches[0][0]
 
 
 async def retry(path: Path, options: Options, key: str | None = None) -> int:

@@ -7,6 +7,9 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -382,6 +385,26 @@ def small_disk(tmp_path: Path) -> Any:
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+def fill_disk_when(disk: Path, ready: Callable[[], bool]) -> threading.Thread:
+    """A thread that, once `ready()`, writes a file until `disk` is full."""
+
+    def fill() -> None:
+        deadline = time.monotonic() + 60
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        with (disk / "filler").open("wb") as stream:
+            try:
+                while True:
+                    stream.write(b"\0" * 65536)
+                    stream.flush()
+            except OSError:
+                pass  # full: what it was for
+
+    thread = threading.Thread(target=fill, daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.mark.slow
 async def test_a_database_on_a_small_disk_stops_before_paying(
     workspace: Workspace, fake: FakeProvider, small_disk: Path
@@ -405,12 +428,17 @@ async def test_a_database_disk_that_fills_loses_no_paid_reply(
         jobs, profile={"concurrency": 4}, database=f"{small_disk}/jobs.db"
     )
     no_floor = app.Options(clock=FakeClock(), settings=RunSettings(min_free_bytes=0))
+    # Room for the schema and the sync, then the disk fills once a few requests are out
+    # (at a fixed moment, whatever the schema's size or SQLite's WAL growth).
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    filler = fill_disk_when(small_disk, lambda: fake.requests_total >= 3)
 
     first = await app.run(manifest, no_floor)
 
     assert first.exit_code == ExitCode.EARLY
-    assert 0 < fake.requests_total < 60
-    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    assert 3 <= fake.requests_total < 60
+    filler.join(timeout=10)
+    (small_disk / "filler").unlink()  # space again
     later = datetime.now(UTC) + timedelta(minutes=10)  # past the first run's leases
     second = await app.run(
         manifest,

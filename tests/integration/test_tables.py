@@ -253,3 +253,26 @@ async def test_a_manifest_with_a_glob_is_always_read_for_its_status(
     summary = await app.status(manifest, options())
 
     assert len(reads) == 1 and summary.counts["pending"] == 1
+
+
+async def test_jobs_and_export_also_answer_from_the_database_when_nothing_changed(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.app import context
+
+    rows = [{"file": workspace.image(f"q/{i}.png"), "prompt": f"p{i}"} for i in range(4)]
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    reads: list[Path] = []
+    real_parse = context.parse_manifest
+    monkeypatch.setattr(context, "parse_manifest", lambda p: reads.append(p) or real_parse(p))
+
+    exported = await app.export(manifest, options())
+    listed = await app.jobs(manifest, options(), app.JobFilter(state="succeeded"))
+    one = await app.jobs(manifest, options(), app.JobFilter(key=exported[2].key[:12]))
+
+    assert reads == []
+    assert len(exported) == 4 and len(listed) == 4 and [r.key for r in one] == [exported[2].key]
+    with pytest.raises(ManifestError, match="no job has a key starting with 'zz'"):
+        await app.jobs(manifest, options(), app.JobFilter(key="zz"))
