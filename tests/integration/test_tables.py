@@ -37,6 +37,16 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def count_manifest_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Each manifest the commands read in full from now on (its table's rows expanded)."""
+    from runner.app import context
+
+    reads: list[Path] = []
+    real = context.parse_manifest
+    monkeypatch.setattr(context, "parse_manifest", lambda p: reads.append(p) or real(p))
+    return reads
+
+
 def env() -> dict[str, str | None]:
     return {KEY_ENV: API_KEY, "RUNNER_DB": None}
 
@@ -214,15 +224,11 @@ def test_identical_rows_are_one_job_and_status_says_so(
 async def test_status_reads_only_the_database_while_manifest_and_table_are_unchanged(
     workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runner.app import context
-
     rows = [{"file": workspace.image(f"s/{i}.png"), "prompt": f"p{i}"} for i in range(5)]
     write_csv(workspace.root / "t.csv", rows)
     manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
     assert (await app.run(manifest, options())).exit_code == ExitCode.OK
-    reads: list[Path] = []
-    real_parse = context.parse_manifest
-    monkeypatch.setattr(context, "parse_manifest", lambda p: reads.append(p) or real_parse(p))
+    reads = count_manifest_reads(monkeypatch)
 
     unchanged = await app.status(manifest, options())
     assert reads == [] and unchanged.counts["succeeded"] == 5  # the database alone
@@ -240,15 +246,11 @@ async def test_status_reads_only_the_database_while_manifest_and_table_are_uncha
 async def test_a_manifest_with_a_glob_is_always_read_for_its_status(
     workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runner.app import context
-
     workspace.image("g/a.png")
     manifest = workspace.manifest([{"image": "g/*.png", "prompt": "p"}])
     assert (await app.run(manifest, options())).exit_code == ExitCode.OK
     workspace.image("g/b.png")  # appears under the glob: the manifest text did not change
-    reads: list[Path] = []
-    real_parse = context.parse_manifest
-    monkeypatch.setattr(context, "parse_manifest", lambda p: reads.append(p) or real_parse(p))
+    reads = count_manifest_reads(monkeypatch)
 
     summary = await app.status(manifest, options())
 
@@ -258,15 +260,11 @@ async def test_a_manifest_with_a_glob_is_always_read_for_its_status(
 async def test_jobs_and_export_also_answer_from_the_database_when_nothing_changed(
     workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runner.app import context
-
     rows = [{"file": workspace.image(f"q/{i}.png"), "prompt": f"p{i}"} for i in range(4)]
     write_csv(workspace.root / "t.csv", rows)
     manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
     assert (await app.run(manifest, options())).exit_code == ExitCode.OK
-    reads: list[Path] = []
-    real_parse = context.parse_manifest
-    monkeypatch.setattr(context, "parse_manifest", lambda p: reads.append(p) or real_parse(p))
+    reads = count_manifest_reads(monkeypatch)
 
     exported = await app.export(manifest, options())
     listed = await app.jobs(manifest, options(), app.JobFilter(state="succeeded"))
