@@ -23,7 +23,7 @@ import anyio
 import anyio.abc
 
 from runner.app.batch_mode import BatchBudget, BatchLane, BatchReport, waiting_message
-from runner.app.context import Options, opened, parse, resolve_db
+from runner.app.context import Options, open_manifest, resolve_db
 from runner.dialects import dialect_named
 from runner.dialects.factory import (
     Credential,
@@ -96,14 +96,13 @@ def resolve_limits(parsed: ParsedManifest, flags: RunLimits, now: datetime) -> R
 
 
 async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
-    parsed = await parse(Path(path))
-    outputs = Outputs()
-    try:
-        await anyio.to_thread.run_sync(outputs.ensure_writable, parsed.output_dir)
-    except OutputError as exc:
-        raise ManifestError(str(exc), file=str(parsed.path), field="output_dir") from exc
-    limits = resolve_limits(parsed, options.limits, options.wall_clock())
-    async with opened(parsed, options) as session:
+    async with open_manifest(Path(path), options) as (parsed, session):
+        outputs = Outputs()
+        try:
+            await anyio.to_thread.run_sync(outputs.ensure_writable, parsed.output_dir)
+        except OutputError as exc:
+            raise ManifestError(str(exc), file=str(parsed.path), field="output_dir") from exc
+        limits = resolve_limits(parsed, options.limits, options.wall_clock())
         manifest, store = session.manifest, session.store
         states = await store.job_states(session.id)
         to_do = [spec for spec in manifest.jobs if states[spec.key] in TO_DO]

@@ -96,22 +96,26 @@ class ParsedManifest:
         )
 
 
-def parse_manifest(path: Path) -> ParsedManifest:
-    """Read and validate a manifest and expand its globs; exit-2 material raises here."""
+def parse_manifest(path: Path, *, expand: bool = True) -> ParsedManifest:
+    """Read and validate a manifest and expand its globs; exit-2 material raises here.
+    `expand=False`: its settings only (profiles, prices, limits, folders), no jobs, for a
+    command that takes the job list from the database (see `context.open_manifest`)."""
     path = _absolute(path)
     doc = read_document(path)
     base = path.parent
     output_dir = _output_folder(doc.output_dir, base, str(path))
     profiles = {name: profile_from(name, p, str(path)) for name, p in doc.providers.items()}
-    drafts = tuple(
-        draft
-        for index, entry in enumerate(doc.jobs)
-        for draft in _expand(index, entry, doc, profiles, (base, output_dir), str(path))
-    ) + tuple(
-        draft
-        for index, source in enumerate(doc.jobs_from)
-        for draft in _table_drafts(index, source, doc, profiles, base, str(path))
-    )
+    drafts: tuple[_Draft, ...] = ()
+    if expand:
+        drafts = tuple(
+            draft
+            for index, entry in enumerate(doc.jobs)
+            for draft in _expand(index, entry, doc, profiles, (base, output_dir), str(path))
+        ) + tuple(
+            draft
+            for index, source in enumerate(doc.jobs_from)
+            for draft in _table_drafts(index, source, doc, profiles, base, str(path))
+        )
     limits = RunLimits(doc.limits.deadline, doc.limits.max_jobs, doc.limits.max_cost)
     return ParsedManifest(
         path,

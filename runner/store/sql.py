@@ -239,6 +239,40 @@ class SqlStore:
 
         return await self._db.run(read)
 
+    async def manifest_specs(self, manifest: str) -> list[JobSpec]:
+        """The manifest's jobs as last synced, in manifest order."""
+        m = t.manifest_jobs.c
+
+        async def read(conn: AsyncConnection) -> list[JobSpec]:
+            rows = await conn.execute(
+                select(t.jobs)
+                .join(t.manifest_jobs, m.job_key == t.jobs.c.key)
+                .where(m.manifest == manifest)
+                .order_by(m.position)
+            )
+            return [spec_from_row(row) for row in rows]
+
+        return await self._db.run(read)
+
+    async def input_stats(self, manifest: str) -> list[tuple[str, int | None, int | None]]:
+        """Each input file of the manifest's jobs with the size and mtime its digest was
+        cached at (None: no digest cached): unchanged files mean unchanged job keys."""
+        m, j, d = t.manifest_jobs.c, t.jobs.c, t.file_digests.c
+        members = select(m.job_key).where(m.manifest == manifest)
+
+        async def read(conn: AsyncConnection) -> list[tuple[str, int | None, int | None]]:
+            found: list[tuple[str, int | None, int | None]] = []
+            for column in (j.image_path, j.mask_path):
+                rows = await conn.execute(
+                    select(column, d.size_bytes, d.mtime_ns)
+                    .select_from(t.jobs.outerjoin(t.file_digests, d.path == column))
+                    .where(j.key.in_(members), column.is_not(None))
+                )
+                found.extend((str(p), size, mtime) for p, size, mtime in rows)
+            return found
+
+        return await self._db.run(read)
+
     async def retry(self, manifest: str, key: str | None = None) -> int:
         states = (JobState.FAILED, JobState.CANCELLED) if key else (JobState.FAILED,)
         return await self._move(manifest, states, JobState.PENDING, key)

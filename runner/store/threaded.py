@@ -165,6 +165,12 @@ class ThreadedStore:
     async def last_sync(self, manifest: str) -> tuple[str, int] | None:
         return await self._loop.call(self._inner.last_sync, manifest)
 
+    async def manifest_specs(self, manifest: str) -> list[JobSpec]:
+        return await self._loop.call(self._inner.manifest_specs, manifest)
+
+    async def input_stats(self, manifest: str) -> list[tuple[str, int | None, int | None]]:
+        return await self._loop.call(self._inner.input_stats, manifest)
+
     async def retry(self, manifest: str, key: str | None = None) -> int:
         return await self._loop.call(self._inner.retry, manifest, key)
 

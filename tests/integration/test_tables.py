@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from helpers import invoke
 
 from runner import app
 from runner.errors import ExitCode, ManifestError
+from runner.records import RunLimits
 from runner.testing import FakeProvider
 
 
@@ -43,7 +45,13 @@ def count_manifest_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     reads: list[Path] = []
     real = context.parse_manifest
-    monkeypatch.setattr(context, "parse_manifest", lambda p: reads.append(p) or real(p))
+
+    def counted(path: Path, *, expand: bool = True) -> Any:
+        if expand:
+            reads.append(path)
+        return real(path, expand=expand)
+
+    monkeypatch.setattr(context, "parse_manifest", counted)
     return reads
 
 
@@ -274,3 +282,27 @@ async def test_jobs_and_export_also_answer_from_the_database_when_nothing_change
     assert len(exported) == 4 and len(listed) == 4 and [r.key for r in one] == [exported[2].key]
     with pytest.raises(ManifestError, match="no job has a key starting with 'zz'"):
         await app.jobs(manifest, options(), app.JobFilter(key="zz"))
+
+
+async def test_a_rerun_takes_the_job_list_from_the_database_while_nothing_changed(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [{"file": workspace.image(f"r/{i}.png"), "prompt": f"p{i}"} for i in range(6)]
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    partial = await app.run(manifest, replace(options(), limits=RunLimits(max_jobs=2)))
+    assert partial.exit_code == ExitCode.EARLY and fake.requests_total == 2
+    reads = count_manifest_reads(monkeypatch)
+
+    rest = await app.run(manifest, options())  # the four left, from the database's list
+    assert reads == [] and rest.exit_code == ExitCode.OK and fake.requests_total == 6
+
+    again = await app.run(manifest, options())  # nothing left: nothing read, nothing sent
+    assert reads == [] and again.exit_code == ExitCode.OK and fake.requests_total == 6
+
+    time.sleep(0.01)
+    edited = workspace.root / rows[0]["file"]
+    (workspace.root / workspace.image("r/other.png")).replace(edited)  # new pixels, same name
+    changed = await app.run(manifest, options())
+    assert len(reads) == 1  # its digest no longer matches the file: read in full
+    assert changed.exit_code == ExitCode.OK and fake.requests_total == 7  # the new content
