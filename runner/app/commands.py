@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Collection, Mapping, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any
 import anyio.to_thread
 
 from runner.app.batch_mode import BATCH_DISCOUNT
-from runner.app.context import Options, database_url_for, opened, parse, resolve_db
+from runner.app.context import Options, opened, parse, resolve_db, synced_view
 from runner.app.run_jobs import (
     RunOutcome,
     exit_code_for,
@@ -32,7 +32,7 @@ from runner.dialects.factory import (
 )
 from runner.dialects.openai.batch import OpenAIBatchClient
 from runner.errors import InputError, ManifestError
-from runner.files import journal, procs
+from runner.files import procs
 from runner.files.html_report import (
     REPORT_MAX_JOBS,
     ProgressCallback,
@@ -47,7 +47,7 @@ from runner.files.html_report import (
 from runner.files.object_store import ObjectOutputs
 from runner.files.preflight import prepare_request
 from runner.manifest.digests import Digester
-from runner.manifest.expand import ParsedManifest, quick_look
+from runner.manifest.expand import ParsedManifest
 from runner.records import (
     ExportRow,
     JobState,
@@ -59,13 +59,12 @@ from runner.records import (
 )
 from runner.store.engine import (
     database_exists,
-    open_store,
     peek_job_states,
     peek_output_paths,
 )
 from runner.store.protocol import Store
 from runner.store.tables import utcnow
-from runner.store.threaded import ThreadedStore, open_threaded
+from runner.store.threaded import ThreadedStore
 
 __all__ = [
     "Options",
@@ -100,44 +99,14 @@ async def status(path: Path, options: Options) -> Summary:
 
 
 async def _status_from_database(path: Path, options: Options) -> Summary | None:
-    """The status without re-reading the manifest's jobs (see `synced_store`)."""
-    async with synced_store(path, options) as synced:
-        if synced is None:
+    """The status without re-reading the manifest's jobs (see `synced_view`)."""
+    async with synced_view(path, options, check_inputs=False) as view:
+        if view is None:
             return None
-        store, manifest, duplicates = synced
-        summary = await store.summary(manifest)
-        batches = await store.batches.open_batches(manifest)
-    summary = replace(summary, duplicates=duplicates, batches=[b.shown() for b in batches])
+        summary = await view.store.summary(view.id)
+        batches = await view.store.batches.open_batches(view.id)
+    summary = replace(summary, duplicates=view.duplicates, batches=[b.shown() for b in batches])
     return _with_run_states(summary)
-
-
-@asynccontextmanager
-async def synced_store(
-    path: Path, options: Options
-) -> AsyncIterator[tuple[ThreadedStore, str, int] | None]:
-    """(store, manifest id, duplicates) when the manifest's text and tables are as they were
-    at the last sync (`quick_fingerprint`): the database's job list is then the manifest's,
-    and reading commands answer without re-reading 100,000 rows. None: read it in full (no
-    database yet, changed since, globs, or paid replies waiting to be recorded)."""
-    try:
-        look = await anyio.to_thread.run_sync(quick_look, path)
-    except ManifestError:
-        look = None  # the full reading says what is wrong
-    url = database_url_for(look.path, look.database, options.db) if look else None
-    home = journal.home(look.output_dir, look.path) if look else None
-    late = home is not None and bool(await anyio.to_thread.run_sync(journal.pending_files, home))
-    if look is None or url is None or late or not database_exists(url):
-        yield None
-        return
-    store = await open_threaded(lambda: open_store(url, options.wall_clock))
-    try:
-        synced = await store.last_sync(str(look.path))
-        if synced is None or synced[0] != look.fingerprint:
-            yield None
-        else:
-            yield store, str(look.path), synced[1]
-    finally:
-        await store.close()
 
 
 def _with_run_states(summary: Summary) -> Summary:
@@ -167,9 +136,9 @@ def _run_state(run: Mapping[str, Any]) -> str:
 
 
 async def export(path: Path, options: Options) -> Sequence[ExportRow]:
-    async with synced_store(path, options) as synced:
-        if synced is not None:
-            return await synced[0].export_rows(synced[1])
+    async with synced_view(path, options, check_inputs=False) as view:
+        if view is not None:
+            return await view.store.export_rows(view.id)
     async with opened(await parse(path), options) as session:
         return await session.store.export_rows(session.id)
 
@@ -203,10 +172,10 @@ class JobFilter:
 async def jobs(path: Path, options: Options, chosen: JobFilter | None = None) -> list[ExportRow]:
     """The manifest's jobs in manifest order, filtered."""
     chosen = chosen or JobFilter()
-    async with synced_store(path, options) as synced:
-        if synced is not None:
-            rows = await synced[0].export_rows(synced[1])
-    if synced is None:
+    async with synced_view(path, options, check_inputs=False) as view:
+        if view is not None:
+            rows = await view.store.export_rows(view.id)
+    if view is None:
         async with opened(await parse(path), options) as session:
             rows = await session.store.export_rows(session.id)
     key = _one_key(rows, chosen.key, str(path)) if chosen.key else None

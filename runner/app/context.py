@@ -21,7 +21,7 @@ from runner.settings import DEFAULT_GRACE_S, Clock, RunSettings, unknown_env
 from runner.store.engine import database_exists, database_url, open_store
 from runner.store.protocol import Store
 from runner.store.tables import utcnow
-from runner.store.threaded import open_threaded
+from runner.store.threaded import ThreadedStore, open_threaded
 
 log = logging.getLogger("runner")
 
@@ -102,14 +102,28 @@ async def open_manifest(
         yield parsed, session
 
 
+@dataclass(frozen=True, slots=True)
+class SyncedView:
+    """A manifest's database while the manifest is as it was at its last sync."""
+
+    parsed: ParsedManifest  # its settings only: no jobs expanded (`expand=False`)
+    store: ThreadedStore
+    duplicates: int  # see Manifest.duplicates
+
+    @property
+    def id(self) -> str:
+        return str(self.parsed.path)
+
+
 @asynccontextmanager
-async def _from_database(
-    path: Path, options: Options
-) -> AsyncIterator[tuple[ParsedManifest, Opened] | None]:
-    """The manifest's jobs as the database has them, when its text and tables are as at
-    the last sync and every input file still has the size and mtime its digest was taken
-    at (so every job key is unchanged): for a table of 100,000 rows, no row is read again.
-    None (after nothing was written) when any of that does not hold."""
+async def synced_view(
+    path: Path, options: Options, *, check_inputs: bool
+) -> AsyncIterator[SyncedView | None]:
+    """The database, when the manifest's text and tables are as at its last sync (see
+    `quick_fingerprint`) and no paid reply waits to be recorded; with `check_inputs`, also
+    every input file still has the size and mtime its digest was taken at, so every job key
+    is unchanged. Then the database's job list is the manifest's, and a table of 100,000
+    rows is not read again. None (nothing written) when any of that does not hold."""
     try:
         look = await anyio.to_thread.run_sync(quick_look, path)
     except ManifestError:
@@ -119,32 +133,43 @@ async def _from_database(
         return
     light = await anyio.to_thread.run_sync(lambda: parse_manifest(path, expand=False))
     url = resolve_db(light, options.db)
-    if not database_exists(url):
+    home = journal.home(light.output_dir, light.path)
+    late = await anyio.to_thread.run_sync(journal.pending_files, home)
+    if late or not database_exists(url):
         yield None
         return
     store = await open_threaded(lambda: open_store(url, options.wall_clock))
     try:
-        key = str(light.path)
-        synced = await store.last_sync(key)
-        home = journal.home(light.output_dir, light.path)
+        synced = await store.last_sync(str(light.path))
         same = synced is not None and synced[0] == look.fingerprint
-        # Paid replies waiting to be recorded: the full path records them first.
-        same = same and not await anyio.to_thread.run_sync(journal.pending_files, home)
-        if same:
-            stats = await store.input_stats(key)
+        if same and check_inputs:
+            stats = await store.input_stats(str(light.path))
             same = await anyio.to_thread.run_sync(_inputs_unchanged, stats)
         if not same or synced is None:
             yield None
             return
         _warn_unknown_env(light)
-        specs = tuple(await store.manifest_specs(key))
-        manifest = Manifest(
-            light.path, light.providers, specs, light.output_dir, light.database,
-            light.limits, light.pricing, duplicates=synced[1],
-        )  # fmt: skip
-        yield replace(light, fingerprint=look.fingerprint), Opened(manifest, store, 0)
+        yield SyncedView(replace(light, fingerprint=look.fingerprint), store, synced[1])
     finally:
         await store.close()
+
+
+@asynccontextmanager
+async def _from_database(
+    path: Path, options: Options
+) -> AsyncIterator[tuple[ParsedManifest, Opened] | None]:
+    """The manifest with its jobs as the database has them (see `synced_view`)."""
+    async with synced_view(path, options, check_inputs=True) as view:
+        if view is None:
+            yield None
+            return
+        light = view.parsed
+        specs = tuple(await view.store.manifest_specs(view.id))
+        manifest = Manifest(
+            light.path, light.providers, specs, light.output_dir, light.database,
+            light.limits, light.pricing, duplicates=view.duplicates,
+        )  # fmt: skip
+        yield light, Opened(manifest, view.store, 0)
 
 
 def _inputs_unchanged(stats: Sequence[tuple[str, int | None, int | None]]) -> bool:
