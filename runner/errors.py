@@ -99,12 +99,18 @@ class ManifestError(RunnerError):
         """`jobs.yaml: jobs[3].mask: file not found` — file, job index and field on one line."""
         location = ".".join(
             part
-            for part in (f"jobs[{self.job}]" if self.job is not None else None, self.field)
+            for part in (_entry_label(self.job) if self.job is not None else None, self.field)
             if part
         )
         parts = [part for part in (self.file, location) if part]
         line = ": ".join([*parts, self.reason])
         return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _entry_label(entry: int) -> str:
+    from runner.records import entry_label  # records imports nothing of errors at runtime
+
+    return entry_label(entry)
 
 
 class InputError(RunnerError):

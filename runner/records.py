@@ -66,6 +66,18 @@ def short_key(key: str) -> str:
     return key[:SHOWN_KEY_CHARS]
 
 
+# A job's `entry` names where in the manifest it comes from: `jobs[N]` below this, the
+# `jobs_from:` table at (entry - TABLE_ENTRIES) above it.
+TABLE_ENTRIES = 2**30
+
+
+def entry_label(entry: int) -> str:
+    """`jobs[3]`, or `jobs_from[0]` for a row of the manifest's first table."""
+    if entry >= TABLE_ENTRIES:
+        return f"jobs_from[{entry - TABLE_ENTRIES}]"
+    return f"jobs[{entry}]"
+
+
 # Object stores an `output_dir` may name instead of a folder (see files/object_store.py).
 OBJECT_SCHEMES = ("s3",)
 
@@ -140,6 +152,11 @@ class JobSpec:
     @property
     def key8(self) -> str:
         return self.key[:8]
+
+    @property
+    def origin(self) -> str:
+        """Where the manifest lists it: `jobs[3]` or `jobs_from[0]` (see `entry_label`)."""
+        return entry_label(self.entry)
 
     @property
     def images_asked(self) -> int:

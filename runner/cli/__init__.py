@@ -659,6 +659,7 @@ def validate(manifest: Path, db: str | None) -> None:
     nothing, need no key."""
     from runner import app
     from runner.money import format_usd
+    from runner.records import entry_label
 
     try:
         result = _run_async(lambda: _listing_problems(app.validate(manifest, app.Options(db=db))))
@@ -673,7 +674,8 @@ def validate(manifest: Path, db: str | None) -> None:
     for note in result.notes:
         err().print(note, markup=False)
     for check in result.bad:
-        err().print(f"{result.manifest.path}: jobs[{check.entry}] {check.image}: {check.problem}",
+        where = entry_label(check.entry)
+        err().print(f"{result.manifest.path}: {where} {check.image}: {check.problem}",
                     markup=False)  # fmt: skip
     left, bad = len(result.checks), len(result.bad)
     out().print(f"{len(result.manifest.jobs)} jobs: {result.done} done already, {left} left to "

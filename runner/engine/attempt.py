@@ -288,9 +288,9 @@ class Attempts:
             cost = self.estimate(spec)
             if suspect:
                 log.warning(
-                    "jobs[%d] %s (%s): %s reported usage that cannot be right (%s); "
+                    "%s %s (%s): %s reported usage that cannot be right (%s); "
                     "costed at its estimate%s",
-                    spec.entry, spec.image.name, short_key(spec.key), spec.provider, suspect,
+                    spec.origin, spec.image.name, short_key(spec.key), spec.provider, suspect,
                     f" ${cost:.4f}" if cost is not None else " (unknown)",
                 )  # fmt: skip
         self._spend(cost)

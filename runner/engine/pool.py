@@ -351,8 +351,8 @@ class Pool:
                 # Paused past our lease (a sleeping laptop, SIGSTOP): another runner holds
                 # the job now. Nothing was sent; its state is the holder's to change.
                 log.warning(
-                    "jobs[%d] %s (%s): taken over by another runner; not sent",
-                    spec.entry, spec.image.name, short_key(spec.key),
+                    "%s %s (%s): taken over by another runner; not sent",
+                    spec.origin, spec.image.name, short_key(spec.key),
                 )  # fmt: skip
                 return False
             except PermanentJobError as exc:
@@ -471,7 +471,7 @@ class Pool:
                 self._database_failed(store_exc)
             return False
         if record.error_message:
-            log.warning("jobs[%d] %s (%s): %s", spec.entry, spec.image.name, short_key(spec.key),
+            log.warning("%s %s (%s): %s", spec.origin, spec.image.name, short_key(spec.key),
                         record.error_message)  # fmt: skip
         try:
             recorded = await self._store.complete(
@@ -483,8 +483,8 @@ class Pool:
             return False
         if not recorded:  # taken over between the check above and now
             log.warning(
-                "jobs[%d] %s (%s): another runner holds this job; this paid reply is on "
-                "record as an attempt, its image left at %s", spec.entry, spec.image.name,
+                "%s %s (%s): another runner holds this job; this paid reply is on "
+                "record as an attempt, its image left at %s", spec.origin, spec.image.name,
                 short_key(spec.key), ", ".join(str(o.path) for o in outputs),
             )  # fmt: skip
             return True
@@ -509,7 +509,7 @@ class Pool:
             await self._store.finish_attempt(ticket, replace(record, error_message=note))
         except StoreError as exc:
             self._database_failed(exc)
-        log.warning("jobs[%d] %s (%s): %s", spec.entry, spec.image.name,
+        log.warning("%s %s (%s): %s", spec.origin, spec.image.name,
                     short_key(spec.key), note)  # fmt: skip
 
     async def _record_the_unrecorded(self) -> None:
@@ -533,7 +533,7 @@ class Pool:
         self.report.failed += 1
         self.report.failed_by_kind[kind] += 1
         log.warning(
-            "failed %s (jobs[%d], %s): %s", spec.image.name, spec.entry, short_key(spec.key), reason
+            "failed %s (%s, %s): %s", spec.image.name, spec.origin, short_key(spec.key), reason
         )
 
     async def _release(self, spec: JobSpec, *, fresh_attempts: bool = False) -> None:

@@ -128,9 +128,9 @@ def write_outputs(spec: JobSpec, images: Sequence[ReplyImage]) -> tuple[OutputRe
         path = write_new(wanted, image.data, replace_existing=own_name)
         if path != wanted:
             log.warning(
-                "jobs[%d] %s (%s): %s already exists (another job's output, or a file of "
+                "%s %s (%s): %s already exists (another job's output, or a file of "
                 "yours); kept it, and wrote %s instead",
-                spec.entry, spec.image.name, spec.key8, wanted, path.name,
+                spec.origin, spec.image.name, spec.key8, wanted, path.name,
             )  # fmt: skip
         refs.append(OutputRef.of(index + 1, path, image))
     return tuple(refs)

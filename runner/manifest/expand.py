@@ -32,6 +32,7 @@ from runner.manifest.schema import (
 )
 from runner.records import (
     OBJECT_SCHEMES,
+    TABLE_ENTRIES,
     JobSpec,
     Manifest,
     OutputPlace,
@@ -470,7 +471,7 @@ def _table_drafts(
     needed += list(param_columns.values())
     checked: dict[str, str | None] = {}
     carried = base / tables.CARRIED_FOLDER
-    entry = len(doc.jobs) + index  # after the `jobs:` entries, in the order jobs_from lists
+    entry = TABLE_ENTRIES + index  # `jobs_from[index]` in messages (see `entry_label`)
     for number, row in tables.read_rows(table, needed):
         row_id = f" (id {shown(row[source.id])})" if source.id and row.get(source.id) else ""
 

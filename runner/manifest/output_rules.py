@@ -61,7 +61,7 @@ def _check(specs: Sequence[JobSpec], inputs: Collection[Path], file: str) -> Non
                 raise _error(
                     spec,
                     file,
-                    f"writes the same output file {path} as jobs[{other.entry}] "
+                    f"writes the same output file {path} as {other.origin} "
                     f"({other.image.name}); add {{key8}} to output_name",
                 )
 

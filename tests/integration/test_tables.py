@@ -199,7 +199,7 @@ async def test_a_bad_table_is_one_line_naming_table_row_and_column_and_sends_not
 
 
 async def test_a_row_whose_image_is_missing_fails_that_job_only(
-    workspace: Workspace, fake: FakeProvider
+    workspace: Workspace, fake: FakeProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
     rows = [{"file": workspace.image(f"m/{i}.png"), "prompt": f"p{i}"} for i in range(3)]
     rows.append({"file": "m/gone.png", "prompt": "p3"})
@@ -211,6 +211,8 @@ async def test_a_row_whose_image_is_missing_fails_that_job_only(
     assert outcome.exit_code == ExitCode.FAILED
     assert outcome.summary.counts["succeeded"] == 3 and outcome.summary.counts["failed"] == 1
     assert fake.requests_total == 3
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("failed")]
+    assert len(failed) == 1 and "gone.png (jobs_from[0]," in failed[0]  # where it comes from
 
 
 def test_identical_rows_are_one_job_and_status_says_so(
