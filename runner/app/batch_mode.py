@@ -356,8 +356,10 @@ class BatchLane:
         await self._count_open()
 
     async def _submit_jobs(self, specs: Sequence[JobSpec]) -> None:
-        lines: list[tuple[JobSpec, bytes]] = []
-        for spec in specs:
+        """Pre-flight and upload the jobs' inputs (the profile's `concurrency` at a time,
+        each picture once), then send their lines in batches, in claim order."""
+        within: list[JobSpec] = []
+        for spec in specs:  # the budget is taken in order, before anything is uploaded
             if not self._budget.take(self._batch_estimate(spec)):
                 cap = self._budget.cap
                 message = (
@@ -366,32 +368,49 @@ class BatchLane:
                 )
                 self.report.stops.append(StopNotice("*", "limit", message, ExitCode.EARLY))
                 break  # what was not submitted goes back to pending (see `submit`)
-            try:
-                limits = self._limits(spec.model)
-                request = await anyio.to_thread.run_sync(self._prepare, spec, limits)
-            except InputError as exc:
-                await self._store.fail(spec.key, self._owner, str(exc), FailureKind.INPUT)
-                self.report.failed += 1
-                continue
-            image_id, mask_id = await self._upload_inputs(request)
-            lines.append((spec, edit_line(spec.key, request, image_id, mask_id)))
-        for chunk in _split(lines):
+            within.append(spec)
+        lines: dict[int, tuple[JobSpec, bytes]] = {}
+        limiter = anyio.CapacityLimiter(max(1, self.profile.concurrency))
+        uploading: dict[str, anyio.Lock] = {}  # one upload per picture, however many jobs
+
+        async def prepare_one(index: int, spec: JobSpec) -> None:
+            async with limiter:
+                try:
+                    limits = self._limits(spec.model)
+                    request = await anyio.to_thread.run_sync(self._prepare, spec, limits)
+                except InputError as exc:
+                    await self._store.fail(spec.key, self._owner, str(exc), FailureKind.INPUT)
+                    self.report.failed += 1
+                    return
+                image_id, mask_id = await self._upload_inputs(request, uploading)
+                lines[index] = (spec, edit_line(spec.key, request, image_id, mask_id))
+
+        try:
+            async with anyio.create_task_group() as uploads:
+                for index, spec in enumerate(within):
+                    uploads.start_soon(prepare_one, index, spec)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        for chunk in _split([lines[index] for index in sorted(lines)]):
             await self._send_batch(chunk)
 
-    async def _upload_inputs(self, request: EditRequest) -> tuple[str, str | None]:
+    async def _upload_inputs(
+        self, request: EditRequest, uploading: dict[str, anyio.Lock]
+    ) -> tuple[str, str | None]:
         parts = [request.image, *([request.mask] if request.mask is not None else [])]
-        digests = [hashlib.sha256(part.data).hexdigest() for part in parts]
-        known = await self._batches.known_uploads(self.profile.name, digests)
         ids = []
-        for part, digest in zip(parts, digests, strict=True):
-            file_id = known.get(digest)
-            if file_id is None:
-                uploaded = await self._client.upload(part.data, part.filename, IMAGE_PURPOSE)
-                file_id = str(uploaded["id"])
-                await self._batches.save_upload(
-                    self.profile.name, digest, file_id, len(part.data),
-                    _time(uploaded.get("expires_at")),
-                )  # fmt: skip
+        for part in parts:
+            digest = hashlib.sha256(part.data).hexdigest()
+            async with uploading.setdefault(digest, anyio.Lock()):  # another job's picture
+                known = await self._batches.known_uploads(self.profile.name, [digest])
+                file_id = known.get(digest)
+                if file_id is None:
+                    uploaded = await self._client.upload(part.data, part.filename, IMAGE_PURPOSE)
+                    file_id = str(uploaded["id"])
+                    await self._batches.save_upload(
+                        self.profile.name, digest, file_id, len(part.data),
+                        _time(uploaded.get("expires_at")),
+                    )  # fmt: skip
             ids.append(file_id)
         return ids[0], ids[1] if len(ids) > 1 else None
 
