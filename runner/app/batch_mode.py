@@ -28,7 +28,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from runner.cpu_work import run_cpu_work
 from runner.dialects.openai.batch import (
     ENDED,
-    IMAGE_PURPOSE,
     MAX_INPUT_BYTES,
     LineAnswer,
     OpenAIBatchClient,
@@ -405,7 +404,7 @@ class BatchLane:
                 known = await self._batches.known_uploads(self.profile.name, [digest])
                 file_id = known.get(digest)
                 if file_id is None:
-                    uploaded = await self._client.upload(part.data, part.filename, IMAGE_PURPOSE)
+                    uploaded = await self._client.upload_image(part.data, part.filename)
                     file_id = str(uploaded["id"])
                     await self._batches.save_upload(
                         self.profile.name, digest, file_id, len(part.data),

@@ -16,6 +16,7 @@ Faults a test sets before the batch is created:
 - `fail_validation`: the next batch fails validation (`errors.data[]`, no lines run);
 - `junk_lines`: the output file also has a duplicate line and an unknown custom_id;
 - `payment_on_upload`: `POST /v1/files` answers 402 as the live endpoint's payment fault;
+- `refused_purposes`: uploads with these purposes answer 400 naming the purpose;
 - `create_delay`: the batch is created at once, its answer sent this many seconds later
   (a client killed meanwhile never hears of it).
 """
@@ -120,6 +121,8 @@ class FakeBatchAPI:
         self.junk_lines = False
         self.payment_on_upload = False
         self.create_delay = 0.0  # seconds between creating a batch and answering its POST
+        # Upload purposes refused with a 400 naming the purpose (a provider that wants another).
+        self.refused_purposes: set[str] = set()
         # Every line's image, instead of an edit of its input (benchmarks: big replies).
         self.reply_png: bytes | None = None
         self.batches_created = 0

@@ -172,6 +172,9 @@ class OpenAIHandler(BaseHandler):
             return 400, json.loads(envelope(str(exc), "invalid_request_error", "invalid"))
         fields = {p.name: p for p in parts}
         purpose, file = fields.get("purpose"), fields.get("file")
+        if purpose is not None and purpose.data.decode() in api.refused_purposes:
+            message = f"Invalid value for 'purpose': {purpose.data.decode()!r} is not supported"
+            return 400, json.loads(envelope(message, "invalid_request_error", "invalid_value"))
         if purpose is None or file is None:
             return 400, json.loads(
                 envelope("purpose and file are required", "invalid_request_error", "")

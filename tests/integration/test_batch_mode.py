@@ -377,3 +377,19 @@ async def test_batch_mode_on_postgresql(
     assert second.summary.counts["succeeded"] == 3 and second.summary.counts["submitted"] == 1
     assert third.exit_code == ExitCode.OK and third.summary.counts["succeeded"] == 4
     assert fake.batch.batches_created == 2 and set(fake.paid.values()) == {1}
+
+
+async def test_a_provider_that_wants_another_upload_purpose_gets_it(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"pu{i}.png"), "prompt": f"pu {i}"} for i in range(3)]
+    manifest = batch_manifest(workspace, jobs)
+    fake.batch.refused_purposes = {"vision"}
+
+    submitted = await app.run(manifest, options())
+
+    assert submitted.summary.counts["submitted"] == 3
+    purposes = sorted(f.purpose for f in fake.batch.live_files())  # the batch is still open
+    assert purposes == ["batch", "user_data", "user_data", "user_data"]
+    collected = await app.run(manifest, options())
+    assert collected.exit_code == ExitCode.OK and collected.summary.counts["succeeded"] == 3

@@ -21,7 +21,7 @@ import httpx
 from runner.dialects.base import classify
 from runner.dialects.openai.client import parse_body
 from runner.dialects.replies import lift_base64, loads
-from runner.errors import ProviderError, RetryableError
+from runner.errors import PermanentJobError, ProviderError, RetryableError
 from runner.records import EditRequest, EditResult
 from runner.redact import redact_error, redact_result
 
@@ -29,8 +29,9 @@ EDIT_ENDPOINT = "/v1/images/edits"
 # OpenAI's limits for one batch's input file (its Batch API reference).
 MAX_LINES = 50_000
 MAX_INPUT_BYTES = 200 * 1024 * 1024
-# What the uploaded inputs are for: images given by file id to the image APIs.
-IMAGE_PURPOSE = "vision"
+# What the uploaded inputs are for: images given by file id to the image APIs. Which one
+# the edits endpoint wants is UNCONFIRMED: `vision` first, `user_data` if that is refused.
+IMAGE_PURPOSES = ("vision", "user_data")
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 # How long one file read may stall between bytes; a whole output file takes as long as it takes.
 READ_TIMEOUT_S = 120.0
@@ -58,6 +59,7 @@ class OpenAIBatchClient:
         self._client = client
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._wall_clock = wall_clock
+        self._purposes: tuple[str, ...] = IMAGE_PURPOSES
 
     def __repr__(self) -> str:  # the key stays out of logs and tracebacks
         return f"OpenAIBatchClient(url={self._base!r})"
@@ -68,6 +70,18 @@ class OpenAIBatchClient:
             "POST", "/files", data={"purpose": purpose},
             files={"file": (filename, data, "application/octet-stream")},
         )  # fmt: skip
+
+    async def upload_image(self, data: bytes, filename: str) -> Mapping[str, Any]:
+        """`upload` with the first image purpose the provider takes (and remembers it)."""
+        for purpose in self._purposes:
+            try:
+                return await self.upload(data, filename, purpose)
+            except PermanentJobError as exc:
+                refused = "purpose" in exc.message.lower()
+                if not refused or purpose == self._purposes[-1]:
+                    raise
+                self._purposes = self._purposes[1:]  # this provider wants the next one
+        raise AssertionError("unreachable: the last purpose re-raises")
 
     async def delete_file(self, file_id: str) -> None:
         try:
