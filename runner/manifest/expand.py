@@ -466,6 +466,11 @@ def _table_drafts(
         raise fail("output_name", problem)
     if source.prompt is None and not str(defaults.get("prompt") or "").strip():
         raise fail("prompt", "name the prompt's column, or give defaults.prompt")
+    # A table without a mask column takes `defaults.mask` (relative to the manifest), as a
+    # `jobs:` entry would; a row's own mask cell wins.
+    mask_template, mask_optional = _mask_setting(defaults)
+    if mask_template and glob.has_magic(mask_template):
+        raise fail("mask", "cannot be a glob; use {stem} to pair each image with its mask")
     param_columns = source.params or {}
     needed = [source.image, *(c for c in (source.prompt, source.mask, source.id) if c)]
     needed += list(param_columns.values())
@@ -487,6 +492,10 @@ def _table_drafts(
             if isinstance(cell, str):
                 raise bad(source.mask, cell)
             mask = cell
+        elif mask_template is not None:  # `defaults.mask`, e.g. masks/{stem}.png
+            mask = _mask_path(mask_template, image, "", base, fail)
+            if mask_optional and not os.path.lexists(mask):
+                mask = None  # an optional mask that is not there: an edit without one
         prompt = row.get(source.prompt) if source.prompt else defaults.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise bad(source.prompt or "prompt", f"a prompt is required, got {shown(prompt)}")

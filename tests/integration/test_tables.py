@@ -308,3 +308,21 @@ async def test_a_rerun_takes_the_job_list_from_the_database_while_nothing_change
     changed = await app.run(manifest, options())
     assert len(reads) == 1  # its digest no longer matches the file: read in full
     assert changed.exit_code == ExitCode.OK and fake.requests_total == 7  # the new content
+
+
+async def test_defaults_mask_pairs_each_row_with_its_mask_as_for_jobs_entries(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    rows = [{"file": workspace.image(f"dm/{name}.png"), "prompt": "p"} for name in ("a", "b")]
+    workspace.mask("masks/a.png")  # b has none: optional
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    document = yaml.safe_load(manifest.read_text())
+    document["defaults"] = {"mask": {"path": "masks/{stem}.png", "optional": True}}
+    manifest.write_text(yaml.safe_dump(document))
+
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+
+    masked = {r.fields["prompt"] + ("+mask" if "mask" in r.files else "") for r in fake.requests}
+    assert sorted("mask" in r.files for r in fake.requests) == [False, True]
+    assert masked == {"p", "p+mask"}
