@@ -393,3 +393,26 @@ async def test_a_provider_that_wants_another_upload_purpose_gets_it(
     assert purposes == ["batch", "user_data", "user_data", "user_data"]
     collected = await app.run(manifest, options())
     assert collected.exit_code == ExitCode.OK and collected.summary.counts["succeeded"] == 3
+
+
+async def test_uploads_side_by_side_all_learn_the_refused_purpose(fake: FakeProvider) -> None:
+    """Several uploads refused at once must not leave the client with no purpose to try."""
+    import anyio
+    import httpx
+
+    from runner.dialects.openai.batch import OpenAIBatchClient
+
+    fake.batch.refused_purposes = {"vision"}
+    answers: list[str] = []
+    async with httpx.AsyncClient() as http:
+        client = OpenAIBatchClient(fake.base_url, API_KEY, http)
+
+        async def upload(i: int) -> None:
+            answers.append(str((await client.upload_image(b"x" * (i + 1), f"{i}.png"))["purpose"]))
+
+        async with anyio.create_task_group() as group:
+            for i in range(6):
+                group.start_soon(upload, i)
+        answers.append(str((await client.upload_image(b"late", "late.png"))["purpose"]))
+
+    assert answers == ["user_data"] * 7

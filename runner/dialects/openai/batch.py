@@ -59,7 +59,7 @@ class OpenAIBatchClient:
         self._client = client
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._wall_clock = wall_clock
-        self._purposes: tuple[str, ...] = IMAGE_PURPOSES
+        self._refused_purposes: set[str] = set()
 
     def __repr__(self) -> str:  # the key stays out of logs and tracebacks
         return f"OpenAIBatchClient(url={self._base!r})"
@@ -72,16 +72,19 @@ class OpenAIBatchClient:
         )  # fmt: skip
 
     async def upload_image(self, data: bytes, filename: str) -> Mapping[str, Any]:
-        """`upload` with the first image purpose the provider takes (and remembers it)."""
-        for purpose in self._purposes:
+        """`upload` with the first image purpose the provider takes; a purpose it refused
+        is not tried again (uploads run side by side: each reads the shared set)."""
+        last = IMAGE_PURPOSES[-1]
+        for purpose in IMAGE_PURPOSES:
+            if purpose in self._refused_purposes and purpose != last:
+                continue
             try:
                 return await self.upload(data, filename, purpose)
             except PermanentJobError as exc:
-                refused = "purpose" in exc.message.lower()
-                if not refused or purpose == self._purposes[-1]:
+                if "purpose" not in exc.message.lower() or purpose == last:
                     raise
-                self._purposes = self._purposes[1:]  # this provider wants the next one
-        raise AssertionError("unreachable: the last purpose re-raises")
+                self._refused_purposes.add(purpose)  # this provider wants another one
+        raise AssertionError("unreachable: the last purpose returns or raises")
 
     async def delete_file(self, file_id: str) -> None:
         try:
