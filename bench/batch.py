@@ -17,14 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from children import measured  # noqa: E402
 
 from runner.testing import FakeProvider  # noqa: E402
 
@@ -49,29 +50,6 @@ with httpx.Client(timeout=120) as client:
                 count += 1
 print(count)
 """
-
-
-def run_measured(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int, str]:
-    """(wall seconds, peak RSS MB, exit code, stderr tail) of one child process. The peak is
-    the child's own VmHWM, read from /proc while it runs (wait4's ru_maxrss would count the
-    pages of this process, which holds the fake and its 300 MB file, at the fork)."""
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    status = Path(f"/proc/{proc.pid}/status")
-    peak_kb = 0
-    while proc.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak_kb = max(peak_kb, int(line.split()[1]))
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    return time.monotonic() - started, peak_kb / 1024, proc.returncode, err.decode(errors="replace")
 
 
 def main() -> None:
@@ -102,8 +80,9 @@ def main() -> None:
         )
         env = {**os.environ, KEY_ENV: API_KEY, "RUNNER_DB": ""}
         runner = [sys.executable, "-m", "runner", "run", str(manifest), "--log-format", "plain"]
-        wall, rss, code, err = run_measured(runner, env, root)
-        assert code == 75, err
+        submitted = measured(runner, env, root)
+        wall, rss = submitted.wall_s, submitted.peak_mb
+        assert submitted.code == 75, submitted.stderr
         (batch,) = fake.batch.batches.values()
         fake.batch.get(batch.id)  # the fake runs the lines now, outside the measurement
         output = fake.batch.files[batch.output_file_id or ""]
@@ -116,10 +95,12 @@ def main() -> None:
 
         url = f"{fake.base_url}/files/{batch.output_file_id}/content"
         bare = [sys.executable, "-c", BARE, url, API_KEY, str(root / "bare-out")]
-        b_wall, b_rss, b_code, b_err = run_measured(bare, env, root)
-        assert b_code == 0, b_err
-        c_wall, c_rss, c_code, c_err = run_measured(runner, env, root)
-        assert c_code == 0, c_err
+        baseline = measured(bare, env, root)
+        assert baseline.code == 0, baseline.stderr
+        b_wall, b_rss = baseline.wall_s, baseline.peak_mb
+        collected = measured(runner, env, root)
+        assert collected.code == 0, collected.stderr
+        c_wall, c_rss, c_err = collected.wall_s, collected.peak_mb, collected.stderr
         written = len(list((root / "out").glob("*.png")))
         found = re.search(r"recorded in ([0-9.]+) s", c_err)
         phase = float(found.group(1)) if found else float("nan")

@@ -19,7 +19,6 @@ import argparse
 import csv
 import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,35 +26,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from children import measured  # noqa: E402
 
 from runner.testing import FakeProvider  # noqa: E402
 
 API_KEY = "bench-key"
 KEY_ENV = "BENCH_FAKE_KEY"
-
-
-def measured(
-    args: list[str], env: dict[str, str], stop_when: object = None
-) -> tuple[float, float, int]:
-    """(wall s, peak RSS MB, exit code); `stop_when()` true kills the child (time so far)."""
-    started = time.monotonic()
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    status = Path(f"/proc/{proc.pid}/status")
-    peak_kb = 0
-    while proc.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak_kb = max(peak_kb, int(line.split()[1]))
-        except (OSError, ValueError):
-            pass
-        if callable(stop_when) and stop_when():
-            wall = time.monotonic() - started
-            proc.kill()
-            proc.wait()
-            return wall, peak_kb / 1024, -9
-        time.sleep(0.01)
-    return time.monotonic() - started, peak_kb / 1024, proc.returncode
 
 
 def make_table(root: Path, rows: int) -> Path:
@@ -95,27 +73,27 @@ def one_size(rows: int) -> dict[str, tuple[float, float]]:
         )
         env = {**os.environ, KEY_ENV: API_KEY, "RUNNER_DB": ""}
         runner = [sys.executable, "-m", "runner"]
-        wall, rss, _ = measured([*runner, "validate", str(manifest)], env)
-        figures["validate"] = (wall, rss)
-        wall, rss, _ = measured(
+        done = measured([*runner, "validate", str(manifest)], env)
+        figures["validate"] = (done.wall_s, done.peak_mb)
+        done = measured(
             [*runner, "run", str(manifest), "--log-format", "plain"], env,
             stop_when=lambda: fake.requests_total > 0 or len(fake.received) > 0,
         )  # fmt: skip
-        figures["first run: to first request"] = (wall, rss)
+        figures["first run: to first request"] = (done.wall_s, done.peak_mb)
         with sqlite3.connect(root / "jobs.db") as db:
             db.execute("UPDATE jobs SET status = 'succeeded', lease_owner = NULL")
             db.execute("UPDATE runs SET ended_at = started_at, exit_code = 0")
-        wall, rss, code = measured([*runner, "run", str(manifest), "--log-format", "plain"], env)
-        assert code == 0, code
-        figures["no-op re-run"] = (wall, rss)
-        wall, rss, _ = measured([*runner, "status", str(manifest)], env)
-        figures["status"] = (wall, rss)
+        done = measured([*runner, "run", str(manifest), "--log-format", "plain"], env)
+        assert done.code == 0, done.stderr
+        figures["no-op re-run"] = (done.wall_s, done.peak_mb)
+        done = measured([*runner, "status", str(manifest)], env)
+        figures["status"] = (done.wall_s, done.peak_mb)
         out = root / "results.parquet"
-        wall, rss, code = measured(
+        done = measured(
             [*runner, "export", str(manifest), "--format", "parquet", "-o", str(out)], env
         )
-        assert code == 0 and out.exists(), code
-        figures["export --format parquet"] = (wall, rss)
+        assert done.code == 0 and out.exists(), done.stderr
+        figures["export --format parquet"] = (done.wall_s, done.peak_mb)
         started = time.monotonic()
         pacsv.read_csv(table)
         figures["pyarrow reads the table"] = (time.monotonic() - started, 0.0)

@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import anyio.to_thread
 from runner.errors import ManifestError
 from runner.files import journal
 from runner.manifest.digests import Digester
-from runner.manifest.expand import ParsedManifest, parse_manifest, quick_look, text_digest
+from runner.manifest.expand import ParsedManifest, parse_manifest, text_digest
 from runner.records import Manifest, ProgressReporter, RunLimits
 from runner.settings import DEFAULT_GRACE_S, Clock, RunSettings, unknown_env
 from runner.store.engine import database_exists, database_url, open_store
@@ -120,18 +120,19 @@ async def synced_view(
     path: Path, options: Options, *, check_inputs: bool
 ) -> AsyncIterator[SyncedView | None]:
     """The database, when the manifest's text and tables are as at its last sync (see
-    `quick_fingerprint`) and no paid reply waits to be recorded; with `check_inputs`, also
+    `ParsedManifest.fingerprint`) and no paid reply waits to be recorded; with `check_inputs`, also
     every input file still has the size and mtime its digest was taken at, so every job key
     is unchanged. Then the database's job list is the manifest's, and a table of 100,000
     rows is not read again. None (nothing written) when any of that does not hold."""
+    text = await anyio.to_thread.run_sync(text_digest, path)
     try:
-        look = await anyio.to_thread.run_sync(quick_look, path)
+        light = await anyio.to_thread.run_sync(lambda: parse_manifest(path, expand=False))
     except ManifestError:
-        look = None  # the full reading says what is wrong, in full
-    if look is None:
+        light = None  # the full reading says what is wrong, in full
+    light = light.fingerprinted(text) if light is not None else None
+    if light is None or light.fingerprint is None:
         yield None
         return
-    light = await anyio.to_thread.run_sync(lambda: parse_manifest(path, expand=False))
     url = resolve_db(light, options.db)
     home = journal.home(light.output_dir, light.path)
     late = await anyio.to_thread.run_sync(journal.pending_files, home)
@@ -141,7 +142,7 @@ async def synced_view(
     store = await open_threaded(lambda: open_store(url, options.wall_clock))
     try:
         synced = await store.last_sync(str(light.path))
-        same = synced is not None and synced[0] == look.fingerprint
+        same = synced is not None and synced[0] == light.fingerprint
         if same and check_inputs:
             stats = await store.input_stats(str(light.path))
             same = await anyio.to_thread.run_sync(_inputs_unchanged, stats)
@@ -149,7 +150,7 @@ async def synced_view(
             yield None
             return
         _warn_unknown_env(light)
-        yield SyncedView(replace(light, fingerprint=look.fingerprint), store, synced[1])
+        yield SyncedView(light, store, synced[1])
     finally:
         await store.close()
 

@@ -58,14 +58,18 @@ class ParsedManifest:
     drafts: tuple[_Draft, ...]
     limits: RunLimits = field(default_factory=RunLimits)
     pricing: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
-    fingerprint: str | None = None  # see `quick_fingerprint`; set by who reads the file
+    # What decides the job list without expanding it: a digest of the manifest's text and
+    # its tables' sizes and times (`fingerprinted`); set by who reads the file. None when
+    # that is not enough: a glob or brace pattern (files can appear under it). An image
+    # edited in place is not in it: `run` checks the inputs' stats besides.
+    fingerprint: str | None = None
     tables: tuple[Path, ...] = ()  # the `jobs_from:` tables, absolute, in order
+    has_patterns: bool = False  # a `jobs:` image or mask is a glob or brace pattern
 
     def fingerprinted(self, text_sha256: str | None) -> ParsedManifest:
         """With the fingerprint of the text it was read from (digested before reading, so a
         change meanwhile makes a fingerprint that no later look matches)."""
-        patterns = any(draft.glob is not None for draft in self.drafts)
-        if text_sha256 is None or patterns:
+        if text_sha256 is None or self.has_patterns:
             return self
         return replace(self, fingerprint=fingerprint_of(text_sha256, self.tables))
 
@@ -127,45 +131,12 @@ def parse_manifest(path: Path, *, expand: bool = True) -> ParsedManifest:
         limits,
         prices_from(doc.pricing, profiles, str(path)),
         tables=tuple(_absolute(base / source.table) for source in doc.jobs_from),
+        has_patterns=any(
+            pattern and _is_pattern(pattern)
+            for entry in (doc.defaults, *doc.jobs)
+            for pattern in (entry.image, entry.mask if isinstance(entry.mask, str) else None)
+        ),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class QuickLook:
-    """What a manifest says without expanding its jobs (see `quick_fingerprint`)."""
-
-    path: Path  # absolute, as the database knows the manifest
-    fingerprint: str
-    database: str | None  # as written
-    output_dir: OutputPlace
-
-
-def quick_look(path: Path) -> QuickLook | None:
-    fingerprint = quick_fingerprint(path)
-    if fingerprint is None:
-        return None
-    absolute = _absolute(path)
-    doc = read_document(absolute)
-    output_dir = _output_folder(doc.output_dir, absolute.parent, str(absolute))
-    return QuickLook(absolute, fingerprint, doc.database, output_dir)
-
-
-def quick_fingerprint(path: Path) -> str | None:
-    """A digest of what decides a manifest's job list without expanding it: its own text
-    and each `jobs_from:` table's size and modification time. None when that is not enough:
-    a glob or brace pattern in `jobs:` (files can appear under it), or an unreadable table.
-    An image edited in place is not seen here; the next `run` (or `validate`) sees it."""
-    path = _absolute(path)
-    text = text_digest(path)
-    if text is None:
-        return None
-    doc = read_document(path)
-    entries = [doc.defaults, *doc.jobs]
-    for entry in entries:
-        for pattern in (entry.image, entry.mask if isinstance(entry.mask, str) else None):
-            if pattern and _is_pattern(pattern):
-                return None
-    return fingerprint_of(text, [_absolute(path.parent / s.table) for s in doc.jobs_from])
 
 
 def text_digest(path: Path) -> str | None:

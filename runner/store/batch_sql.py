@@ -28,7 +28,7 @@ from runner.records import (
 from runner.redact import redact
 from runner.store import tables as t
 from runner.store.batching import GroupCommit
-from runner.store.rows import spec_from_row, usage_columns
+from runner.store.rows import output_rows, spec_from_row, usage_columns
 
 _CHUNK = 500
 _SUBMITTED = JobState.SUBMITTED.value
@@ -85,24 +85,6 @@ class SqlBatchStore:
             )
 
         await self._db.run(write)
-
-    async def uploads_in_use(self, provider: str) -> set[str]:
-        """File ids of the uploads a batch still open may read."""
-        u = t.uploads.c
-
-        async def read(conn: AsyncConnection) -> set[str]:
-            open_now = await conn.scalar(
-                select(func.count()).where(
-                    t.batches.c.provider == provider, t.batches.c.collected_at.is_(None)
-                )
-            )
-            if open_now:
-                return set(
-                    (await conn.execute(select(u.file_id).where(u.provider == provider))).scalars()
-                )
-            return set()
-
-        return await self._db.run(read)
 
     async def all_uploads(self, provider: str) -> list[str]:
         u = t.uploads.c
@@ -255,15 +237,7 @@ class SqlBatchStore:
                 .values(**values)
             )  # fmt: skip
             if outputs:
-                await conn.execute(
-                    insert(t.outputs),
-                    [
-                        {"job_key": spec.key, "attempt_id": attempt_id, "image_index": o.index,
-                         "path": str(o.path), "sha256": o.sha256, "size_bytes": o.size,
-                         "width": o.width, "height": o.height, "format": o.format}
-                        for o in outputs
-                    ],
-                )  # fmt: skip
+                await conn.execute(insert(t.outputs), output_rows(spec.key, attempt_id, outputs))
             return True
 
         return await self._db.run(write)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from runner.records import AttemptRecord, JobSpec, output_place
+from runner.records import AttemptRecord, JobSpec, OutputRef, output_place
 from runner.redact import redact
 
 
@@ -51,3 +52,23 @@ def usage_columns(record: AttemptRecord) -> dict[str, Any]:
         "usage_json": redact(usage.raw),
         "usage_flag": redact(usage.suspect[:200]) if usage.suspect else None,
     }
+
+
+def output_rows(
+    key: str, attempt_id: int | None, outputs: Sequence[OutputRef]
+) -> list[dict[str, Any]]:
+    """The `outputs` table's rows for a job's written images."""
+    return [
+        {
+            "job_key": key,
+            "attempt_id": attempt_id,
+            "image_index": out.index,
+            "path": str(out.path),
+            "sha256": out.sha256,
+            "size_bytes": out.size,
+            "width": out.width,
+            "height": out.height,
+            "format": out.format,
+        }
+        for out in outputs
+    ]

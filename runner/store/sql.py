@@ -61,7 +61,7 @@ from runner.store import tables as t
 from runner.store.batch_sql import SqlBatchStore
 from runner.store.batching import GroupCommit
 from runner.store.protocol import AttemptTicket, RunInfo
-from runner.store.rows import spec_from_row, usage_columns
+from runner.store.rows import output_rows, spec_from_row, usage_columns
 
 _CHUNK = 500  # keys per IN (...) list, under SQLite's bound-parameter limit
 _PENDING, _RUNNING = JobState.PENDING.value, JobState.RUNNING.value
@@ -768,19 +768,6 @@ class SqlStore:
         """Finish the paid attempt; the job succeeds with `outputs` if `owner` holds it
         (None: whoever does, for replies an earlier run recorded late)."""
         now = self._now()
-        rows = [
-            {
-                "job_key": key,
-                "image_index": out.index,
-                "path": str(out.path),
-                "sha256": out.sha256,
-                "size_bytes": out.size,
-                "width": out.width,
-                "height": out.height,
-                "format": out.format,
-            }
-            for out in outputs
-        ]
         j = t.jobs.c
         ours = [j.lease_owner == owner, j.status == _RUNNING] if owner is not None else []
         succeed = (
@@ -801,9 +788,9 @@ class SqlStore:
         await conn.execute(self._finish_statement(ticket, record))  # paid, whoever holds it
         if (await conn.execute(succeed)).rowcount != 1:
             return False  # another runner holds the job (or finished it): not ours to record
-        attempt = {"attempt_id": _attempt_id(ticket)}
-        if rows:
-            await conn.execute(insert(t.outputs), [{**row, **attempt} for row in rows])
+        if outputs:
+            rows = output_rows(key, _attempt_id(ticket), outputs)
+            await conn.execute(insert(t.outputs), rows)
         return True
 
     async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None:

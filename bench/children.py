@@ -1,0 +1,52 @@
+"""One child process measured: wall time and its own peak RSS (shared by the benchmarks)."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Measured:
+    wall_s: float
+    peak_mb: float
+    code: int  # -9: killed once `stop_when()` held
+    stderr: str
+
+
+def measured(
+    args: list[str],
+    env: dict[str, str],
+    cwd: Path | None = None,
+    stop_when: Callable[[], bool] | None = None,
+) -> Measured:
+    """Run `args`; the peak is the child's own VmHWM, read from /proc while it runs (wait4's
+    ru_maxrss would count the pages of this process, which may hold a fake and its files,
+    at the fork). Its stderr goes to a file, so a chatty child never blocks on a pipe."""
+    with tempfile.TemporaryFile() as errors:
+        started = time.monotonic()
+        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errors)
+        status = Path(f"/proc/{proc.pid}/status")
+        peak_kb = 0
+        code: int | None = None
+        while (code := proc.poll()) is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak_kb = max(peak_kb, int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            if stop_when is not None and stop_when():
+                proc.kill()
+                proc.wait()
+                code = -9
+                break
+            time.sleep(0.01)
+        wall = time.monotonic() - started
+        errors.seek(0)
+        text = errors.read().decode(errors="replace")
+    return Measured(wall, peak_kb / 1024, code, text)
