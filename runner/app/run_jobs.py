@@ -22,7 +22,13 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from runner.app.batch_mode import BatchBudget, BatchLane, BatchReport, waiting_message
+from runner.app.batch_mode import (
+    BATCH_DISCOUNT,
+    BatchBudget,
+    BatchLane,
+    BatchReport,
+    waiting_message,
+)
 from runner.app.context import Options, open_manifest, resolve_db
 from runner.dialects import dialect_named
 from runner.dialects.factory import (
@@ -141,6 +147,7 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
             done_before,
             outputs,
             db_folder,
+            [s for s in manifest.jobs if states[s.key] == JobState.SUBMITTED],
         )
         await store.start_run(run_info)
         # A 402 or a refused key from an earlier run stopped these providers for every
@@ -220,6 +227,7 @@ class _Work:
     done_before: int
     outputs: Outputs
     db_folder: Path | None = None
+    in_batches: Sequence[JobSpec] = ()  # submitted earlier: lines of open batches
 
     async def run(self) -> PoolReport:
         options = self.options
@@ -321,14 +329,23 @@ class _Work:
             )
         clock = self.options.clock or SystemClock()
         pause = BATCH_POLL_FIRST_S
+        # With no live work, the progress display is the batch lanes': at batch prices.
+        live_work = any(spec.provider not in profiles for spec in self.to_do)
+        progress = None if live_work else _BatchProgress(self, lanes, books)
         while True:
             for lane in lanes:
                 await lane.collect()
+                if progress is not None:
+                    progress.show()
                 if not lane.report.stops:
                     await lane.submit()
+                if progress is not None:
+                    progress.show()
             open_now = sum(lane.report.open_batches for lane in lanes)
             stopped = any(lane.report.stops for lane in lanes)
             if not self.options.wait or not open_now or stopped or self._past_deadline():
+                if progress is not None:
+                    progress.finish()
                 return [lane.report for lane in lanes]
             log.info("%s; next look in %s", waiting_message([lane.report for lane in lanes]),
                      format_duration(pause))  # fmt: skip
@@ -486,6 +503,54 @@ async def _stop_on_signals(pool: Pool, grace_s: float, received: asyncio.Queue[i
 @asynccontextmanager
 async def _no_signals() -> AsyncIterator[None]:
     yield None
+
+
+class _BatchProgress:
+    """The progress display for a run whose work all goes through batches: jobs collected,
+    spend, and the estimate of the whole at batch prices (half the live ones)."""
+
+    def __init__(
+        self, work: _Work, lanes: Sequence[BatchLane], books: Mapping[str, PriceBook]
+    ) -> None:
+        self._work, self._lanes = work, lanes
+        self._reporter = work.options.reporter
+        self._jobs = len(work.to_do) + len(work.in_batches)  # to send, and to collect
+        self._per_job = _EstimateOfWhatIsLeft([*work.to_do, *work.in_batches], books)
+        self._started = time.monotonic()
+        if self._reporter is not None:
+            self._reporter.start(self._jobs + work.done_before)
+
+    def snapshot(self) -> Snapshot:
+        reports = [lane.report for lane in self._lanes]
+        succeeded = sum(r.succeeded for r in reports)
+        failed = sum(r.failed for r in reports)
+        spent = sum(r.spent_usd for r in reports)
+        per_job = self._per_job.per_job()
+        left = max(0, self._jobs - succeeded - failed)
+        estimate: float | None = spent
+        if left:
+            estimate = spent + per_job * BATCH_DISCOUNT * left if per_job is not None else None
+        return Snapshot(
+            total=self._jobs + self._work.done_before,
+            succeeded=succeeded,
+            failed=failed,
+            in_flight=sum(r.open_jobs for r in reports),
+            retries_waiting=0,
+            spent_usd=spent,
+            estimated_total_usd=estimate,
+            elapsed_s=time.monotonic() - self._started,
+            paused=waiting_message(reports),
+            done_before=self._work.done_before,
+        )
+
+    def show(self) -> None:
+        if self._reporter is not None:
+            self._reporter.update(self.snapshot())
+
+    def finish(self) -> None:
+        if self._reporter is not None:
+            snapshot = self.snapshot()
+            self._reporter.finish(snapshot, "stopped" if snapshot.paused else "completed")
 
 
 def _with_batches(report: PoolReport, batches: Sequence[BatchReport]) -> PoolReport:

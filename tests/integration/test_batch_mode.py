@@ -416,3 +416,50 @@ async def test_uploads_side_by_side_all_learn_the_refused_purpose(fake: FakeProv
         answers.append(str((await client.upload_image(b"late", "late.png"))["purpose"]))
 
     assert answers == ["user_data"] * 7
+
+
+class Recorder:
+    """A progress reporter that keeps what it was shown."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.snapshots: list[Any] = []
+        self.finished: list[str] = []
+
+    def start(self, total: int) -> None:
+        self.started.append(total)
+
+    def update(self, snapshot: Any) -> None:
+        self.snapshots.append(snapshot)
+
+    def event(self, level: str, message: str, **fields: Any) -> None:
+        pass
+
+    def finish(self, snapshot: Any, outcome: str) -> None:
+        self.snapshots.append(snapshot)
+        self.finished.append(outcome)
+
+    def close(self) -> None:
+        pass
+
+
+async def test_the_progress_display_shows_batch_prices(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    jobs = [{"image": workspace.image(f"pr{i}.png"), "prompt": f"pr {i}"} for i in range(4)]
+    manifest = batch_manifest(workspace, jobs)
+    shown = Recorder()
+
+    await app.run(manifest, replace(options(), reporter=shown))
+
+    assert shown.started == [4] and shown.finished == ["stopped"]
+    first, last = shown.snapshots[0], shown.snapshots[-1]
+    live = await app.validate(workspace.manifest(jobs, name="live.yaml", database="live.db"))
+    assert abs(first.estimated_total_usd - live.estimated_cost_usd / 2) < 1e-9  # batch prices
+    assert last.in_flight == 4 and "4 jobs in 1 batch at OpenAI" in last.paused
+
+    collected = Recorder()
+    await app.run(manifest, replace(options(), reporter=collected))
+    done = collected.snapshots[-1]
+    assert collected.finished == ["completed"] and done.succeeded == 4
+    assert done.spent_usd > 0 and abs(done.estimated_total_usd - done.spent_usd) < 1e-9
