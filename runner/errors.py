@@ -285,3 +285,19 @@ class StopNotice:
     kind: str
     message: str
     exit_code: int
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What went wrong in a task group, unwrapped: the first error that is not the
+    cancellation it caused in the other tasks (the group itself if there is none)."""
+    import anyio  # lazy: the error tree itself needs no event loop
+
+    cancelled = anyio.get_cancelled_exc_class()
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        elif not isinstance(error, cancelled):
+            return error
+    return group

@@ -44,6 +44,7 @@ from runner.errors import (
     ProviderError,
     ProviderStop,
     StopNotice,
+    first_error,
 )
 from runner.files.local import Outputs
 from runner.records import (
@@ -251,7 +252,7 @@ class BatchLane:
                     async for line in self._client.lines(file_id):
                         await send.send(line)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
         if unknown:
             log.warning("%s: batch %s: %d lines of file %s were not this batch's waiting jobs "
                         "(unknown or repeated custom_id, or not JSON); ignored",
@@ -389,7 +390,7 @@ class BatchLane:
                 for index, spec in enumerate(within):
                     uploads.start_soon(prepare_one, index, spec)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
         for chunk in _split([lines[index] for index in sorted(lines)]):
             await self._send_batch(chunk)
 
@@ -462,20 +463,6 @@ class BatchLane:
         ]  # fmt: skip
         self.report.open_batches = len(mine)
         self.report.open_jobs = sum(b.lines for b in mine)
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """What went wrong in a task group, unwrapped: the first error that is not the
-    cancellation it caused in the other tasks (the group itself if there is none)."""
-    cancelled = anyio.get_cancelled_exc_class()
-    pending: list[BaseException] = [group]
-    while pending:
-        error = pending.pop(0)
-        if isinstance(error, BaseExceptionGroup):
-            pending.extend(error.exceptions)
-        elif not isinstance(error, cancelled):
-            return error
-    return group
 
 
 def _split(lines: Sequence[tuple[JobSpec, bytes]]) -> list[list[tuple[JobSpec, bytes]]]:

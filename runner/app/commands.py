@@ -18,7 +18,16 @@ from typing import Any
 import anyio.to_thread
 
 from runner.app.batch_mode import BATCH_DISCOUNT
-from runner.app.context import Options, opened, parse, resolve_db, synced_view
+from runner.app.context import (
+    ALL_STATES,
+    Opened,
+    Options,
+    opened,
+    pages,
+    parse,
+    resolve_db,
+    synced_view,
+)
 from runner.app.run_jobs import (
     RunOutcome,
     exit_code_for,
@@ -200,10 +209,18 @@ def _one_key(rows: Sequence[ExportRow], prefix: str, where: str) -> str:
     return _one_of([(row.key, Path(row.image).name) for row in rows], prefix, where)
 
 
-def one_job(manifest: Manifest, prefix: str) -> str:
-    """The key of the one job of `manifest` whose key starts with `prefix` (exit 2 when
-    none does, or several: then they are listed, so the user can give more characters)."""
-    return _one_of([(s.key, s.image.name) for s in manifest.jobs], prefix, str(manifest.path))
+async def one_job(session: Opened, prefix: str) -> str:
+    """The key of the one job of the manifest whose key starts with `prefix` (exit 2 when
+    none does, or several: then they are listed, so the user can give more characters).
+    The jobs are read from the database a page at a time."""
+    wanted = prefix.strip().lower()
+    found = [
+        (spec.key, spec.image.name)
+        async for specs in pages(session.store, session.id, ALL_STATES)
+        for spec in specs
+        if wanted and spec.key.startswith(wanted)
+    ]
+    return _one_of(found, prefix, session.id)
 
 
 def _one_of(jobs: Sequence[tuple[str, str]], prefix: str, where: str) -> str:
@@ -225,7 +242,7 @@ def _one_of(jobs: Sequence[tuple[str, str]], prefix: str, where: str) -> str:
 
 async def retry(path: Path, options: Options, key: str | None = None) -> int:
     async with opened(await parse(path), options) as session:
-        full_key = one_job(session.manifest, key) if key is not None else None
+        full_key = await one_job(session, key) if key is not None else None
         return await session.store.retry(session.id, full_key)
 
 
@@ -237,7 +254,7 @@ async def cancel(
     first are still collected (and paid for), the rest end cancelled when collected."""
     parsed = await parse(path)
     async with opened(parsed, options) as session:
-        full_key = one_job(session.manifest, key) if key is not None else None
+        full_key = await one_job(session, key) if key is not None else None
         count = 0
         if JobState.SUBMITTED in states and isinstance(session.store, ThreadedStore):
             count += await _cancel_batches(parsed, session.store, session.id)

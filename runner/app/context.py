@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from runner.errors import ManifestError
+from runner.errors import ManifestError, first_error
 from runner.files import journal
-from runner.manifest.digests import Digester
-from runner.manifest.expand import ParsedManifest, parse_manifest, text_digest
-from runner.records import Manifest, ProgressReporter, RunLimits
+from runner.manifest.digests import DigestEntry, Digester
+from runner.manifest.expand import Draft, ParsedManifest, parse_manifest, text_digest
+from runner.records import JobSpec, JobState, Manifest, ProgressReporter, RunLimits
 from runner.settings import DEFAULT_GRACE_S, Clock, RunSettings, unknown_env
 from runner.store.engine import database_exists, database_url, open_store
 from runner.store.protocol import Store
@@ -59,6 +59,9 @@ def database_url_for(manifest: Path, database: str | None, override: str | None)
 
 @dataclass(frozen=True, slots=True)
 class Opened:
+    """A manifest synced to its database. Its jobs are there, not in `manifest.jobs`
+    (empty): read them a page at a time (`pages`) or count them (`state_counts`)."""
+
     manifest: Manifest
     store: Store
     new_jobs: int
@@ -75,15 +78,96 @@ async def opened(parsed: ParsedManifest, options: Options) -> AsyncIterator[Open
     store = await open_threaded(lambda: open_store(url, options.wall_clock))
     try:
         await record_late_completions(store, journal.home(parsed.output_dir, parsed.path))
-        digester = Digester(await store.load_digests())
-        known_outputs = await store.output_paths()
-        manifest = await anyio.to_thread.run_sync(parsed.resolve, digester, known_outputs)
-        await store.save_digests(digester.fresh)
-        new_jobs = await store.sync_manifest(str(manifest.path), manifest.jobs)
-        await store.record_sync(str(manifest.path), parsed.fingerprint, manifest.duplicates)
-        yield Opened(manifest, store, new_jobs)
+        synced = await sync_jobs(parsed, store)
+        yield Opened(_settings_of(parsed, synced.duplicates), store, synced.new_jobs)
     finally:
         await store.close()
+
+
+def _settings_of(parsed: ParsedManifest, duplicates: int) -> Manifest:
+    """The manifest's settings, its jobs left in the database."""
+    return Manifest(
+        parsed.path, parsed.providers, (), parsed.output_dir, parsed.database,
+        parsed.limits, parsed.pricing, duplicates=duplicates,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    jobs: int
+    new_jobs: int
+    duplicates: int  # see Manifest.duplicates
+
+
+async def sync_jobs(
+    parsed: ParsedManifest,
+    store: Store,
+    each_chunk: Callable[[Sequence[JobSpec]], object] = lambda specs: None,
+) -> Synced:
+    """Make the manifest's jobs and sync them to the database a chunk at a time: its
+    tables are read, its inputs hashed (the database's digest cache asked per chunk) and
+    its jobs written as it goes, so memory does not grow with its length. `each_chunk` sees
+    each chunk's new jobs (in manifest order, each job once). Its fingerprint is recorded
+    only when every chunk is in: a sync cut short leaves none, and the next command reads
+    the manifest again."""
+    manifest = str(parsed.path)
+    await store.record_sync(manifest, None, 0)
+    has_globs = any(d.glob is not None for d in parsed.entry_drafts)
+    resolver = parsed.resolver(await store.output_paths() if has_globs else frozenset())
+    chunks = resolver.draft_chunks()
+    # Chunks are made (tables read, files hashed) in a worker thread while the previous
+    # one is written on the database's: the two overlap.
+    send, receive = anyio.create_memory_object_stream[tuple[list[JobSpec], list[DigestEntry]]](1)
+
+    def next_chunk() -> list[Draft] | None:
+        return next(chunks, None)
+
+    async def make() -> None:
+        async with send:
+            while (drafts := await anyio.to_thread.run_sync(next_chunk)) is not None:
+                paths = {str(p) for d in drafts for p in (d.image, d.mask) if p is not None}
+                with anyio.CancelScope(shield=True):  # see below
+                    known = await store.digests_for(paths)
+                digester = Digester(known)
+                keyed = await anyio.to_thread.run_sync(resolver.key_chunk, drafts, digester)
+                await send.send(([spec for _, spec, first in keyed if first], digester.fresh))
+
+    new_jobs = start = 0
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(make)
+            async with receive:
+                async for fresh, digests in receive:
+                    # A chunk's writes end before an error in the other task is told: the
+                    # store must not be closed under a call it is still making.
+                    with anyio.CancelScope(shield=True):
+                        await store.save_digests(digests)
+                        new_jobs += await store.sync_manifest(
+                            manifest, fresh, start=start, final=False
+                        )
+                    start += len(fresh)
+                    each_chunk(fresh)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    await store.sync_manifest(manifest, [], start=resolver.jobs, final=True)
+    await store.record_sync(manifest, parsed.fingerprint, resolver.duplicates)
+    return Synced(resolver.jobs, new_jobs, resolver.duplicates)
+
+
+PAGE_JOBS = 4096  # jobs read from the database at a time
+
+
+ALL_STATES = frozenset(state.value for state in JobState)
+
+
+async def pages(
+    store: Store, manifest: str, states: Collection[str]
+) -> AsyncIterator[list[JobSpec]]:
+    """The manifest's jobs in `states`, in manifest order, a page at a time."""
+    after = -1
+    while page := await store.specs_page(manifest, states, after, PAGE_JOBS):
+        yield [spec for _position, spec in page]
+        after = page[-1][0]
 
 
 @asynccontextmanager
@@ -164,13 +248,7 @@ async def _from_database(
         if view is None:
             yield None
             return
-        light = view.parsed
-        specs = tuple(await view.store.manifest_specs(view.id))
-        manifest = Manifest(
-            light.path, light.providers, specs, light.output_dir, light.database,
-            light.limits, light.pricing, duplicates=view.duplicates,
-        )  # fmt: skip
-        yield light, Opened(manifest, view.store, 0)
+        yield view.parsed, Opened(_settings_of(view.parsed, view.duplicates), view.store, 0)
 
 
 def _inputs_unchanged(stats: Sequence[tuple[str, int | None, int | None]]) -> bool:

@@ -13,7 +13,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -29,7 +29,7 @@ from runner.app.batch_mode import (
     BatchReport,
     waiting_message,
 )
-from runner.app.context import Options, open_manifest, resolve_db
+from runner.app.context import Options, open_manifest, pages, resolve_db
 from runner.dialects import dialect_named
 from runner.dialects.factory import (
     Credential,
@@ -110,44 +110,39 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
             raise ManifestError(str(exc), file=str(parsed.path), field="output_dir") from exc
         limits = resolve_limits(parsed, options.limits, options.wall_clock())
         manifest, store = session.manifest, session.store
-        states = await store.job_states(session.id)
-        to_do = [spec for spec in manifest.jobs if states[spec.key] in TO_DO]
+        counts = JobCounts(await store.state_counts(session.id))
         # Only providers with work left need a key: a finished manifest re-runs keyless.
         # Jobs in open batches are work left: their batches are collected with the key.
-        waiting = {s.provider for s in manifest.jobs if states[s.key] == JobState.SUBMITTED}
-        creds = credentials(parsed, {spec.provider for spec in to_do} | waiting)
+        creds = credentials(parsed, counts.providers(TO_DO | {JobState.SUBMITTED.value}))
         if isinstance(manifest.output_dir, Path):  # an object store has no temp files
             await anyio.to_thread.run_sync(sweep_temp_files, manifest.output_dir)
         await _reclaim_dead_runs(store)
-        in_batches = sum(1 for s in manifest.jobs if states[s.key] == JobState.SUBMITTED)
+        in_batches = counts.count({JobState.SUBMITTED.value})
         log.info(
             "%s: %d jobs (%d new), %d to send%s; database %s",
             manifest.path.name,
-            len(manifest.jobs),
+            counts.count(),
             session.new_jobs,
-            len(to_do),
+            counts.count(TO_DO),
             f", {in_batches} in open batches" if in_batches else "",
             redact_url(resolve_db(parsed, options.db)),
         )
         run_info = RunInfo(
             uuid.uuid4().hex, str(manifest.path), procs.hostname(), os.getpid(), procs.process_tag()
         )
-        done_before = sum(
-            1 for s in states.values() if s in (JobState.SUCCEEDED.value, JobState.FAILED.value)
-        )
+        done_before = counts.count({JobState.SUCCEEDED.value, JobState.FAILED.value})
         db_folder = _database_folder(resolve_db(parsed, options.db))
         work = _Work(
             manifest,
             store,
             creds,
-            to_do,
+            counts,
             run_info.id,
             options,
             limits,
             done_before,
             outputs,
             db_folder,
-            [s for s in manifest.jobs if states[s.key] == JobState.SUBMITTED],
         )
         await store.start_run(run_info)
         # A 402 or a refused key from an earlier run stopped these providers for every
@@ -220,14 +215,20 @@ class _Work:
     manifest: Manifest
     store: Store
     creds: Mapping[str, Credential]
-    to_do: Sequence[JobSpec]
+    counts: JobCounts  # the manifest's jobs per provider and state as the run starts
     owner: str
     options: Options
     limits: ResolvedLimits
     done_before: int
     outputs: Outputs
     db_folder: Path | None = None
-    in_batches: Sequence[JobSpec] = ()  # submitted earlier: lines of open batches
+    # What is left, priced (`_price_jobs`): live jobs, and jobs for (or in) batches.
+    live_estimate: _EstimateOfWhatIsLeft | None = None
+    batch_estimate: _EstimateOfWhatIsLeft | None = None
+
+    @property
+    def to_do(self) -> int:
+        return self.counts.count(TO_DO)
 
     async def run(self) -> PoolReport:
         options = self.options
@@ -250,8 +251,8 @@ class _Work:
                 )
                 books[name] = dialect.price_book(self.manifest.pricing.get(name, {}), catalogue)
             await self._learn_from_earlier_runs(books)
-            await self._price_jobs(books)
             batched = {name: p for name, p in profiles.items() if p.batched}
+            await self._price_jobs(books, batched)
             batch_reports = await self._run_batches(batched, providers, books, stack)
             profiles = {name: p for name, p in profiles.items() if not p.batched}
             lanes = {
@@ -283,9 +284,8 @@ class _Work:
                 reclaim_dead=lambda: _reclaim_dead_runs(self.store),
                 keep_unrecorded=self._keep_unrecorded,
             )
-            live = [spec for spec in self.to_do if spec.provider in profiles]
-            if live:
-                report = await self._drive(pool, _EstimateOfWhatIsLeft(live, books))
+            if self.counts.count(TO_DO, profiles) and self.live_estimate is not None:
+                report = await self._drive(pool, self.live_estimate)
             else:
                 report = PoolReport()
             return _with_batches(report, batch_reports)
@@ -330,7 +330,7 @@ class _Work:
         clock = self.options.clock or SystemClock()
         pause = BATCH_POLL_FIRST_S
         # With no live work, the progress display is the batch lanes': at batch prices.
-        live_work = any(spec.provider not in profiles for spec in self.to_do)
+        live_work = bool(self.counts.providers(TO_DO) - set(profiles))
         progress = None if live_work else _BatchProgress(self, lanes, books)
         while True:
             for lane in lanes:
@@ -367,29 +367,47 @@ class _Work:
     async def _learn_from_earlier_runs(self, books: Mapping[str, PriceBook]) -> None:
         """What earlier runs' replies cost, against their estimates: this run's budget and
         ETA start from measured figures, not only from typical token counts."""
+        if not self.counts.count({JobState.SUCCEEDED.value}, books):
+            return
         costs = await self.store.succeeded_costs(str(self.manifest.path))
-        for spec in self.manifest.jobs:
-            book = books.get(spec.provider)
-            if book is not None and (cost := costs.get(spec.key)) is not None:
-                book.observe(spec, cost)
+        async for specs in pages(self.store, str(self.manifest.path), {JobState.SUCCEEDED.value}):
+            for spec in specs:
+                book = books.get(spec.provider)
+                if book is not None and (cost := costs.get(spec.key)) is not None:
+                    book.observe(spec, cost)
 
-    async def _price_jobs(self, books: Mapping[str, PriceBook]) -> None:
-        """Store each job's price; under a budget, refuse jobs nobody can price."""
-        prices: dict[str, str] = {}
-        for spec in self.to_do:
-            book = books[spec.provider]
-            described = book.describe(spec)
-            if described is not None:
-                prices[spec.key] = json.dumps(described, sort_keys=True)
-            if self.limits.max_cost_usd is not None and described is None:
-                raise ManifestError(
-                    f"no price known for model {spec.model!r} on {spec.provider}, so a "
-                    f"--max-cost budget cannot be kept; add it under pricing.{spec.provider}",
-                    file=str(self.manifest.path),
-                    job=spec.entry,
-                    field="model",
-                )
-        await self.store.set_prices(prices)
+    async def _price_jobs(self, books: Mapping[str, PriceBook], batched: Collection[str]) -> None:
+        """Store each job's price, a page at a time; under a budget, refuse jobs nobody can
+        price. Sums what is left, for the progress display's estimate: live jobs, and jobs
+        for batches (with those already in open batches)."""
+        live = self.live_estimate = _EstimateOfWhatIsLeft(books)
+        batch = self.batch_estimate = _EstimateOfWhatIsLeft(books)
+        manifest = str(self.manifest.path)
+        async for specs in pages(self.store, manifest, TO_DO):
+            prices: dict[str, str] = {}
+            for spec in specs:
+                book = books.get(spec.provider)
+                if book is None:  # a provider with no key: its jobs are not sent
+                    continue
+                (batch if spec.provider in batched else live).add(spec)
+                described = book.describe(spec)
+                if described is not None:
+                    prices[spec.key] = json.dumps(described, sort_keys=True)
+                if self.limits.max_cost_usd is not None and described is None:
+                    raise ManifestError(
+                        f"no price known for model {spec.model!r} on {spec.provider}, so "
+                        f"a --max-cost budget cannot be kept; add it under "
+                        f"pricing.{spec.provider}",
+                        file=manifest,
+                        job=spec.entry,
+                        field="model",
+                    )
+            await self.store.set_prices(prices)
+        if batched and self.counts.count({JobState.SUBMITTED.value}, batched):
+            async for specs in pages(self.store, manifest, {JobState.SUBMITTED.value}):
+                for spec in specs:
+                    if spec.provider in batched:
+                        batch.add(spec)
 
     async def _drive(self, pool: Pool, estimate_left: _EstimateOfWhatIsLeft) -> PoolReport:
         reporter = self.options.reporter
@@ -397,14 +415,14 @@ class _Work:
 
         def snapshot() -> Snapshot:
             report = pool.report
-            left = len(self.to_do) - report.succeeded - report.failed
+            left = self.to_do - report.succeeded - report.failed
             per_job = estimate_left.per_job()
             estimated = report.spent_usd + per_job * max(0, left) if per_job is not None else None
             # A signal was announced when it came; other stops show until the run ends.
             shown = [_stop_text(s) for s in report.stops if s.kind != "signal"]
             paused = "; ".join(shown) or None
             return Snapshot(
-                total=len(self.to_do) + self.done_before,
+                total=self.to_do + self.done_before,
                 succeeded=report.succeeded,
                 failed=report.failed,
                 in_flight=report.in_flight,
@@ -420,7 +438,7 @@ class _Work:
         signals = ROUTER.sending() if self.options.handle_signals else _no_signals()
         async with anyio.create_task_group() as helpers:
             if reporter is not None:
-                reporter.start(len(self.to_do) + self.done_before)
+                reporter.start(self.to_do + self.done_before)
                 helpers.start_soon(_report_progress, reporter, snapshot)
             async with signals as received:
                 if received is not None:
@@ -434,19 +452,21 @@ class _Work:
 
 class _EstimateOfWhatIsLeft:
     """The mean estimate of this run's jobs, as the price books learn (per model, from
-    each reply). Static estimates are summed once per provider and model, so a progress
-    tick costs one multiplication per model, not one estimate per job."""
+    each reply). Static estimates are summed once per provider and model as the jobs are
+    priced (`add`), so a progress tick costs one multiplication per model, not one
+    estimate per job."""
 
-    def __init__(self, to_do: Sequence[JobSpec], books: Mapping[str, PriceBook]) -> None:
+    def __init__(self, books: Mapping[str, PriceBook]) -> None:
         self._books = books
         self._static: dict[tuple[str, str], float] = {}
         self._priced = 0
-        for spec in to_do:
-            static = books[spec.provider].static_estimate(spec)
-            if static is not None:
-                group = (spec.provider, spec.model)
-                self._static[group] = self._static.get(group, 0.0) + static
-                self._priced += 1
+
+    def add(self, spec: JobSpec) -> None:
+        static = self._books[spec.provider].static_estimate(spec)
+        if static is not None:
+            group = (spec.provider, spec.model)
+            self._static[group] = self._static.get(group, 0.0) + static
+            self._priced += 1
 
     def per_job(self) -> float | None:
         if not self._priced:
@@ -456,6 +476,26 @@ class _EstimateOfWhatIsLeft:
             for (provider, model), total in self._static.items()
         )
         return learned / self._priced
+
+
+@dataclass(frozen=True, slots=True)
+class JobCounts:
+    """A manifest's jobs per (provider, state), from one query: what a run needs to know
+    of 100,000 jobs before it starts, without holding them."""
+
+    by: Mapping[tuple[str, str], int]
+
+    def count(
+        self, states: Collection[str] | None = None, providers: Collection[str] | None = None
+    ) -> int:
+        return sum(
+            n
+            for (provider, state), n in self.by.items()
+            if (states is None or state in states) and (providers is None or provider in providers)
+        )
+
+    def providers(self, states: Collection[str]) -> set[str]:
+        return {provider for (provider, state), n in self.by.items() if state in states and n}
 
 
 def _with_concurrency(profile: ProviderProfile, flag: int | None) -> ProviderProfile:
@@ -514,8 +554,9 @@ class _BatchProgress:
     ) -> None:
         self._work, self._lanes = work, lanes
         self._reporter = work.options.reporter
-        self._jobs = len(work.to_do) + len(work.in_batches)  # to send, and to collect
-        self._per_job = _EstimateOfWhatIsLeft([*work.to_do, *work.in_batches], books)
+        # To send, and to collect.
+        self._jobs = work.to_do + work.counts.count({JobState.SUBMITTED.value})
+        self._per_job = work.batch_estimate or _EstimateOfWhatIsLeft(books)
         self._started = time.monotonic()
         if self._reporter is not None:
             self._reporter.start(self._jobs + work.done_before)

@@ -7,11 +7,13 @@ Missing input files are *not* manifest errors: those jobs fail at pre-flight, al
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
+import itertools
 import json
 import os
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from string import Formatter
@@ -21,7 +23,7 @@ from runner.dialects import dialect_named
 from runner.errors import ManifestError, shown
 from runner.manifest import tables
 from runner.manifest.digests import Digester
-from runner.manifest.output_rules import check_outputs
+from runner.manifest.output_rules import OutputCheck
 from runner.manifest.schema import (
     Document,
     JobFields,
@@ -46,16 +48,23 @@ from runner.settings import DEFAULT_OUTPUT_NAME
 KEY_VERSION = 1  # bump only if the key recipe changes: it would re-send every job
 
 
+# Jobs are made, keyed and synced this many at a time: memory stays flat however long the
+# manifest's tables are.
+CHUNK_JOBS = 4096
+TableReader = Callable[[], Iterator["Draft"]]
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedManifest:
     """A validated manifest whose inputs are not hashed yet (hashing wants the database's
-    digest cache, and where the database is comes from the manifest)."""
+    digest cache, and where the database is comes from the manifest). Its `jobs:` entries
+    are expanded; its tables are read when its jobs are made (`resolver`), chunk by chunk."""
 
     path: Path
     providers: Mapping[str, ProviderProfile]
     output_dir: OutputPlace
     database: str | None
-    drafts: tuple[_Draft, ...]
+    entry_drafts: tuple[Draft, ...]  # the `jobs:` entries', globs expanded
     limits: RunLimits = field(default_factory=RunLimits)
     pricing: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     # What decides the job list without expanding it: a digest of the manifest's text and
@@ -65,6 +74,8 @@ class ParsedManifest:
     fingerprint: str | None = None
     tables: tuple[Path, ...] = ()  # the `jobs_from:` tables, absolute, in order
     has_patterns: bool = False  # a `jobs:` image or mask is a glob or brace pattern
+    table_readers: tuple[TableReader, ...] = ()  # each table's rows as drafts, read anew
+    table_providers: frozenset[str] = frozenset()  # the profiles the tables' rows use
 
     def fingerprinted(self, text_sha256: str | None) -> ParsedManifest:
         """With the fingerprint of the text it was read from (digested before reading, so a
@@ -73,32 +84,98 @@ class ParsedManifest:
             return self
         return replace(self, fingerprint=fingerprint_of(text_sha256, self.tables))
 
+    @property
+    def provider_names(self) -> set[str]:
+        """The profiles some job uses, without reading the tables."""
+        return {d.provider.name for d in self.entry_drafts} | set(self.table_providers)
+
+    def iter_drafts(self) -> Iterator[Draft]:
+        """Every job entry and table row, in manifest order (tables are read as it goes)."""
+        yield from self.entry_drafts
+        for read in self.table_readers:
+            yield from read()
+
+    @property
+    def drafts(self) -> tuple[Draft, ...]:
+        return tuple(self.iter_drafts())
+
+    def resolver(self, known_outputs: Collection[str] = frozenset()) -> Resolver:
+        return Resolver(self, known_outputs)
+
     def resolve(
         self, digester: Digester | None = None, known_outputs: Collection[str] = frozenset()
     ) -> Manifest:
-        """Hash the inputs and make the job specs, keyed by content. A glob's matches that
-        the database knows as outputs (`known_outputs`, absolute paths) are not inputs."""
-        drafts = _without_known_outputs(self.drafts, known_outputs, str(self.path))
-        digests = (digester or Digester()).digest_many(
-            [p for d in drafts for p in (d.image, d.mask) if p is not None]
-        )
-        jobs: dict[str, JobSpec] = {}
-        for draft in drafts:
-            spec = draft.spec(digests, self.output_dir)
-            jobs.setdefault(spec.key, spec)  # an identical entry twice is the same work once
-        specs = tuple(jobs.values())
-        inputs = {path for d in drafts for path in (d.image, d.mask) if path is not None}
-        check_outputs(specs, inputs, str(self.path))
+        """Hash the inputs and make the job specs, keyed by content, all in memory (a
+        command that syncs a database goes chunk by chunk instead: `resolver`). A glob's
+        matches that the database knows as outputs (`known_outputs`, absolute paths) are not
+        inputs."""
+        digester = digester or Digester()
+        resolver = self.resolver(known_outputs)
+        specs = [
+            spec
+            for drafts in resolver.draft_chunks()
+            for _draft, spec, first in resolver.key_chunk(drafts, digester)
+            if first
+        ]
         return Manifest(
             self.path,
             self.providers,
-            specs,
+            tuple(specs),
             self.output_dir,
             self.database,
             self.limits,
             self.pricing,
-            duplicates=len(drafts) - len(specs),
+            duplicates=resolver.duplicates,
         )
+
+
+class Resolver:
+    """Makes a manifest's job specs a chunk at a time, in manifest order: drafts
+    (`draft_chunks`), then specs keyed by their inputs' digests (`key_chunk`). Identical
+    work is one job (the first of its rows keeps it); outputs are checked as they come
+    (`OutputCheck`). What it keeps across chunks is a few dozen bytes per job."""
+
+    def __init__(self, parsed: ParsedManifest, known_outputs: Collection[str]) -> None:
+        self._parsed = parsed
+        self._known_outputs = known_outputs
+        self._seen: set[bytes] = set()
+        self._check = OutputCheck(parsed.output_dir, str(parsed.path))
+        self.rows = 0  # job entries (after globs) and table rows keyed so far
+        self.jobs = 0  # distinct jobs among them
+
+    @property
+    def duplicates(self) -> int:
+        return self.rows - self.jobs
+
+    def draft_chunks(self, size: int | None = None) -> Iterator[list[Draft]]:
+        size = size or CHUNK_JOBS
+        parsed = self._parsed
+        entries = _without_known_outputs(parsed.entry_drafts, self._known_outputs, str(parsed.path))
+        drafts = itertools.chain(entries, *(read() for read in parsed.table_readers))
+        while chunk := list(itertools.islice(drafts, size)):
+            yield chunk
+
+    def key_chunk(
+        self, drafts: Sequence[Draft], digester: Digester
+    ) -> list[tuple[Draft, JobSpec, bool]]:
+        """(draft, its spec, whether it is the first draft of that job) per draft."""
+        digests = digester.digest_many(
+            [p for d in drafts for p in (d.image, d.mask) if p is not None]
+        )
+        keyed = []
+        for draft in drafts:
+            spec = draft.spec(digests, self._parsed.output_dir)
+            raw = bytes.fromhex(spec.key)
+            first = raw not in self._seen
+            if first:
+                self._seen.add(raw)
+            keyed.append((draft, spec, first))
+        self.rows += len(keyed)
+        fresh = [spec for _draft, spec, first in keyed if first]
+        self.jobs += len(fresh)
+        inputs = {path for d in drafts for path in (d.image, d.mask) if path is not None}
+        self._check.add(fresh, inputs)
+        return keyed
 
 
 def parse_manifest(path: Path, *, expand: bool = True) -> ParsedManifest:
@@ -110,17 +187,19 @@ def parse_manifest(path: Path, *, expand: bool = True) -> ParsedManifest:
     base = path.parent
     output_dir = _output_folder(doc.output_dir, base, str(path))
     profiles = {name: profile_from(name, p, str(path)) for name, p in doc.providers.items()}
-    drafts: tuple[_Draft, ...] = ()
+    drafts: tuple[Draft, ...] = ()
+    readers: list[TableReader] = []
+    table_providers: set[str] = set()
     if expand:
         drafts = tuple(
             draft
             for index, entry in enumerate(doc.jobs)
             for draft in _expand(index, entry, doc, profiles, (base, output_dir), str(path))
-        ) + tuple(
-            draft
-            for index, source in enumerate(doc.jobs_from)
-            for draft in _table_drafts(index, source, doc, profiles, base, str(path))
         )
+        for index, source in enumerate(doc.jobs_from):
+            reader, provider = _table_reader(index, source, doc, profiles, base, str(path))
+            readers.append(reader)
+            table_providers.add(provider)
     limits = RunLimits(doc.limits.deadline, doc.limits.max_jobs, doc.limits.max_cost)
     return ParsedManifest(
         path,
@@ -136,6 +215,8 @@ def parse_manifest(path: Path, *, expand: bool = True) -> ParsedManifest:
             for entry in (doc.defaults, *doc.jobs)
             for pattern in (entry.image, entry.mask if isinstance(entry.mask, str) else None)
         ),
+        table_readers=tuple(readers),
+        table_providers=frozenset(table_providers),
     )
 
 
@@ -163,7 +244,7 @@ def load_manifest(path: Path, digester: Digester | None = None) -> Manifest:
 
 
 @dataclass(frozen=True, slots=True)
-class _Draft:
+class Draft:
     entry: int
     image: Path
     mask: Path | None
@@ -194,7 +275,7 @@ class _Draft:
         )
 
 
-def job_key(draft: _Draft, image_sha: str | None, mask_sha: str | None) -> str:
+def job_key(draft: Draft, image_sha: str | None, mask_sha: str | None) -> str:
     """Content hash: the same inputs to the same provider profile are the same job.
     An unreadable file is keyed by its path, so fixing the file makes a new job."""
     payload = {
@@ -217,7 +298,7 @@ def _expand(
     profiles: Mapping[str, ProviderProfile],
     folders: tuple[Path, OutputPlace],
     file: str,
-) -> list[_Draft]:
+) -> list[Draft]:
     """One job entry's drafts; `folders` is (the manifest's folder, the output folder)."""
     base, output_dir = folders
     merged = _merge(doc.defaults, entry)
@@ -253,7 +334,7 @@ def _expand(
         if mask is not None and mask_optional and not os.path.lexists(mask):
             mask = None  # an optional mask that is not there: an edit without one
         drafts.append(
-            _Draft(
+            Draft(
                 entry=index,
                 image=path,
                 mask=mask,
@@ -408,17 +489,19 @@ def _glob_root(pattern: str, base: Path) -> Path:
     return _absolute(base / Path(*fixed).expanduser()) if fixed else _absolute(base)
 
 
-def _table_drafts(
+def _table_reader(
     index: int,
     source: TableSource,
     doc: Document,
     profiles: Mapping[str, ProviderProfile],
     base: Path,
     file: str,
-) -> Iterator[_Draft]:
-    """One draft per row of a `jobs_from:` table, in row order. The profile, model and
-    params are those of `defaults:` plus the row's own params columns; they are checked
-    once per distinct combination, not once per row."""
+) -> tuple[TableReader, str]:
+    """How to read one draft per row of a `jobs_from:` table, in row order, and the
+    profile its rows use. What does not depend on the rows (the table's kind, profile,
+    model, output name, prompt) is checked now; each row when it is read. The profile,
+    model and params are those of `defaults:` plus the row's own params columns; they are
+    checked once per distinct combination, not once per row."""
     field = f"jobs_from[{index}]"
     table = _absolute(base / source.table)
     tables.kind_of(table, file, f"{field}.table")
@@ -442,43 +525,71 @@ def _table_drafts(
     mask_template, mask_optional = _mask_setting(defaults)
     if mask_template and glob.has_magic(mask_template):
         raise fail("mask", "cannot be a glob; use {stem} to pair each image with its mask")
-    param_columns = source.params or {}
+    param_columns = dict(source.params or {})
     needed = [source.image, *(c for c in (source.prompt, source.mask, source.id) if c)]
     needed += list(param_columns.values())
-    checked: dict[str, str | None] = {}
-    carried = base / tables.CARRIED_FOLDER
-    entry = TABLE_ENTRIES + index  # `jobs_from[index]` in messages (see `entry_label`)
-    for number, row in tables.read_rows(table, needed):
+    rules = _TableRules(
+        index, source, table, tuple(needed), provider, model, output_name, defaults,
+        param_columns, mask_template, mask_optional, base, file,
+    )  # fmt: skip
+    return functools.partial(_table_drafts, rules), provider.name
+
+
+@dataclass(frozen=True, slots=True)
+class _TableRules:
+    """What every row of one `jobs_from:` table shares."""
+
+    index: int  # its place under `jobs_from:`
+    source: TableSource
+    table: Path  # absolute
+    needed: tuple[str, ...]  # the columns read
+    provider: ProviderProfile
+    model: str
+    output_name: str
+    defaults: Mapping[str, Any]
+    param_columns: Mapping[str, str]  # param name -> column
+    mask_template: str | None  # `defaults.mask`, for a row without a mask cell
+    mask_optional: bool
+    base: Path  # the manifest's folder
+    file: str  # the manifest, for messages
+
+    def fail(self, where: str, message: str) -> ManifestError:
+        return ManifestError(message, file=self.file, field=f"jobs_from[{self.index}].{where}")
+
+
+def _table_drafts(rules: _TableRules) -> Iterator[Draft]:
+    source, table, defaults = rules.source, rules.table, rules.defaults
+    dialect = dialect_named(rules.provider.dialect)
+    carried = rules.base / tables.CARRIED_FOLDER
+    entry = TABLE_ENTRIES + rules.index  # `jobs_from[index]` in messages (see `entry_label`)
+    shared_params = dict(defaults.get("params") or {})
+    checked: dict[str, str | None] = {}  # params' JSON -> the problem with them, if any
+    cells = tables.CellReader(table.parent, carried)
+    for number, row in tables.read_rows(table, rules.needed):
         row_id = f" (id {shown(row[source.id])})" if source.id and row.get(source.id) else ""
 
         def bad(column: str, message: str, where: str = f"row {number}{row_id}") -> ManifestError:
             return ManifestError(message, file=str(table), field=f"{where}, column {column!r}")
 
-        image = tables.image_cell(row.get(source.image), table.parent, carried)
+        image = cells.image(row.get(source.image))
         if isinstance(image, str):
             raise bad(source.image, image)
         mask = None
         if source.mask and row.get(source.mask) is not None:
-            cell = tables.image_cell(row[source.mask], table.parent, carried)
+            cell = cells.image(row[source.mask])
             if isinstance(cell, str):
                 raise bad(source.mask, cell)
             mask = cell
-        elif mask_template is not None:  # `defaults.mask`, e.g. masks/{stem}.png
-            mask = _mask_path(mask_template, image, "", base, fail)
-            if mask_optional and not os.path.lexists(mask):
+        elif rules.mask_template is not None:  # `defaults.mask`, e.g. masks/{stem}.png
+            mask = _mask_path(rules.mask_template, image, "", rules.base, rules.fail)
+            if rules.mask_optional and not os.path.lexists(mask):
                 mask = None  # an optional mask that is not there: an edit without one
         prompt = row.get(source.prompt) if source.prompt else defaults.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise bad(source.prompt or "prompt", f"a prompt is required, got {shown(prompt)}")
-        params = dict(defaults.get("params") or {})
-        params.update(
-            {
-                name: row[column]
-                for name, column in param_columns.items()
-                if row.get(column) is not None
-            }
-        )
-        signature = json.dumps(params, sort_keys=True, default=str)
+        own = {n: row[c] for n, c in rules.param_columns.items() if row.get(c) is not None}
+        params = {**shared_params, **own} if own else shared_params  # shared: never mutated
+        signature = json.dumps(own, sort_keys=True, default=str) if own else ""
         if signature not in checked:
             found_problem = dialect.check_params(params)
             checked[signature] = (
@@ -486,17 +597,17 @@ def _table_drafts(
             )
         if (problem := checked[signature]) is not None:
             name = problem.split(":", 1)[0]
-            raise bad(param_columns.get(name, f"params.{name}"), problem)
-        yield _Draft(
+            raise bad(rules.param_columns.get(name, f"params.{name}"), problem)
+        yield Draft(
             entry=entry,
             image=image,
             mask=mask,
             prompt=prompt,
-            provider=provider,
-            model=model,
+            provider=rules.provider,
+            model=rules.model,
             params=params,
-            output_name=fill_folder_fields(output_name, "", image.stem),
-            row=(index, number),
+            output_name=fill_folder_fields(rules.output_name, "", image.stem),
+            row=(rules.index, number),
         )
 
 
@@ -568,8 +679,8 @@ def _check_template(template: str) -> str | None:
 
 
 def _without_known_outputs(
-    drafts: tuple[_Draft, ...], known_outputs: Collection[str], file: str
-) -> tuple[_Draft, ...]:
+    drafts: tuple[Draft, ...], known_outputs: Collection[str], file: str
+) -> tuple[Draft, ...]:
     """Drop what globs matched among earlier outputs (of any manifest, any output folder):
     a re-run must never pay to edit its own results."""
     if not known_outputs:

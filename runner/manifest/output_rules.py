@@ -3,11 +3,15 @@
 A reply is paid for before it is written, so every way a write could go wrong for a reason
 known in advance is refused here: two jobs writing one file, an output landing on (or
 becoming) an input, a name or path too long for the output folder's filesystem.
+
+The check takes a manifest's jobs a chunk at a time (`OutputCheck.add`), so a table of
+100,000 rows is checked without holding its jobs: what it keeps per job is two integers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import os
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from runner.dialects import params as dialects
@@ -19,7 +23,7 @@ from runner.files.outputs import (
     path_limits,
     possible_paths,
 )
-from runner.records import JobSpec, OutputPlace, ReplyImage
+from runner.records import JobSpec, OutputPlace, ReplyImage, entry_label
 
 
 def check_outputs(specs: Sequence[JobSpec], inputs: Collection[Path], file: str) -> None:
@@ -27,44 +31,82 @@ def check_outputs(specs: Sequence[JobSpec], inputs: Collection[Path], file: str)
     input, or could not be written at all."""
     if not specs:
         return
-    with folders_cached():  # every job's names, one resolve per folder
-        _check(specs, inputs, file)
+    check = OutputCheck(specs[0].output_dir, file)
+    check.add(specs, inputs)
 
 
-def _check(specs: Sequence[JobSpec], inputs: Collection[Path], file: str) -> None:
-    name_max, path_max = path_limits(specs[0].output_dir)
-    owners: dict[OutputPlace, JobSpec] = {}
-    for spec in specs:
+class OutputCheck:
+    """The output check of one manifest, fed its jobs and inputs chunk by chunk, in order.
+
+    Kept per job: the hash of each path it will write (clashes are told with the earlier
+    job's place in the manifest) and of each path it could write with its extension left
+    out (an input there would be overwritten, whichever format the reply comes in). Inputs
+    are remembered only when they lie in the output folder, which is rare."""
+
+    def __init__(self, output_dir: OutputPlace, file: str) -> None:
+        self._file = file
+        self._limits = path_limits(output_dir)
+        self._written: dict[int, int] = {}  # hash of an expected output path -> job entry
+        self._possible: set[int] = set()  # hashes of possible output paths, sans extension
+        # Inputs in the output folder, by path sans extension -> the extensions there.
+        self._inputs_in_output: dict[str, set[str]] = {}
+        folder = output_dir.absolute() if isinstance(output_dir, Path) else output_dir
+        self._folder = str(folder).rstrip("/") + "/"
+
+    def add(self, specs: Iterable[JobSpec], inputs: Iterable[Path]) -> None:
+        with folders_cached():  # every job's names, one resolve per folder
+            for path in inputs:
+                self._add_input(str(path))
+            for spec in specs:
+                self._add_job(spec)
+
+    def _add_input(self, path: str) -> None:
+        if not path.startswith(self._folder):
+            return
+        stem, ext = os.path.splitext(path)  # noqa: PTH122 (a str, per job)
+        if hash(stem) in self._possible:
+            raise self._error(
+                None,
+                f"an output may be written to {path}, which is an input of this manifest; "
+                "outputs never replace inputs: change output_dir or output_name",
+            )
+        self._inputs_in_output.setdefault(stem, set()).add(ext)
+
+    def _add_job(self, spec: JobSpec) -> None:
+        name_max, path_max = self._limits
         count = spec.images_asked
         try:
             possible = possible_paths(spec, count)
         except OutputError as exc:  # the template was checked when the manifest was read
-            raise _error(spec, file, str(exc)) from None
+            raise self._error(spec, str(exc)) from None
         for path in possible:
-            if path in inputs:
-                raise _error(
+            text = str(path)
+            stem, ext = os.path.splitext(text)  # noqa: PTH122 (a str, per job)
+            if ext in self._inputs_in_output.get(stem, ()):
+                raise self._error(
                     spec,
-                    file,
                     f"an output may be written to {path}, which is an input of this manifest; "
                     "outputs never replace inputs: change output_dir or output_name",
                 )
+            self._possible.add(hash(stem))
             if problem := length_problem(path, name_max, path_max):
-                raise _error(spec, file, f"output name {shown(spec.output_name)} {problem}")
+                raise self._error(spec, f"output name {shown(spec.output_name)} {problem}")
         likely = ReplyImage(b"", dialects.expected_format(spec.params), 0, 0)
         try:
             expected = output_paths(spec, [likely] * count)
         except OutputError as exc:
-            raise _error(spec, file, str(exc)) from None
-        for path in expected:
-            other = owners.setdefault(path, spec)
-            if other is not spec:
-                raise _error(
+            raise self._error(spec, str(exc)) from None
+        hashes = [hash(str(path)) for path in expected]
+        for path, hashed in zip(expected, hashes, strict=True):
+            if (other := self._written.get(hashed)) is not None:
+                raise self._error(
                     spec,
-                    file,
-                    f"writes the same output file {path} as {other.origin} "
-                    f"({other.image.name}); add {{key8}} to output_name",
+                    f"writes the same output file {path} as {entry_label(other)} (an earlier "
+                    "job); add {key8} to output_name",
                 )
+        self._written.update(dict.fromkeys(hashes, spec.entry))
 
-
-def _error(spec: JobSpec, file: str, message: str) -> ManifestError:
-    return ManifestError(message, file=file, job=spec.entry, field="output_name")
+    def _error(self, spec: JobSpec | None, message: str) -> ManifestError:
+        return ManifestError(
+            message, file=self._file, job=spec.entry if spec else None, field="output_name"
+        )

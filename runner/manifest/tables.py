@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -130,24 +131,46 @@ def _jsonl_rows(path: Path, needed: Sequence[str]) -> Iterator[tuple[int, dict[s
             yield number, row
 
 
-def image_cell(value: Any, folder: Path, carried: Path) -> Path | str:
-    """The file a cell names or carries; a str is why it cannot be used."""
-    if isinstance(value, dict):  # Hugging Face `Image`: {bytes, path}
-        data, named = value.get("bytes"), value.get("path")
-        if data:
-            return carried_file(bytes(data), carried)
-        if named:
-            return _absolute(folder / str(named))
-        return "an Image struct with neither bytes nor path"
-    if isinstance(value, bytes | bytearray | memoryview):
-        if not value:
-            return "empty bytes"
-        return carried_file(bytes(value), carried)
-    if isinstance(value, str) and value.strip():
-        return _absolute(folder / value.strip())
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return "empty"
-    return f"expected a path or image bytes, got {type(value).__name__} {shown(value)}"
+class CellReader:
+    """Turns image and mask cells into files. A path is taken relative to the table's folder
+    with links followed, as `Path.resolve` would, but each folder is resolved once: a table
+    of 100,000 rows in one folder costs one lstat per row, not one per path component."""
+
+    def __init__(self, folder: Path, carried: Path) -> None:
+        self._folder = folder
+        self._carried = carried
+        self._resolved: dict[str, Path] = {}  # a cell's folder as written -> resolved
+
+    def image(self, value: Any) -> Path | str:
+        """The file a cell names or carries; a str is why it cannot be used."""
+        if isinstance(value, dict):  # Hugging Face `Image`: {bytes, path}
+            data, named = value.get("bytes"), value.get("path")
+            if data:
+                return carried_file(bytes(data), self._carried)
+            if named:
+                return self._path(str(named))
+            return "an Image struct with neither bytes nor path"
+        if isinstance(value, bytes | bytearray | memoryview):
+            if not value:
+                return "empty bytes"
+            return carried_file(bytes(value), self._carried)
+        if isinstance(value, str) and value.strip():
+            return self._path(value.strip())
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return "empty"
+        return f"expected a path or image bytes, got {type(value).__name__} {shown(value)}"
+
+    def _path(self, written: str) -> Path:
+        head, sep, name = written.rpartition("/")
+        head = "/" if sep and not head else head  # `/photos.png`: the root's own file
+        if not name or name in (".", "..") or os.sep != "/":
+            return _absolute(self._folder / written)
+        folder = self._resolved.get(head)
+        if folder is None:
+            where = self._folder / head if head else self._folder
+            folder = self._resolved[head] = _absolute(where)
+        path = folder / name
+        return _absolute(path) if path.is_symlink() else path
 
 
 def carried_file(data: bytes, folder: Path) -> Path:

@@ -145,7 +145,9 @@ class MemoryStore:
         return None
 
     # -- the manifest's jobs ------------------------------------------------------------
-    async def sync_manifest(self, manifest: str, specs: Sequence[JobSpec]) -> int:
+    async def sync_manifest(
+        self, manifest: str, specs: Sequence[JobSpec], *, start: int = 0, final: bool = True
+    ) -> int:
         new = 0
         for spec in specs:
             row = self._t.jobs.get(spec.key)
@@ -154,8 +156,31 @@ class MemoryStore:
                 new += 1
             else:  # same content, maybe moved or renamed: paths and output names follow
                 row.spec = spec
-        self._t.manifests[manifest] = [spec.key for spec in specs]
+        keys = [spec.key for spec in specs]
+        earlier = self._t.manifests.get(manifest, [])
+        later = [] if final else earlier[start + len(keys) :]
+        self._t.manifests[manifest] = earlier[:start] + keys + later
         return new
+
+    async def specs_page(
+        self, manifest: str, states: Collection[str], after: int, limit: int
+    ) -> Sequence[tuple[int, JobSpec]]:
+        keys = self._t.manifests.get(manifest, [])
+        found = []
+        for position in range(max(after + 1, 0), len(keys)):
+            row = self._t.jobs[keys[position]]
+            if row.status in states:
+                found.append((position, row.spec))
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def state_counts(self, manifest: str) -> Mapping[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for row in self._members(manifest):
+            group = (row.spec.provider, row.status)
+            counts[group] = counts.get(group, 0) + 1
+        return counts
 
     async def record_sync(self, manifest: str, fingerprint: str | None, duplicates: int) -> None:
         if fingerprint is None:
@@ -660,6 +685,9 @@ class MemoryStore:
     # -- input digest cache -------------------------------------------------------------
     async def load_digests(self) -> Mapping[str, DigestEntry]:
         return dict(self._t.digests)
+
+    async def digests_for(self, paths: Collection[str]) -> Mapping[str, DigestEntry]:
+        return {p: self._t.digests[p] for p in paths if p in self._t.digests}
 
     async def save_digests(self, entries: Sequence[DigestEntry]) -> None:
         self._t.digests.update({entry.path: entry for entry in entries})

@@ -47,9 +47,23 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # -- the manifest's jobs ------------------------------------------------------------
-    async def sync_manifest(self, manifest: str, specs: Sequence[JobSpec]) -> int:
+    async def sync_manifest(
+        self, manifest: str, specs: Sequence[JobSpec], *, start: int = 0, final: bool = True
+    ) -> int:
         """Add new jobs (pending), refresh where known jobs' inputs now live, and make
-        `specs` the manifest's job list. Returns how many jobs were new."""
+        `specs` the manifest's jobs from position `start` on; `final`: the last of them
+        (a long manifest is synced in chunks, each a call). Returns how many jobs were new."""
+        ...
+
+    async def specs_page(
+        self, manifest: str, states: Collection[str], after: int, limit: int
+    ) -> Sequence[tuple[int, JobSpec]]:
+        """(position, spec) of up to `limit` of the manifest's jobs in `states`, past
+        position `after`, in manifest order: its jobs a page at a time, never all at once."""
+        ...
+
+    async def state_counts(self, manifest: str) -> Mapping[tuple[str, str], int]:
+        """How many of the manifest's jobs each (provider, state) has."""
         ...
 
     async def record_sync(self, manifest: str, fingerprint: str | None, duplicates: int) -> None:
@@ -210,5 +224,9 @@ class Store(Protocol):
 
     # -- input digest cache -------------------------------------------------------------
     async def load_digests(self) -> Mapping[str, DigestEntry]: ...
+
+    async def digests_for(self, paths: Collection[str]) -> Mapping[str, DigestEntry]:
+        """The cached digests of these paths (a chunk of a manifest's inputs)."""
+        ...
 
     async def save_digests(self, entries: Sequence[DigestEntry]) -> None: ...

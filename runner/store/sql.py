@@ -168,7 +168,9 @@ class SqlStore:
         await self._engine.dispose()
 
     # -- the manifest's jobs ------------------------------------------------------------
-    async def sync_manifest(self, manifest: str, specs: Sequence[JobSpec]) -> int:
+    async def sync_manifest(
+        self, manifest: str, specs: Sequence[JobSpec], *, start: int = 0, final: bool = True
+    ) -> int:
         now = self._now()
 
         async def write(conn: AsyncConnection) -> int:
@@ -194,23 +196,40 @@ class SqlStore:
             if refreshed:
                 stmt = update(t.jobs).where(t.jobs.c.key == bindparam("k"))
                 await conn.execute(stmt, refreshed)
-            members = t.manifest_jobs
-            listed = [(s.key, i) for i, s in enumerate(specs)]
-            current = await conn.execute(
-                select(members.c.job_key, members.c.position)
-                .where(members.c.manifest == manifest)
-                .order_by(members.c.position)
-            )
-            if [tuple(row) for row in current] != listed:
-                await conn.execute(delete(members).where(members.c.manifest == manifest))
-                if listed:
-                    await conn.execute(
-                        _insert_new(conn, members),
-                        [{"manifest": manifest, "job_key": k, "position": i} for k, i in listed],
-                    )
+            await _sync_members(conn, manifest, [s.key for s in specs], start, final)
             return len(new)
 
         return await self._db.run(write)
+
+    async def specs_page(
+        self, manifest: str, states: Collection[str], after: int, limit: int
+    ) -> Sequence[tuple[int, JobSpec]]:
+        m = t.manifest_jobs.c
+
+        async def read(conn: AsyncConnection) -> list[tuple[int, JobSpec]]:
+            rows = await conn.execute(
+                select(m.position, t.jobs)
+                .join(t.manifest_jobs, m.job_key == t.jobs.c.key)
+                .where(m.manifest == manifest, m.position > after, t.jobs.c.status.in_(states))
+                .order_by(m.position)
+                .limit(limit)
+            )
+            return [(row.position, spec_from_row(row)) for row in rows]
+
+        return await self._db.run(read)
+
+    async def state_counts(self, manifest: str) -> Mapping[tuple[str, str], int]:
+        j = t.jobs.c
+
+        async def read(conn: AsyncConnection) -> dict[tuple[str, str], int]:
+            rows = await conn.execute(
+                select(j.provider, j.status, func.count())
+                .where(queries.in_manifest(manifest))
+                .group_by(j.provider, j.status)
+            )
+            return {(str(p), str(s)): int(n) for p, s, n in rows}
+
+        return await self._db.run(read)
 
     async def record_sync(self, manifest: str, fingerprint: str | None, duplicates: int) -> None:
         syncs = t.manifest_syncs
@@ -236,21 +255,6 @@ class SqlStore:
                 )
             ).first()
             return (str(row[0]), int(row[1])) if row is not None else None
-
-        return await self._db.run(read)
-
-    async def manifest_specs(self, manifest: str) -> list[JobSpec]:
-        """The manifest's jobs as last synced, in manifest order."""
-        m = t.manifest_jobs.c
-
-        async def read(conn: AsyncConnection) -> list[JobSpec]:
-            rows = await conn.execute(
-                select(t.jobs)
-                .join(t.manifest_jobs, m.job_key == t.jobs.c.key)
-                .where(m.manifest == manifest)
-                .order_by(m.position)
-            )
-            return [spec_from_row(row) for row in rows]
 
         return await self._db.run(read)
 
@@ -859,6 +863,20 @@ class SqlStore:
 
         return await self._db.run(read)
 
+    async def digests_for(self, paths: Collection[str]) -> Mapping[str, DigestEntry]:
+        d = t.file_digests.c
+
+        async def read(conn: AsyncConnection) -> dict[str, DigestEntry]:
+            found = {}
+            for chunk in _chunks(list(paths)):
+                rows = await conn.execute(select(t.file_digests).where(d.path.in_(chunk)))
+                found.update(
+                    {r.path: DigestEntry(r.path, r.size_bytes, r.mtime_ns, r.sha256) for r in rows}
+                )
+            return found
+
+        return await self._db.run(read)
+
     async def save_digests(self, entries: Sequence[DigestEntry]) -> None:
         if not entries:
             return
@@ -881,6 +899,44 @@ class SqlStore:
             )
 
         await self._db.run(write)
+
+
+async def _sync_members(
+    conn: AsyncConnection, manifest: str, keys: Sequence[str], start: int, final: bool
+) -> None:
+    """Make `keys` the manifest's jobs at positions `start`, `start + 1`, ... (and, when
+    `final`, the last ones). Unchanged positions are only read: a re-run of an unchanged
+    manifest writes nothing. A key that moves between chunks is moved, not duplicated (a
+    row's key is unique per manifest)."""
+    m = t.manifest_jobs.c
+    end = start + len(keys)
+    listed = [(key, start + i) for i, key in enumerate(keys)]
+    in_range = m.position >= start if final else and_(m.position >= start, m.position < end)
+    current = await conn.execute(
+        select(m.job_key, m.position).where(m.manifest == manifest, in_range).order_by(m.position)
+    )
+    if [tuple(row) for row in current] == listed:
+        return
+    await conn.execute(delete(t.manifest_jobs).where(m.manifest == manifest, in_range))
+    if listed:
+        await conn.execute(
+            _upsert_position(conn),
+            [{"manifest": manifest, "job_key": k, "position": i} for k, i in listed],
+        )
+
+
+def _upsert_position(conn: AsyncConnection) -> Any:
+    """INSERT into manifest_jobs, or move the key's row to its new position."""
+    members = t.manifest_jobs
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    stmt = dialect_insert(members)
+    return stmt.on_conflict_do_update(
+        index_elements=[members.c.manifest, members.c.job_key],
+        set_={"position": stmt.excluded.position},
+    )
 
 
 def _new_job_row(spec: JobSpec, now: datetime) -> dict[str, Any]:

@@ -94,6 +94,7 @@ manifest_jobs = Table(
     Column("position", Integer, nullable=False),
 )
 Index("ix_manifest_jobs_job_key", manifest_jobs.c.job_key)
+Index("ix_manifest_jobs_manifest_position", manifest_jobs.c.manifest, manifest_jobs.c.position)
 
 runs = Table(
     "runs",

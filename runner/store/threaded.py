@@ -156,17 +156,28 @@ class ThreadedStore:
         finally:
             self._loop.stop()
 
-    async def sync_manifest(self, manifest: str, specs: Sequence[JobSpec]) -> int:
-        return await self._loop.call(self._inner.sync_manifest, manifest, specs)
+    async def sync_manifest(
+        self, manifest: str, specs: Sequence[JobSpec], *, start: int = 0, final: bool = True
+    ) -> int:
+        return await self._loop.call(
+            functools.partial(self._inner.sync_manifest, start=start, final=final),
+            manifest,
+            specs,
+        )
+
+    async def specs_page(
+        self, manifest: str, states: Collection[str], after: int, limit: int
+    ) -> Sequence[tuple[int, JobSpec]]:
+        return await self._loop.call(self._inner.specs_page, manifest, states, after, limit)
+
+    async def state_counts(self, manifest: str) -> Mapping[tuple[str, str], int]:
+        return await self._loop.call(self._inner.state_counts, manifest)
 
     async def record_sync(self, manifest: str, fingerprint: str | None, duplicates: int) -> None:
         await self._loop.call(self._inner.record_sync, manifest, fingerprint, duplicates)
 
     async def last_sync(self, manifest: str) -> tuple[str, int] | None:
         return await self._loop.call(self._inner.last_sync, manifest)
-
-    async def manifest_specs(self, manifest: str) -> list[JobSpec]:
-        return await self._loop.call(self._inner.manifest_specs, manifest)
 
     async def input_stats(self, manifest: str) -> list[tuple[str, int | None, int | None]]:
         return await self._loop.call(self._inner.input_stats, manifest)
@@ -309,6 +320,9 @@ class ThreadedStore:
 
     async def load_digests(self) -> Mapping[str, DigestEntry]:
         return await self._loop.call(self._inner.load_digests)
+
+    async def digests_for(self, paths: Collection[str]) -> Mapping[str, DigestEntry]:
+        return await self._loop.call(self._inner.digests_for, paths)
 
     async def save_digests(self, entries: Sequence[DigestEntry]) -> None:
         await self._loop.call(self._inner.save_digests, entries)

@@ -90,6 +90,30 @@ async def test_an_output_that_is_or_may_become_an_input_is_refused(
     assert fake.requests_total == 0 and sha256(workspace.root / input_name) == before
 
 
+@pytest.mark.parametrize("input_first", [True, False])
+async def test_an_input_another_job_may_overwrite_is_refused_across_chunks(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch, input_first: bool
+) -> None:
+    """The manifest is keyed and checked a chunk at a time (here one job per chunk): an
+    input in the output folder is found whether it comes before or after the job whose
+    output it may be."""
+    from runner.manifest import expand
+
+    monkeypatch.setattr(expand, "CHUNK_JOBS", 1)
+    workspace.image("a.png")
+    workspace.image("out/a.jpg", fmt="JPEG")  # where a.png's edit may land, as a JPEG
+    jobs = [{"image": "out/a.jpg", "prompt": "x"}, {"image": "a.png", "prompt": "y"}]
+    manifest = workspace.manifest(
+        jobs if input_first else jobs[::-1], defaults={"output_name": "{stem}.{ext}"}
+    )
+
+    with pytest.raises(ManifestError) as caught:
+        await app.run(manifest, options())
+
+    assert "which is an input of this manifest" in str(caught.value)
+    assert fake.requests_total == 0
+
+
 # --- item 3: two jobs, one file ---------------------------------------------------------------
 
 

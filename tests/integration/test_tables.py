@@ -128,20 +128,33 @@ async def test_jsonl_and_parquet_with_binary_and_image_struct_cells(
     assert len(fake.received) == 6  # (3 pictures x prompts a/b/c) + (3 pictures x j0..j2)
 
 
-async def test_adding_rows_to_a_finished_table_sends_only_the_new_rows(
-    workspace: Workspace, fake: FakeProvider
+@pytest.mark.slow
+async def test_adding_10_rows_to_a_finished_1000_row_table_sends_exactly_10_requests(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rows = [{"file": workspace.image(f"n/{i}.png"), "prompt": f"p{i}"} for i in range(40)]
-    write_csv(workspace.root / "t.csv", rows)
-    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
-    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
-    assert fake.requests_total == 40
+    from runner.manifest import expand
 
-    rows += [{"file": workspace.image(f"n/new{i}.png"), "prompt": f"q{i}"} for i in range(10)]
+    monkeypatch.setattr(expand, "CHUNK_JOBS", 64)  # synced in 16 chunks, not one
+    rows = [{"file": workspace.image(f"n/{i}.png"), "prompt": f"p{i}"} for i in range(1000)]
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(
+        workspace,
+        {"table": "t.csv", "image": "file", "prompt": "prompt"},
+        profile={"concurrency": 16},
+    )
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    assert fake.requests_total == 1000
+
+    # New rows among the old ones (not only at the end): every later row moves position.
+    new = [{"file": workspace.image(f"n/new{i}.png"), "prompt": f"q{i}"} for i in range(10)]
+    rows = rows[:500] + new[:5] + rows[500:] + new[5:]
     write_csv(workspace.root / "t.csv", rows)
     again = await app.run(manifest, options())
 
-    assert again.exit_code == ExitCode.OK and fake.requests_total == 50  # exactly 10 more
+    assert again.exit_code == ExitCode.OK and fake.requests_total == 1010  # exactly 10 more
+    assert again.new_jobs == 10
+    summary = await app.status(manifest, options())
+    assert summary.counts["succeeded"] == 1010
 
 
 async def test_the_imagefolder_export_has_one_file_name_per_output(

@@ -129,6 +129,36 @@ async def scenario(store: Store) -> dict[str, Any]:
     seen["states"] = dict(await store.job_states("m"))
     seen["succeeded_costs"] = dict(await store.succeeded_costs("m"))
     seen["outputs"] = sorted(await store.output_paths())
+    seen.update(await chunked_syncs(store))
+    return seen
+
+
+async def listed(store: Store, manifest: str) -> list[str]:
+    every = {state.value for state in JobState}
+    return [s.key[:2] for _, s in await store.specs_page(manifest, every, -1, 100)]
+
+
+async def chunked_syncs(store: Store) -> dict[str, Any]:
+    """A long manifest is synced a chunk at a time; a re-sync in other chunks moves, drops
+    and adds jobs exactly as one whole sync would."""
+    seen: dict[str, Any] = {}
+    first = [spec(n) for n in range(70, 80)]
+    for start in range(0, len(first), 3):
+        await store.sync_manifest("c", first[start : start + 3], start=start, final=False)
+    await store.sync_manifest("c", [], start=len(first), final=True)
+    seen["chunked"] = await listed(store, "c")
+    kept = [spec(n) for n in reversed(range(70, 80)) if n not in (73, 77)]
+    second = [spec(90), *kept, spec(91)]
+    new = 0
+    for start in range(0, len(second), 4):
+        new += await store.sync_manifest("c", second[start : start + 4], start=start, final=False)
+    await store.sync_manifest("c", [], start=len(second), final=True)
+    seen["resynced"] = (await listed(store, "c"), new)
+    page = await store.specs_page("c", {JobState.PENDING.value}, 2, 3)
+    seen["page"] = [(position, s.key[:2]) for position, s in page]
+    seen["state counts"] = dict(await store.state_counts("m"))
+    await store.save_digests([DigestEntry("/in/a.png", 1, 2, "aa" * 32)])
+    seen["digests_for"] = dict(await store.digests_for(["/in/a.png", "/in/none.png"]))
     return seen
 
 
@@ -159,6 +189,11 @@ async def test_the_memory_store_answers_every_verb_as_the_sql_store_does(
     assert expected["claimed"][0] == ("01", 0, 0)
     assert KEY not in repr(expected)  # provider texts are redacted by both
     assert expected["succeeded_costs"]  # the scenario has a paid success to report
+    assert expected["chunked"] == [str(n) for n in range(70, 80)]
+    resynced = ["90", "79", "78", "76", "75", "74", "72", "71", "70", "91"]
+    assert expected["resynced"] == (resynced, 2)
+    assert expected["page"] == [(3, "76"), (4, "75"), (5, "74")]
+    assert list(expected["digests_for"]) == ["/in/a.png"]
 
 
 @pytest.mark.parametrize("make", [sql_store, memory_store])
