@@ -55,7 +55,6 @@ from runner.files.html_report import (
 )
 from runner.files.object_store import ObjectOutputs
 from runner.files.preflight import prepare_request
-from runner.manifest.digests import Digester
 from runner.manifest.expand import ParsedManifest
 from runner.records import (
     ExportRow,
@@ -158,15 +157,13 @@ async def export_dataset(path: Path, options: Options, fmt: str, target: Path) -
 
     parsed = await parse(path)
     async with opened(parsed, options) as session:
-        rows = await session.store.export_rows(session.id)
-        digester = Digester(await session.store.load_digests())
-    if fmt == "imagefolder":
-        read = ObjectOutputs().read
-        return await anyio.to_thread.run_sync(table_export.write_imagefolder, target, rows, read)
-    sources = parsed.tables
-    return await anyio.to_thread.run_sync(
-        table_export.write_parquet, target, parsed, rows, digester, sources
-    )
+        source = table_export.ExportSource(session.store, session.id)
+        if fmt == "imagefolder":
+            read = ObjectOutputs().read
+            return await anyio.to_thread.run_sync(
+                table_export.write_imagefolder, target, source.pages(), read
+            )
+        return await anyio.to_thread.run_sync(table_export.write_parquet, target, parsed, source)
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,6 +157,10 @@ async def sync_jobs(
 PAGE_JOBS = 4096  # jobs read from the database at a time
 
 
+def _page_size() -> int:
+    return PAGE_JOBS  # looked up when used: tests make pages small
+
+
 ALL_STATES = frozenset(state.value for state in JobState)
 
 
@@ -165,7 +169,7 @@ async def pages(
 ) -> AsyncIterator[list[JobSpec]]:
     """The manifest's jobs in `states`, in manifest order, a page at a time."""
     after = -1
-    while page := await store.specs_page(manifest, states, after, PAGE_JOBS):
+    while page := await store.specs_page(manifest, states, after, _page_size()):
         yield [spec for _position, spec in page]
         after = page[-1][0]
 

@@ -3,7 +3,8 @@
 Parquet: one row per job row. A manifest whose jobs come from one `jobs_from:` table (and no
 `jobs:`) gets the table's own columns first, row for row, then the result columns; any other
 manifest gets the job's inputs (image, mask, prompt, params) then the result columns. Written
-in chunks with pyarrow's ParquetWriter: the source table is read again chunk by chunk.
+in chunks with pyarrow's ParquetWriter: the source table is read again chunk by chunk, and
+its jobs' results fetched from the database a chunk at a time.
 
 imagefolder: every output image copied into the folder (as written by the run: never
 re-encoded) plus `metadata.jsonl`, one line per image with `file_name` first, the layout
@@ -12,17 +13,22 @@ re-encoded) plus `metadata.jsonl`, one line per image with `file_name` first, th
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from anyio import from_thread
+
+from runner.app import context
 from runner.errors import OutputError
 from runner.manifest import tables
 from runner.manifest.digests import Digester
 from runner.manifest.expand import ParsedManifest
 from runner.records import ExportRow, ObjectURL, output_place
+from runner.store.protocol import Store
 
 CHUNK_ROWS = 4096
 RESULT_COLUMNS = (
@@ -50,34 +56,42 @@ def result_columns(row: ExportRow | None) -> dict[str, Any]:
     }
 
 
-def row_keys(parsed: ParsedManifest, digester: Digester) -> list[tuple[int, int, str]]:
-    """(jobs_from index, row number, job key) for every table row, in table order."""
-    drafts = [d for d in parsed.drafts if d.row is not None]
-    digests = digester.digest_many([p for d in drafts for p in (d.image, d.mask) if p])
-    keys = []
-    for draft in drafts:
-        assert draft.row is not None
-        keys.append((*draft.row, draft.spec(digests, parsed.output_dir).key))
-    return keys
+class ExportSource:
+    """The manifest's jobs with their results, read from the database a page at a time, for
+    a writer that runs in a worker thread (each read is a call back to the event loop)."""
+
+    def __init__(self, store: Store, manifest: str) -> None:
+        self._store = store
+        self._manifest = manifest
+
+    def pages(self) -> Iterator[list[ExportRow]]:
+        after = -1
+        while page := from_thread.run(
+            self._store.specs_page, self._manifest, context.ALL_STATES, after, context.PAGE_JOBS
+        ):
+            keys = [spec.key for _, spec in page]
+            found = self.rows_for(keys)
+            yield [found[key] for key in keys if key in found]
+            after = page[-1][0]
+
+    def rows_for(self, keys: Collection[str]) -> Mapping[str, ExportRow]:
+        rows = from_thread.run(self._store.export_rows, self._manifest, keys)
+        return {row.key: row for row in rows}
+
+    def digester(self, paths: Collection[str]) -> Digester:
+        return Digester(from_thread.run(self._store.digests_for, paths))
 
 
-def write_parquet(
-    target: Path,
-    parsed: ParsedManifest,
-    rows: Sequence[ExportRow],
-    digester: Digester,
-    tables_sources: Sequence[Path],
-) -> int:
-    """Write the Parquet file; returns how many rows."""
+def write_parquet(target: Path, parsed: ParsedManifest, source: ExportSource) -> int:
+    """Write the Parquet file, a chunk of rows at a time; returns how many rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    by_key = {row.key: row for row in rows}
     writer: Any = None
     written = 0
     temp = target.with_name(f".{target.name}.runner-tmp")
     try:
-        for chunk in _chunks(parsed, rows, by_key, digester, tables_sources):
+        for chunk in _chunks(parsed, source):
             table = pa.Table.from_pylist(chunk)
             if writer is None:
                 writer = pq.ParquetWriter(temp, table.schema)
@@ -97,42 +111,46 @@ def write_parquet(
     return written
 
 
-def _chunks(
-    parsed: ParsedManifest,
-    rows: Sequence[ExportRow],
-    by_key: Mapping[str, ExportRow],
-    digester: Digester,
-    sources: Sequence[Path],
-) -> Iterator[list[dict[str, Any]]]:
-    if len(sources) == 1 and not any(d.row is None for d in parsed.drafts):
-        keys = iter(row_keys(parsed, digester))
-        table = sources[0]
-        columns = tables.columns_of(table)
-        chunk: list[dict[str, Any]] = []
-        for _number, original in tables.read_rows(table, columns):
-            _, _, key = next(keys)
+def _chunks(parsed: ParsedManifest, source: ExportSource) -> Iterator[list[dict[str, Any]]]:
+    if len(parsed.tables) == 1 and not parsed.entry_drafts:
+        yield from _table_chunks(parsed, source)
+        return
+    for rows in source.pages():
+        yield [
+            {"image": r.image, "mask": r.mask, "prompt": r.prompt,
+             "params": json.dumps(dict(r.params), sort_keys=True)} | result_columns(r)
+            for r in rows
+        ]  # fmt: skip
+
+
+def _table_chunks(parsed: ParsedManifest, source: ExportSource) -> Iterator[list[dict[str, Any]]]:
+    """The table's own rows, each with its job's results: the table is read twice side by
+    side, once for the jobs (keyed as `run` keys them) and once for every column."""
+    table = parsed.tables[0]
+    columns = tables.columns_of(table)
+    originals = tables.read_rows(table, columns)
+    resolver = parsed.resolver()
+    for drafts in resolver.draft_chunks(CHUNK_ROWS):
+        paths = {str(p) for d in drafts for p in (d.image, d.mask) if p is not None}
+        keyed = resolver.key_chunk(drafts, source.digester(paths))
+        results = source.rows_for({spec.key for _, spec, _ in keyed})
+        chunk = []
+        for _draft, spec, _first in keyed:
+            _number, original = next(originals)
             clashing = {name: original[name] for name in original if name in RESULT_COLUMNS}
             record = {
                 **{n: v for n, v in original.items() if n not in clashing},
                 **{f"source_{n}": v for n, v in clashing.items()},
             }  # the table's own columns keep their values under a prefixed name
-            chunk.append(record | result_columns(by_key.get(key)))
-            if len(chunk) >= CHUNK_ROWS:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-        return
-    for start in range(0, len(rows), CHUNK_ROWS):
-        yield [
-            {"image": r.image, "mask": r.mask, "prompt": r.prompt,
-             "params": json.dumps(dict(r.params), sort_keys=True)} | result_columns(r)
-            for r in rows[start : start + CHUNK_ROWS]
-        ]  # fmt: skip
+            chunk.append(record | result_columns(results.get(spec.key)))
+        yield chunk
 
 
-def write_imagefolder(target: Path, rows: Sequence[ExportRow], read_object: Any = None) -> int:
-    """Copy each output image into `target` with a metadata.jsonl; returns how many images."""
+def write_imagefolder(
+    target: Path, pages: Iterable[Sequence[ExportRow]], read_object: Any = None
+) -> int:
+    """Copy each output image into `target` with a metadata.jsonl, a page of jobs at a
+    time; returns how many images."""
     target.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     count = 0
@@ -140,7 +158,7 @@ def write_imagefolder(target: Path, rows: Sequence[ExportRow], read_object: Any 
     temp = target / ".metadata.jsonl.runner-tmp"
     try:
         with temp.open("w", encoding="utf-8") as out:
-            for row in rows:
+            for row in itertools.chain.from_iterable(pages):
                 for index, (where, digest) in enumerate(
                     zip(row.outputs, row.output_sha256, strict=False), start=1
                 ):

@@ -626,10 +626,14 @@ class MemoryStore:
             )
         return accounts
 
-    async def export_rows(self, manifest: str) -> Sequence[ExportRow]:
+    async def export_rows(
+        self, manifest: str, keys: Collection[str] | None = None
+    ) -> Sequence[ExportRow]:
         rows = []
         for row in self._members(manifest):
             spec = row.spec
+            if keys is not None and spec.key not in keys:
+                continue
             attempts = [a for a in self._t.attempts.values() if a.job_key == spec.key]
             latest_balance = max(
                 (a for a in attempts if a.balance_usd is not None), key=_by_id, default=None

@@ -6,7 +6,7 @@ Plain functions over a connection; SqlStore wraps each in a transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,20 +39,17 @@ def latest_attempt_id() -> Any:
     return func.coalesce(latest, 0)
 
 
-def _usage_by_job() -> Any:
+def _usage_by_job(keys: Collection[str] | None = None) -> Any:
     a = t.attempts.c
-    return (
-        select(
-            a.job_key,
-            func.coalesce(func.sum(a.input_tokens), 0).label("input_tokens"),
-            func.coalesce(func.sum(a.output_tokens), 0).label("output_tokens"),
-            func.coalesce(func.sum(a.total_tokens), 0).label("total_tokens"),
-            func.coalesce(func.sum(a.cost_usd), 0.0).label("cost_usd"),
-            func.sum(case((a.counted.is_(True), 1), else_=0)).label("attempts"),
-        )
-        .group_by(a.job_key)
-        .subquery()
-    )
+    query = select(
+        a.job_key,
+        func.coalesce(func.sum(a.input_tokens), 0).label("input_tokens"),
+        func.coalesce(func.sum(a.output_tokens), 0).label("output_tokens"),
+        func.coalesce(func.sum(a.total_tokens), 0).label("total_tokens"),
+        func.coalesce(func.sum(a.cost_usd), 0.0).label("cost_usd"),
+        func.sum(case((a.counted.is_(True), 1), else_=0)).label("attempts"),
+    ).group_by(a.job_key)
+    return (query if keys is None else query.where(a.job_key.in_(keys))).subquery()
 
 
 async def summary(conn: AsyncConnection, manifest: str, now: datetime) -> Summary:
@@ -185,8 +182,12 @@ async def _accounts(conn: AsyncConnection, manifest: str) -> dict[str, ProviderA
     return accounts
 
 
-async def export_rows(conn: AsyncConnection, manifest: str) -> Sequence[ExportRow]:
-    usage = _usage_by_job()
+async def export_rows(
+    conn: AsyncConnection, manifest: str, keys: Collection[str] | None = None
+) -> Sequence[ExportRow]:
+    """The manifest's jobs with their results, in manifest order; `keys`: only those (a
+    page of a long manifest)."""
+    usage = _usage_by_job(keys)
     j, m = t.jobs.c, t.manifest_jobs.c
     a = t.attempts.c
     balance = (
@@ -210,14 +211,15 @@ async def export_rows(conn: AsyncConnection, manifest: str) -> Sequence[ExportRo
             select(t.jobs, usage, balance, request_id)
             .join(t.manifest_jobs, m.job_key == j.key)
             .outerjoin(usage, usage.c.job_key == j.key)
-            .where(m.manifest == manifest)
+            .where(m.manifest == manifest, *([j.key.in_(keys)] if keys is not None else []))
             .order_by(m.position)
         )
     ).all()
     paths: dict[str, list[tuple[str, str]]] = {}
+    whose = select(m.job_key).where(m.manifest == manifest) if keys is None else keys
     outs = await conn.execute(
         select(t.outputs.c.job_key, t.outputs.c.path, t.outputs.c.sha256)
-        .where(t.outputs.c.job_key.in_(select(m.job_key).where(m.manifest == manifest)))
+        .where(t.outputs.c.job_key.in_(whose))
         .order_by(t.outputs.c.job_key, t.outputs.c.id)
     )
     for key, path, digest in outs:

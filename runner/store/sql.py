@@ -843,8 +843,10 @@ class SqlStore:
     async def summary(self, manifest: str) -> Summary:
         return await self._db.run(lambda conn: queries.summary(conn, manifest, self._now()))
 
-    async def export_rows(self, manifest: str) -> Sequence[ExportRow]:
-        return await self._db.run(lambda conn: queries.export_rows(conn, manifest))
+    async def export_rows(
+        self, manifest: str, keys: Collection[str] | None = None
+    ) -> Sequence[ExportRow]:
+        return await self._db.run(lambda conn: queries.export_rows(conn, manifest, keys))
 
     async def job_states(self, manifest: str) -> Mapping[str, str]:
         return await self._db.run(lambda conn: queries.job_states(conn, manifest))

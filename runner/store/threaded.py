@@ -306,8 +306,10 @@ class ThreadedStore:
     async def summary(self, manifest: str) -> Summary:
         return await self._loop.call(self._inner.summary, manifest)
 
-    async def export_rows(self, manifest: str) -> Sequence[ExportRow]:
-        return await self._loop.call(self._inner.export_rows, manifest)
+    async def export_rows(
+        self, manifest: str, keys: Collection[str] | None = None
+    ) -> Sequence[ExportRow]:
+        return await self._loop.call(self._inner.export_rows, manifest, keys)
 
     async def job_states(self, manifest: str) -> Mapping[str, str]:
         return await self._loop.call(self._inner.job_states, manifest)

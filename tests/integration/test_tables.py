@@ -157,6 +157,42 @@ async def test_adding_10_rows_to_a_finished_1000_row_table_sends_exactly_10_requ
     assert summary.counts["succeeded"] == 1010
 
 
+async def test_exports_read_the_database_a_page_at_a_time_and_keep_table_order(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.app import context, table_export
+    from runner.store.sql import SqlStore
+
+    rows = [{"file": workspace.image(f"p/{i}.png"), "prompt": f"p{i}"} for i in range(25)]
+    rows.append(dict(rows[3]))  # a repeated row: one job, two table rows
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    monkeypatch.setattr(context, "PAGE_JOBS", 4)
+    monkeypatch.setattr(table_export, "CHUNK_ROWS", 4)
+    asked: list[int | None] = []
+    real = SqlStore.export_rows
+
+    async def counted(self: SqlStore, manifest: str, keys: Any = None) -> Any:
+        asked.append(None if keys is None else len(keys))
+        return await real(self, manifest, keys)
+
+    monkeypatch.setattr(SqlStore, "export_rows", counted)
+
+    out = workspace.root / "r.parquet"
+    assert await app.export_dataset(manifest, options(), "parquet", out) == 26
+    folder = workspace.root / "folder"
+    assert await app.export_dataset(manifest, options(), "imagefolder", folder) == 25
+
+    assert asked and all(n is not None and n <= 4 for n in asked)  # never every job at once
+    table = pq.read_table(out).to_pylist()
+    assert [r["prompt"] for r in table] == [r["prompt"] for r in rows]
+    assert all(r["status"] == "succeeded" and r["output_path"] for r in table)
+    assert table[25]["key"] == table[3]["key"]
+    lines = (folder / "metadata.jsonl").read_text().splitlines()
+    assert len({json.loads(line)["file_name"] for line in lines}) == 25
+
+
 async def test_the_imagefolder_export_has_one_file_name_per_output(
     workspace: Workspace, fake: FakeProvider
 ) -> None:
