@@ -9,7 +9,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.records import JobState
@@ -48,12 +48,23 @@ async def set_prices(conn: AsyncConnection, prices: Mapping[str, str]) -> None:
     rows here, while that runner's own transactions lock them, could deadlock."""
     if not prices:
         return
-    statement = (
-        update(t.jobs)
-        .where(t.jobs.c.key == bindparam("job"), t.jobs.c.status == JobState.PENDING.value)
-        .values(price_json=bindparam("price"))
-    )
-    await conn.execute(statement, [{"job": k, "price": v} for k, v in prices.items()])
+    # Most jobs of a manifest share a price: one UPDATE per price (and per few hundred
+    # keys), not one per job.
+    by_price: dict[str, list[str]] = {}
+    for key, price in prices.items():
+        by_price.setdefault(price, []).append(key)
+    j = t.jobs.c
+    for price, keys in by_price.items():
+        for start in range(0, len(keys), _KEYS_PER_STATEMENT):
+            chunk = keys[start : start + _KEYS_PER_STATEMENT]
+            await conn.execute(
+                update(t.jobs)
+                .where(j.key.in_(chunk), j.status == JobState.PENDING.value)
+                .values(price_json=price)
+            )
+
+
+_KEYS_PER_STATEMENT = 500  # well under SQLite's limit on bound parameters
 
 
 async def load_catalogue(conn: AsyncConnection, source_url: str) -> tuple[datetime, str] | None:

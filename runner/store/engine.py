@@ -9,6 +9,7 @@ SQLite settings, and why:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from runner.errors import MissingDriver, NewerSchema, StoreError
@@ -103,6 +104,19 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+_OPEN_TRIES = 10
+
+
+async def _migrate(engine: AsyncEngine, is_sqlite: bool) -> None:
+    async with engine.begin() as conn:
+        if not is_sqlite:
+            # Runners started together on a fresh database: one migrates, the others
+            # wait here and then find it done. (SQLite: BEGIN IMMEDIATE is the lock.)
+            await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+        if await conn.run_sync(_needs_upgrade):
+            await conn.run_sync(upgrade_to_head)
+
+
 async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlStore:
     """Open (creating if needed) and migrate the database at `url`."""
     is_sqlite = url.startswith("sqlite")
@@ -132,13 +146,18 @@ async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlS
     if is_sqlite:
         _configure_sqlite(engine)
     try:
-        async with engine.begin() as conn:
-            if not is_sqlite:
-                # Runners started together on a fresh database: one migrates, the others
-                # wait here and then find it done. (SQLite: BEGIN IMMEDIATE is the lock.)
-                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
-            if await conn.run_sync(_needs_upgrade):
-                await conn.run_sync(upgrade_to_head)
+        for tries_left in reversed(range(_OPEN_TRIES)):
+            try:
+                await _migrate(engine, is_sqlite)
+                break
+            except OperationalError as exc:
+                # Two runners opening a fresh SQLite file at once: switching it to WAL
+                # takes a lock that SQLite refuses at once ("database is locked") rather
+                # than waiting out busy_timeout. The other one is done in milliseconds.
+                if not is_sqlite or "locked" not in str(exc) or not tries_left:
+                    raise
+                await engine.dispose()
+                await asyncio.sleep(0.2)
     except NewerSchema as exc:
         await engine.dispose()
         raise NewerSchema(f"{redact_url(url)}: {exc}") from None
