@@ -402,7 +402,7 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
     checked or counted again."""
     options = options or Options()
     parsed = await parse(path)
-    creds, notes = _checking_credentials(parsed, {d.provider.name for d in parsed.drafts})
+    creds, notes = _checking_credentials(parsed, parsed.provider_names)
     url = resolve_db(parsed, options.db)
     known_outputs = await anyio.to_thread.run_sync(peek_output_paths, url)
     states = await anyio.to_thread.run_sync(peek_job_states, url)

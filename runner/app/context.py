@@ -99,17 +99,12 @@ class Synced:
     duplicates: int  # see Manifest.duplicates
 
 
-async def sync_jobs(
-    parsed: ParsedManifest,
-    store: Store,
-    each_chunk: Callable[[Sequence[JobSpec]], object] = lambda specs: None,
-) -> Synced:
+async def sync_jobs(parsed: ParsedManifest, store: Store) -> Synced:
     """Make the manifest's jobs and sync them to the database a chunk at a time: its
     tables are read, its inputs hashed (the database's digest cache asked per chunk) and
-    its jobs written as it goes, so memory does not grow with its length. `each_chunk` sees
-    each chunk's new jobs (in manifest order, each job once). Its fingerprint is recorded
-    only when every chunk is in: a sync cut short leaves none, and the next command reads
-    the manifest again."""
+    its jobs written as it goes, so memory does not grow with its length. Its fingerprint
+    is recorded only when every chunk is in: a sync cut short leaves none, and the next
+    command reads the manifest again."""
     manifest = str(parsed.path)
     await store.record_sync(manifest, None, 0)
     has_globs = any(d.glob is not None for d in parsed.entry_drafts)
@@ -146,7 +141,6 @@ async def sync_jobs(
                             manifest, fresh, start=start, final=False
                         )
                     start += len(fresh)
-                    each_chunk(fresh)
     except BaseExceptionGroup as group:
         raise first_error(group) from None
     await store.sync_manifest(manifest, [], start=resolver.jobs, final=True)

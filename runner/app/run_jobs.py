@@ -172,10 +172,10 @@ def _stop_text(stop: StopNotice) -> str:
 
 async def _final_exit_code(store: Store, manifest: str, report: PoolReport) -> ExitCode:
     try:
-        states = await store.job_states(manifest)
+        counts = await store.state_counts(manifest)
     except StoreError:
         return ExitCode.EARLY  # a database that fails to read after a stop: run again later
-    return exit_code_for(report, states)
+    return exit_code_for(report, {state for (_provider, state), n in counts.items() if n})
 
 
 async def _end_run(store: Store, run_id: str, exit_code: int, stop_reason: str | None) -> None:
@@ -608,7 +608,7 @@ def _with_batches(report: PoolReport, batches: Sequence[BatchReport]) -> PoolRep
     return report
 
 
-def exit_code_for(report: PoolReport, states: Mapping[str, str]) -> ExitCode:
+def exit_code_for(report: PoolReport, states: Collection[str]) -> ExitCode:
     """Credentials before money (fixing a key comes first), then a stop with work left
     (outage, disk, limit, signal), then failures, then success."""
     kinds = {stop.kind for stop in report.stops}
@@ -618,7 +618,7 @@ def exit_code_for(report: PoolReport, states: Mapping[str, str]) -> ExitCode:
         return ExitCode.PAYMENT
     if any(stop.exit_code == ExitCode.EARLY for stop in report.stops):
         return ExitCode.EARLY
-    values = set(states.values())
+    values = set(states)  # the states the manifest's jobs are in
     if JobState.FAILED in values or "output" in kinds:
         return ExitCode.FAILED
     if values <= {JobState.SUCCEEDED, JobState.CANCELLED}:

@@ -11,7 +11,7 @@ The check takes a manifest's jobs a chunk at a time (`OutputCheck.add`), so a ta
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from runner.dialects import params as dialects
@@ -24,15 +24,6 @@ from runner.files.outputs import (
     possible_paths,
 )
 from runner.records import JobSpec, OutputPlace, ReplyImage, entry_label
-
-
-def check_outputs(specs: Sequence[JobSpec], inputs: Collection[Path], file: str) -> None:
-    """ManifestError for the first job whose outputs would clash, overwrite or become an
-    input, or could not be written at all."""
-    if not specs:
-        return
-    check = OutputCheck(specs[0].output_dir, file)
-    check.add(specs, inputs)
 
 
 class OutputCheck:

@@ -687,9 +687,6 @@ class MemoryStore:
         return frozenset(str(output.path) for _, _, output in self._t.outputs)
 
     # -- input digest cache -------------------------------------------------------------
-    async def load_digests(self) -> Mapping[str, DigestEntry]:
-        return dict(self._t.digests)
-
     async def digests_for(self, paths: Collection[str]) -> Mapping[str, DigestEntry]:
         return {p: self._t.digests[p] for p in paths if p in self._t.digests}
 

@@ -858,13 +858,6 @@ class SqlStore:
         return await self._db.run(queries.output_paths)
 
     # -- input digest cache -------------------------------------------------------------
-    async def load_digests(self) -> Mapping[str, DigestEntry]:
-        async def read(conn: AsyncConnection) -> dict[str, DigestEntry]:
-            rows = await conn.execute(select(t.file_digests))
-            return {r.path: DigestEntry(r.path, r.size_bytes, r.mtime_ns, r.sha256) for r in rows}
-
-        return await self._db.run(read)
-
     async def digests_for(self, paths: Collection[str]) -> Mapping[str, DigestEntry]:
         d = t.file_digests.c
 

@@ -320,9 +320,6 @@ class ThreadedStore:
     async def output_paths(self) -> frozenset[str]:
         return await self._loop.call(self._inner.output_paths)
 
-    async def load_digests(self) -> Mapping[str, DigestEntry]:
-        return await self._loop.call(self._inner.load_digests)
-
     async def digests_for(self, paths: Collection[str]) -> Mapping[str, DigestEntry]:
         return await self._loop.call(self._inner.digests_for, paths)
 

@@ -123,7 +123,7 @@ async def scenario(store: Store) -> dict[str, Any]:
     await store.save_digests(
         [DigestEntry("/in/1.png", 10, 5, "aa"), DigestEntry("/in/1.png", 11, 6, "bb")]
     )
-    seen["digests"] = dict(await store.load_digests())
+    seen["digests"] = dict(await store.digests_for(["/in/1.png", "/in/2.png"]))
     seen["summary"] = asdict(await store.summary("m"))
     seen["export"] = [asdict(row) for row in await store.export_rows("m")]
     seen["states"] = dict(await store.job_states("m"))
