@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -55,11 +55,12 @@ from runner.files.html_report import (
 )
 from runner.files.object_store import ObjectOutputs
 from runner.files.preflight import prepare_request
+from runner.manifest.digests import Digester
 from runner.manifest.expand import ParsedManifest
 from runner.records import (
     ExportRow,
+    JobSpec,
     JobState,
-    Manifest,
     Summary,
     Totals,
     output_place,
@@ -67,6 +68,7 @@ from runner.records import (
 )
 from runner.store.engine import (
     database_exists,
+    peek_digests,
     peek_job_states,
     peek_output_paths,
 )
@@ -370,25 +372,28 @@ class JobCheck:
     estimated_cost_usd: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Validation:
-    manifest: Manifest
-    checks: Sequence[JobCheck]  # the jobs left to send (done ones are not checked again)
+    """What `validate` found, tallied as the manifest is read a chunk at a time: the jobs
+    that would fail are kept, the others only counted."""
+
+    path: Path
+    jobs: int = 0  # distinct jobs in the manifest
+    left: int = 0  # of them, left to send (done ones are not checked again)
     done: int = 0  # jobs the database already has as succeeded or cancelled
+    bad: list[JobCheck] = field(default_factory=list)  # left to send, but would fail
+    estimated_cost_usd: float = 0.0  # of the good ones left; a model without a price adds 0
+    unpriced: int = 0  # good ones left whose model has no known price
     notes: Sequence[str] = ()
 
-    @property
-    def bad(self) -> list[JobCheck]:
-        return [c for c in self.checks if c.problem]
-
-    @property
-    def estimated_cost_usd(self) -> float:
-        """For the jobs that would be sent; a model without a price adds nothing."""
-        return sum(c.estimated_cost_usd or 0.0 for c in self.checks if not c.problem)
-
-    @property
-    def unpriced(self) -> int:
-        return sum(1 for c in self.checks if not c.problem and c.estimated_cost_usd is None)
+    def add(self, check: JobCheck) -> None:
+        self.left += 1
+        if check.problem:
+            self.bad.append(check)
+        elif check.estimated_cost_usd is None:
+            self.unpriced += 1
+        else:
+            self.estimated_cost_usd += check.estimated_cost_usd
 
 
 # Jobs `run` would not send again: they are finished, or set aside by hand.
@@ -404,10 +409,8 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
     parsed = await parse(path)
     creds, notes = _checking_credentials(parsed, parsed.provider_names)
     url = resolve_db(parsed, options.db)
-    known_outputs = await anyio.to_thread.run_sync(peek_output_paths, url)
-    states = await anyio.to_thread.run_sync(peek_job_states, url)
-    manifest = await anyio.to_thread.run_sync(parsed.resolve, None, known_outputs)
-    to_send = [spec for spec in manifest.jobs if states.get(spec.key) not in _NOT_SENT_AGAIN]
+    has_globs = any(d.glob is not None for d in parsed.entry_drafts)
+    known_outputs = await anyio.to_thread.run_sync(peek_output_paths, url) if has_globs else None
     catalogues = await _catalogues(parsed, None, utcnow())
     async with AsyncExitStack() as stack:  # the checkers need a client, never use it
         checkers = {
@@ -422,28 +425,41 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
         }
     books = {
         name: dialect_named(profile.dialect).price_book(
-            manifest.pricing.get(name, {}), catalogues.get(name)
+            parsed.pricing.get(name, {}), catalogues.get(name)
         )
         for name, profile in parsed.providers.items()
     }
+    found = Validation(parsed.path, notes=notes)
 
-    def check_all() -> list[JobCheck]:
-        checks = []
-        for spec in to_send:
-            checker = checkers[spec.provider]
-            try:
-                checker.check_request(prepare_request(spec, checker.limits_for(spec.model)))
-                problem = None
-            except InputError as exc:
-                problem = str(exc)
-            estimate = books[spec.provider].estimate(spec)
-            if estimate is not None and parsed.providers[spec.provider].batched:
-                estimate *= BATCH_DISCOUNT  # mode: batch is billed at the batch price
-            checks.append(JobCheck(spec.entry, str(spec.image), problem, estimate))
-        return checks
+    def check(spec: JobSpec) -> JobCheck:
+        checker = checkers[spec.provider]
+        try:
+            checker.check_request(prepare_request(spec, checker.limits_for(spec.model)))
+            problem = None
+        except InputError as exc:
+            problem = str(exc)
+        estimate = books[spec.provider].estimate(spec)
+        if estimate is not None and parsed.providers[spec.provider].batched:
+            estimate *= BATCH_DISCOUNT  # mode: batch is billed at the batch price
+        return JobCheck(spec.entry, str(spec.image), problem, estimate)
 
-    checks = await anyio.to_thread.run_sync(check_all)
-    return Validation(manifest, checks, len(manifest.jobs) - len(to_send), notes)
+    def check_all() -> None:
+        # A chunk at a time, the database only read (digests cached by `run`, jobs done).
+        resolver = parsed.resolver(known_outputs or frozenset())
+        for drafts in resolver.draft_chunks():
+            paths = {str(p) for d in drafts for p in (d.image, d.mask) if p is not None}
+            keyed = resolver.key_chunk(drafts, Digester(peek_digests(url, paths)))
+            specs = [spec for _draft, spec, first in keyed if first]
+            states = peek_job_states(url, [spec.key for spec in specs])
+            for spec in specs:
+                found.jobs += 1
+                if states.get(spec.key) in _NOT_SENT_AGAIN:
+                    found.done += 1
+                else:
+                    found.add(check(spec))
+
+    await anyio.to_thread.run_sync(check_all)
+    return found
 
 
 def _checking_credentials(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from runner.errors import ManifestError, first_error
+from runner.errors import ManifestError, RunnerError, first_error
 from runner.files import journal
 from runner.manifest.digests import DigestEntry, Digester
 from runner.manifest.expand import Draft, ParsedManifest, parse_manifest, text_digest
@@ -64,24 +64,89 @@ class Opened:
 
     manifest: Manifest
     store: Store
-    new_jobs: int
+    synced_new_jobs: int = 0
+    # A sync still running behind the command (`opened(..., behind=True)`), else None.
+    sync: SyncProgress | None = None
 
     @property
     def id(self) -> str:
         return str(self.manifest.path)
 
+    @property
+    def new_jobs(self) -> int:
+        return self.sync.new_jobs if self.sync is not None else self.synced_new_jobs
+
+
+class SyncProgress:
+    """How far a sync running behind a run has got: the run may claim the jobs at positions
+    before `bound` (None: all, the sync is over). A sync that fails keeps its error here for
+    the run to stop on, instead of cancelling a run with requests out."""
+
+    def __init__(self) -> None:
+        self.synced = 0  # positions written so far
+        self.done = False
+        self.error: BaseException | None = None
+        self.new_jobs = 0
+        self._changed = anyio.Event()
+
+    @property
+    def bound(self) -> int | None:
+        # A failed sync leaves the rest of the list as the previous sync had it: not jobs.
+        return None if self.done and self.error is None else self.synced
+
+    def advance(self, synced: int, new_jobs: int) -> None:
+        self.synced, self.new_jobs = synced, new_jobs
+        self._wake()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.done, self.error = True, error
+        self._wake()
+
+    async def changed(self, since: int) -> None:
+        """Until more than `since` positions are in, or the sync ends."""
+        while not self.done and self.synced <= since:
+            await self._changed.wait()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
 
 @asynccontextmanager
-async def opened(parsed: ParsedManifest, options: Options) -> AsyncIterator[Opened]:
-    """Open the manifest's database, hash its inputs (cached there) and sync its jobs."""
+async def opened(
+    parsed: ParsedManifest, options: Options, *, behind: bool = False
+) -> AsyncIterator[Opened]:
+    """Open the manifest's database, hash its inputs (cached there) and sync its jobs.
+    `behind`: yield once the sync has started and keep syncing behind the caller (`run`,
+    which sends while the rest of a long manifest is read); a sync the caller leaves
+    unfinished (it stopped early) is cancelled between chunks."""
     url = resolve_db(parsed, options.db)
     store = await open_threaded(lambda: open_store(url, options.wall_clock))
     try:
         await record_late_completions(store, journal.home(parsed.output_dir, parsed.path))
-        synced = await sync_jobs(parsed, store)
-        yield Opened(_settings_of(parsed, synced.duplicates), store, synced.new_jobs)
+        if not behind:
+            synced = await sync_jobs(parsed, store)
+            yield Opened(_settings_of(parsed, synced.duplicates), store, synced.new_jobs)
+            return
+        progress = SyncProgress()
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_sync_behind, parsed, store, progress)
+                yield Opened(_settings_of(parsed, 0), store, sync=progress)
+                tasks.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
     finally:
         await store.close()
+
+
+async def _sync_behind(parsed: ParsedManifest, store: Store, progress: SyncProgress) -> None:
+    try:
+        await sync_jobs(parsed, store, progress)
+    except (RunnerError, OSError) as exc:
+        progress.finish(exc)
+    else:
+        progress.finish()
 
 
 def _settings_of(parsed: ParsedManifest, duplicates: int) -> Manifest:
@@ -99,16 +164,22 @@ class Synced:
     duplicates: int  # see Manifest.duplicates
 
 
-async def sync_jobs(parsed: ParsedManifest, store: Store) -> Synced:
+async def sync_jobs(
+    parsed: ParsedManifest, store: Store, progress: SyncProgress | None = None
+) -> Synced:
     """Make the manifest's jobs and sync them to the database a chunk at a time: its
     tables are read, its inputs hashed (the database's digest cache asked per chunk) and
     its jobs written as it goes, so memory does not grow with its length. Its fingerprint
     is recorded only when every chunk is in: a sync cut short leaves none, and the next
     command reads the manifest again."""
     manifest = str(parsed.path)
-    await store.record_sync(manifest, None, 0)
-    has_globs = any(d.glob is not None for d in parsed.entry_drafts)
-    resolver = parsed.resolver(await store.output_paths() if has_globs else frozenset())
+    # Every store call here is shielded: a sync cancelled behind a run that stopped ends
+    # the call it is in (a chunk's writes, at most) before the store is closed.
+    with anyio.CancelScope(shield=True):
+        await store.record_sync(manifest, None, 0)
+        has_globs = any(d.glob is not None for d in parsed.entry_drafts)
+        known_outputs = await store.output_paths() if has_globs else frozenset()
+    resolver = parsed.resolver(known_outputs)
     chunks = resolver.draft_chunks()
     # Chunks are made (tables read, files hashed) in a worker thread while the previous
     # one is written on the database's: the two overlap.
@@ -121,7 +192,7 @@ async def sync_jobs(parsed: ParsedManifest, store: Store) -> Synced:
         async with send:
             while (drafts := await anyio.to_thread.run_sync(next_chunk)) is not None:
                 paths = {str(p) for d in drafts for p in (d.image, d.mask) if p is not None}
-                with anyio.CancelScope(shield=True):  # see below
+                with anyio.CancelScope(shield=True):
                     known = await store.digests_for(paths)
                 digester = Digester(known)
                 keyed = await anyio.to_thread.run_sync(resolver.key_chunk, drafts, digester)
@@ -133,18 +204,19 @@ async def sync_jobs(parsed: ParsedManifest, store: Store) -> Synced:
             tasks.start_soon(make)
             async with receive:
                 async for fresh, digests in receive:
-                    # A chunk's writes end before an error in the other task is told: the
-                    # store must not be closed under a call it is still making.
                     with anyio.CancelScope(shield=True):
                         await store.save_digests(digests)
                         new_jobs += await store.sync_manifest(
                             manifest, fresh, start=start, final=False
                         )
                     start += len(fresh)
+                    if progress is not None:
+                        progress.advance(start, new_jobs)
     except BaseExceptionGroup as group:
         raise first_error(group) from None
-    await store.sync_manifest(manifest, [], start=resolver.jobs, final=True)
-    await store.record_sync(manifest, parsed.fingerprint, resolver.duplicates)
+    with anyio.CancelScope(shield=True):
+        await store.sync_manifest(manifest, [], start=resolver.jobs, final=True)
+        await store.record_sync(manifest, parsed.fingerprint, resolver.duplicates)
     return Synced(resolver.jobs, new_jobs, resolver.duplicates)
 
 
@@ -159,28 +231,34 @@ ALL_STATES = frozenset(state.value for state in JobState)
 
 
 async def pages(
-    store: Store, manifest: str, states: Collection[str]
+    store: Store,
+    manifest: str,
+    states: Collection[str],
+    positions: tuple[int, int | None] = (0, None),
 ) -> AsyncIterator[list[JobSpec]]:
-    """The manifest's jobs in `states`, in manifest order, a page at a time."""
-    after = -1
-    while page := await store.specs_page(manifest, states, after, _page_size()):
+    """The manifest's jobs in `states` (at `positions`: from, before), in manifest order,
+    a page at a time."""
+    after, before = positions[0] - 1, positions[1]
+    while page := await store.specs_page(manifest, states, after, _page_size(), before):
         yield [spec for _position, spec in page]
         after = page[-1][0]
 
 
 @asynccontextmanager
 async def open_manifest(
-    path: Path, options: Options
+    path: Path, options: Options, *, behind: bool = False
 ) -> AsyncIterator[tuple[ParsedManifest, Opened]]:
     """The manifest and its database, synced: from the database alone when nothing that
     decides the job list has changed since the last sync (`from_database`), else read,
-    hashed and synced in full (`opened`)."""
+    hashed and synced (`opened`; `behind`: while the caller goes on, except for batch
+    mode, whose lanes take jobs by their own claims)."""
     async with _from_database(path, options) as quick:
         if quick is not None:
             yield quick
             return
     parsed = await parse(path)
-    async with opened(parsed, options) as session:
+    behind = behind and not any(p.batched for p in parsed.providers.values())
+    async with opened(parsed, options, behind=behind) as session:
         yield parsed, session
 
 
@@ -246,7 +324,7 @@ async def _from_database(
         if view is None:
             yield None
             return
-        yield view.parsed, Opened(_settings_of(view.parsed, view.duplicates), view.store, 0)
+        yield view.parsed, Opened(_settings_of(view.parsed, view.duplicates), view.store)
 
 
 def _inputs_unchanged(stats: Sequence[tuple[str, int | None, int | None]]) -> bool:

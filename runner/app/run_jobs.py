@@ -29,7 +29,7 @@ from runner.app.batch_mode import (
     BatchReport,
     waiting_message,
 )
-from runner.app.context import Options, open_manifest, pages, resolve_db
+from runner.app.context import Options, SyncProgress, open_manifest, pages, resolve_db
 from runner.dialects import dialect_named
 from runner.dialects.factory import (
     Credential,
@@ -102,7 +102,7 @@ def resolve_limits(parsed: ParsedManifest, flags: RunLimits, now: datetime) -> R
 
 
 async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
-    async with open_manifest(Path(path), options) as (parsed, session):
+    async with open_manifest(Path(path), options, behind=True) as (parsed, session):
         outputs = Outputs()
         try:
             await anyio.to_thread.run_sync(outputs.ensure_writable, parsed.output_dir)
@@ -110,21 +110,30 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
             raise ManifestError(str(exc), file=str(parsed.path), field="output_dir") from exc
         limits = resolve_limits(parsed, options.limits, options.wall_clock())
         manifest, store = session.manifest, session.store
-        counts = JobCounts(await store.state_counts(session.id))
+        feed = session.sync
+        if feed is not None:
+            await _until_work_or_synced(store, session.id, feed)
+        # What the run starts with: the jobs the sync has written (all, once it is over).
+        streaming = feed is not None and not feed.done
+        counted = feed.synced if feed is not None and streaming else None
+        counts = JobCounts(await store.state_counts(session.id, (0, counted)))
         # Only providers with work left need a key: a finished manifest re-runs keyless.
         # Jobs in open batches are work left: their batches are collected with the key.
-        creds = credentials(parsed, counts.providers(TO_DO | {JobState.SUBMITTED.value}))
+        # While the rest of the manifest is still being read, its jobs may need any of them.
+        wanted = counts.providers(TO_DO | {JobState.SUBMITTED.value})
+        creds = credentials(parsed, parsed.provider_names if streaming else wanted)
         if isinstance(manifest.output_dir, Path):  # an object store has no temp files
             await anyio.to_thread.run_sync(sweep_temp_files, manifest.output_dir)
         await _reclaim_dead_runs(store)
         in_batches = counts.count({JobState.SUBMITTED.value})
         log.info(
-            "%s: %d jobs (%d new), %d to send%s; database %s",
+            "%s: %d jobs (%d new), %d to send%s%s; database %s",
             manifest.path.name,
             counts.count(),
             session.new_jobs,
             counts.count(TO_DO),
             f", {in_batches} in open batches" if in_batches else "",
+            " so far (the rest of the manifest is read while these are sent)" if streaming else "",
             redact_url(resolve_db(parsed, options.db)),
         )
         run_info = RunInfo(
@@ -143,6 +152,8 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
             done_before,
             outputs,
             db_folder,
+            feed if streaming else None,
+            counted,
         )
         await store.start_run(run_info)
         # A 402 or a refused key from an earlier run stopped these providers for every
@@ -153,6 +164,8 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
         started = time.monotonic()
         try:
             report = await work.run()
+            if late := (feed.error if feed is not None else None) or work.late_error:
+                raise late  # a bad row, found while earlier rows were sent: exit 2 now
             exit_code = await _final_exit_code(store, str(manifest.path), report)
             stop_reason = "; ".join(_stop_text(s) for s in report.stops) or None
         finally:
@@ -163,6 +176,19 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
         return RunOutcome(
             exit_code, summary, report, session.new_jobs, tuple(report.stops), elapsed
         )
+
+
+async def _until_work_or_synced(store: Store, manifest: str, feed: SyncProgress) -> None:
+    """Wait for the sync running behind the run until the jobs it has written include
+    work to do (then sending starts, the rest is read meanwhile) or it is over. A manifest
+    error found by then is told before anything is sent."""
+    while not feed.done:
+        synced = feed.synced
+        if synced and JobCounts(await store.state_counts(manifest, (0, synced))).count(TO_DO):
+            return
+        await feed.changed(synced)
+    if feed.error is not None:
+        raise feed.error
 
 
 def _stop_text(stop: StopNotice) -> str:
@@ -222,9 +248,12 @@ class _Work:
     done_before: int
     outputs: Outputs
     db_folder: Path | None = None
+    feed: SyncProgress | None = None  # the manifest's sync, still running behind the run
+    counted_below: int | None = None  # `counts` are of the jobs before this position
     # What is left, priced (`_price_jobs`): live jobs, and jobs for (or in) batches.
     live_estimate: _EstimateOfWhatIsLeft | None = None
     batch_estimate: _EstimateOfWhatIsLeft | None = None
+    late_error: ManifestError | None = None  # a job found unpriceable after sending began
 
     @property
     def to_do(self) -> int:
@@ -252,7 +281,7 @@ class _Work:
                 books[name] = dialect.price_book(self.manifest.pricing.get(name, {}), catalogue)
             await self._learn_from_earlier_runs(books)
             batched = {name: p for name, p in profiles.items() if p.batched}
-            await self._price_jobs(books, batched)
+            await self._price_jobs(books, batched, (0, self.counted_below))
             batch_reports = await self._run_batches(batched, providers, books, stack)
             profiles = {name: p for name, p in profiles.items() if not p.batched}
             lanes = {
@@ -283,9 +312,11 @@ class _Work:
                 limits=LimitGuard(self.limits, options.wall_clock) if self.limits.any else None,
                 reclaim_dead=lambda: _reclaim_dead_runs(self.store),
                 keep_unrecorded=self._keep_unrecorded,
+                feed=self.feed,
             )
-            if self.counts.count(TO_DO, profiles) and self.live_estimate is not None:
-                report = await self._drive(pool, self.live_estimate)
+            more_coming = self.feed is not None
+            if (self.counts.count(TO_DO, profiles) or more_coming) and self.live_estimate:
+                report = await self._drive(pool, self.live_estimate, books)
             else:
                 report = PoolReport()
             return _with_batches(report, batch_reports)
@@ -352,6 +383,34 @@ class _Work:
             await clock.sleep(pause)
             pause = min(pause * 2, BATCH_POLL_MAX_S)
 
+    async def _follow_sync(
+        self, feed: SyncProgress, pool: Pool, books: Mapping[str, PriceBook]
+    ) -> None:
+        """While the manifest's sync runs behind the pool: price each part it writes and
+        count it in (progress, exit code); a manifest error stops the intake (requests out
+        finish), and the run then exits 2 with it."""
+        manifest = str(self.manifest.path)
+        priced = self.counted_below or 0
+        while True:
+            await feed.changed(priced)
+            if feed.error is not None:
+                pool.close_intake("manifest", str(feed.error))
+                return
+            upto = feed.bound
+            with anyio.CancelScope(shield=True):  # no store call left running at the end
+                try:
+                    await self._price_jobs(books, (), (priced, upto))
+                except ManifestError as exc:
+                    self.late_error = exc
+                    pool.close_intake("manifest", str(exc))
+                    return
+                more = JobCounts(await self.store.state_counts(manifest, (priced, upto)))
+            self.counts = self.counts.plus(more)
+            self.done_before += more.count({JobState.SUCCEEDED.value, JobState.FAILED.value})
+            if upto is None:
+                return
+            priced = upto
+
     def _past_deadline(self) -> bool:
         deadline = self.limits.deadline
         return deadline is not None and self.options.wall_clock() >= deadline
@@ -376,14 +435,23 @@ class _Work:
                 if book is not None and (cost := costs.get(spec.key)) is not None:
                     book.observe(spec, cost)
 
-    async def _price_jobs(self, books: Mapping[str, PriceBook], batched: Collection[str]) -> None:
+    async def _price_jobs(
+        self,
+        books: Mapping[str, PriceBook],
+        batched: Collection[str],
+        positions: tuple[int, int | None] = (0, None),
+    ) -> None:
         """Store each job's price, a page at a time; under a budget, refuse jobs nobody can
         price. Sums what is left, for the progress display's estimate: live jobs, and jobs
-        for batches (with those already in open batches)."""
-        live = self.live_estimate = _EstimateOfWhatIsLeft(books)
-        batch = self.batch_estimate = _EstimateOfWhatIsLeft(books)
+        for batches (with those already in open batches). `positions`: those jobs only
+        (the part of the manifest synced so far, or a part synced since)."""
+        if self.live_estimate is None:
+            self.live_estimate = _EstimateOfWhatIsLeft(books)
+        if self.batch_estimate is None:
+            self.batch_estimate = _EstimateOfWhatIsLeft(books)
+        live, batch = self.live_estimate, self.batch_estimate
         manifest = str(self.manifest.path)
-        async for specs in pages(self.store, manifest, TO_DO):
+        async for specs in pages(self.store, manifest, TO_DO, positions):
             prices: dict[str, str] = {}
             for spec in specs:
                 book = books.get(spec.provider)
@@ -409,7 +477,9 @@ class _Work:
                     if spec.provider in batched:
                         batch.add(spec)
 
-    async def _drive(self, pool: Pool, estimate_left: _EstimateOfWhatIsLeft) -> PoolReport:
+    async def _drive(
+        self, pool: Pool, estimate_left: _EstimateOfWhatIsLeft, books: Mapping[str, PriceBook]
+    ) -> PoolReport:
         reporter = self.options.reporter
         started = time.monotonic()
 
@@ -440,6 +510,8 @@ class _Work:
             if reporter is not None:
                 reporter.start(self.to_do + self.done_before)
                 helpers.start_soon(_report_progress, reporter, snapshot)
+            if self.feed is not None:
+                helpers.start_soon(self._follow_sync, self.feed, pool, books)
             async with signals as received:
                 if received is not None:
                     helpers.start_soon(_stop_on_signals, pool, self.options.grace_s, received)
@@ -493,6 +565,12 @@ class JobCounts:
             for (provider, state), n in self.by.items()
             if (states is None or state in states) and (providers is None or provider in providers)
         )
+
+    def plus(self, other: JobCounts) -> JobCounts:
+        summed = dict(self.by)
+        for group, n in other.by.items():
+            summed[group] = summed.get(group, 0) + n
+        return JobCounts(summed)
 
     def providers(self, states: Collection[str]) -> set[str]:
         return {provider for (provider, state), n in self.by.items() if state in states and n}

@@ -675,10 +675,10 @@ def validate(manifest: Path, db: str | None) -> None:
         err().print(note, markup=False)
     for check in result.bad:
         where = entry_label(check.entry)
-        err().print(f"{result.manifest.path}: {where} {check.image}: {check.problem}",
+        err().print(f"{result.path}: {where} {check.image}: {check.problem}",
                     markup=False)  # fmt: skip
-    left, bad = len(result.checks), len(result.bad)
-    out().print(f"{len(result.manifest.jobs)} jobs: {result.done} done already, {left} left to "
+    left, bad = result.left, len(result.bad)
+    out().print(f"{result.jobs} jobs: {result.done} done already, {left} left to "
                 f"send, {bad} of them would fail without being sent")  # fmt: skip
     unpriced = f" ({result.unpriced} jobs with no known price left out)" if result.unpriced else ""
     out().print(

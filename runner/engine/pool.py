@@ -22,7 +22,7 @@ from runner.cpu_work import run_cpu_work
 from runner.engine.attempt import Attempts, Sending, outage
 from runner.engine.budget import LimitGuard
 from runner.engine.pacing import ProviderGate
-from runner.engine.ports import Files, Lane, Provider
+from runner.engine.ports import Files, JobFeed, Lane, Provider
 from runner.engine.retry import GaveUp, RetryPolicy, Tries, retry_cause
 from runner.errors import (
     ExitCode,
@@ -100,8 +100,10 @@ class Pool:
         limits: LimitGuard | None = None,
         reclaim_dead: Callable[[], Awaitable[int]] | None = None,
         keep_unrecorded: KeepUnrecorded | None = None,
+        feed: JobFeed | None = None,
     ) -> None:
         self._store = store
+        self._feed = feed  # a manifest still being synced: more jobs may come
         self._providers = {name: lane.provider for name, lane in lanes.items()}
         self._manifest = manifest
         self._owner = owner
@@ -203,8 +205,12 @@ class Pool:
     async def _work(self, provider: str) -> None:
         gate = self._gates[provider]
         while not gate.stopped and self._intake_open:
+            synced = self._feed.synced if self._feed is not None else 0
             job = await self._next_job(provider, gate)
             if job is None:
+                if self._feed is not None and not self._feed.done:
+                    await self._feed.changed(synced)  # the next chunk of the manifest
+                    continue
                 if (
                     gate.stopped
                     or not self._intake_open
@@ -239,6 +245,7 @@ class Pool:
                         self._owner,
                         self._lease_until(),
                         max(1, self._concurrency[provider] // 4),
+                        below=self._feed.bound if self._feed is not None else None,
                     )
                 )
             return claimed.popleft() if claimed else None

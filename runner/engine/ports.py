@@ -55,6 +55,27 @@ class Files:
     watch_folders: Sequence[tuple[str, Path]] = ()
 
 
+class JobFeed(Protocol):
+    """Jobs still arriving: the manifest's sync runs behind the pool (`app/context.py`)."""
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def synced(self) -> int:
+        """How many of the manifest's positions are written."""
+        ...
+
+    @property
+    def bound(self) -> int | None:
+        """Claim only jobs at positions before this (None: any)."""
+        ...
+
+    async def changed(self, since: int) -> None:
+        """Until more than `since` positions are written, or the sync ends."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Lane:
     """One provider profile as the pool drives it: where requests go, the gate that paces

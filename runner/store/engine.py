@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from runner.errors import MissingDriver, NewerSchema, StoreError
+from runner.manifest.digests import DigestEntry
 from runner.store import tables as t
 from runner.store.sql import SqlStore
 
@@ -177,11 +178,33 @@ def redact_url(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-def peek_job_states(url: str) -> dict[str, str]:
-    """Each job's state in a SQLite database, read as `peek_output_paths` reads (no
+def peek_job_states(url: str, keys: Sequence[str]) -> dict[str, str]:
+    """These jobs' states in a SQLite database, read as `peek_output_paths` reads (no
     creating, migrating or locking); empty where there is none yet, or for a server."""
-    rows = _peek(url, "SELECT key, status FROM jobs")
-    return {str(key): str(status) for key, status in rows}
+    found: dict[str, str] = {}
+    for start in range(0, len(keys), _PEEK_KEYS):
+        chunk = keys[start : start + _PEEK_KEYS]
+        query = f"SELECT key, status FROM jobs WHERE key IN ({','.join('?' * len(chunk))})"
+        found.update({str(key): str(status) for key, status in _peek(url, query, chunk)})
+    return found
+
+
+def peek_digests(url: str, paths: Collection[str]) -> dict[str, DigestEntry]:
+    """The digest cache's entries for these paths, read as `peek_job_states` reads."""
+    found: dict[str, DigestEntry] = {}
+    listed = list(paths)
+    for start in range(0, len(listed), _PEEK_KEYS):
+        chunk = listed[start : start + _PEEK_KEYS]
+        query = (
+            "SELECT path, size_bytes, mtime_ns, sha256 FROM file_digests "
+            f"WHERE path IN ({','.join('?' * len(chunk))})"
+        )
+        rows = _peek(url, query, chunk)
+        found.update({str(row[0]): DigestEntry(str(row[0]), *row[1:]) for row in rows})
+    return found
+
+
+_PEEK_KEYS = 500  # bound parameters per query, well under SQLite's limit
 
 
 def peek_output_paths(url: str) -> frozenset[str]:
@@ -191,7 +214,7 @@ def peek_output_paths(url: str) -> frozenset[str]:
     return frozenset(str(row[0]) for row in _peek(url, "SELECT DISTINCT path FROM outputs"))
 
 
-def _peek(url: str, query: str) -> list[tuple[Any, ...]]:
+def _peek(url: str, query: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     if not url.startswith("sqlite") or ":///" not in url:
         return []
     path = Path(url.split(":///", 1)[1])
@@ -199,7 +222,7 @@ def _peek(url: str, query: str) -> list[tuple[Any, ...]]:
         return []
     try:
         with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-            return list(db.execute(query))
+            return list(db.execute(query, parameters))
     except sqlite3.Error:
         return []  # not a runner database (yet): nothing recorded
 

@@ -163,11 +163,17 @@ class MemoryStore:
         return new
 
     async def specs_page(
-        self, manifest: str, states: Collection[str], after: int, limit: int
+        self,
+        manifest: str,
+        states: Collection[str],
+        after: int,
+        limit: int,
+        before: int | None = None,
     ) -> Sequence[tuple[int, JobSpec]]:
         keys = self._t.manifests.get(manifest, [])
         found = []
-        for position in range(max(after + 1, 0), len(keys)):
+        end = len(keys) if before is None else min(before, len(keys))
+        for position in range(max(after + 1, 0), end):
             row = self._t.jobs[keys[position]]
             if row.status in states:
                 found.append((position, row.spec))
@@ -175,9 +181,11 @@ class MemoryStore:
                     break
         return found
 
-    async def state_counts(self, manifest: str) -> Mapping[tuple[str, str], int]:
+    async def state_counts(
+        self, manifest: str, positions: tuple[int, int | None] = (0, None)
+    ) -> Mapping[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {}
-        for row in self._members(manifest):
+        for row in self._members(manifest)[positions[0] : positions[1]]:
             group = (row.spec.provider, row.status)
             counts[group] = counts.get(group, 0) + 1
         return counts
@@ -270,12 +278,19 @@ class MemoryStore:
         return released
 
     async def claim_many(
-        self, manifest: str, provider: str, owner: str, lease_until: datetime, limit: int
+        self,
+        manifest: str,
+        provider: str,
+        owner: str,
+        lease_until: datetime,
+        limit: int,
+        below: int | None = None,
     ) -> Sequence[Job]:
         now = self._now()
-        rows = self._take(manifest, provider, owner, lease_until, limit, now, expired=False)
+        take = (manifest, provider, owner, lease_until, limit, now, below)
+        rows = self._take(*take, expired=False)
         if not rows:  # rare: only a crashed runner's jobs whose leases have lapsed
-            rows = self._take(manifest, provider, owner, lease_until, limit, now, expired=True)
+            rows = self._take(*take, expired=True)
             keys = {row.spec.key for row in rows}
             for attempt in self._t.attempts.values():
                 if attempt.job_key in keys and attempt.outcome == Outcome.IN_FLIGHT.value:
@@ -290,6 +305,7 @@ class MemoryStore:
         lease_until: datetime,
         limit: int,
         now: datetime,
+        below: int | None,
         *,
         expired: bool,
     ) -> list[_JobRow]:
@@ -302,7 +318,7 @@ class MemoryStore:
 
         taken = [
             row
-            for row in self._members(manifest)
+            for row in self._members(manifest)[:below]
             if row.spec.provider == provider and takeable(row)
         ][:limit]
         for row in taken:

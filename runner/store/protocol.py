@@ -56,14 +56,23 @@ class Store(Protocol):
         ...
 
     async def specs_page(
-        self, manifest: str, states: Collection[str], after: int, limit: int
+        self,
+        manifest: str,
+        states: Collection[str],
+        after: int,
+        limit: int,
+        before: int | None = None,
     ) -> Sequence[tuple[int, JobSpec]]:
         """(position, spec) of up to `limit` of the manifest's jobs in `states`, past
-        position `after`, in manifest order: its jobs a page at a time, never all at once."""
+        position `after` (and before `before`), in manifest order: its jobs a page at a
+        time, never all at once."""
         ...
 
-    async def state_counts(self, manifest: str) -> Mapping[tuple[str, str], int]:
-        """How many of the manifest's jobs each (provider, state) has."""
+    async def state_counts(
+        self, manifest: str, positions: tuple[int, int | None] = (0, None)
+    ) -> Mapping[tuple[str, str], int]:
+        """How many of the manifest's jobs (those at `positions`: from, before) each
+        (provider, state) has."""
         ...
 
     async def record_sync(self, manifest: str, fingerprint: str | None, duplicates: int) -> None:
@@ -105,10 +114,18 @@ class Store(Protocol):
     async def unfinished_runs(self, host: str) -> Sequence[RunInfo]: ...
 
     async def claim_many(
-        self, manifest: str, provider: str, owner: str, lease_until: datetime, limit: int
+        self,
+        manifest: str,
+        provider: str,
+        owner: str,
+        lease_until: datetime,
+        limit: int,
+        below: int | None = None,
     ) -> Sequence[Job]:
         """Take up to `limit` claimable jobs (pending; else running with an expired lease) of
-        this manifest and provider, in manifest order; no two callers get the same job."""
+        this manifest and provider, in manifest order; no two callers get the same job.
+        `below`: only jobs at positions before it (a sync still running behind the run has
+        written those; past it, the job list may still be the previous sync's)."""
         ...
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> None: ...

@@ -202,15 +202,22 @@ class SqlStore:
         return await self._db.run(write)
 
     async def specs_page(
-        self, manifest: str, states: Collection[str], after: int, limit: int
+        self,
+        manifest: str,
+        states: Collection[str],
+        after: int,
+        limit: int,
+        before: int | None = None,
     ) -> Sequence[tuple[int, JobSpec]]:
         m = t.manifest_jobs.c
+        until = [m.position < before] if before is not None else []
 
         async def read(conn: AsyncConnection) -> list[tuple[int, JobSpec]]:
             rows = await conn.execute(
                 select(m.position, t.jobs)
                 .join(t.manifest_jobs, m.job_key == t.jobs.c.key)
                 .where(m.manifest == manifest, m.position > after, t.jobs.c.status.in_(states))
+                .where(*until)
                 .order_by(m.position)
                 .limit(limit)
             )
@@ -218,13 +225,19 @@ class SqlStore:
 
         return await self._db.run(read)
 
-    async def state_counts(self, manifest: str) -> Mapping[tuple[str, str], int]:
-        j = t.jobs.c
+    async def state_counts(
+        self, manifest: str, positions: tuple[int, int | None] = (0, None)
+    ) -> Mapping[tuple[str, str], int]:
+        j, m = t.jobs.c, t.manifest_jobs.c
+        start, before = positions
+        where = [m.manifest == manifest, m.position >= start]
+        where += [m.position < before] if before is not None else []
 
         async def read(conn: AsyncConnection) -> dict[tuple[str, str], int]:
             rows = await conn.execute(
                 select(j.provider, j.status, func.count())
-                .where(queries.in_manifest(manifest))
+                .join(t.manifest_jobs, m.job_key == j.key)
+                .where(*where)
                 .group_by(j.provider, j.status)
             )
             return {(str(p), str(s)): int(n) for p, s, n in rows}
@@ -379,12 +392,18 @@ class SqlStore:
         return jobs[0] if jobs else None
 
     async def claim_many(
-        self, manifest: str, provider: str, owner: str, lease_until: datetime, limit: int
+        self,
+        manifest: str,
+        provider: str,
+        owner: str,
+        lease_until: datetime,
+        limit: int,
+        below: int | None = None,
     ) -> Sequence[Job]:
         now = self._now()
 
         async def write(conn: AsyncConnection) -> list[Job]:
-            take = (manifest, provider, owner, lease_until, now, limit)
+            take = (manifest, provider, owner, lease_until, now, limit, below)
             rows = await self._take(conn, *take, expired=False)
             if not rows:  # rare: only a crashed runner's jobs whose leases have lapsed
                 rows = await self._take(conn, *take, expired=True)
@@ -408,6 +427,7 @@ class SqlStore:
         lease_until: datetime,
         now: datetime,
         limit: int,
+        below: int | None,
         *,
         expired: bool,
     ) -> Sequence[Any]:
@@ -423,6 +443,7 @@ class SqlStore:
             select(j.key)
             .join(t.manifest_jobs, t.manifest_jobs.c.job_key == j.key)
             .where(t.manifest_jobs.c.manifest == manifest, j.provider == provider, takeable)
+            .where(*([t.manifest_jobs.c.position < below] if below is not None else []))
             .order_by(t.manifest_jobs.c.position)
             .limit(limit)
             # PostgreSQL: concurrent claimers skip each other's rows. SQLite ignores this and

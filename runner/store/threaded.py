@@ -166,12 +166,19 @@ class ThreadedStore:
         )
 
     async def specs_page(
-        self, manifest: str, states: Collection[str], after: int, limit: int
+        self,
+        manifest: str,
+        states: Collection[str],
+        after: int,
+        limit: int,
+        before: int | None = None,
     ) -> Sequence[tuple[int, JobSpec]]:
-        return await self._loop.call(self._inner.specs_page, manifest, states, after, limit)
+        return await self._loop.call(self._inner.specs_page, manifest, states, after, limit, before)
 
-    async def state_counts(self, manifest: str) -> Mapping[tuple[str, str], int]:
-        return await self._loop.call(self._inner.state_counts, manifest)
+    async def state_counts(
+        self, manifest: str, positions: tuple[int, int | None] = (0, None)
+    ) -> Mapping[tuple[str, str], int]:
+        return await self._loop.call(self._inner.state_counts, manifest, positions)
 
     async def record_sync(self, manifest: str, fingerprint: str | None, duplicates: int) -> None:
         await self._loop.call(self._inner.record_sync, manifest, fingerprint, duplicates)
@@ -210,10 +217,16 @@ class ThreadedStore:
         return await self._loop.call(self._inner.unfinished_runs, host)
 
     async def claim_many(
-        self, manifest: str, provider: str, owner: str, lease_until: datetime, limit: int
+        self,
+        manifest: str,
+        provider: str,
+        owner: str,
+        lease_until: datetime,
+        limit: int,
+        below: int | None = None,
     ) -> Sequence[Job]:
         return await self._loop.call(
-            self._inner.claim_many, manifest, provider, owner, lease_until, limit
+            self._inner.claim_many, manifest, provider, owner, lease_until, limit, below
         )
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> None:

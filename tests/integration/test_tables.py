@@ -375,3 +375,118 @@ async def test_defaults_mask_pairs_each_row_with_its_mask_as_for_jobs_entries(
     masked = {r.fields["prompt"] + ("+mask" if "mask" in r.files else "") for r in fake.requests}
     assert sorted("mask" in r.files for r in fake.requests) == [False, True]
     assert masked == {"p", "p+mask"}
+
+
+# --- a long table is sent while it is still being read ----------------------------------------
+
+
+def chunked(monkeypatch: pytest.MonkeyPatch, size: int) -> list[int]:
+    """Make the manifest sync `size` jobs at a time; returns the requests the fake had
+    received as each chunk after the first was keyed (filled in as the sync goes)."""
+    from runner.manifest import expand
+
+    monkeypatch.setattr(expand, "CHUNK_JOBS", size)
+    return []
+
+
+def hold_later_chunks_until_a_request(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeProvider, seen: list[int]
+) -> None:
+    """Chunks after the first wait (in the sync's worker thread) until the fake has had a
+    request: a run that waited for the whole sync before sending would never get one."""
+    import threading
+
+    from runner.manifest.expand import Resolver
+
+    real = Resolver.key_chunk
+    got_one = threading.Event()
+
+    def key_chunk(self: Resolver, drafts: Any, digester: Any) -> Any:
+        if self.rows:  # not the first chunk
+            deadline = time.monotonic() + 5
+            while fake.requests_total == 0 and time.monotonic() < deadline:
+                got_one.wait(0.01)
+            seen.append(fake.requests_total)
+        return real(self, drafts, digester)
+
+    monkeypatch.setattr(Resolver, "key_chunk", key_chunk)
+
+
+async def test_a_long_table_is_sent_while_its_later_chunks_are_still_read(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = chunked(monkeypatch, 8)
+    hold_later_chunks_until_a_request(monkeypatch, fake, seen)
+    rows = [{"file": workspace.image(f"s/{i}.png"), "prompt": f"p{i}"} for i in range(40)]
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+
+    outcome = await app.run(manifest, options())
+
+    assert outcome.exit_code == ExitCode.OK and outcome.new_jobs == 40
+    assert len(seen) == 4 and seen[0] > 0  # the second chunk was read after sending began
+    assert fake.requests_total == 40  # every row once, the late ones too
+    summary = await app.status(manifest, options())
+    assert summary.counts["succeeded"] == 40
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    assert fake.requests_total == 40  # the finished table: nothing again
+
+
+async def test_a_bad_row_found_while_sending_stops_the_run_and_nothing_is_paid_twice(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chunked(monkeypatch, 8)
+    rows = [{"file": workspace.image(f"b/{i}.png"), "prompt": f"p{i}"} for i in range(40)]
+    bad = [dict(row) for row in rows]
+    bad[29]["prompt"] = ""  # row 30, in the fourth chunk
+    write_csv(workspace.root / "t.csv", bad)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+
+    with pytest.raises(ManifestError) as caught:
+        await app.run(manifest, options())
+
+    assert "row 30" in str(caught.value) and "'prompt'" in str(caught.value)
+    assert fake.requests_total <= 24  # rows of the first three chunks at most
+    later = {workspace.fingerprint({"image": r["file"], "prompt": r["prompt"]}) for r in rows[24:]}
+    assert not later & set(fake.received)  # nothing from the bad row's chunk on
+
+    write_csv(workspace.root / "t.csv", rows)  # fixed
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    assert fake.requests_total == 40  # what was sent before is not sent again
+
+
+async def test_a_run_stopped_while_its_table_is_read_goes_on_next_time(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chunked(monkeypatch, 8)
+    rows = [{"file": workspace.image(f"m/{i}.png"), "prompt": f"p{i}"} for i in range(40)]
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+
+    first = await app.run(manifest, replace(options(), limits=RunLimits(max_jobs=3)))
+
+    assert first.exit_code == ExitCode.EARLY and fake.requests_total == 3
+    again = await app.run(manifest, options())
+    assert again.exit_code == ExitCode.OK and fake.requests_total == 40
+
+
+async def test_validate_reads_a_table_in_chunks_and_the_database_for_what_is_done(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.manifest import digests
+
+    chunked(monkeypatch, 4)
+    rows = [{"file": workspace.image(f"v/{i}.png"), "prompt": f"p{i}"} for i in range(20)]
+    write_csv(workspace.root / "t.csv", rows[:15])
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    write_csv(workspace.root / "t.csv", rows)
+    hashed: list[Path] = []
+    real = digests.sha256_file
+    monkeypatch.setattr(digests, "sha256_file", lambda p: hashed.append(p) or real(p))
+
+    found = await app.validate(manifest)
+
+    assert (found.jobs, found.done, found.left, len(found.bad)) == (20, 15, 5, 0)
+    assert len(hashed) == 5  # the 15 done rows' digests came from the database's cache
+    assert fake.requests_total == 15  # validate sent nothing
