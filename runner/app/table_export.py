@@ -129,7 +129,7 @@ def _table_chunks(parsed: ParsedManifest, source: ExportSource) -> Iterator[list
     table = parsed.tables[0]
     columns = tables.columns_of(table)
     originals = tables.read_rows(table, columns)
-    resolver = parsed.resolver()
+    resolver = parsed.resolver(checked=False)  # the jobs were checked when synced
     for drafts in resolver.draft_chunks(CHUNK_ROWS):
         paths = {str(p) for d in drafts for p in (d.image, d.mask) if p is not None}
         keyed = resolver.key_chunk(drafts, source.digester(paths))

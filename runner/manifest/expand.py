@@ -99,8 +99,10 @@ class ParsedManifest:
     def drafts(self) -> tuple[Draft, ...]:
         return tuple(self.iter_drafts())
 
-    def resolver(self, known_outputs: Collection[str] = frozenset()) -> Resolver:
-        return Resolver(self, known_outputs)
+    def resolver(
+        self, known_outputs: Collection[str] = frozenset(), *, checked: bool = True
+    ) -> Resolver:
+        return Resolver(self, known_outputs, checked=checked)
 
     def resolve(
         self, digester: Digester | None = None, known_outputs: Collection[str] = frozenset()
@@ -135,11 +137,15 @@ class Resolver:
     work is one job (the first of its rows keeps it); outputs are checked as they come
     (`OutputCheck`). What it keeps across chunks is a few dozen bytes per job."""
 
-    def __init__(self, parsed: ParsedManifest, known_outputs: Collection[str]) -> None:
+    def __init__(
+        self, parsed: ParsedManifest, known_outputs: Collection[str], *, checked: bool = True
+    ) -> None:
+        """`checked=False`: only the keys, for a reader of jobs already synced (export):
+        no output check and no repeats told apart (every draft counts as first)."""
         self._parsed = parsed
         self._known_outputs = known_outputs
-        self._seen: set[bytes] = set()
-        self._check = OutputCheck(parsed.output_dir, str(parsed.path))
+        self._seen: set[bytes] | None = set() if checked else None
+        self._check = OutputCheck(parsed.output_dir, str(parsed.path)) if checked else None
         self.rows = 0  # job entries (after globs) and table rows keyed so far
         self.jobs = 0  # distinct jobs among them
 
@@ -165,16 +171,18 @@ class Resolver:
         keyed = []
         for draft in drafts:
             spec = draft.spec(digests, self._parsed.output_dir)
-            raw = bytes.fromhex(spec.key)
-            first = raw not in self._seen
-            if first:
+            first = True
+            if self._seen is not None:
+                raw = bytes.fromhex(spec.key)
+                first = raw not in self._seen
                 self._seen.add(raw)
             keyed.append((draft, spec, first))
         self.rows += len(keyed)
         fresh = [spec for _draft, spec, first in keyed if first]
         self.jobs += len(fresh)
-        inputs = {path for d in drafts for path in (d.image, d.mask) if path is not None}
-        self._check.add(fresh, inputs)
+        if self._check is not None:
+            inputs = {path for d in drafts for path in (d.image, d.mask) if path is not None}
+            self._check.add(fresh, inputs)
         return keyed
 
 
