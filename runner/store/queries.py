@@ -79,11 +79,15 @@ async def summary(conn: AsyncConnection, manifest: str, now: datetime) -> Summar
         )
     ).first()
     totals = Totals(int(total[0]), int(total[1]), int(total[2]), float(total[3]))
-    kinds = await conn.execute(
-        select(t.jobs.c.failure_kind, func.count())
-        .where(in_manifest(manifest), t.jobs.c.status == JobState.FAILED.value)
-        .group_by(t.jobs.c.failure_kind)
-    )
+    kinds: Sequence[Any] = []
+    if counts[JobState.FAILED.value]:  # else a look at every job of the manifest for nothing
+        kinds = (
+            await conn.execute(
+                select(t.jobs.c.failure_kind, func.count())
+                .where(in_manifest(manifest), t.jobs.c.status == JobState.FAILED.value)
+                .group_by(t.jobs.c.failure_kind)
+            )
+        ).all()
     return Summary(
         counts,
         totals,
