@@ -182,7 +182,8 @@ class Resolver:
         self.jobs += len(fresh)
         if self._check is not None:
             inputs = {path for d in drafts for path in (d.image, d.mask) if path is not None}
-            self._check.add(fresh, inputs)
+            checked = iter(self._check.add(fresh, inputs))  # some renamed: see OutputCheck
+            keyed = [(d, next(checked) if first else spec, first) for d, spec, first in keyed]
         return keyed
 
 

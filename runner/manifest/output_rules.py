@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from runner.dialects import params as dialects
@@ -24,6 +25,8 @@ from runner.files.outputs import (
     possible_paths,
 )
 from runner.records import JobSpec, OutputPlace, ReplyImage, entry_label
+
+KEY8, KEY = "{key8}", "{key}"
 
 
 class OutputCheck:
@@ -44,12 +47,13 @@ class OutputCheck:
         folder = output_dir.absolute() if isinstance(output_dir, Path) else output_dir
         self._folder = str(folder).rstrip("/") + "/"
 
-    def add(self, specs: Iterable[JobSpec], inputs: Iterable[Path]) -> None:
+    def add(self, specs: Iterable[JobSpec], inputs: Iterable[Path]) -> list[JobSpec]:
+        """The specs, checked; one whose `{key8}` name is an earlier job's comes back
+        named with its whole key instead (see `_add_job`)."""
         with folders_cached():  # every job's names, one resolve per folder
             for path in inputs:
                 self._add_input(str(path))
-            for spec in specs:
-                self._add_job(spec)
+            return [self._add_job(spec) for spec in specs]
 
     def _add_input(self, path: str) -> None:
         if not path.startswith(self._folder):
@@ -63,9 +67,33 @@ class OutputCheck:
             )
         self._inputs_in_output.setdefault(stem, set()).add(ext)
 
-    def _add_job(self, spec: JobSpec) -> None:
-        name_max, path_max = self._limits
+    def _add_job(self, spec: JobSpec) -> JobSpec:
         count = spec.images_asked
+        likely = ReplyImage(b"", dialects.expected_format(spec.params), 0, 0)
+        try:
+            expected = output_paths(spec, [likely] * count)
+        except OutputError as exc:
+            raise self._error(spec, str(exc)) from None
+        hashes = [hash(str(path)) for path in expected]
+        for path, hashed in zip(expected, hashes, strict=True):
+            if (other := self._written.get(hashed)) is None:
+                continue
+            if KEY8 in spec.output_name:
+                # 32 bits of key: among 100,000 jobs of one image, two share them more
+                # often than not. The later job takes its whole key; two jobs never do.
+                return self._add_job(replace(spec, output_name=spec.output_name.replace(KEY8, KEY)))
+            raise self._error(
+                spec,
+                f"writes the same output file {path} as {entry_label(other)} (an earlier "
+                "job); add {key8} to output_name",
+            )
+        self._check_possible(spec, count)
+        self._written.update(dict.fromkeys(hashes, spec.entry))
+        return spec
+
+    def _check_possible(self, spec: JobSpec, count: int) -> None:
+        """Every name a reply of any format could take: never an input, never too long."""
+        name_max, path_max = self._limits
         try:
             possible = possible_paths(spec, count)
         except OutputError as exc:  # the template was checked when the manifest was read
@@ -82,20 +110,6 @@ class OutputCheck:
             self._possible.add(hash(stem))
             if problem := length_problem(path, name_max, path_max):
                 raise self._error(spec, f"output name {shown(spec.output_name)} {problem}")
-        likely = ReplyImage(b"", dialects.expected_format(spec.params), 0, 0)
-        try:
-            expected = output_paths(spec, [likely] * count)
-        except OutputError as exc:
-            raise self._error(spec, str(exc)) from None
-        hashes = [hash(str(path)) for path in expected]
-        for path, hashed in zip(expected, hashes, strict=True):
-            if (other := self._written.get(hashed)) is not None:
-                raise self._error(
-                    spec,
-                    f"writes the same output file {path} as {entry_label(other)} (an earlier "
-                    "job); add {key8} to output_name",
-                )
-        self._written.update(dict.fromkeys(hashes, spec.entry))
 
     def _error(self, spec: JobSpec | None, message: str) -> ManifestError:
         return ManifestError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Workspace, options, sha256
@@ -197,3 +198,30 @@ def test_temp_files_of_both_namings_are_swept(tmp_path: Path) -> None:
         temp.write_bytes(b"half")
     assert sweep_temp_files(tmp_path, is_alive=lambda pid: False) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_jobs_whose_key8_names_collide_get_their_whole_key_instead(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`{stem}-{key8}` has 32 bits of key: 100,000 edits of one picture share them more often
+    than not. Made to share them here, the later job is named with its whole key."""
+    from runner.manifest import expand
+
+    real = expand.job_key
+
+    def sharing_key8(draft: Any, image_sha: Any, mask_sha: Any) -> str:
+        return "abcdef01" + real(draft, image_sha, mask_sha)[8:]
+
+    monkeypatch.setattr(expand, "job_key", sharing_key8)
+    workspace.image("a.png")
+    manifest = workspace.manifest(
+        [{"image": "a.png", "prompt": "one"}, {"image": "a.png", "prompt": "two"}]
+    )
+
+    outcome = await app.run(manifest, options())
+
+    assert outcome.exit_code == ExitCode.OK and fake.requests_total == 2
+    names = sorted(p.name for p in (workspace.root / "out").iterdir())
+    keys = [row[0] for row in workspace.db().execute("SELECT key FROM jobs ORDER BY rowid")]
+    assert len(names) == 2 and names[0] == "a-abcdef01.png"  # the first job keeps key8
+    assert names[1] == f"a-{keys[1]}.png" and len(keys[1]) == 64
