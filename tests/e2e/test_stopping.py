@@ -111,3 +111,52 @@ def test_two_overlapping_runs_split_the_work_without_lock_errors(
     db = workspace.db()
     by_run = db.execute("SELECT run_id, COUNT(*) FROM attempts GROUP BY run_id").fetchall()
     assert len(by_run) == 2 and all(n > 0 for _, n in by_run)  # both did some of it
+
+
+@slow
+def test_sigterm_while_a_long_table_is_still_read_stops_within_seconds_and_resumes(
+    workspace: Workspace, fake: FakeProvider
+) -> None:
+    """20,000 rows: the run sends while it reads the rest of the table; SIGTERM with
+    --grace 0 stops it in seconds (exit 75), and the next run finishes the sync and the
+    work, paying for nothing twice."""
+    import csv
+
+    from PIL import Image
+
+    folder = workspace.root / "many"
+    folder.mkdir()
+    with (workspace.root / "t.csv").open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["file", "prompt"])
+        for i in range(20_000):
+            Image.new("RGB", (4, 4), (i % 256, i // 256 % 256, 7)).save(folder / f"{i}.png")
+            writer.writerow([f"many/{i}.png", "brighter"])
+    manifest = workspace.root / "jobs.yaml"
+    manifest.write_text(
+        f"providers:\n  fake:\n    dialect: openai\n    base_url: {fake.base_url}\n"
+        f"    api_key_env: {KEY_ENV}\n    concurrency: 2\noutput_dir: out\n"
+        "jobs_from:\n  - table: t.csv\n    image: file\n    prompt: prompt\n"
+    )
+    fake.latency = 20
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(manifest), "--grace", "0",
+         "--log-format", "plain"],
+        env={**os.environ, KEY_ENV: API_KEY, "RUNNER_DB": ""}, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while sum(fake.received.values()) < 1:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 75, stderr
+    assert time.monotonic() - signalled < 5
+    assert "the rest of the manifest is read while these are sent" in stderr
+    assert "Traceback" not in stderr
+    fake.latency = 0
+    status = cli("status", manifest, "--json")
+    assert status.returncode == 0 and '"pending": ' in status.stdout
+    assert workspace.db().execute("SELECT COUNT(*) FROM manifest_jobs").fetchone()[0] == 20_000
