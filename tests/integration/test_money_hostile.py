@@ -392,13 +392,13 @@ def fill_disk_when(disk: Path, ready: Callable[[], bool]) -> threading.Thread:
         deadline = time.monotonic() + 60
         while not ready() and time.monotonic() < deadline:
             time.sleep(0.002)
-        with (disk / "filler").open("wb") as stream:
-            try:
+        try:
+            with (disk / "filler").open("wb") as stream:
                 while True:
                     stream.write(b"\0" * 65536)
                     stream.flush()
-            except OSError:
-                pass  # full: what it was for
+        except OSError:
+            pass  # full (the write, or the close that flushes what is left): what it was for
 
     thread = threading.Thread(target=fill, daemon=True)
     thread.start()
