@@ -48,6 +48,9 @@ class FailureKind(StrEnum):
     ATTEMPTS = "attempts"  # it used up its attempts on errors of its own
     UNANSWERED = "unanswered"  # requests got no reply in time and may have been billed
     OUTPUT = "output"  # the reply could not be written to disk
+    # Its table row is unusable (an empty cell, a bad param): nothing was sent, and `retry`
+    # leaves it be; fixing the row makes a new job.
+    ROW = "row"
 
 
 def images_asked(params: Mapping[str, Any]) -> int:

@@ -449,12 +449,14 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
         for drafts in resolver.draft_chunks():
             paths = {str(p) for d in drafts for p in (d.image, d.mask) if p is not None}
             keyed = resolver.key_chunk(drafts, Digester(peek_digests(url, paths)))
-            specs = [spec for _draft, spec, first in keyed if first]
-            states = peek_job_states(url, [spec.key for spec in specs])
-            for spec in specs:
+            firsts = [(draft, spec) for draft, spec, first in keyed if first]
+            states = peek_job_states(url, [spec.key for _, spec in firsts])
+            for draft, spec in firsts:
                 found.jobs += 1
                 if states.get(spec.key) in _NOT_SENT_AGAIN:
                     found.done += 1
+                elif draft.problem is not None:  # an unusable table row
+                    found.add(JobCheck(spec.entry, str(spec.image), draft.problem, None))
                 else:
                     found.add(check(spec))
 

@@ -183,7 +183,7 @@ async def sync_jobs(
     chunks = resolver.draft_chunks()
     # Chunks are made (tables read, files hashed) in a worker thread while the previous
     # one is written on the database's: the two overlap.
-    send, receive = anyio.create_memory_object_stream[tuple[list[JobSpec], list[DigestEntry]]](1)
+    send, receive = anyio.create_memory_object_stream[_Chunk](1)
 
     def next_chunk() -> list[Draft] | None:
         return next(chunks, None)
@@ -196,20 +196,26 @@ async def sync_jobs(
                     known = await store.digests_for(paths)
                 digester = Digester(known)
                 keyed = await anyio.to_thread.run_sync(resolver.key_chunk, drafts, digester)
-                await send.send(([spec for _, spec, first in keyed if first], digester.fresh))
+                bad = {spec.key: d.problem for d, spec, first in keyed if first and d.problem}
+                await send.send(
+                    _Chunk([spec for _, spec, first in keyed if first], digester.fresh, bad)
+                )
 
     new_jobs = start = 0
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(make)
             async with receive:
-                async for fresh, digests in receive:
+                async for chunk in receive:
                     with anyio.CancelScope(shield=True):
-                        await store.save_digests(digests)
+                        await store.save_digests(chunk.digests)
                         new_jobs += await store.sync_manifest(
-                            manifest, fresh, start=start, final=False
+                            manifest, chunk.specs, start=start, final=False
                         )
-                    start += len(fresh)
+                        failed = await store.reject_rows(chunk.bad_rows) if chunk.bad_rows else ()
+                    for key in failed:
+                        log.warning("%s; that row's job failed, nothing sent", chunk.bad_rows[key])
+                    start += len(chunk.specs)
                     if progress is not None:
                         progress.advance(start, new_jobs)
     except BaseExceptionGroup as group:
@@ -218,6 +224,15 @@ async def sync_jobs(
         await store.sync_manifest(manifest, [], start=resolver.jobs, final=True)
         await store.record_sync(manifest, parsed.fingerprint, resolver.duplicates)
     return Synced(resolver.jobs, new_jobs, resolver.duplicates)
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """A chunk of the manifest's jobs on their way to the database."""
+
+    specs: list[JobSpec]  # new to this sync, each job once
+    digests: list[DigestEntry]  # hashed now, for the cache
+    bad_rows: dict[str, str]  # key -> problem: table rows that cannot be jobs
 
 
 PAGE_JOBS = 4096  # jobs read from the database at a time

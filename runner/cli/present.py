@@ -192,6 +192,7 @@ _FAILURE_SHORT = {
     "attempts": "out of attempts",
     "unanswered": "no reply in time",
     "output": "output not written",
+    "row": "unusable table row",
 }
 
 

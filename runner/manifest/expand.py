@@ -166,7 +166,7 @@ class Resolver:
     ) -> list[tuple[Draft, JobSpec, bool]]:
         """(draft, its spec, whether it is the first draft of that job) per draft."""
         digests = digester.digest_many(
-            [p for d in drafts for p in (d.image, d.mask) if p is not None]
+            [p for d in drafts if d.problem is None for p in (d.image, d.mask) if p is not None]
         )
         keyed = []
         for draft in drafts:
@@ -181,9 +181,14 @@ class Resolver:
         fresh = [spec for _draft, spec, first in keyed if first]
         self.jobs += len(fresh)
         if self._check is not None:
-            inputs = {path for d in drafts for path in (d.image, d.mask) if path is not None}
-            checked = iter(self._check.add(fresh, inputs))  # some renamed: see OutputCheck
-            keyed = [(d, next(checked) if first else spec, first) for d, spec, first in keyed]
+            usable = [d for d in drafts if d.problem is None]  # a bad row writes nothing
+            inputs = {path for d in usable for path in (d.image, d.mask) if path is not None}
+            to_check = [spec for d, spec, first in keyed if first and d.problem is None]
+            checked = iter(self._check.add(to_check, inputs))  # some renamed: OutputCheck
+            keyed = [
+                (d, next(checked) if first and d.problem is None else spec, first)
+                for d, spec, first in keyed
+            ]
         return keyed
 
 
@@ -264,6 +269,9 @@ class Draft:
     output_name: str
     glob: str | None = None  # the pattern that matched `image`; None when named explicitly
     row: tuple[int, int] | None = None  # (jobs_from index, row number) of a table's row
+    # Why this table row cannot be a job (one line naming table, row and column): it is
+    # kept as a job that failed without being sent, so the rest of the table still runs.
+    problem: str | None = None
 
     def spec(self, digests: Mapping[Path, str | None], output_dir: OutputPlace) -> JobSpec:
         image_sha = digests.get(self.image)
@@ -286,7 +294,10 @@ class Draft:
 
 def job_key(draft: Draft, image_sha: str | None, mask_sha: str | None) -> str:
     """Content hash: the same inputs to the same provider profile are the same job.
-    An unreadable file is keyed by its path, so fixing the file makes a new job."""
+    An unreadable file is keyed by its path, so fixing the file makes a new job; an
+    unusable table row by its problem (which names the row), so fixing it does too."""
+    if draft.problem is not None:
+        return hashlib.sha256(f"v{KEY_VERSION}\0row\0{draft.problem}".encode()).hexdigest()
     payload = {
         "v": KEY_VERSION,
         "image": image_sha or f"unreadable:{draft.image}",
@@ -577,17 +588,26 @@ def _table_drafts(rules: _TableRules) -> Iterator[Draft]:
     for number, row in tables.read_rows(table, rules.needed):
         row_id = f" (id {shown(row[source.id])})" if source.id and row.get(source.id) else ""
 
-        def bad(column: str, message: str, where: str = f"row {number}{row_id}") -> ManifestError:
-            return ManifestError(message, file=str(table), field=f"{where}, column {column!r}")
+        def bad(
+            column: str, message: str, where: str = f"row {number}{row_id}", at: int = number
+        ) -> Draft:
+            problem = ManifestError(message, file=str(table), field=f"{where}, column {column!r}")
+            return Draft(
+                entry=entry, image=table, mask=None, prompt="", provider=rules.provider,
+                model=rules.model, params=shared_params, output_name=rules.output_name,
+                row=(rules.index, at), problem=str(problem),
+            )  # fmt: skip
 
         image = cells.image(row.get(source.image))
         if isinstance(image, str):
-            raise bad(source.image, image)
+            yield bad(source.image, image)
+            continue
         mask = None
         if source.mask and row.get(source.mask) is not None:
             cell = cells.image(row[source.mask])
             if isinstance(cell, str):
-                raise bad(source.mask, cell)
+                yield bad(source.mask, cell)
+                continue
             mask = cell
         elif rules.mask_template is not None:  # `defaults.mask`, e.g. masks/{stem}.png
             mask = _mask_path(rules.mask_template, image, "", rules.base, rules.fail)
@@ -595,7 +615,8 @@ def _table_drafts(rules: _TableRules) -> Iterator[Draft]:
                 mask = None  # an optional mask that is not there: an edit without one
         prompt = row.get(source.prompt) if source.prompt else defaults.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise bad(source.prompt or "prompt", f"a prompt is required, got {shown(prompt)}")
+            yield bad(source.prompt or "prompt", f"a prompt is required, got {shown(prompt)}")
+            continue
         own = {n: row[c] for n, c in rules.param_columns.items() if row.get(c) is not None}
         params = {**shared_params, **own} if own else shared_params  # shared: never mutated
         signature = json.dumps(own, sort_keys=True, default=str) if own else ""
@@ -606,7 +627,8 @@ def _table_drafts(rules: _TableRules) -> Iterator[Draft]:
             )
         if (problem := checked[signature]) is not None:
             name = problem.split(":", 1)[0]
-            raise bad(rules.param_columns.get(name, f"params.{name}"), problem)
+            yield bad(rules.param_columns.get(name, f"params.{name}"), problem)
+            continue
         yield Draft(
             entry=entry,
             image=image,

@@ -9,10 +9,10 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from runner.records import JobState
+from runner.records import FailureKind, JobState
 from runner.store import tables as t
 from runner.store.queries import in_manifest, latest_attempt_id
 
@@ -33,6 +33,9 @@ async def move_jobs(
         where.append(t.jobs.c.key.startswith(key))
     values: dict[str, Any] = {"status": to_state.value, "updated_at": now}
     if to_state is JobState.PENDING:
+        # An unusable table row stays failed: only fixing the row (a new job) helps.
+        kind = t.jobs.c.failure_kind
+        where.append(or_(kind.is_(None), kind != FailureKind.ROW.value))
         floor = latest_attempt_id()
         # A fresh set of attempts, and the blind re-send limit starts over: the user asked.
         values.update(attempt_floor=floor, retry_floor=floor, finished_at=None, failure_kind=None)
@@ -40,6 +43,27 @@ async def move_jobs(
         values.update(finished_at=now)
     result = await conn.execute(update(t.jobs).where(*where).values(**values))
     return int(result.rowcount)
+
+
+async def reject_rows(
+    conn: AsyncConnection, problems: Mapping[str, str], now: datetime
+) -> list[str]:
+    """Fail these new (pending) jobs of unusable table rows, each with its problem; returns
+    the keys it failed (a row failed by an earlier sync is not failed again)."""
+    j = t.jobs.c
+    failed = []
+    for key, problem in problems.items():
+        result = await conn.execute(
+            update(t.jobs)
+            .where(j.key == key, j.status == JobState.PENDING.value)
+            .values(
+                status=JobState.FAILED.value, failure_kind=FailureKind.ROW.value, error=problem,
+                finished_at=now, updated_at=now,
+            )
+        )  # fmt: skip
+        if result.rowcount:
+            failed.append(key)
+    return failed
 
 
 async def set_prices(conn: AsyncConnection, prices: Mapping[str, str]) -> None:

@@ -214,6 +214,8 @@ class MemoryStore:
         for row in self._members(manifest):
             if row.status not in wanted or (key is not None and not row.spec.key.startswith(key)):
                 continue
+            if to is JobState.PENDING and row.failure_kind == FailureKind.ROW.value:
+                continue  # an unusable table row: only fixing the row helps
             row.status = to.value
             if to is JobState.PENDING:
                 # A fresh set of attempts, and the blind re-send limit starts over.
@@ -223,6 +225,16 @@ class MemoryStore:
                 row.finished_at = self._now()
             moved += 1
         return moved
+
+    async def reject_rows(self, problems: Mapping[str, str]) -> Sequence[str]:
+        failed = []
+        for key, problem in problems.items():
+            row = self._t.jobs.get(key)
+            if row is not None and row.status == _PENDING:
+                row.status, row.failure_kind = JobState.FAILED.value, FailureKind.ROW.value
+                row.error, row.finished_at = problem, self._now()
+                failed.append(key)
+        return failed
 
     async def set_prices(self, prices: Mapping[str, str]) -> None:
         for key, price in prices.items():

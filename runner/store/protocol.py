@@ -93,6 +93,11 @@ class Store(Protocol):
         """Jobs in `states` (never running ones) to cancelled; `runner retry --job` undoes it."""
         ...
 
+    async def reject_rows(self, problems: Mapping[str, str]) -> Sequence[str]:
+        """Fail these new jobs of unusable table rows (key -> the row's problem), nothing
+        sent; returns the keys failed now (not those an earlier sync failed)."""
+        ...
+
     async def set_prices(self, prices: Mapping[str, str]) -> None:
         """job key -> the price (JSON) it is costed at; only unfinished jobs change."""
         ...

@@ -307,6 +307,10 @@ class SqlStore:
             )
         )
 
+    async def reject_rows(self, problems: Mapping[str, str]) -> Sequence[str]:
+        now = self._now()
+        return await self._db.run(lambda conn: admin.reject_rows(conn, problems, now))
+
     async def set_prices(self, prices: Mapping[str, str]) -> None:
         await self._db.run(lambda conn: admin.set_prices(conn, prices))
 

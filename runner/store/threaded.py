@@ -195,6 +195,9 @@ class ThreadedStore:
     async def cancel(self, manifest: str, key: str | None, states: Collection[JobState]) -> int:
         return await self._loop.call(self._inner.cancel, manifest, key, states)
 
+    async def reject_rows(self, problems: Mapping[str, str]) -> Sequence[str]:
+        return await self._loop.call(self._inner.reject_rows, problems)
+
     async def set_prices(self, prices: Mapping[str, str]) -> None:
         await self._loop.call(self._inner.set_prices, prices)
 

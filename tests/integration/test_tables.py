@@ -214,37 +214,61 @@ async def test_the_imagefolder_export_has_one_file_name_per_output(
     assert all(next(iter(line)) == "file_name" for line in lines)
 
 
-@pytest.mark.parametrize(
-    ("rows", "source", "message"),
-    [
-        ([{"file": "a.png", "prompt": "x"}], {"image": "picture", "prompt": "prompt"},
-         "t.csv: column 'picture': no column 'picture' (the table has: file, prompt)"),
-        ([{"file": "a.png", "prompt": "x"}, {"file": "a.png", "prompt": ""}],
-         {"image": "file", "prompt": "prompt"},
-         "t.csv: row 2, column 'prompt': a prompt is required, got None"),
-        ([{"id": "k9", "file": "", "prompt": "x"}], {"image": "file", "prompt": "prompt", "id": "id"},
-         "t.csv: row 1 (id 'k9'), column 'file': empty"),
-        ([{"file": "a.png", "prompt": "x", "q": "ultra"}],
-         {"image": "file", "prompt": "prompt", "params": {"quality": "q"}},
-         "t.csv: row 1, column 'q': quality"),
-    ],
-)  # fmt: skip
-async def test_a_bad_table_is_one_line_naming_table_row_and_column_and_sends_nothing(
-    workspace: Workspace,
-    fake: FakeProvider,
-    rows: list[dict[str, Any]],
-    source: dict[str, Any],
-    message: str,
+async def test_a_table_without_a_named_column_is_one_line_and_sends_nothing(
+    workspace: Workspace, fake: FakeProvider
 ) -> None:
     workspace.image("a.png")
-    write_csv(workspace.root / "t.csv", rows)
-    manifest = table_manifest(workspace, {"table": "t.csv", **source})
+    write_csv(workspace.root / "t.csv", [{"file": "a.png", "prompt": "x"}])
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "picture", "prompt": "prompt"})
 
     with pytest.raises(ManifestError) as caught:
         await app.run(manifest, options())
 
+    message = "t.csv: column 'picture': no column 'picture' (the table has: file, prompt)"
     assert message in str(caught.value) and "\n" not in str(caught.value)
     assert fake.requests_total == 0
+
+
+@pytest.mark.parametrize(
+    ("bad", "source", "message"),
+    [
+        ({"file": "a.png", "prompt": ""}, {"image": "file", "prompt": "prompt"},
+         "t.csv: row 2, column 'prompt': a prompt is required, got None"),
+        ({"id": "k9", "file": "", "prompt": "x"}, {"image": "file", "prompt": "prompt", "id": "id"},
+         "t.csv: row 2 (id 'k9'), column 'file': empty"),
+        ({"file": "a.png", "prompt": "x", "q": "ultra"},
+         {"image": "file", "prompt": "prompt", "params": {"quality": "q"}},
+         "t.csv: row 2, column 'q': quality"),
+    ],
+)  # fmt: skip
+async def test_a_bad_row_fails_its_own_job_naming_table_row_and_column_and_sends_nothing_for_it(
+    workspace: Workspace,
+    fake: FakeProvider,
+    caplog: pytest.LogCaptureFixture,
+    bad: dict[str, Any],
+    source: dict[str, Any],
+    message: str,
+) -> None:
+    workspace.image("a.png")
+    good = {**dict.fromkeys(bad, ""), "id": "k1", "file": "a.png", "prompt": "fine"}
+    rows = [good, {**good, **bad}]
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", **source})
+
+    checked = await app.validate(manifest)
+    outcome = await app.run(manifest, options())
+
+    assert len(checked.bad) == 1 and message in str(checked.bad[0].problem)
+    assert outcome.exit_code == ExitCode.FAILED  # the run went on: the table is sound
+    assert fake.requests_total == 1  # the good row only
+    (failed,) = await app.jobs(manifest, options(), app.JobFilter(state="failed"))
+    assert failed.error is not None and message in failed.error and "\n" not in failed.error
+    assert any(message in r.getMessage() for r in caplog.records)
+    assert await app.retry(manifest, options()) == 0  # only fixing the row helps
+    rows[1] = {**good, "prompt": "fixed"}
+    write_csv(workspace.root / "t.csv", rows)
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    assert fake.requests_total == 2
 
 
 async def test_a_row_whose_image_is_missing_fails_that_job_only(
@@ -432,23 +456,23 @@ async def test_a_long_table_is_sent_while_its_later_chunks_are_still_read(
     assert fake.requests_total == 40  # the finished table: nothing again
 
 
-async def test_a_bad_row_found_while_sending_stops_the_run_and_nothing_is_paid_twice(
+async def test_a_bad_row_found_while_sending_fails_alone_and_nothing_is_paid_twice(
     workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     chunked(monkeypatch, 8)
     rows = [{"file": workspace.image(f"b/{i}.png"), "prompt": f"p{i}"} for i in range(40)]
     bad = [dict(row) for row in rows]
-    bad[29]["prompt"] = ""  # row 30, in the fourth chunk
+    bad[29]["prompt"] = ""  # row 30, in the fourth chunk: read while the first are sent
     write_csv(workspace.root / "t.csv", bad)
     manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
 
-    with pytest.raises(ManifestError) as caught:
-        await app.run(manifest, options())
+    outcome = await app.run(manifest, options())
 
-    assert "row 30" in str(caught.value) and "'prompt'" in str(caught.value)
-    assert fake.requests_total <= 24  # rows of the first three chunks at most
-    later = {workspace.fingerprint({"image": r["file"], "prompt": r["prompt"]}) for r in rows[24:]}
-    assert not later & set(fake.received)  # nothing from the bad row's chunk on
+    assert outcome.exit_code == ExitCode.FAILED
+    assert outcome.summary.counts["succeeded"] == 39 and outcome.summary.counts["failed"] == 1
+    assert fake.requests_total == 39  # every row but the bad one
+    (failed,) = await app.jobs(manifest, options(), app.JobFilter(state="failed"))
+    assert "row 30" in str(failed.error) and "'prompt'" in str(failed.error)
 
     write_csv(workspace.root / "t.csv", rows)  # fixed
     assert (await app.run(manifest, options())).exit_code == ExitCode.OK

@@ -157,6 +157,9 @@ async def chunked_syncs(store: Store) -> dict[str, Any]:
     page = await store.specs_page("c", {JobState.PENDING.value}, 2, 3)
     seen["page"] = [(position, s.key[:2]) for position, s in page]
     seen["state counts"] = dict(await store.state_counts("m"))
+    seen["rejected"] = list(await store.reject_rows({spec(90).key: "t.csv: row 1: bad"}))
+    seen["rejected again"] = list(await store.reject_rows({spec(90).key: "t.csv: row 1: bad"}))
+    seen["retried"] = await store.retry("c")  # an unusable row stays failed
     await store.save_digests([DigestEntry("/in/a.png", 1, 2, "aa" * 32)])
     seen["digests_for"] = dict(await store.digests_for(["/in/a.png", "/in/none.png"]))
     return seen
@@ -194,6 +197,8 @@ async def test_the_memory_store_answers_every_verb_as_the_sql_store_does(
     assert expected["resynced"] == (resynced, 2)
     assert expected["page"] == [(3, "76"), (4, "75"), (5, "74")]
     assert list(expected["digests_for"]) == ["/in/a.png"]
+    assert expected["rejected"] == [spec(90).key] and expected["rejected again"] == []
+    assert expected["retried"] == 0
 
 
 @pytest.mark.parametrize("make", [sql_store, memory_store])
