@@ -122,7 +122,9 @@ async def run(path: os.PathLike[str] | str, options: Options) -> RunOutcome:
         # While the rest of the manifest is still being read, its jobs may need any of them.
         wanted = counts.providers(TO_DO | {JobState.SUBMITTED.value})
         creds = credentials(parsed, parsed.provider_names if streaming else wanted)
-        if isinstance(manifest.output_dir, Path):  # an object store has no temp files
+        # Temp files of dead runs are swept by a run with work to do (an object store has
+        # none): a finished manifest's re-run does not list a folder of 100,000 outputs.
+        if isinstance(manifest.output_dir, Path) and (creds or streaming):
             await anyio.to_thread.run_sync(sweep_temp_files, manifest.output_dir)
         await _reclaim_dead_runs(store)
         in_batches = counts.count({JobState.SUBMITTED.value})

@@ -273,19 +273,28 @@ class SqlStore:
 
     async def input_stats(self, manifest: str) -> list[tuple[str, int | None, int | None]]:
         """Each input file of the manifest's jobs with the size and mtime its digest was
-        cached at (None: no digest cached): unchanged files mean unchanged job keys."""
-        m, j, d = t.manifest_jobs.c, t.jobs.c, t.file_digests.c
-        members = select(m.job_key).where(m.manifest == manifest)
+        cached at (None: no digest cached): unchanged files mean unchanged job keys. An
+        unusable table row has no input (its table is in the manifest's fingerprint)."""
+        m, j = t.manifest_jobs.c, t.jobs.c
+        image, mask = t.file_digests.alias("image"), t.file_digests.alias("mask")
+        query = (
+            select(j.image_path, image.c.size_bytes, image.c.mtime_ns,
+                   j.mask_path, mask.c.size_bytes, mask.c.mtime_ns)
+            .select_from(
+                t.manifest_jobs.join(t.jobs, j.key == m.job_key)
+                .outerjoin(image, image.c.path == j.image_path)
+                .outerjoin(mask, mask.c.path == j.mask_path)
+            )
+            .where(m.manifest == manifest)
+            .where(or_(j.failure_kind.is_(None), j.failure_kind != FailureKind.ROW.value))
+        )  # fmt: skip
 
         async def read(conn: AsyncConnection) -> list[tuple[str, int | None, int | None]]:
             found: list[tuple[str, int | None, int | None]] = []
-            for column in (j.image_path, j.mask_path):
-                rows = await conn.execute(
-                    select(column, d.size_bytes, d.mtime_ns)
-                    .select_from(t.jobs.outerjoin(t.file_digests, d.path == column))
-                    .where(j.key.in_(members), column.is_not(None))
-                )
-                found.extend((str(p), size, mtime) for p, size, mtime in rows)
+            for path, size, mtime, mask_path, mask_size, mask_mtime in await conn.execute(query):
+                found.append((str(path), size, mtime))
+                if mask_path is not None:
+                    found.append((str(mask_path), mask_size, mask_mtime))
             return found
 
         return await self._db.run(read)

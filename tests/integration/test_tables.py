@@ -245,6 +245,7 @@ async def test_a_bad_row_fails_its_own_job_naming_table_row_and_column_and_sends
     workspace: Workspace,
     fake: FakeProvider,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
     bad: dict[str, Any],
     source: dict[str, Any],
     message: str,
@@ -265,6 +266,9 @@ async def test_a_bad_row_fails_its_own_job_naming_table_row_and_column_and_sends
     assert failed.error is not None and message in failed.error and "\n" not in failed.error
     assert any(message in r.getMessage() for r in caplog.records)
     assert await app.retry(manifest, options()) == 0  # only fixing the row helps
+    reads = count_manifest_reads(monkeypatch)
+    assert (await app.run(manifest, options())).exit_code == ExitCode.FAILED
+    assert reads == [] and fake.requests_total == 1  # unchanged: the database's list, as is
     rows[1] = {**good, "prompt": "fixed"}
     write_csv(workspace.root / "t.csv", rows)
     assert (await app.run(manifest, options())).exit_code == ExitCode.OK
