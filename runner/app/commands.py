@@ -455,8 +455,8 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
                 found.jobs += 1
                 if states.get(spec.key) in _NOT_SENT_AGAIN:
                     found.done += 1
-                elif draft.problem is not None:  # an unusable table row
-                    found.add(JobCheck(spec.entry, str(spec.image), draft.problem, None))
+                elif draft.problem is not None:  # an unusable table row: no image to name
+                    found.add(JobCheck(spec.entry, "", draft.problem, None))
                 else:
                     found.add(check(spec))
 

@@ -159,7 +159,6 @@ def _settings_of(parsed: ParsedManifest, duplicates: int) -> Manifest:
 
 @dataclass(frozen=True, slots=True)
 class Synced:
-    jobs: int
     new_jobs: int
     duplicates: int  # see Manifest.duplicates
 
@@ -223,7 +222,7 @@ async def sync_jobs(
     with anyio.CancelScope(shield=True):
         await store.sync_manifest(manifest, [], start=resolver.jobs, final=True)
         await store.record_sync(manifest, parsed.fingerprint, resolver.duplicates)
-    return Synced(resolver.jobs, new_jobs, resolver.duplicates)
+    return Synced(new_jobs, resolver.duplicates)
 
 
 @dataclass(frozen=True, slots=True)

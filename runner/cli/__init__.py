@@ -675,8 +675,8 @@ def validate(manifest: Path, db: str | None) -> None:
         err().print(note, markup=False)
     for check in result.bad:
         where = entry_label(check.entry)
-        err().print(f"{result.path}: {where} {check.image}: {check.problem}",
-                    markup=False)  # fmt: skip
+        image = f" {check.image}" if check.image else ""  # a bad table row names itself
+        err().print(f"{result.path}: {where}{image}: {check.problem}", markup=False)
     left, bad = result.left, len(result.bad)
     out().print(f"{result.jobs} jobs: {result.done} done already, {left} left to "
                 f"send, {bad} of them would fail without being sent")  # fmt: skip
