@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
@@ -47,10 +48,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "bound": {"latency": 1.0, "concurrency": 32, "jobs": 640},
     "speed": {"latency": 0.0, "concurrency": 16, "jobs": 500},
     "memory": {"latency": 0.0, "concurrency": 16, "jobs": 2000},
+    # Many requests in flight, each waiting long: what memory grows with concurrency.
+    "wide": {"latency": 20.0, "concurrency": 128, "jobs": 512},
 }
 BOUND_SHARE = 0.95  # bound: runner >= 0.95 x C/L
 SPEED_RATIO = 1.0  # speed: runner >= 1.0 x bare
+CPU_RATIO = 1.2  # speed: runner CPU per job <= 1.2 x bare
 RSS_LIMIT_MB = 400.0  # memory: runner peak RSS < 400 MB
+RSS_SDK_RATIO = 1.5  # memory, wide: runner peak RSS <= 1.5 x the SDK script's
+CONTENDER_KINDS = ("runner", "bare", "sdk")
 
 
 # --------------------------------------------------------------------------- measuring
@@ -284,7 +290,7 @@ def _count_outputs(out: Path) -> int:
 @dataclass
 class Contender:
     name: str
-    kind: str  # "runner" or "bare"
+    kind: str  # "runner", "bare" (bench/bare_loop.py) or "sdk" (bench/sdk_loop.py)
     env: dict[str, str] = field(default_factory=dict)  # extra environment
     python: str = sys.executable  # the bare loop may run under another interpreter
 
@@ -315,7 +321,7 @@ def run_contender(
     else:
         cmd = [
             c.python,
-            str(BENCH / "bare_loop.py"),
+            str(BENCH / f"{c.kind}_loop.py"),
             "--base-url",
             server.base_url,
             "--api-key",
@@ -419,12 +425,16 @@ def evaluate(name: str, cfg: dict[str, Any], summary: dict[str, dict[str, Any]])
     """Ratios and the scenario's target, judged on the plain `runner` contender."""
     latency, conc = cfg["latency"], cfg["concurrency"]
     bound = conc / latency if latency > 0 else None
-    r, b = summary.get("runner"), summary.get("bare")
+    r, b, sdk = summary.get("runner"), summary.get("bare"), summary.get("sdk")
     ev: dict[str, Any] = {"bound_jobs_s": bound, "targets": []}
     if r and bound:
         ev["runner_over_bound"] = r["jobs_s"] / bound
         ev["runner_steady_over_bound"] = (r["steady_jobs_s"] or 0) / bound
+    if r and sdk:
+        ev["runner_rss_over_sdk"] = r["peak_rss_mb"] / sdk["peak_rss_mb"]
+        ev["runner_over_sdk"] = r["jobs_s"] / sdk["jobs_s"]
     if r and b:
+        ev["runner_cpu_over_bare"] = r["cpu_ms_job"] / b["cpu_ms_job"]
         ev["runner_over_bare"] = r["jobs_s"] / b["jobs_s"]
         if r["steady_jobs_s"] and b["steady_jobs_s"]:
             ev["runner_over_bare_steady"] = r["steady_jobs_s"] / b["steady_jobs_s"]
@@ -456,6 +466,21 @@ def evaluate(name: str, cfg: dict[str, Any], summary: dict[str, dict[str, Any]])
                         "pass": ok_runs and value >= SPEED_RATIO,
                     }
                 )
+        ev["targets"].append(
+            {
+                "target": f"runner CPU per job <= {CPU_RATIO} x bare",
+                "value": ev["runner_cpu_over_bare"],
+                "pass": ok_runs and ev["runner_cpu_over_bare"] <= CPU_RATIO,
+            }
+        )
+    if name in ("memory", "wide") and "runner_rss_over_sdk" in ev:
+        ev["targets"].append(
+            {
+                "target": f"runner peak RSS <= {RSS_SDK_RATIO} x the SDK script's",
+                "value": ev["runner_rss_over_sdk"],
+                "pass": ok_runs and ev["runner_rss_over_sdk"] <= RSS_SDK_RATIO,
+            }
+        )
     if name == "memory" and r:
         ev["targets"].append(
             {
@@ -511,6 +536,12 @@ def print_table(
         ratios.append(
             f"runner/bare {ev['runner_over_bare']:.3f} end-to-end"
             + (f", {steady:.3f} steady" if steady else "")
+            + f"; CPU per job {ev['runner_cpu_over_bare']:.3f}"
+        )
+    if "runner_over_sdk" in ev:
+        ratios.append(
+            f"runner/sdk {ev['runner_over_sdk']:.3f} end-to-end; "
+            f"peak RSS {ev['runner_rss_over_sdk']:.3f}"
         )
     if "bare" in summary:
         ratios += [
@@ -522,7 +553,7 @@ def print_table(
         print("  " + line)
     for t in ev["targets"]:
         print(f"  {_verdict(t['pass'])}  {t['target']}  (got {t['value']:.3f})")
-    if name == "memory" or jobs >= 1500:
+    if name in ("memory", "wide") or jobs >= 1500:
         print("  VmRSS MB over the run (10 evenly spaced samples):")
         for contender, rs in runs.items():
             series = rs[0].rss_mb
@@ -566,9 +597,9 @@ def _git_commit() -> str:
     return head + ("+dirty runner/" if dirty else "")
 
 
-def warm_up(work: Path, server: FakeServer, image: Path) -> None:
+def warm_up(work: Path, server: FakeServer, image: Path, contenders: list[Contender]) -> None:
     """Compile .pyc files and fill the server's edit cache before anything is timed."""
-    for c in (Contender("runner", "runner"), Contender("bare", "bare")):
+    for c in {c.kind: c for c in contenders}.values():
         run_contender(
             c,
             0,
@@ -603,7 +634,7 @@ def run_scenario(
             flush=True,
         )
         if warm:
-            warm_up(work, server, image)
+            warm_up(work, server, image, contenders)
         for i in range(repeat):
             order = contenders if i % 2 == 0 else contenders[::-1]  # alternate
             for c in order:
@@ -642,13 +673,17 @@ def run_scenario(
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description="runner vs a bare httpx+anyio loop.")
+    p = argparse.ArgumentParser(description="runner vs a bare httpx+anyio loop and an SDK script.")
     p.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="speed")
     p.add_argument("--jobs", type=int, help="override N")
     p.add_argument("--latency", type=float, help="override L (seconds)")
     p.add_argument("--concurrency", type=int, help="override C")
     p.add_argument("--repeat", type=int, default=1, help="runs per contender; medians reported")
-    p.add_argument("--contenders", default="runner,bare", help="comma list of runner,bare")
+    p.add_argument(
+        "--contenders",
+        default=",".join(CONTENDER_KINDS),
+        help="comma list of runner,bare,sdk (sdk needs `pip install -e '.[bench]'`)",
+    )
     p.add_argument(
         "--runner-env",
         action="append",
@@ -689,8 +724,10 @@ def main() -> int:
         p.error("--repeat must be 1..10")
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     contenders = [Contender(n, n) for n in args.contenders.split(",") if n]
-    if any(c.kind not in ("runner", "bare") for c in contenders):
-        p.error("--contenders takes runner and/or bare")
+    if any(c.kind not in CONTENDER_KINDS for c in contenders):
+        p.error("--contenders takes runner, bare and/or sdk")
+    if any(c.kind == "sdk" for c in contenders) and importlib.util.find_spec("openai") is None:
+        p.error("the sdk contender needs the openai package: pip install -e '.[bench]'")
     for kind, variants in (("runner", args.runner_env), ("bare", args.bare_env)):
         for env in variants:
             label = ",".join(f"{k}={v}" for k, v in env.items())

@@ -14,6 +14,7 @@ from logging.config import fileConfig
 from pathlib import Path
 
 from alembic import context
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -42,11 +43,19 @@ def _cli_url() -> str:
     return database_url(value, Path.cwd())
 
 
-async def _run_from_cli() -> None:
-    engine = create_async_engine(_cli_url())
+async def _run_from_cli(url: str) -> None:
+    engine = create_async_engine(url)
     async with engine.begin() as connection:
         await connection.run_sync(_run)
     await engine.dispose()
+
+
+def _run_from_cli_sqlite(url: str) -> None:
+    """SQLite through the stdlib driver, as the runner opens it (runner/store/connection.py)."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        _run(connection)
+    engine.dispose()
 
 
 shared = config.attributes.get("connection")
@@ -58,4 +67,8 @@ else:
         fileConfig(config.config_file_name, disable_existing_loggers=False)
     if context.is_offline_mode():
         raise SystemExit("offline (--sql) mode is not supported; run against a database")
-    asyncio.run(_run_from_cli())
+    url = _cli_url()
+    if url.startswith("sqlite:"):
+        _run_from_cli_sqlite(url)
+    else:
+        asyncio.run(_run_from_cli(url))

@@ -738,7 +738,7 @@ class ReporterHandler(logging.Handler):
 
 # Libraries that log at INFO or DEBUG (httpx every request, Pillow every PNG chunk):
 # the user sees their records only with -vv.
-THIRD_PARTY_LOGGERS = ("httpx", "httpcore", "alembic", "aiosqlite", "asyncio", "PIL",
+THIRD_PARTY_LOGGERS = ("httpx", "httpcore", "alembic", "asyncio", "PIL",
                        "sqlalchemy", "asyncpg", "urllib3", "web3", "eth_account")  # fmt: skip
 
 

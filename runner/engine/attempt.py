@@ -190,7 +190,7 @@ class Attempts:
         `concurrency` requests out (else wait a moment and ask again), at the pace the
         runners keep together (`requests_per_minute`, a pause a rate limit asked for)."""
         while True:
-            await gate.wait_turn()
+            turn = await gate.wait_turn()
             try:
                 return await self._store.begin_attempt(
                     spec.key,
@@ -199,13 +199,16 @@ class Attempts:
                     spec.model,
                     lease_until=self._lease_until(),
                     in_flight_limit=self._concurrency.get(spec.provider),
+                    # This run's other requests out, by its own count: one that has its
+                    # answer is no longer out, though its record may still be on the way.
+                    own_in_flight=gate.outstanding - 1,
                     interval_s=gate.interval_s or None,
                 )
             except ProviderBusy:
-                gate.answered()
+                gate.unused_turn(turn)
                 await gate.sleep(FLEET_BUSY_WAIT_S)
             except ProviderPaced as paced:  # the fleet's pace, or a pause one runner was told
-                gate.answered()
+                gate.unused_turn(turn)
                 await gate.sleep(paced.wait_s)
             except StoppedElsewhere as exc:  # another runner's 402 (or rejected key)
                 gate.answered()

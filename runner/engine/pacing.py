@@ -123,9 +123,25 @@ class ProviderGate:
         self.pause_for(self._breaker_window)
         return True
 
+    @property
+    def outstanding(self) -> int:
+        """Requests that passed `wait_turn` and have no answer yet."""
+        return self._outstanding
+
     def answered(self) -> None:
         """A request that passed `wait_turn` has its answer (or will never get one)."""
         self._outstanding = max(0, self._outstanding - 1)
+
+    def unused_turn(self, turn: float) -> None:
+        """A turn from `wait_turn` that sent nothing (the runners on the database were at
+        the provider's concurrency, or pacing it): it is not out, and unless another turn
+        was taken since, the next request may have its slot instead of waiting a whole
+        interval more."""
+        self.answered()
+        if self._next_slot == turn:
+            self._next_slot = turn - self._interval
+            if self._window_left is not None:
+                self._window_left += 1
 
     def observe_rate(self, remaining: int | None, reset_in_s: float | None) -> None:
         """Pace from the provider's own count, before it has to say 429: `remaining`
@@ -140,8 +156,9 @@ class ProviderGate:
         """Hold every request to this provider for `seconds` (a server's wait hint)."""
         self._paused_until = max(self._paused_until, self._clock.monotonic() + seconds)
 
-    async def wait_turn(self) -> None:
-        """Wait for this provider's next free request slot; raises Stopped if it stops."""
+    async def wait_turn(self) -> float:
+        """Wait for this provider's next free request slot; raises Stopped if it stops.
+        Returns the turn, for `unused_turn`."""
         while True:
             self._raise_if_stopped()
             now = self._clock.monotonic()
@@ -157,7 +174,7 @@ class ProviderGate:
                     if self._window_left is not None:
                         self._window_left -= 1
                     self._outstanding += 1
-                    return
+                    return self._next_slot
             await self.sleep(start - now)
 
     async def sleep(self, seconds: float) -> None:

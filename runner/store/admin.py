@@ -10,15 +10,15 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.records import FailureKind, JobState
 from runner.store import tables as t
+from runner.store.connection import Conn
 from runner.store.queries import in_manifest, latest_attempt_id
 
 
 async def move_jobs(
-    conn: AsyncConnection,
+    conn: Conn,
     manifest: str,
     *,
     from_states: Collection[JobState],
@@ -45,9 +45,7 @@ async def move_jobs(
     return int(result.rowcount)
 
 
-async def reject_rows(
-    conn: AsyncConnection, problems: Mapping[str, str], now: datetime
-) -> list[str]:
+async def reject_rows(conn: Conn, problems: Mapping[str, str], now: datetime) -> list[str]:
     """Fail these new (pending) jobs of unusable table rows, each with its problem; returns
     the keys it failed (a row failed by an earlier sync is not failed again)."""
     j = t.jobs.c
@@ -66,7 +64,7 @@ async def reject_rows(
     return failed
 
 
-async def set_prices(conn: AsyncConnection, prices: Mapping[str, str]) -> None:
+async def set_prices(conn: Conn, prices: Mapping[str, str]) -> None:
     """Record the price each pending job will be costed at. Finished jobs keep the one they
     ran at; running ones are another runner's (priced when it started), and touching their
     rows here, while that runner's own transactions lock them, could deadlock."""
@@ -91,7 +89,7 @@ async def set_prices(conn: AsyncConnection, prices: Mapping[str, str]) -> None:
 _KEYS_PER_STATEMENT = 500  # well under SQLite's limit on bound parameters
 
 
-async def load_catalogue(conn: AsyncConnection, source_url: str) -> tuple[datetime, str] | None:
+async def load_catalogue(conn: Conn, source_url: str) -> tuple[datetime, str] | None:
     c = t.model_catalogues.c
     row = (
         await conn.execute(select(c.fetched_at, c.body).where(c.source_url == source_url))
@@ -99,9 +97,7 @@ async def load_catalogue(conn: AsyncConnection, source_url: str) -> tuple[dateti
     return (row.fetched_at, row.body) if row else None
 
 
-async def save_catalogue(
-    conn: AsyncConnection, source_url: str, body: str, fetched_at: datetime
-) -> None:
+async def save_catalogue(conn: Conn, source_url: str, body: str, fetched_at: datetime) -> None:
     c = t.model_catalogues.c
     changed = await conn.execute(
         update(t.model_catalogues)

@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import RunnerError
 from runner.records import (
@@ -28,6 +27,7 @@ from runner.records import (
 from runner.redact import redact
 from runner.store import tables as t
 from runner.store.batching import GroupCommit
+from runner.store.connection import Conn
 from runner.store.rows import output_rows, spec_from_row, usage_columns
 
 _CHUNK = 500
@@ -45,7 +45,7 @@ class SqlBatchStore:
         u = t.uploads.c
         now = self._now()
 
-        async def read(conn: AsyncConnection) -> dict[str, str]:
+        async def read(conn: Conn) -> dict[str, str]:
             found: dict[str, str] = {}
             for start in range(0, len(digests), _CHUNK):
                 rows = await conn.execute(
@@ -65,7 +65,7 @@ class SqlBatchStore:
     ) -> None:
         u = t.uploads
 
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: Conn) -> None:
             await conn.execute(u.delete().where(u.c.provider == provider, u.c.sha256 == sha256))
             await conn.execute(
                 insert(u).values(
@@ -79,7 +79,7 @@ class SqlBatchStore:
     async def forget_uploads(self, provider: str, file_ids: Sequence[str]) -> None:
         u = t.uploads.c
 
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: Conn) -> None:
             await conn.execute(
                 t.uploads.delete().where(u.provider == provider, u.file_id.in_(list(file_ids)))
             )
@@ -89,7 +89,7 @@ class SqlBatchStore:
     async def all_uploads(self, provider: str) -> list[str]:
         u = t.uploads.c
 
-        async def read(conn: AsyncConnection) -> list[str]:
+        async def read(conn: Conn) -> list[str]:
             return list(
                 (await conn.execute(select(u.file_id).where(u.provider == provider))).scalars()
             )
@@ -105,7 +105,7 @@ class SqlBatchStore:
         meanwhile stays out of the batch's accounting: its line is ignored when collected)."""
         j = t.jobs.c
 
-        async def write(conn: AsyncConnection) -> int:
+        async def write(conn: Conn) -> int:
             await conn.execute(insert(t.batches).values(**_batch_row(batch)))
             keys = list(lines)
             moved = 0
@@ -137,7 +137,7 @@ class SqlBatchStore:
         if unknown:
             raise RunnerError(f"not a batch column: {', '.join(sorted(unknown))}")
 
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: Conn) -> None:
             await conn.execute(update(t.batches).where(t.batches.c.id == batch_id).values(**values))
 
         await self._db.run(write)
@@ -149,7 +149,7 @@ class SqlBatchStore:
         if manifest is not None:
             where.append(b.manifest == manifest)
 
-        async def read(conn: AsyncConnection) -> list[BatchRecord]:
+        async def read(conn: Conn) -> list[BatchRecord]:
             rows = await conn.execute(select(t.batches).where(*where).order_by(b.created_at, b.id))
             return [_batch_from_row(r) for r in rows]
 
@@ -159,7 +159,7 @@ class SqlBatchStore:
         """The jobs of a batch still waiting for their line's answer."""
         line = t.batch_lines.c
 
-        async def read(conn: AsyncConnection) -> dict[str, JobSpec]:
+        async def read(conn: Conn) -> dict[str, JobSpec]:
             rows = await conn.execute(
                 select(t.jobs)
                 .join(t.batch_lines, line.job_key == t.jobs.c.key)
@@ -190,7 +190,7 @@ class SqlBatchStore:
         line = t.batch_lines.c
         now = self._now()
 
-        async def write(conn: AsyncConnection) -> bool:
+        async def write(conn: Conn) -> bool:
             claimed = await conn.execute(
                 update(t.batch_lines)
                 .where(line.batch_id == batch.id, line.job_key == spec.key, line.outcome.is_(None))
@@ -248,7 +248,7 @@ class SqlBatchStore:
         line = t.batch_lines.c
         now = self._now()
 
-        async def write(conn: AsyncConnection) -> int:
+        async def write(conn: Conn) -> int:
             waiting = select(line.job_key).where(line.batch_id == batch_id, line.outcome.is_(None))
             ended = {"finished_at": now} if state is not JobState.PENDING else {}
             kind = {"failure_kind": FailureKind.REFUSED.value} if state is JobState.FAILED else {}
@@ -274,7 +274,7 @@ class SqlBatchStore:
         prices): spent money as far as --max-cost is concerned."""
         line = t.batch_lines.c
 
-        async def read(conn: AsyncConnection) -> float:
+        async def read(conn: Conn) -> float:
             total = await conn.scalar(
                 select(func.coalesce(func.sum(line.estimate_usd), 0.0))
                 .select_from(t.batch_lines.join(t.batches, t.batches.c.id == line.batch_id))

@@ -19,12 +19,12 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import RunnerError, StoreError, WriteFailed
+from runner.store.connection import Conn
 
 T = TypeVar("T")
-Write = Callable[[AsyncConnection], Awaitable[T]]
+Write = Callable[[Conn], Awaitable[T]]
 
 
 # How many times a batch the database rolled back by itself is run again.
@@ -76,7 +76,7 @@ class Pending(Generic[T]):
 
 
 class GroupCommit:
-    def __init__(self, begin: Callable[[], AbstractAsyncContextManager[AsyncConnection]]) -> None:
+    def __init__(self, begin: Callable[[], AbstractAsyncContextManager[Conn]]) -> None:
         self._begin = begin
         self._lock = anyio.Lock()
         self._queue: list[Pending[Any]] = []

@@ -17,14 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from runner.errors import MissingDriver, NewerSchema, StoreError
 from runner.manifest.digests import DigestEntry
 from runner.store import tables as t
+from runner.store.connection import Database, InlineEngine
 from runner.store.sql import SqlStore
 
 BUSY_TIMEOUT_MS = 60_000
@@ -33,12 +34,13 @@ MIGRATION_LOCK = 0x72756E6E6572
 
 
 def database_url(value: str, base: Path) -> str:
-    """A path (relative to `base`) or a SQLAlchemy URL → an async SQLAlchemy URL."""
+    """A path (relative to `base`) or a SQLAlchemy URL → the URL the store opens: SQLite
+    through the stdlib driver (connection.py says why), PostgreSQL through asyncpg."""
     if "://" not in value:
-        return f"sqlite+aiosqlite:///{(base / value).resolve()}"
+        return f"sqlite:///{(base / value).resolve()}"
     scheme, rest = value.split("://", 1)
-    async_drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
-    return f"{async_drivers.get(scheme, scheme)}://{rest}"
+    drivers = {"sqlite+aiosqlite": "sqlite", "postgresql": "postgresql+asyncpg"}
+    return f"{drivers.get(scheme, scheme)}://{rest}"
 
 
 def migrations_dir() -> Path:
@@ -86,8 +88,8 @@ def upgrade_to_head(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
@@ -100,7 +102,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -108,7 +110,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 _OPEN_TRIES = 10
 
 
-async def _migrate(engine: AsyncEngine, is_sqlite: bool) -> None:
+async def _migrate(engine: Database, is_sqlite: bool) -> None:
     async with engine.begin() as conn:
         if not is_sqlite:
             # Runners started together on a fresh database: one migrates, the others
@@ -127,13 +129,20 @@ async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlS
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from exc
+    engine: Database
     try:
-        engine = create_async_engine(
-            url,
-            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if is_sqlite else {},
-            pool_size=1 if is_sqlite else 5,
-            max_overflow=0 if is_sqlite else 10,
-        )
+        if is_sqlite:
+            sqlite_engine = create_engine(
+                database_url(url, Path.cwd()),  # a sqlite+aiosqlite URL runs on sqlite3 too
+                # The store's thread opens it; a test may close it from another.
+                connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+                pool_size=1,
+                max_overflow=0,
+            )
+            _configure_sqlite(sqlite_engine)
+            engine = InlineEngine(sqlite_engine)
+        else:
+            engine = create_async_engine(url, pool_size=5, max_overflow=10)
     except ImportError as exc:
         extra = "postgres" if url.startswith("postgresql") else None
         hint = f": pip install -e '.[{extra}]'" if extra else ""
@@ -144,8 +153,6 @@ async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlS
         raise MissingDriver(
             f"{redact_url(url)}: not a database URL the runner knows ({exc})"
         ) from None
-    if is_sqlite:
-        _configure_sqlite(engine)
     try:
         for tries_left in reversed(range(_OPEN_TRIES)):
             try:

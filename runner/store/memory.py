@@ -365,6 +365,7 @@ class MemoryStore:
         *,
         lease_until: datetime | None = None,
         in_flight_limit: int | None = None,
+        own_in_flight: int | None = None,
         interval_s: float | None = None,
     ) -> AttemptTicket:
         if (stop := self._t.stops.get(provider)) is not None:
@@ -383,7 +384,9 @@ class MemoryStore:
             ready = max(ready, pace.next_slot_at)
         if ready > now:
             raise ProviderPaced((ready - now).total_seconds())
-        if in_flight_limit is not None and self._out_now(provider) >= in_flight_limit:
+        if in_flight_limit is not None and self._out_now(provider, owner, own_in_flight) >= (
+            in_flight_limit
+        ):
             raise ProviderBusy(f"{provider}: {in_flight_limit} requests out across runners")
         row = self._t.jobs.get(key)
         lease = row.lease_expires_at if row is not None else None
@@ -405,13 +408,14 @@ class MemoryStore:
         )
         return _Ticket(attempt_id)
 
-    def _out_now(self, provider: str) -> int:
+    def _out_now(self, provider: str, owner: str, own: int | None) -> int:
         now = self._now()
-        count = 0
+        count = own or 0
         for a in self._t.attempts.values():
             job = self._t.jobs.get(a.job_key)
             if (
-                a.provider == provider
+                (own is None or a.run_id != owner)
+                and a.provider == provider
                 and a.outcome == Outcome.IN_FLIGHT.value
                 and job is not None
                 and job.lease_owner == a.run_id

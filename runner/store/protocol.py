@@ -149,6 +149,7 @@ class Store(Protocol):
         *,
         lease_until: datetime | None = None,
         in_flight_limit: int | None = None,
+        own_in_flight: int | None = None,
         interval_s: float | None = None,
     ) -> AttemptTicket:
         """Record an `in_flight` attempt; returns once it is committed, so that a request sent
@@ -160,7 +161,9 @@ class Store(Protocol):
         Else LeaseLost, and nothing is written: a runner paused past its lease never pays
         for a job another runner has taken. StoppedElsewhere when any runner has stopped
         this provider (`stop_provider`). With `in_flight_limit`, ProviderBusy when every
-        runner's requests out to this provider, together, already reach it. ProviderPaced
+        runner's requests out to this provider, together, already reach it; `own_in_flight`
+        is `owner`'s own count of its requests out (the attempts it has in the database may
+        wait for their answers' records behind it), None to count them there too. ProviderPaced
         while a pause (`pause_provider`) lasts, or, with `interval_s`, until the provider's
         next free slot: the runners together send at most one request per `interval_s`."""
         ...

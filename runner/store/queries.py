@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.records import (
     DIED,
@@ -24,6 +23,7 @@ from runner.records import (
     fleet_entry,
 )
 from runner.store import tables as t
+from runner.store.connection import Conn
 
 
 def in_manifest(manifest: str) -> Any:
@@ -52,7 +52,7 @@ def _usage_by_job(keys: Collection[str] | None = None) -> Any:
     return (query if keys is None else query.where(a.job_key.in_(keys))).subquery()
 
 
-async def summary(conn: AsyncConnection, manifest: str, now: datetime) -> Summary:
+async def summary(conn: Conn, manifest: str, now: datetime) -> Summary:
     counts = {state.value: 0 for state in JobState}
     rows = await conn.execute(
         select(t.jobs.c.status, func.count()).where(in_manifest(manifest)).group_by(t.jobs.c.status)
@@ -102,7 +102,7 @@ async def summary(conn: AsyncConnection, manifest: str, now: datetime) -> Summar
 _RECLAIMED_SHOWN_FOR = timedelta(days=1)
 
 
-async def _fleet(conn: AsyncConnection, manifest: str, now: datetime) -> list[dict[str, Any]]:
+async def _fleet(conn: Conn, manifest: str, now: datetime) -> list[dict[str, Any]]:
     r = t.runs.c
     runs = (
         await conn.execute(
@@ -150,7 +150,7 @@ async def _fleet(conn: AsyncConnection, manifest: str, now: datetime) -> list[di
     ]
 
 
-async def _accounts(conn: AsyncConnection, manifest: str) -> dict[str, ProviderAccount]:
+async def _accounts(conn: Conn, manifest: str) -> dict[str, ProviderAccount]:
     """Per provider profile: what this manifest's jobs cost, and the latest balance any
     answer from it reported (balances are per account, so any manifest's answer counts)."""
     a = t.attempts.c
@@ -187,7 +187,7 @@ async def _accounts(conn: AsyncConnection, manifest: str) -> dict[str, ProviderA
 
 
 async def export_rows(
-    conn: AsyncConnection, manifest: str, keys: Collection[str] | None = None
+    conn: Conn, manifest: str, keys: Collection[str] | None = None
 ) -> Sequence[ExportRow]:
     """The manifest's jobs with their results, in manifest order; `keys`: only those (a
     page of a long manifest)."""
@@ -231,12 +231,12 @@ async def export_rows(
     return [_export_row(row, paths.get(row.key, [])) for row in rows]
 
 
-async def job_states(conn: AsyncConnection, manifest: str) -> Mapping[str, str]:
+async def job_states(conn: Conn, manifest: str) -> Mapping[str, str]:
     rows = await conn.execute(select(t.jobs.c.key, t.jobs.c.status).where(in_manifest(manifest)))
     return {str(key): str(status) for key, status in rows}
 
 
-async def succeeded_costs(conn: AsyncConnection, manifest: str) -> Mapping[str, float]:
+async def succeeded_costs(conn: Conn, manifest: str) -> Mapping[str, float]:
     a = t.attempts.c
     rows = await conn.execute(
         select(a.job_key, a.cost_usd).where(
@@ -250,7 +250,7 @@ async def succeeded_costs(conn: AsyncConnection, manifest: str) -> Mapping[str, 
     return {str(key): float(cost) for key, cost in rows}
 
 
-async def output_paths(conn: AsyncConnection) -> frozenset[str]:
+async def output_paths(conn: Conn) -> frozenset[str]:
     return frozenset((await conn.execute(select(t.outputs.c.path).distinct())).scalars())
 
 

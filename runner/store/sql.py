@@ -30,7 +30,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runner.errors import (
     LeaseLost,
@@ -60,6 +59,7 @@ from runner.store import admin, queries
 from runner.store import tables as t
 from runner.store.batch_sql import SqlBatchStore
 from runner.store.batching import GroupCommit
+from runner.store.connection import Conn, Database
 from runner.store.protocol import AttemptTicket, RunInfo
 from runner.store.rows import output_rows, spec_from_row, usage_columns
 
@@ -100,7 +100,7 @@ class _Wait:
     seconds: float
 
 
-def _insert_new(conn: AsyncConnection, table: Table) -> Any:
+def _insert_new(conn: Conn, table: Table) -> Any:
     """An INSERT that skips rows whose key is already there: runners started together on
     one database sync the same manifest at the same moment, and the second must not fail
     with a duplicate key (PostgreSQL runs their transactions side by side)."""
@@ -156,7 +156,7 @@ def _attempt_id(ticket: AttemptTicket) -> int:
 
 
 class SqlStore:
-    def __init__(self, engine: AsyncEngine, clock: Callable[[], datetime]) -> None:
+    def __init__(self, engine: Database, clock: Callable[[], datetime]) -> None:
         self._engine = engine
         self._now = clock
         # Reads queue with the writes: on SQLite there is one connection, and a read in a
@@ -173,7 +173,7 @@ class SqlStore:
     ) -> int:
         now = self._now()
 
-        async def write(conn: AsyncConnection) -> int:
+        async def write(conn: Conn) -> int:
             # A re-run of an unchanged manifest writes nothing: each known job's stored
             # inputs are compared first and only rows that differ (files moved, a changed
             # output name) are updated; the membership is rewritten only if it changed.
@@ -212,7 +212,7 @@ class SqlStore:
         m = t.manifest_jobs.c
         until = [m.position < before] if before is not None else []
 
-        async def read(conn: AsyncConnection) -> list[tuple[int, JobSpec]]:
+        async def read(conn: Conn) -> list[tuple[int, JobSpec]]:
             rows = await conn.execute(
                 select(m.position, t.jobs)
                 .join(t.manifest_jobs, m.job_key == t.jobs.c.key)
@@ -233,7 +233,7 @@ class SqlStore:
         where = [m.manifest == manifest, m.position >= start]
         where += [m.position < before] if before is not None else []
 
-        async def read(conn: AsyncConnection) -> dict[tuple[str, str], int]:
+        async def read(conn: Conn) -> dict[tuple[str, str], int]:
             rows = await conn.execute(
                 select(j.provider, j.status, func.count())
                 .join(t.manifest_jobs, m.job_key == j.key)
@@ -247,7 +247,7 @@ class SqlStore:
     async def record_sync(self, manifest: str, fingerprint: str | None, duplicates: int) -> None:
         syncs = t.manifest_syncs
 
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: Conn) -> None:
             await conn.execute(delete(syncs).where(syncs.c.manifest == manifest))
             if fingerprint is not None:
                 await conn.execute(
@@ -261,7 +261,7 @@ class SqlStore:
     async def last_sync(self, manifest: str) -> tuple[str, int] | None:
         syncs = t.manifest_syncs.c
 
-        async def read(conn: AsyncConnection) -> tuple[str, int] | None:
+        async def read(conn: Conn) -> tuple[str, int] | None:
             row = (
                 await conn.execute(
                     select(syncs.fingerprint, syncs.duplicates).where(syncs.manifest == manifest)
@@ -289,7 +289,7 @@ class SqlStore:
             .where(or_(j.failure_kind.is_(None), j.failure_kind != FailureKind.ROW.value))
         )  # fmt: skip
 
-        async def read(conn: AsyncConnection) -> list[tuple[str, int | None, int | None]]:
+        async def read(conn: Conn) -> list[tuple[str, int | None, int | None]]:
             found: list[tuple[str, int | None, int | None]] = []
             for path, size, mtime, mask_path, mask_size, mask_mtime in await conn.execute(query):
                 found.append((str(path), size, mtime))
@@ -348,7 +348,7 @@ class SqlStore:
     async def end_run(self, run_id: str, exit_code: int, stop_reason: str | None) -> None:
         """Close the run; anything it still holds (it was interrupted) goes back to pending."""
 
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: Conn) -> None:
             await self._release_runs(conn, [run_id])
             await conn.execute(
                 update(t.runs)
@@ -359,7 +359,7 @@ class SqlStore:
         await self._db.run(write)
 
     async def unfinished_runs(self, host: str) -> Sequence[RunInfo]:
-        async def read(conn: AsyncConnection) -> list[RunInfo]:
+        async def read(conn: Conn) -> list[RunInfo]:
             rows = await conn.execute(
                 select(t.runs).where(t.runs.c.host == host, t.runs.c.ended_at.is_(None))
             )
@@ -372,7 +372,7 @@ class SqlStore:
         if not ids:
             return 0
 
-        async def write(conn: AsyncConnection) -> int:
+        async def write(conn: Conn) -> int:
             released = await self._release_runs(conn, ids)
             await conn.execute(
                 update(t.runs)
@@ -383,7 +383,7 @@ class SqlStore:
 
         return await self._db.run(write)
 
-    async def _release_runs(self, conn: AsyncConnection, ids: Sequence[str]) -> int:
+    async def _release_runs(self, conn: Conn, ids: Sequence[str]) -> int:
         """Jobs these runs hold go back to pending; their unanswered attempts are abandoned."""
         now = self._now()
         released = await conn.execute(
@@ -415,7 +415,7 @@ class SqlStore:
     ) -> Sequence[Job]:
         now = self._now()
 
-        async def write(conn: AsyncConnection) -> list[Job]:
+        async def write(conn: Conn) -> list[Job]:
             take = (manifest, provider, owner, lease_until, now, limit, below)
             rows = await self._take(conn, *take, expired=False)
             if not rows:  # rare: only a crashed runner's jobs whose leases have lapsed
@@ -433,7 +433,7 @@ class SqlStore:
 
     @staticmethod
     async def _take(
-        conn: AsyncConnection,
+        conn: Conn,
         manifest: str,
         provider: str,
         owner: str,
@@ -484,7 +484,7 @@ class SqlStore:
         return sorted(rows, key=lambda row: row.position)  # RETURNING keeps no order
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> None:
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: Conn) -> None:
             await conn.execute(
                 update(t.jobs)
                 .where(t.jobs.c.lease_owner == owner, t.jobs.c.status == _RUNNING)
@@ -508,7 +508,7 @@ class SqlStore:
             )
         )
 
-        async def read(conn: AsyncConnection) -> int:
+        async def read(conn: Conn) -> int:
             return int(await conn.scalar(statement) or 0)
 
         return await self._db.run(read)
@@ -523,6 +523,7 @@ class SqlStore:
         *,
         lease_until: datetime | None = None,
         in_flight_limit: int | None = None,
+        own_in_flight: int | None = None,
         interval_s: float | None = None,
     ) -> AttemptTicket:
         now = self._now()
@@ -558,6 +559,7 @@ class SqlStore:
             .where(
                 a.provider == provider,
                 a.outcome == Outcome.IN_FLIGHT.value,
+                *([a.run_id != owner] if own_in_flight is not None else []),
                 j.lease_owner == a.run_id,
                 j.status == _RUNNING,
                 j.lease_expires_at > now,
@@ -567,7 +569,7 @@ class SqlStore:
         pace = t.provider_pace
         paced = select(pace).where(pace.c.provider == provider)
 
-        async def write(conn: AsyncConnection) -> int | StopNotice | str | _Wait | None:
+        async def write(conn: Conn) -> int | StopNotice | str | _Wait | None:
             # Errors are returned, not raised: a raise would roll back the whole batch.
             if (stop := (await conn.execute(stopped)).first()) is not None:
                 return StopNotice(stop.provider, stop.kind, stop.message, stop.exit_code)
@@ -589,8 +591,10 @@ class SqlStore:
                 ready = max(ready, slot.next_slot_at)  # requests_per_minute
             if ready > now:
                 return _Wait((ready - now).total_seconds())
-            if in_flight_limit is not None and (await conn.scalar(out_now) or 0) >= in_flight_limit:
-                return BUSY
+            if in_flight_limit is not None:
+                out = (await conn.scalar(out_now) or 0) + (own_in_flight or 0)
+                if out >= in_flight_limit:
+                    return BUSY
             if (await conn.execute(fence)).rowcount != 1:
                 return None  # not ours (any more)
             if interval_s:
@@ -627,7 +631,7 @@ class SqlStore:
         now = self._now()
         r, a = t.runs.c, t.attempts.c
 
-        async def write(conn: AsyncConnection) -> tuple[bool, float]:
+        async def write(conn: Conn) -> tuple[bool, float]:
             if conn.dialect.name == "postgresql":  # one reservation at a time per manifest
                 await conn.execute(
                     text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
@@ -672,7 +676,7 @@ class SqlStore:
         )
 
     @staticmethod
-    async def _other_live_runs(conn: AsyncConnection, slot: Any, owner: str) -> set[str]:
+    async def _other_live_runs(conn: Conn, slot: Any, owner: str) -> set[str]:
         """Of the runs that set a provider's pace, those still running, this one aside."""
         if slot is None:
             return set()
@@ -687,7 +691,7 @@ class SqlStore:
         until = self._now() + timedelta(seconds=seconds)
         pace = t.provider_pace
 
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: Conn) -> None:
             await conn.execute(_insert_new(conn, pace), [{"provider": provider}])
             await conn.execute(
                 update(pace)
@@ -711,7 +715,7 @@ class SqlStore:
             "stopped_at": self._now(),
         }
 
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: Conn) -> None:
             # The first runner's reason stands; another's at the same moment is the same.
             await conn.execute(_insert_new(conn, stops), [row])
 
@@ -741,7 +745,7 @@ class SqlStore:
         )
 
     async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None:
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: Conn) -> None:
             await conn.execute(self._finish_statement(ticket, record))
 
         await self._db.run(write)
@@ -756,7 +760,7 @@ class SqlStore:
         *,
         release_usd: float = 0.0,
     ) -> bool:
-        async def write(conn: AsyncConnection) -> bool:
+        async def write(conn: Conn) -> bool:
             if release_usd:
                 await conn.execute(self._release_statement(owner, release_usd))
             return await self._complete(conn, key, ticket, record, outputs, owner)
@@ -769,7 +773,7 @@ class SqlStore:
             j.key == key, j.lease_owner == owner, j.status == _RUNNING
         )
 
-        async def read(conn: AsyncConnection) -> bool:
+        async def read(conn: Conn) -> bool:
             return bool(await conn.scalar(statement))
 
         return await self._db.run(read)
@@ -777,7 +781,7 @@ class SqlStore:
     async def record_late(
         self, key: str, attempt_id: int, record: AttemptRecord, outputs: Sequence[OutputRef]
     ) -> bool:
-        async def write(conn: AsyncConnection) -> bool:
+        async def write(conn: Conn) -> bool:
             known = await conn.scalar(
                 select(func.count())
                 .select_from(t.attempts)
@@ -796,7 +800,7 @@ class SqlStore:
 
     async def _complete(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         key: str,
         ticket: AttemptTicket,
         record: AttemptRecord,
@@ -868,7 +872,7 @@ class SqlStore:
         )
 
     async def _execute(self, statement: Any) -> None:
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: Conn) -> None:
             await conn.execute(statement)
 
         await self._db.run(write)
@@ -895,7 +899,7 @@ class SqlStore:
     async def digests_for(self, paths: Collection[str]) -> Mapping[str, DigestEntry]:
         d = t.file_digests.c
 
-        async def read(conn: AsyncConnection) -> dict[str, DigestEntry]:
+        async def read(conn: Conn) -> dict[str, DigestEntry]:
             found = {}
             for chunk in _chunks(list(paths)):
                 rows = await conn.execute(select(t.file_digests).where(d.path.in_(chunk)))
@@ -911,7 +915,7 @@ class SqlStore:
             return
         unique = list({e.path: e for e in entries}.values())
 
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: Conn) -> None:
             for chunk in _chunks([e.path for e in unique]):
                 await conn.execute(delete(t.file_digests).where(t.file_digests.c.path.in_(chunk)))
             await conn.execute(
@@ -931,7 +935,7 @@ class SqlStore:
 
 
 async def _sync_members(
-    conn: AsyncConnection, manifest: str, keys: Sequence[str], start: int, final: bool
+    conn: Conn, manifest: str, keys: Sequence[str], start: int, final: bool
 ) -> None:
     """Make `keys` the manifest's jobs at positions `start`, `start + 1`, ... (and, when
     `final`, the last ones). Unchanged positions are only read: a re-run of an unchanged
@@ -954,7 +958,7 @@ async def _sync_members(
         )
 
 
-def _upsert_position(conn: AsyncConnection) -> Any:
+def _upsert_position(conn: Conn) -> Any:
     """INSERT into manifest_jobs, or move the key's row to its new position."""
     members = t.manifest_jobs
     if conn.dialect.name == "postgresql":

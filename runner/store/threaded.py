@@ -1,13 +1,13 @@
 """The store on an event loop of its own, in a thread of its own.
 
-Every SQL statement through SQLAlchemy's aiosqlite driver crosses between the event loop and
-aiosqlite's thread a few times. On the loop that also streams a pool's uploads and 2 MB
-replies, each crossing waits its turn behind that traffic: measured, a claim took 250 ms
-at 32 requests in flight. On a loop that does nothing else the same crossings are quick,
-and a store call costs one hop between the loops each way.
+On the loop that also streams a pool's uploads and 2 MB replies, a store call waits its turn
+behind that traffic: measured, a claim took 250 ms at 32 requests in flight (through
+aiosqlite, whose every statement crossed between threads). On a loop that does nothing else
+the call runs at once. SQLite's statements run right there, blocking only this loop
+(connection.py); PostgreSQL's are awaited on it. A store call costs one hop between the
+loops each way.
 
-`ThreadedStore` forwards each Store call to the SqlStore living on that loop.
-"""
+`ThreadedStore` forwards each Store call to the SqlStore living on that loop."""
 
 from __future__ import annotations
 
@@ -247,6 +247,7 @@ class ThreadedStore:
         *,
         lease_until: datetime | None = None,
         in_flight_limit: int | None = None,
+        own_in_flight: int | None = None,
         interval_s: float | None = None,
     ) -> AttemptTicket:
         async def begin() -> AttemptTicket:
@@ -257,6 +258,7 @@ class ThreadedStore:
                 model,
                 lease_until=lease_until,
                 in_flight_limit=in_flight_limit,
+                own_in_flight=own_in_flight,
                 interval_s=interval_s,
             )
 

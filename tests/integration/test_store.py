@@ -16,7 +16,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -85,6 +85,12 @@ def schema_differences(url: str) -> tuple[list[object], set[str]]:
         await engine.dispose()
         return result
 
+    if database_url(url, Path.cwd()).startswith("sqlite:"):  # the stdlib driver, as the store
+        sync_engine = create_engine(database_url(url, Path.cwd()))
+        with sync_engine.connect() as connection:
+            result = compare(connection)
+        sync_engine.dispose()
+        return result
     return anyio.run(main)
 
 

@@ -14,6 +14,7 @@ from conftest import API_KEY, KEY_ENV, Workspace, options
 from helpers import FakeClock, Ran, invoke
 
 from runner import app
+from runner.engine.attempt import FLEET_BUSY_WAIT_S
 from runner.errors import ExitCode
 from runner.records import RunLimits
 from runner.testing import FakeProvider
@@ -133,6 +134,9 @@ def test_deadline_stops_taking_jobs_and_the_rerun_finishes(
     assert first.exit_code == ExitCode.EARLY
     assert "deadline" in first.stops[0].message
     assert 4 <= first.summary.counts["succeeded"] <= 7
+    # Each request's answer ends its place in the provider's concurrency, though its record
+    # is written in the background: no request waited for another's record.
+    assert FLEET_BUSY_WAIT_S not in clock.sleeps
     assert run(manifest, options()).exit_code == ExitCode.OK
     assert paid_once(fake, 12)
 

@@ -19,7 +19,7 @@ def test_the_engine_imports_no_http_sql_or_image_library() -> None:
     probe = (
         "import sys, runner.engine.pool, runner.engine.retry, runner.engine.pacing, "
         "runner.engine.budget, runner.engine.pricing, runner.engine.ports\n"
-        "print(sorted(m for m in ('httpx', 'sqlalchemy', 'aiosqlite', 'PIL', 'pydantic') "
+        "print(sorted(m for m in ('httpx', 'sqlalchemy', 'PIL', 'pydantic') "
         "if m in sys.modules))"
     )
     found = subprocess.run(
@@ -64,7 +64,7 @@ def test_help_loads_no_http_sql_image_or_schema_library() -> None:
         "    main(['--help'], standalone_mode=False)\n"
         "    main(['run', '--help'], standalone_mode=False)\n"
         "finally:\n"
-        "    heavy = ('httpx', 'sqlalchemy', 'aiosqlite', 'PIL', 'pydantic', 'rich', 'anyio')\n"
+        "    heavy = ('httpx', 'sqlalchemy', 'PIL', 'pydantic', 'rich', 'anyio')\n"
         "    print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)

@@ -59,6 +59,33 @@ async def test_turn_waits_only_for_what_is_left_of_the_interval() -> None:
     assert clock.sleeps == pytest.approx([0.75])
 
 
+async def test_a_turn_that_sent_nothing_gives_its_slot_back() -> None:
+    # The runners on the database were at the provider's concurrency: nothing was sent, so
+    # the retry a moment later must not wait a whole interval more.
+    clock = FakeClock(start=1000.0)
+    gate = ProviderGate("comet", clock, requests_per_minute=6)
+    turn = await gate.wait_turn()
+    assert gate.outstanding == 1
+    gate.unused_turn(turn)
+    assert gate.outstanding == 0
+    clock.now += 0.05
+    await gate.wait_turn()
+    assert clock.sleeps == []
+    clock.now += 1.0
+    await gate.wait_turn()  # a sent turn keeps its slot: the next waits out the interval
+    assert clock.sleeps == pytest.approx([9.0])
+
+
+async def test_an_unused_turn_does_not_free_a_slot_taken_after_it() -> None:
+    clock = FakeClock(start=1000.0)
+    gate = ProviderGate("comet", clock, requests_per_minute=6)
+    first = await gate.wait_turn()
+    await gate.wait_turn()  # a second worker's turn, 10 s on
+    gate.unused_turn(first)  # given back late: the second worker's slot stands
+    await gate.wait_turn()
+    assert clock.sleeps == pytest.approx([10.0, 10.0])
+
+
 async def test_turn_after_a_long_idle_does_not_wait() -> None:
     clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock, requests_per_minute=60)

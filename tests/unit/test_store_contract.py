@@ -335,6 +335,30 @@ async def concurrency(store: Store) -> None:
         await store.begin_attempt(third.spec.key, "a", "z", "m", in_flight_limit=2)
         # a's request on a lapsed lease (a runner gone) no longer holds a place
         await store.begin_attempt(first.spec.key, "a", "z", "m", in_flight_limit=2)
+
+        # A runner's own count of its requests out stands for its attempts on record: one
+        # answered but not yet recorded does not keep its next request waiting. Another
+        # runner still counts both.
+        await store.sync_manifest("own", [spec(n, provider="y") for n in (60, 61, 62)])
+        mine = await store.claim_many("own", "y", "a", LEASE, 2)
+        (theirs,) = await store.claim_many("own", "y", "b", LEASE, 1)
+        await store.begin_attempt(mine[0].spec.key, "a", "y", "m", in_flight_limit=1)
+        with pytest.raises(ProviderBusy):  # counted from the database: its own attempt
+            await store.begin_attempt(mine[1].spec.key, "a", "y", "m", in_flight_limit=1)
+        await store.begin_attempt(
+            mine[1].spec.key, "a", "y", "m", in_flight_limit=1, own_in_flight=0
+        )
+        with pytest.raises(ProviderBusy):
+            await store.begin_attempt(
+                theirs.spec.key, "b", "y", "m", in_flight_limit=2, own_in_flight=0
+            )
+        with pytest.raises(ProviderBusy):  # b's own request out counts too
+            await store.begin_attempt(
+                theirs.spec.key, "b", "y", "m", in_flight_limit=3, own_in_flight=1
+            )
+        await store.begin_attempt(
+            theirs.spec.key, "b", "y", "m", in_flight_limit=3, own_in_flight=0
+        )
     finally:
         await store.close()
 
