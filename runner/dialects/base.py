@@ -197,9 +197,10 @@ async def post_streamed(
             status_code=status,
         ) from exc
     except httpx.HTTPError as exc:
-        error = translate_transport_error(exc)
-        error.status_code = status
-        raise error from exc
+        # Raised straight from the call: an error held in a local of this frame would make a
+        # cycle with its own traceback, keeping the upload (`request`) until a full garbage
+        # collection.
+        raise translate_transport_error(exc, status) from exc
     # Its stream points back at the response, which holds the request and so our upload: a
     # cycle only a full garbage collection frees (encode/httpx#3733). Read and closed, the
     # stream is not needed; dropping it lets the whole exchange go at once.
@@ -223,17 +224,18 @@ NOT_DELIVERED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, ht
                  httpx.WriteTimeout)  # fmt: skip
 
 
-def translate_transport_error(exc: httpx.HTTPError) -> ProviderError:
+def translate_transport_error(exc: httpx.HTTPError, status: int | None = None) -> ProviderError:
     """Network failures. A request that never got through is weather; a read timeout may
     have been processed (and billed) upstream, hence its own class; anything else broke
-    after the request was sent."""
+    after the request was sent. `status`: the reply's, if its status line had come in."""
     name = type(exc).__name__
     detail = str(exc) or name
     if isinstance(exc, httpx.ReadTimeout):
-        return AttemptTimeout(f"no reply in time ({detail}); the provider may have billed it")
+        message = f"no reply in time ({detail}); the provider may have billed it"
+        return AttemptTimeout(message, status_code=status)
     if isinstance(exc, NOT_DELIVERED):
-        return NotDelivered(f"not delivered: {name}: {detail}")
-    return RetryableError(f"network error: {name}: {detail}")
+        return NotDelivered(f"not delivered: {name}: {detail}", status_code=status)
+    return RetryableError(f"network error: {name}: {detail}", status_code=status)
 
 
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")

@@ -23,7 +23,7 @@ from runner.engine.attempt import Attempts, Sending, outage
 from runner.engine.budget import LimitGuard
 from runner.engine.pacing import ProviderGate
 from runner.engine.ports import Files, JobFeed, Lane, Provider
-from runner.engine.retry import GaveUp, RetryPolicy, Tries, retry_cause
+from runner.engine.retry import GaveUp, RetryPolicy, Tries, let_go, retry_cause
 from runner.errors import (
     ExitCode,
     InputError,
@@ -412,9 +412,12 @@ class Pool:
         self, sending: Sending, tries: Tries
     ) -> tuple[EditResult, AttemptTicket, AttemptRecord]:
         retrying = self._policy.retrying(tries, self._retry_sleep(sending), self._count_retry)
-        async for attempt in retrying:
-            with attempt:
-                return await self._attempts.send(sending)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempts.send(sending)
+        finally:
+            let_go(retrying)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _count_retry(self, error: BaseException) -> None:

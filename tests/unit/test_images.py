@@ -5,6 +5,7 @@ import hashlib
 import io
 import os
 import random
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 from runner.dialects.openai.rules import LIMITS as OPENAI_LIMITS
 from runner.errors import InputError
+from runner.files import preflight
 from runner.files.preflight import prepare_request, read_image_info
 from runner.records import ImageLimits, JobSpec
 
@@ -229,6 +231,47 @@ def test_image_too_large(png: Path) -> None:
     assert err.field == "image"
     assert "over the 0.0 MB limit" in err.reason
     assert f"{size:,} bytes" in err.reason
+
+
+def test_reading_an_image_takes_its_size_not_the_limit(png: Path) -> None:
+    # read(n) allocates n bytes first: reading "up to the 50 MB limit" cost 50 MB per job.
+    tracemalloc.start()
+    try:
+        prepare_request(spec(png), limits(max_image_bytes=50 * 2**20))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * png.stat().st_size
+
+
+def _grown_on_open(monkeypatch: pytest.MonkeyPatch, extra: bytes) -> None:
+    """The file grows between the size check (stat) and the read."""
+    real = preflight.open_regular
+
+    def grow_then_open(path: Path) -> Any:
+        with path.open("ab") as f:
+            f.write(extra)
+        return real(path)
+
+    monkeypatch.setattr(preflight, "open_regular", grow_then_open)
+
+
+def test_an_image_that_grows_past_the_limit_while_read_is_refused(
+    png: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = png.stat().st_size
+    _grown_on_open(monkeypatch, b"x" * 200)
+    err = input_error(spec(png), limits(max_image_bytes=size + 100))
+    assert "over the" in err.reason and f"{size + 101:,} bytes" in err.reason
+
+
+def test_an_image_that_grows_while_read_is_read_whole(
+    png: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _grown_on_open(monkeypatch, b"tail" * 50)  # PNG readers ignore bytes after IEND
+    request = prepare_request(spec(png), OPENAI_LIMITS)
+    assert request.image.data == png.read_bytes()
+    assert request.image.data.endswith(b"tail" * 50)
 
 
 def test_image_changed_since_queued(png: Path) -> None:
