@@ -55,7 +55,7 @@ from runner.records import (
     short_key,
 )
 from runner.redact import redact
-from runner.store import admin, queries
+from runner.store import admin, hot, queries
 from runner.store import tables as t
 from runner.store.batch_sql import SqlBatchStore
 from runner.store.batching import GroupCommit
@@ -527,51 +527,27 @@ class SqlStore:
         interval_s: float | None = None,
     ) -> AttemptTicket:
         now = self._now()
-        j = t.jobs.c
-        held = [j.key == key, j.lease_owner == owner, j.status == _RUNNING]
-        if lease_until is not None:
-            held.append(j.lease_expires_at > now)
-        # An UPDATE, not a SELECT: it takes the job's row lock (PostgreSQL) or the write
-        # lock (SQLite) until the attempt is in, so a claim by another runner waits for it
-        # and then finds the lease extended.
-        fence = (
-            update(t.jobs)
-            .where(*held)
-            .values(lease_expires_at=lease_until if lease_until is not None else j.lease_expires_at)
-        )
-        statement = insert(t.attempts).values(
-            job_key=key,
-            run_id=owner,
-            provider=provider,
-            model=model,
-            outcome=Outcome.IN_FLIGHT.value,
-            counted=True,  # until the answer says otherwise: a crash now may still be billed
-            started_at=self._now(),
-        )
-
-        stopped = select(t.provider_stops).where(t.provider_stops.c.provider == provider)
-        a = t.attempts.c
-        # Requests out to this provider from every runner; a dead runner's stop counting
-        # when its leases lapse.
-        out_now = (
-            select(func.count())
-            .select_from(t.attempts.join(t.jobs, j.key == a.job_key))
-            .where(
-                a.provider == provider,
-                a.outcome == Outcome.IN_FLIGHT.value,
-                *([a.run_id != owner] if own_in_flight is not None else []),
-                j.lease_owner == a.run_id,
-                j.status == _RUNNING,
-                j.lease_expires_at > now,
-            )
-        )
-
+        # A claim by another runner waits for the fence, then finds the lease extended.
+        fence = hot.FENCE if lease_until is None else hot.FENCE_LEASED
+        out_now = hot.OUT_NOW if own_in_flight is None else hot.OUT_NOW_OTHERS
+        values = {
+            "b_key": key, "b_owner": owner, "b_provider": provider, "b_now": now,
+            "b_lease_until": lease_until,
+        }  # fmt: skip
+        attempt = {
+            "job_key": key,
+            "run_id": owner,
+            "provider": provider,
+            "model": model,
+            "outcome": Outcome.IN_FLIGHT.value,
+            "counted": True,  # until the answer says otherwise: a crash now may be billed
+            "started_at": now,
+        }
         pace = t.provider_pace
-        paced = select(pace).where(pace.c.provider == provider)
 
         async def write(conn: Conn) -> int | StopNotice | str | _Wait | None:
             # Errors are returned, not raised: a raise would roll back the whole batch.
-            if (stop := (await conn.execute(stopped)).first()) is not None:
+            if (stop := (await conn.execute(hot.STOPPED, values)).first()) is not None:
                 return StopNotice(stop.provider, stop.kind, stop.message, stop.exit_code)
             # One count at a time per provider across runners (PostgreSQL runs their
             # transactions side by side; SQLite's write lock already does this). Should the
@@ -582,7 +558,7 @@ class SqlStore:
                     text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
                     {"name": f"runner in flight: {provider}"},
                 )
-            slot = (await conn.execute(paced)).first()
+            slot = (await conn.execute(hot.PACED, values)).first()
             ready = now  # what another live run set (this run's own gate keeps its own)
             others = await self._other_live_runs(conn, slot, owner)
             if slot is not None and slot.paused_until and slot.pause_run_id in others:
@@ -592,10 +568,10 @@ class SqlStore:
             if ready > now:
                 return _Wait((ready - now).total_seconds())
             if in_flight_limit is not None:
-                out = (await conn.scalar(out_now) or 0) + (own_in_flight or 0)
+                out = (await conn.scalar(out_now, values) or 0) + (own_in_flight or 0)
                 if out >= in_flight_limit:
                     return BUSY
-            if (await conn.execute(fence)).rowcount != 1:
+            if (await conn.execute(fence, values)).rowcount != 1:
                 return None  # not ours (any more)
             if interval_s:
                 taken = {
@@ -609,7 +585,9 @@ class SqlStore:
                     await conn.execute(
                         update(pace).where(pace.c.provider == provider).values(**taken)
                     )
-            (attempt_id,) = (await conn.execute(statement)).inserted_primary_key or (None,)
+            (attempt_id,) = (await conn.execute(hot.NEW_ATTEMPT, attempt)).inserted_primary_key or (
+                None,
+            )
             if attempt_id is None:
                 raise RunnerError("the database returned no id for a new attempt")
             return int(attempt_id)
@@ -725,28 +703,26 @@ class SqlStore:
         stops = t.provider_stops
         await self._execute(delete(stops).where(stops.c.provider.in_(list(providers))))
 
-    def _finish_statement(self, ticket: AttemptTicket, record: AttemptRecord) -> Any:
-        return (
-            update(t.attempts)
-            .where(t.attempts.c.id == _attempt_id(ticket))
-            .values(
-                outcome=record.outcome.value,
-                counted=record.counted,
-                finished_at=self._now(),
-                latency_ms=record.latency_ms,
-                http_status=record.http_status,
-                # Provider texts: redacted at the provider already, and again here.
-                error_code=redact(record.error_code),
-                error_message=redact(record.error_message),
-                request_id=redact(record.request_id),
-                cost_usd=record.cost_usd,
-                **usage_columns(record),
-            )
-        )
+    def _finish_values(self, ticket: AttemptTicket, record: AttemptRecord) -> dict[str, Any]:
+        """hot.FINISH_ATTEMPT's parameters: the attempt, and the columns its answer sets."""
+        return {
+            "b_id": _attempt_id(ticket),
+            "outcome": record.outcome.value,
+            "counted": record.counted,
+            "finished_at": self._now(),
+            "latency_ms": record.latency_ms,
+            "http_status": record.http_status,
+            # Provider texts: redacted at the provider already, and again here.
+            "error_code": redact(record.error_code),
+            "error_message": redact(record.error_message),
+            "request_id": redact(record.request_id),
+            "cost_usd": record.cost_usd,
+            **usage_columns(record),
+        }
 
     async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None:
         async def write(conn: Conn) -> None:
-            await conn.execute(self._finish_statement(ticket, record))
+            await conn.execute(hot.FINISH_ATTEMPT, self._finish_values(ticket, record))
 
         await self._db.run(write)
 
@@ -809,30 +785,18 @@ class SqlStore:
     ) -> bool:
         """Finish the paid attempt; the job succeeds with `outputs` if `owner` holds it
         (None: whoever does, for replies an earlier run recorded late)."""
-        now = self._now()
-        j = t.jobs.c
-        ours = [j.lease_owner == owner, j.status == _RUNNING] if owner is not None else []
-        succeed = (
-            update(t.jobs)
-            .where(j.key == key, j.status != JobState.SUCCEEDED.value, *ours)
-            .values(
-                status=JobState.SUCCEEDED.value,
-                # A success may still carry a note (fewer images than asked for).
-                error=redact(record.error_message),
-                failure_kind=None,
-                lease_owner=None,
-                lease_expires_at=None,
-                finished_at=now,
-                updated_at=now,
-            )
-        )
-
-        await conn.execute(self._finish_statement(ticket, record))  # paid, whoever holds it
-        if (await conn.execute(succeed)).rowcount != 1:
+        succeed = hot.SUCCEED if owner is not None else hot.SUCCEED_ANY_HOLDER
+        # A success may still carry a note (fewer images than asked for).
+        values = {
+            "b_key": key, "b_owner": owner, "b_now": self._now(),
+            "b_error": redact(record.error_message),
+        }  # fmt: skip
+        # Paid, whoever holds it.
+        await conn.execute(hot.FINISH_ATTEMPT, self._finish_values(ticket, record))
+        if (await conn.execute(succeed, values)).rowcount != 1:
             return False  # another runner holds the job (or finished it): not ours to record
         if outputs:
-            rows = output_rows(key, _attempt_id(ticket), outputs)
-            await conn.execute(insert(t.outputs), rows)
+            await conn.execute(hot.NEW_OUTPUTS, output_rows(key, _attempt_id(ticket), outputs))
         return True
 
     async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None:
