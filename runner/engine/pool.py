@@ -146,6 +146,8 @@ class Pool:
         # Finished replies wait here for their files and their commit while the worker
         # sends its next request; the semaphore bounds the images held in memory.
         self._finishing = anyio.Semaphore(slots)
+        self._finishes_left = 0  # replies still being written and recorded
+        self._finishes_done = anyio.Event()
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._keep_leases)
             async with anyio.create_task_group() as background:
@@ -292,6 +294,13 @@ class Pool:
         reserved, committed = await self._store.reserve_budget(
             self._owner, self._manifest, estimate, cap
         )
+        if not reserved and self._finishes_left:
+            # This run's own answered jobs still hold their estimates until their costs are
+            # recorded (in the background): once they are, ask again before stopping.
+            await self._finishes_done.wait()
+            reserved, committed = await self._store.reserve_budget(
+                self._owner, self._manifest, estimate, cap
+            )
         if reserved:
             return None
         self._limits.unadmit(estimate)
@@ -366,6 +375,9 @@ class Pool:
                 await self._fail(spec, exc.describe(), FailureKind.REFUSED)
                 return False
             await self._finishing.acquire()
+            if self._finishes_left == 0:
+                self._finishes_done = anyio.Event()
+            self._finishes_left += 1
             self._background.start_soon(self._finish, spec, result, ticket, record, estimate)
             return True
         return False
@@ -449,6 +461,9 @@ class Pool:
             released = await self._write_and_complete(spec, result, ticket, record, held)
         finally:
             self._finishing.release()
+            self._finishes_left -= 1
+            if self._finishes_left == 0:
+                self._finishes_done.set()
             if not released:
                 await self._release_shared_budget(estimate)
 
