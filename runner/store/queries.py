@@ -212,9 +212,10 @@ async def export_rows(
     )
     rows = (
         await conn.execute(
-            select(t.jobs, usage, balance, request_id)
+            select(t.jobs, usage, balance, request_id, t.prices.c.body.label("price_json"))
             .join(t.manifest_jobs, m.job_key == j.key)
             .outerjoin(usage, usage.c.job_key == j.key)
+            .outerjoin(t.prices, t.prices.c.id == j.price_id)
             .where(m.manifest == manifest, *([j.key.in_(keys)] if keys is not None else []))
             .order_by(m.position)
         )

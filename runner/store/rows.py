@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Table, insert
+
 from runner.records import AttemptRecord, JobSpec, OutputRef, output_place
 from runner.redact import redact
+from runner.store.connection import Conn
 
 
 def spec_from_row(row: Any) -> JobSpec:
@@ -72,3 +75,18 @@ def output_rows(
         }
         for out in outputs
     ]
+
+
+def insert_new(conn: Conn, table: Table) -> Any:
+    """An INSERT that skips rows whose key is already there: runners started together on
+    one database sync the same manifest at the same moment, and the second must not fail
+    with a duplicate key (PostgreSQL runs their transactions side by side)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    return insert(table)

@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    Table,
     and_,
     bindparam,
     case,
@@ -61,7 +60,7 @@ from runner.store.batch_sql import SqlBatchStore
 from runner.store.batching import GroupCommit
 from runner.store.connection import Conn, Database
 from runner.store.protocol import AttemptTicket, RunInfo
-from runner.store.rows import output_rows, spec_from_row, usage_columns
+from runner.store.rows import insert_new, output_rows, spec_from_row, usage_columns
 
 _CHUNK = 500  # keys per IN (...) list, under SQLite's bound-parameter limit
 _PENDING, _RUNNING = JobState.PENDING.value, JobState.RUNNING.value
@@ -98,21 +97,6 @@ class _Wait:
     """begin_attempt's answer when the fleet's pace says: not before `seconds` from now."""
 
     seconds: float
-
-
-def _insert_new(conn: Conn, table: Table) -> Any:
-    """An INSERT that skips rows whose key is already there: runners started together on
-    one database sync the same manifest at the same moment, and the second must not fail
-    with a duplicate key (PostgreSQL runs their transactions side by side)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-
-        return postgresql_insert(table).on_conflict_do_nothing()
-    if conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table).on_conflict_do_nothing()
-    return insert(table)
 
 
 def _counted_attempts() -> Any:
@@ -186,7 +170,7 @@ class SqlStore:
                 stored.update({row[0]: tuple(row[1:]) for row in rows})
             new = [s for s in specs if s.key not in stored]
             if new:  # another runner syncing the same manifest may have inserted some
-                await conn.execute(_insert_new(conn, t.jobs), [_new_job_row(s, now) for s in new])
+                await conn.execute(insert_new(conn, t.jobs), [_new_job_row(s, now) for s in new])
             refreshed = []
             for spec in specs:
                 row = _spec_row(spec)
@@ -251,7 +235,7 @@ class SqlStore:
             await conn.execute(delete(syncs).where(syncs.c.manifest == manifest))
             if fingerprint is not None:
                 await conn.execute(
-                    _insert_new(conn, syncs),
+                    insert_new(conn, syncs),
                     [{"manifest": manifest, "fingerprint": fingerprint,
                       "duplicates": duplicates, "synced_at": self._now()}],
                 )  # fmt: skip
@@ -580,7 +564,7 @@ class SqlStore:
                     "slot_run_id": owner,
                 }
                 if slot is None:
-                    await conn.execute(_insert_new(conn, pace), [taken])
+                    await conn.execute(insert_new(conn, pace), [taken])
                 else:
                     await conn.execute(
                         update(pace).where(pace.c.provider == provider).values(**taken)
@@ -670,7 +654,7 @@ class SqlStore:
         pace = t.provider_pace
 
         async def write(conn: Conn) -> None:
-            await conn.execute(_insert_new(conn, pace), [{"provider": provider}])
+            await conn.execute(insert_new(conn, pace), [{"provider": provider}])
             await conn.execute(
                 update(pace)
                 .where(
@@ -695,7 +679,7 @@ class SqlStore:
 
         async def write(conn: Conn) -> None:
             # The first runner's reason stands; another's at the same moment is the same.
-            await conn.execute(_insert_new(conn, stops), [row])
+            await conn.execute(insert_new(conn, stops), [row])
 
         await self._db.run(write)
 
@@ -883,7 +867,7 @@ class SqlStore:
             for chunk in _chunks([e.path for e in unique]):
                 await conn.execute(delete(t.file_digests).where(t.file_digests.c.path.in_(chunk)))
             await conn.execute(
-                _insert_new(conn, t.file_digests),
+                insert_new(conn, t.file_digests),
                 [
                     {
                         "path": e.path,

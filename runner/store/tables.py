@@ -75,9 +75,9 @@ jobs = Table(
     Column("retry_floor", Integer, nullable=False, default=0),
     Column("failure_kind", String(16)),  # why it failed: a models.FailureKind value
     Column("error", Text),  # last reason, one line; kept after success for the record
-    # The price this job is costed at (JSON: per-million token rates, or per-edit dollars),
-    # written when the run that sends it starts: a later price change does not rewrite history.
-    Column("price_json", Text),
+    # The price this job is costed at, set when the run that sends it starts: a later price
+    # change does not rewrite history. Most jobs share a few prices: each is stored once.
+    Column("price_id", Integer, ForeignKey("prices.id")),
     Column("lease_owner", String(64)),
     Column("lease_expires_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
@@ -85,6 +85,14 @@ jobs = Table(
     Column("finished_at", UTCDateTime),
 )
 Index("ix_jobs_provider_status", jobs.c.provider, jobs.c.status)
+
+# A price as JSON (per-million token rates, or per-edit dollars), once per distinct price.
+prices = Table(
+    "prices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("body", Text, nullable=False, unique=True),
+)
 
 manifest_jobs = Table(
     "manifest_jobs",

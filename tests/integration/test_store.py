@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -111,6 +112,51 @@ def test_sqlite_migrations_upgrade_downgrade_upgrade(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     check_migrations_round_trip(str(tmp_path / "m.db"), monkeypatch)
+
+
+async def test_migrating_to_0008_keeps_each_jobs_price_stored_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "old.db"
+    alembic(str(db), monkeypatch, ("upgrade", "0007"))
+    token, edit = '{"per_million_tokens": {"image_output": 24.0}}', '{"per_edit_usd": 0.04}'
+    with sqlite3.connect(db) as old:
+        old.execute(
+            "INSERT INTO runs (id, manifest, host, pid, process_tag, started_at, heartbeat_at) "
+            "VALUES ('r', '/m.yaml', 'h', 1, 't', '2026-12-01', '2026-12-01')"
+        )
+        for n, price in enumerate([token, token, edit, None]):
+            old.execute(
+                "INSERT INTO jobs (key, status, image_path, prompt, provider, model, "
+                "params_json, output_dir, output_name, manifest_entry, attempt_floor, "
+                "retry_floor, price_json, created_at, updated_at) VALUES (?, 'pending', "
+                "'/in.png', 'p', 'x', 'm', '{}', '/out', '{stem}', ?, 0, 0, ?, "
+                "'2026-12-01', '2026-12-01')",
+                (f"{n:02d}" + "k" * 62, n, price),
+            )
+            old.execute(
+                "INSERT INTO manifest_jobs (manifest, job_key, position) VALUES ('/m.yaml', ?, ?)",
+                (f"{n:02d}" + "k" * 62, n),
+            )
+        old.execute(  # a row pointing at a job: the migration must not copy `jobs` away
+            "INSERT INTO attempts (job_key, run_id, provider, model, outcome, counted, "
+            "started_at) VALUES (?, 'r', 'x', 'm', 'succeeded', 1, '2026-12-01')",
+            ("00" + "k" * 62,),
+        )
+
+    store = await open_store(database_url(str(db), tmp_path))  # migrates, as a run does
+    try:
+        rows = await store.export_rows("/m.yaml")
+    finally:
+        await store.close()
+
+    assert [row.price for row in rows] == [json.loads(token)] * 2 + [json.loads(edit), None]
+    with sqlite3.connect(db) as new:
+        assert new.execute("SELECT count(*) FROM prices").fetchone() == (2,)
+        assert "price_json" not in {c[1] for c in new.execute("PRAGMA table_info(jobs)")}
+        viewed = [r[0] for r in new.execute("SELECT price FROM job_overview ORDER BY job_key")]
+        assert viewed == [token, token, edit, None]
+        assert new.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
 @pytest.mark.slow  # a PostgreSQL server
