@@ -8,21 +8,51 @@
 - `table_export.py`: `export --format parquet | imagefolder`.
 """
 
-from runner.app.commands import (
-    JobFilter,
-    Options,
-    RunOutcome,
-    cancel,
-    export,
-    export_dataset,
-    jobs,
-    models,
-    report,
-    retry,
-    run,
-    status,
-    validate,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.app.commands import (
+        cancel,
+        export,
+        export_dataset,
+        models,
+        report,
+        retry,
+        validate,
+    )
+    from runner.app.context import Options
+    from runner.app.reading import JobFilter, jobs, status
+    from runner.app.run_jobs import RunOutcome, run
+
+# Each name is imported from its module when first used: `runner status` needs neither the
+# HTTP clients nor Pillow nor pyarrow, and importing them all cost it half a second.
+_HOMES = {
+    "JobFilter": "reading",
+    "Options": "context",
+    "RunOutcome": "run_jobs",
+    "cancel": "commands",
+    "export": "commands",
+    "export_dataset": "commands",
+    "jobs": "reading",
+    "models": "commands",
+    "report": "commands",
+    "retry": "commands",
+    "run": "run_jobs",
+    "status": "reading",
+    "validate": "commands",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "JobFilter",

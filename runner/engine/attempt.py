@@ -64,6 +64,11 @@ class Sending:
     provider: Provider
     gate: ProviderGate
     attempts: int = 0
+    # Under --max-cost: the estimate admitted for the job, released (once) when its paid
+    # answer's cost is counted, in the same step, so no other job is admitted in between
+    # against both the cost and the estimate.
+    admitted: float | None = None
+    settled: bool = False
 
 
 class Attempts:
@@ -167,6 +172,7 @@ class Attempts:
         if self._limits is not None:
             self._limits.took(latency_ms / 1000)
         cost, flag = self._paid_cost(spec, result.usage, result.facts)
+        self.settle(sending)
         self._learn(spec, result.usage, result.facts)
         record = AttemptRecord(
             outcome=Outcome.SUCCEEDED,
@@ -279,6 +285,12 @@ class Attempts:
         measured = book.cost(spec, usage, facts)
         if measured is not None:
             book.observe(spec, measured)
+
+    def settle(self, sending: Sending) -> None:
+        """The job's admitted estimate is released (at its paid answer, or when it ends)."""
+        if self._limits is not None and not sending.settled:
+            self._limits.settle(sending.admitted)
+        sending.settled = True
 
     def _paid_cost(
         self, spec: JobSpec, usage: Usage | None, facts: ReplyFacts | None

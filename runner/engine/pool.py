@@ -22,7 +22,7 @@ from runner.cpu_work import run_cpu_work
 from runner.engine.attempt import Attempts, Sending, outage
 from runner.engine.budget import LimitGuard
 from runner.engine.pacing import ProviderGate
-from runner.engine.ports import Files, JobFeed, Lane, Provider
+from runner.engine.ports import Files, JobFeed, Lane
 from runner.engine.retry import GaveUp, RetryPolicy, Tries, let_go, retry_cause
 from runner.errors import (
     ExitCode,
@@ -40,7 +40,6 @@ from runner.errors import (
 )
 from runner.records import (
     AttemptRecord,
-    EditRequest,
     EditResult,
     FailureKind,
     Job,
@@ -275,14 +274,14 @@ class Pool:
             return
         self.report.in_flight += 1
         handed_on = False  # a paid reply goes on to be written and recorded in the background
+        sending = Sending(spec, request, provider, gate, admitted=estimate)
         try:
-            handed_on = await self._send_job(job, request, provider, gate, estimate)
+            handed_on = await self._send_job(job, sending, estimate)
         finally:
             self.report.in_flight -= 1
-            if self._limits is not None:
-                self._limits.settle(estimate)
-                if not handed_on:  # else released once its cost is on record
-                    await self._release_shared_budget(estimate)
+            self._attempts.settle(sending)
+            if self._limits is not None and not handed_on:  # else once its cost is on record
+                await self._release_shared_budget(estimate)
 
     async def _reserve_shared_budget(self, estimate: float | None) -> str | None:
         """Under --max-cost, the budget is shared by the runs of this manifest that overlap
@@ -324,14 +323,7 @@ class Pool:
             except StoreError as exc:
                 log.error("could not release a budget reservation: %s", exc)
 
-    async def _send_job(
-        self,
-        job: Job,
-        request: EditRequest,
-        provider: Provider,
-        gate: ProviderGate,
-        estimate: float | None,
-    ) -> bool:
+    async def _send_job(self, job: Job, sending: Sending, estimate: float | None) -> bool:
         """Send the job with retries; True when a paid reply was handed on to be written
         and recorded (in the background), False when the job ended here."""
         spec = job.spec
@@ -348,7 +340,6 @@ class Pool:
             reason = "no attempts left; `runner retry` gives it a new set"
             await self._fail(spec, reason, FailureKind.ATTEMPTS)
             return False
-        sending = Sending(spec, request, provider, gate)
         for extra_round in range(self._settings.weather_rounds + 1):
             try:
                 result, ticket, record = await self._send(sending, tries)

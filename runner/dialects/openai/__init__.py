@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from runner.dialects import params as p
-from runner.dialects.openai.client import OpenAIProvider
 from runner.dialects.openai.rules import (
     LIMITS,
     PARAMS,
@@ -21,7 +20,6 @@ from runner.dialects.openai.rules import (
     check_combinations,
     price_from_fields,
 )
-from runner.dialects.transfer import reply_limits
 from runner.engine.pricing import PriceBook
 from runner.errors import ManifestError
 from runner.settings import OPENAI_MAX_N
@@ -96,6 +94,10 @@ class OpenAIDialect:
         catalogue: ModelList | None,
         wall_clock: Callable[[], float] = time.time,
     ) -> Provider:
+        # The client (and httpx) only for a run: reading a manifest's rules needs neither.
+        from runner.dialects.openai.client import OpenAIProvider
+        from runner.dialects.transfer import reply_limits
+
         if credential.api_key is None:  # the manifest check refuses x402 outside Venice
             raise ManifestError(f"providers.{profile.name}: needs an API key")
         return OpenAIProvider(

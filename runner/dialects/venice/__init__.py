@@ -10,14 +10,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from runner.dialects import params as p
-from runner.dialects.transfer import reply_limits
 from runner.dialects.venice.catalogue import (
     BUILTIN_VENICE_PRICES,
     VenicePrice,
     describe_models,
     load_catalogue,
 )
-from runner.dialects.venice.client import VeniceProvider
 from runner.dialects.venice.rules import PARAMS, UNKNOWN_PARAM, EditPricing
 from runner.engine.pricing import PriceBook
 from runner.settings import VENICE_BREAKER_FAILURES, VENICE_DEFAULT_RPM
@@ -103,6 +101,10 @@ class VeniceDialect:
         catalogue: ModelList | None,
         wall_clock: Callable[[], float] = time.time,
     ) -> Provider:
+        # The client (and httpx) only for a run: reading a manifest's rules needs neither.
+        from runner.dialects.transfer import reply_limits
+        from runner.dialects.venice.client import VeniceProvider
+
         return VeniceProvider(
             profile.name,
             profile.base_url,

@@ -17,10 +17,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 
 from runner.dialects.replies import loads
-from runner.dialects.transfer import read_capped
 from runner.errors import CatalogueUnavailable, InputError, RetryableError
 from runner.money import format_usd
 from runner.records import ImageLimits
@@ -28,6 +26,8 @@ from runner.redact import redact
 from runner.settings import CATALOGUE_MAX_AGE_S
 
 if TYPE_CHECKING:
+    import httpx
+
     from runner.records import ProviderProfile
     from runner.store.protocol import Store
 
@@ -36,7 +36,7 @@ log = logging.getLogger("runner")
 ENHANCE_SURCHARGE_USD = 0.04  # per applied `enhance_prompt` rewrite
 DEFAULT_MAX_INPUT_IMAGES = 3
 DEFAULT_RESOLUTION = "1K"
-_FETCH_TIMEOUT = httpx.Timeout(30.0)  # the edit client's read timeout is minutes long
+_FETCH_TIMEOUT_S = 30.0  # the edit client's read timeout is minutes long
 _FETCH_DEADLINE_S = 60.0
 _MAX_CATALOGUE_BYTES = 8 * 1024 * 1024
 _MB = 1024 * 1024
@@ -231,12 +231,18 @@ def parse_catalogue(body: bytes) -> dict[str, VeniceModel]:
 
 async def fetch_catalogue(client: httpx.AsyncClient, base_url: str) -> bytes:
     """The raw list (for caching), once it is known to parse into at least one model."""
+    import httpx  # here: reading a manifest's prices needs neither httpx nor this
+
+    from runner.dialects.transfer import read_capped
+
     url = f"{base_url.rstrip('/')}/models"
     try:
         # Bounded like every reply: the real list is ~100 KB, a hostile one may never end.
         with anyio.fail_after(_FETCH_DEADLINE_S):
             # Public endpoint: no credential is sent, so none can leak through it.
-            request = client.stream("GET", url, params={"type": "inpaint"}, timeout=_FETCH_TIMEOUT)
+            request = client.stream(
+                "GET", url, params={"type": "inpaint"}, timeout=_FETCH_TIMEOUT_S
+            )
             async with request as response:
                 if response.status_code != 200:
                     raise CatalogueUnavailable(f"GET {url} answered HTTP {response.status_code}")
