@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import png_bytes
 
 RUNNER = Path(__file__).resolve().parents[2] / "runner"
 DIALECT_NAMES = {"openai", "venice"}
@@ -69,4 +70,31 @@ def test_help_loads_no_http_sql_image_or_schema_library() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert "--concurrency" in done.stdout  # the help was printed
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_status_loads_no_http_image_or_table_library(tmp_path: Path) -> None:
+    # `runner status` answers from the database: the sending half (httpx, the ORM layer of
+    # SQLAlchemy's asyncio engine), Pillow and pyarrow cost it half a second at start-up.
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(
+        "providers: {p: {dialect: openai, base_url: 'http://127.0.0.1:9/v1'}}\n"
+        "output_dir: out\njobs: [{image: a.png, prompt: edit}]\n"
+    )
+    (tmp_path / "a.png").write_bytes(png_bytes())
+    # `retry` makes the database and lists the job in it, sending nothing.
+    made = subprocess.run([sys.executable, "-m", "runner", "retry", str(manifest)], cwd=tmp_path)
+    assert made.returncode == 0 and (tmp_path / "jobs.db").exists()
+    probe = (
+        "import sys\n"
+        "from runner.cli import main\n"
+        "try:\n"
+        f"    main(['status', {str(manifest)!r}], standalone_mode=False)\n"
+        "finally:\n"
+        "    heavy = ('httpx', 'PIL.Image', 'pyarrow', 'sqlalchemy.orm')\n"
+        "    print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert "pending" in done.stdout, done.stderr  # the status was printed
     assert done.stderr.strip().splitlines()[-1] == "[]"
