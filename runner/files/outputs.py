@@ -83,19 +83,24 @@ def output_paths(spec: JobSpec, images: Sequence[ReplyImage]) -> list[OutputPlac
 REPLY_FORMATS = tuple(_EXTENSIONS)  # every format a reply may come back in
 
 
-def possible_paths(spec: JobSpec, count: int) -> list[OutputPlace]:
-    """Every file a reply of `count` images could go to, whatever format it comes back in
-    (the extension follows the reply, not the request): for manifest-time checks, without
-    the filesystem lookups `output_paths` makes."""
-    base = _absolute(spec.output_dir)
+def possible_names(spec: JobSpec, count: int) -> list[str]:
+    """Every name (relative to the output folder) a reply of `count` images could take,
+    whatever format it comes back in (the extension follows the reply, not the request):
+    for manifest-time checks, without the filesystem lookups `output_names` makes."""
     template = _template_for(spec.output_name, count)
     fields: dict[str, Any] = {"stem": spec.image.stem, "key": spec.key, "key8": spec.key8}
     fields["job"] = spec.entry
     return [
-        base / template.format(**fields, index=index, ext=_EXTENSIONS[fmt])
+        template.format(**fields, index=index, ext=_EXTENSIONS[fmt])
         for fmt in REPLY_FORMATS
         for index in range(1, count + 1)
     ]
+
+
+def possible_paths(spec: JobSpec, count: int) -> list[OutputPlace]:
+    """`possible_names` in the job's output folder."""
+    base = _absolute(spec.output_dir)
+    return [base / name for name in possible_names(spec, count)]
 
 
 def check_output_template(template: str, output_dir: OutputPlace) -> str | None:

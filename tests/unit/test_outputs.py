@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -259,3 +260,28 @@ def test_free_bytes_measures_the_nearest_existing_folder(tmp_path: Path) -> None
 
     unmade, existing = free_bytes(tmp_path / "not" / "made" / "yet"), free_bytes(tmp_path)
     assert existing > 0 and abs(unmade - existing) < 64 * 2**20  # same disk, give or take
+
+
+# --- the manifest's output check ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stem", "refused"),
+    [
+        ("b" * 200, False),  # 200 + "-1a2b3c4d.png": within 255 bytes with room for a suffix
+        ("b" * 240, True),  # 253 bytes: no room left for a clash suffix
+        ("é" * 100, False),  # 200 bytes in UTF-8
+        ("é" * 120, True),  # 120 characters, but 240 bytes: the limit is in bytes
+    ],
+)
+def test_the_output_check_measures_names_in_bytes(tmp_path: Path, stem: str, refused: bool) -> None:
+    from runner.errors import ManifestError
+    from runner.manifest.output_rules import OutputCheck
+
+    job = dataclasses.replace(spec(tmp_path), image=Path(f"/photos/{stem}.jpg"))
+    check = OutputCheck(tmp_path, "jobs.yaml")
+    if refused:
+        with pytest.raises(ManifestError, match="gives a file name of"):
+            check.add([job], [])
+    else:
+        assert check.add([job], []) == [job]
