@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Collection, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -297,8 +297,11 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
 
     def check(spec: JobSpec) -> JobCheck:
         checker = checkers[spec.provider]
+        # Its digests were taken a moment ago, from these files: not hashed again here
+        # (a send hashes again, to catch a file changed since it was queued).
+        unhashed = replace(spec, image_sha256=None, mask_sha256=None)
         try:
-            checker.check_request(prepare_request(spec, checker.limits_for(spec.model)))
+            checker.check_request(prepare_request(unhashed, checker.limits_for(spec.model)))
             problem = None
         except InputError as exc:
             problem = str(exc)
