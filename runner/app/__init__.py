@@ -4,6 +4,7 @@
 - `context.py`: `Options`, and opening a manifest with its database (`opened`).
 - `run_jobs.py`: `runner run`, from a manifest to a finished (or cleanly stopped) run.
 - `batch_mode.py`: `mode: batch` profiles within a run: collect ended batches, submit new.
+- `reading.py`: `runner status` and `runner jobs`, from the database alone.
 - `commands.py`: every other command.
 - `table_export.py`: `export --format parquet | imagefolder`.
 """
