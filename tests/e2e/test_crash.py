@@ -76,7 +76,9 @@ async def test_kill_9_then_rerun_loses_nothing(
     abandoned = db.execute(
         "SELECT COUNT(DISTINCT job_key) FROM attempts WHERE outcome = 'abandoned'"
     ).fetchone()[0]
-    assert len(paid_twice) <= abandoned <= 2  # concurrency 2: at most two in flight
+    # Concurrency 2: at most two requests out, and at most two answered replies still being
+    # written and recorded in the background (their records say in flight until then).
+    assert len(paid_twice) <= abandoned <= 4
     dead_run = db.execute("SELECT stop_reason FROM runs ORDER BY started_at LIMIT 1").fetchone()
     assert "died" in dead_run[0]
 
