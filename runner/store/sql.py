@@ -603,16 +603,24 @@ class SqlStore:
             sharing = select(r.id).where(
                 r.manifest == manifest, or_(r.ended_at.is_(None), r.ended_at >= since)
             )
-            spent = await conn.scalar(
-                select(func.coalesce(func.sum(a.cost_usd), 0.0)).where(a.run_id.in_(sharing))
-            )
             # A runner silent this long is gone: its reservations no longer hold money back.
             alive = now - timedelta(seconds=SILENT_AFTER_S)
-            reserved = await conn.scalar(
-                select(func.coalesce(func.sum(r.reserved_usd), 0.0)).where(
-                    r.id.in_(sharing), r.ended_at.is_(None), r.heartbeat_at > alive
+            # One statement, so one snapshot: read apart (PostgreSQL's READ COMMITTED takes
+            # one per statement), a job completed in between, its reservation released and
+            # its cost recorded in one transaction, was counted in neither, and the budget
+            # let one job too many through.
+            spent, reserved = (
+                await conn.execute(
+                    select(
+                        select(func.coalesce(func.sum(a.cost_usd), 0.0))
+                        .where(a.run_id.in_(sharing))
+                        .scalar_subquery(),
+                        select(func.coalesce(func.sum(r.reserved_usd), 0.0))
+                        .where(r.id.in_(sharing), r.ended_at.is_(None), r.heartbeat_at > alive)
+                        .scalar_subquery(),
+                    )
                 )
-            )
+            ).one()
             committed = float(spent or 0.0) + float(reserved or 0.0)
             if committed + estimate > cap + 1e-9:
                 return False, committed
