@@ -276,7 +276,7 @@ class Pool:
         handed_on = False  # a paid reply goes on to be written and recorded in the background
         sending = Sending(spec, request, provider, gate, admitted=estimate)
         try:
-            handed_on = await self._send_job(job, sending, estimate)
+            handed_on = await self._send_job(job, sending)
         finally:
             self.report.in_flight -= 1
             self._attempts.settle(sending)
@@ -323,7 +323,7 @@ class Pool:
             except StoreError as exc:
                 log.error("could not release a budget reservation: %s", exc)
 
-    async def _send_job(self, job: Job, sending: Sending, estimate: float | None) -> bool:
+    async def _send_job(self, job: Job, sending: Sending) -> bool:
         """Send the job with retries; True when a paid reply was handed on to be written
         and recorded (in the background), False when the job ended here."""
         spec = job.spec
@@ -369,7 +369,9 @@ class Pool:
             if self._finishes_left == 0:
                 self._finishes_done = anyio.Event()
             self._finishes_left += 1
-            self._background.start_soon(self._finish, spec, result, ticket, record, estimate)
+            self._background.start_soon(
+                self._finish, spec, result, ticket, record, sending.admitted
+            )
             return True
         return False
 

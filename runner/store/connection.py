@@ -85,12 +85,9 @@ class InlineEngine:
         self.sync_engine = engine
 
     @asynccontextmanager
-    async def _begin(self) -> AsyncIterator[Conn]:
+    async def begin(self) -> AsyncIterator[Conn]:
         with self.sync_engine.begin() as connection:
             yield InlineConnection(connection)
-
-    def begin(self) -> AbstractAsyncContextManager[Conn]:
-        return self._begin()
 
     async def dispose(self) -> None:
         self.sync_engine.dispose()

@@ -33,6 +33,13 @@ def table_manifest(workspace: Workspace, source: dict[str, Any], **extra: Any) -
     return path
 
 
+def image_table(workspace: Workspace, folder: str, count: int) -> Path:
+    """A manifest over t.csv: `count` rows, each its own image in `folder` and prompt."""
+    rows = [{"file": workspace.image(f"{folder}/{i}.png"), "prompt": f"p{i}"} for i in range(count)]
+    write_csv(workspace.root / "t.csv", rows)
+    return table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
@@ -197,9 +204,7 @@ async def test_exports_read_the_database_a_page_at_a_time_and_keep_table_order(
 async def test_the_imagefolder_export_has_one_file_name_per_output(
     workspace: Workspace, fake: FakeProvider
 ) -> None:
-    rows = [{"file": workspace.image(f"i/{i}.png"), "prompt": f"p{i}"} for i in range(3)]
-    write_csv(workspace.root / "t.csv", rows)
-    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    manifest = image_table(workspace, "i", 3)
     document = yaml.safe_load(manifest.read_text())
     document["defaults"] = {"params": {"n": 2}}
     manifest.write_text(yaml.safe_dump(document))
@@ -348,9 +353,7 @@ async def test_a_manifest_with_a_glob_is_always_read_for_its_status(
 async def test_jobs_and_export_also_answer_from_the_database_when_nothing_changed(
     workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rows = [{"file": workspace.image(f"q/{i}.png"), "prompt": f"p{i}"} for i in range(4)]
-    write_csv(workspace.root / "t.csv", rows)
-    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    manifest = image_table(workspace, "q", 4)
     assert (await app.run(manifest, options())).exit_code == ExitCode.OK
     reads = count_manifest_reads(monkeypatch)
 
@@ -367,9 +370,7 @@ async def test_jobs_and_export_also_answer_from_the_database_when_nothing_change
 async def test_jobs_in_one_state_reads_only_those_jobs_in_full(
     workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rows = [{"file": workspace.image(f"s/{i}.png"), "prompt": f"p{i}"} for i in range(5)]
-    write_csv(workspace.root / "t.csv", rows)
-    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    manifest = image_table(workspace, "s", 5)
     assert (await app.run(manifest, options())).exit_code == ExitCode.OK
     keys = [row.key for row in await app.export(manifest, options())]
     with workspace.db() as db:
@@ -474,9 +475,7 @@ async def test_a_long_table_is_sent_while_its_later_chunks_are_still_read(
 ) -> None:
     seen = chunked(monkeypatch, 8)
     hold_later_chunks_until_a_request(monkeypatch, fake, seen)
-    rows = [{"file": workspace.image(f"s/{i}.png"), "prompt": f"p{i}"} for i in range(40)]
-    write_csv(workspace.root / "t.csv", rows)
-    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    manifest = image_table(workspace, "s", 40)
 
     outcome = await app.run(manifest, options())
 
@@ -516,9 +515,7 @@ async def test_a_run_stopped_while_its_table_is_read_goes_on_next_time(
     workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     chunked(monkeypatch, 8)
-    rows = [{"file": workspace.image(f"m/{i}.png"), "prompt": f"p{i}"} for i in range(40)]
-    write_csv(workspace.root / "t.csv", rows)
-    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    manifest = image_table(workspace, "m", 40)
 
     first = await app.run(manifest, replace(options(), limits=RunLimits(max_jobs=3)))
 
