@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +67,7 @@ def prepare_request(spec: JobSpec, limits: ImageLimits) -> EditRequest:
 def read_image_info(data: bytes) -> ReplyImage | None:
     """Describe a provider's reply image, or None if the bytes are not a whole image."""
     try:
-        info = _inspect(data)
-        _check_intact(data, info.format)
+        info = _examine(data)
     except _BadImage:
         return None
     return ReplyImage(data, info.format, info.width, info.height)
@@ -117,25 +116,23 @@ def _mb(size: int) -> str:
 
 def _check_image(path: Path, data: bytes, limits: ImageLimits) -> _Info:
     where = path.absolute()
+
+    def rules(info: _Info) -> None:  # from the header, before a pixel is decoded
+        if info.format not in limits.formats:
+            names = sorted(limits.formats)
+            accepted = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+            raise InputError("image", f"{where}: format {info.format} not accepted; use {accepted}")
+        pixels = info.width * info.height
+        dims = f"{where} is {info.width}x{info.height} ({pixels:,} pixels)"
+        if limits.min_pixels is not None and pixels < limits.min_pixels:
+            raise InputError("image", f"{dims}; at least {limits.min_pixels:,} pixels required")
+        if limits.max_pixels is not None and pixels > limits.max_pixels:
+            raise InputError("image", f"{dims}; at most {limits.max_pixels:,} pixels allowed")
+
     try:
-        info = _inspect(data)
+        return _examine(data, rules)
     except _BadImage as exc:
         raise InputError("image", f"{where} {exc.reason}") from exc
-    if info.format not in limits.formats:
-        names = sorted(limits.formats)
-        accepted = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
-        raise InputError("image", f"{where}: format {info.format} not accepted; use {accepted}")
-    pixels = info.width * info.height
-    dims = f"{where} is {info.width}x{info.height} ({pixels:,} pixels)"
-    if limits.min_pixels is not None and pixels < limits.min_pixels:
-        raise InputError("image", f"{dims}; at least {limits.min_pixels:,} pixels required")
-    if limits.max_pixels is not None and pixels > limits.max_pixels:
-        raise InputError("image", f"{dims}; at most {limits.max_pixels:,} pixels allowed")
-    try:
-        _check_intact(data, info.format)
-    except _BadImage as exc:
-        raise InputError("image", f"{where} {exc.reason}") from exc
-    return info
 
 
 def _check_prompt(prompt: str, max_chars: int) -> None:
@@ -150,10 +147,7 @@ def _check_prompt(prompt: str, max_chars: int) -> None:
 def _check_mask(path: Path, data: bytes, image_size: tuple[int, int], turned: bool) -> None:
     where = path.absolute()
     try:
-        info = _inspect(data)
-        if info.format != "PNG":
-            raise InputError("mask", f"{where} is {info.format}; a mask must be a PNG")
-        _check_intact(data, "PNG")
+        info = _examine(data, _png_only(where))
         with _pillow(io.BytesIO(data)) as im:
             mode = im.mode
             alpha = im.getchannel("A").getextrema() if mode in _ALPHA_MODES else None
@@ -203,33 +197,41 @@ def _content_type(fmt: str) -> str:
     return Image.MIME.get(fmt, "application/octet-stream")
 
 
-def _inspect(data: bytes) -> _Info:
-    """Read the header only: format, size and orientation, without decoding pixels."""
-    with _pillow(io.BytesIO(data)) as im:
+def _png_only(where: Path) -> Callable[[_Info], None]:
+    def rule(info: _Info) -> None:
+        if info.format != "PNG":
+            raise InputError("mask", f"{where} is {info.format}; a mask must be a PNG")
+
+    return rule
+
+
+def _examine(data: bytes, rules: Callable[[_Info], None] | None = None) -> _Info:
+    """Open the image once: read its header (format, size, orientation, no pixels), let
+    `rules` refuse it from that alone (before a bomb's pixels are decoded), then make sure
+    the whole file is there and sound, as cheaply as is sure. _BadImage if it is not."""
+    buf = io.BytesIO(data)
+    with _pillow(buf) as im:
         if im.format is None:
             raise _BadImage("is not an image (or a format Pillow cannot read)")
         # PNG keeps eXIf wherever it likes, so getexif() would decode every pixel to find it;
         # orientation only matters for the JPEG/WEBP that get converted anyway.
         exif = im.getexif() if im.format != "PNG" else {}
         orientation = exif.get(ExifTags.Base.Orientation, 1)
-        return _Info(im.format, im.width, im.height, int(orientation))
-
-
-def _check_intact(data: bytes, fmt: str) -> None:
-    """Raise _BadImage unless the whole file is there and sound, as cheaply as is sure."""
-    buf = io.BytesIO(data)
-    with _pillow(buf) as im:
-        if fmt == "PNG":
+        info = _Info(im.format, im.width, im.height, int(orientation))
+        if rules is not None:
+            rules(info)
+        if info.format == "PNG":
             # Every chunk's CRC without inflating the pixels; stops just short of IEND's CRC.
             im.verify()
             if buf.read(4) != _IEND_CRC:
                 raise _BadImage("is truncated or corrupt (IEND chunk incomplete)")
-            return
-        if fmt == "JPEG":
+            return info
+        if info.format == "JPEG":
             # Scaled decoding still reads every entropy-coded byte, so a cut file still fails,
             # but holds an eighth of the width and height in memory.
             im.draft(None, (max(1, im.width // 8), max(1, im.height // 8)))
         im.load()
+    return info
 
 
 @contextmanager
@@ -238,7 +240,7 @@ def _pillow(buf: io.BytesIO) -> Iterator[Image.Image]:
     try:
         with Image.open(buf) as im:
             yield im
-    except _BadImage:
+    except (_BadImage, InputError):  # ours: a rule refused what the header says
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _BadImage(

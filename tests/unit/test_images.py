@@ -386,6 +386,28 @@ def test_converted_image_over_the_limit(tmp_path: Path, mask: Path) -> None:
     assert "converted to PNG (to match the mask)" in err.reason
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_an_image_is_opened_once_to_check_it(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its header, the rules on it and the check that it is whole, from one open: validate
+    # checks 100,000 of them.
+    opened: list[object] = []
+    real_open = Image.open
+
+    def counting_open(*args: Any, **kwargs: Any) -> Image.Image:
+        opened.append(args[0])
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(preflight.Image, "open", counting_open)
+    with noise() as im:
+        data = encode(im, fmt)
+    prepare_request(spec(write(tmp_path / f"x.{fmt.lower()}", data)), OPENAI_LIMITS)
+    assert len(opened) == 1
+    assert read_image_info(data) is not None
+    assert len(opened) == 2
+
+
 # --- reply images -------------------------------------------------------------------------
 
 
