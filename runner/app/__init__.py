@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         validate,
     )
     from runner.app.context import Options
-    from runner.app.reading import JobFilter, jobs, status
+    from runner.app.reading import JobFilter, jobs, list_jobs, status
     from runner.app.run_jobs import RunOutcome, run
 
 # Each name is imported from its module when first used: `runner status` needs neither the
@@ -38,6 +38,7 @@ _HOMES = {
     "export": "commands",
     "export_dataset": "commands",
     "jobs": "reading",
+    "list_jobs": "reading",
     "models": "commands",
     "report": "commands",
     "retry": "commands",
@@ -63,6 +64,7 @@ __all__ = [
     "export",
     "export_dataset",
     "jobs",
+    "list_jobs",
     "models",
     "report",
     "retry",

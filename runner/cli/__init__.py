@@ -18,6 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
@@ -515,9 +516,9 @@ def jobs(
     from runner.cli import present
 
     chosen = app.JobFilter(state=state, key=key, search=search)
-    rows = _run_async(lambda: app.jobs(manifest, app.Options(db=db), chosen))
+    options = app.Options(db=db)
     if group_by == "error":
-        groups = present.error_groups(rows)
+        groups = present.error_groups(_run_async(lambda: app.jobs(manifest, options, chosen)))
         if as_json:
             for group in groups[:limit]:
                 click.echo(json.dumps(group, ensure_ascii=False))
@@ -525,15 +526,28 @@ def jobs(
             out().print(present.error_groups_table(groups[:limit]))
         _say_if_cut(len(groups), limit, "errors")
         return
-    shown = rows[:limit]
-    if as_json:
-        present.write_jsonl(shown, sys.stdout)
-    elif rows:
-        out().print(present.jobs_table(shown, manifest.resolve().parent))
-    else:
+    terminal = out() if sys.stdout.isatty() and not as_json else None
+    listing = present.JobListing(sys.stdout, manifest.resolve().parent, terminal)
+    show = partial(present.write_jsonl, stream=sys.stdout) if as_json else listing.add
+    with _until_the_reader_leaves():
+        total = _run_async(lambda: app.list_jobs(manifest, options, chosen, show, limit))
+        listing.close()
+    if not total and not as_json:
         out().print("no jobs" + (f" in state {state}" if state else "") +
                     (f" matching {search!r}" if search else ""))  # fmt: skip
-    _say_if_cut(len(rows), limit, "jobs")
+    _say_if_cut(total, limit, "jobs")
+
+
+@contextmanager
+def _until_the_reader_leaves() -> Iterator[None]:
+    """`runner jobs | head`: when the reader has had enough, stop quietly (exit 0), as
+    `git log | head` does, instead of a traceback for the closed pipe."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Python flushes stdout once more on the way out; into /dev/null, not the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
 
 
 def _say_if_cut(total: int, limit: int | None, what: str) -> None:

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -315,6 +315,116 @@ def jobs_table(rows: Sequence[ExportRow], base: Path) -> Table:
             escape(one_line(row.error or "")),
         )
     return table
+
+
+class JobLines:
+    """The job list as lines of text, written page by page as the pages are read: rich's
+    table measures every cell of every row before printing one (half a minute for 20,000
+    jobs), this measures the first page and keeps those widths. `width` (a terminal's): cells
+    past their share are cut with "…", one line per job; None (a pipe, a file): whole cells,
+    for grep and cut."""
+
+    HEADER = ("key", "state", "tries", "cost", "image", "prompt", "output", "reason")
+    _SHARES = (0, 0, 0, 0, 2, 1, 2, 2)  # how the cut columns share a narrow terminal
+    _GAP = "  "
+
+    def __init__(self, base: Path, width: int | None) -> None:
+        self._base = base
+        self._width = width
+        self._widths: list[int] | None = None
+
+    def cells(self, row: ExportRow) -> tuple[str, ...]:
+        outputs = row.outputs
+        output = _relative(outputs[0], self._base) if outputs else ""
+        output += f" (+{len(outputs) - 1})" if len(outputs) > 1 else ""
+        return (
+            short_key(row.key),
+            row.status,
+            str(row.attempts),
+            format_usd(row.usage.cost_usd, 4, fixed=True),
+            _relative(row.image, self._base),
+            one_line(row.prompt),
+            output,
+            one_line(row.error or ""),
+        )
+
+    def lines(self, rows: Sequence[ExportRow]) -> list[str]:
+        """The lines for these rows; the first call's start with the header."""
+        table = [self.cells(row) for row in rows]
+        head: list[str] = []
+        if self._widths is None:
+            self._widths = self._measure([self.HEADER, *table])
+            head = [self._line(self.HEADER)]
+        return head + [self._line(cells) for cells in table]
+
+    def _measure(self, table: Sequence[tuple[str, ...]]) -> list[int]:
+        from rich.cells import cell_len
+
+        natural = [max(cell_len(row[i]) for row in table) for i in range(len(self.HEADER))]
+        if self._width is None:
+            return natural
+        room = self._width - len(self._GAP) * (len(natural) - 1)
+        fixed = sum(n for n, share in zip(natural, self._SHARES, strict=True) if not share)
+        widths = list(natural)
+        cut = [i for i, share in enumerate(self._SHARES) if share]
+        left = max(room - fixed, 4 * len(cut))
+        # Columns that fit their share keep their width; the rest share what remains.
+        while cut:
+            shares = sum(self._SHARES[i] for i in cut)
+            fits = [i for i in cut if natural[i] <= left * self._SHARES[i] // shares]
+            if not fits:
+                for i in cut:
+                    widths[i] = max(4, left * self._SHARES[i] // shares)
+                break
+            for i in fits:
+                left -= natural[i]
+                cut.remove(i)
+        return widths
+
+    def _line(self, cells: Sequence[str]) -> str:
+        from rich.cells import cell_len, set_cell_size
+
+        assert self._widths is not None
+        last = len(cells) - 1
+        parts = []
+        for i, (cell, width) in enumerate(zip(cells, self._widths, strict=True)):
+            size = cell_len(cell)
+            if self._width is not None and size > width:
+                cell, size = set_cell_size(cell, width - 1) + "…", width
+            parts.append(cell if i == last else cell + " " * (width - size))
+        return self._GAP.join(parts).rstrip()
+
+
+class JobListing:
+    """Writes the job list to `stream` as its pages come. A terminal shows a short list
+    (up to `SHORT` jobs) as a rich table whose long cells wrap, and a longer one a line per
+    job cut to its width; anything else gets a line per job, whole."""
+
+    SHORT = 200
+
+    def __init__(self, stream: TextIO, base: Path, console: Console | None) -> None:
+        self._stream = stream
+        self._base = base
+        self._console = console  # a terminal's
+        self._lines = JobLines(base, console.width if console is not None else None)
+        self._held: list[ExportRow] | None = [] if console is not None else None
+        self.written = 0
+
+    def add(self, rows: Sequence[ExportRow]) -> None:
+        self.written += len(rows)
+        if self._held is not None:
+            self._held.extend(rows)
+            if len(self._held) <= self.SHORT:
+                return
+            rows, self._held = self._held, None
+        self._stream.write("".join(line + "\n" for line in self._lines.lines(rows)))
+
+    def close(self) -> None:
+        """Write what is held back (a short list on a terminal)."""
+        if self._held and self._console is not None:
+            self._console.print(jobs_table(self._held, self._base))
+        self._held = None
+        self._stream.flush()
 
 
 def _relative(path: str, base: Path) -> str:

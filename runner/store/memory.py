@@ -658,6 +658,13 @@ class MemoryStore:
             )
         return accounts
 
+    async def export_page(
+        self, manifest: str, states: Collection[str], after: int, limit: int
+    ) -> Sequence[tuple[int, ExportRow]]:
+        page = await self.specs_page(manifest, states, after, limit)
+        rows = {r.key: r for r in await self.export_rows(manifest, {s.key for _, s in page})}
+        return [(position, rows[spec.key]) for position, spec in page]
+
     async def export_rows(
         self, manifest: str, keys: Collection[str] | None = None
     ) -> Sequence[ExportRow]:

@@ -240,6 +240,13 @@ class Store(Protocol):
         """The manifest's jobs with their results, in manifest order; `keys`: only those."""
         ...
 
+    async def export_page(
+        self, manifest: str, states: Collection[str], after: int, limit: int
+    ) -> Sequence[tuple[int, ExportRow]]:
+        """(position, row) of up to `limit` of the manifest's jobs in `states` past position
+        `after`, in manifest order: `export_rows` a page at a time."""
+        ...
+
     async def job_states(self, manifest: str) -> Mapping[str, str]: ...
 
     async def succeeded_costs(self, manifest: str) -> Mapping[str, float]:

@@ -229,7 +229,13 @@ async def export_rows(
     )
     rows = (
         await conn.execute(
-            select(t.jobs, usage, balance, request_id, t.prices.c.body.label("price_json"))
+            select(
+                *_EXPORTED,
+                usage,
+                balance,
+                request_id,
+                t.prices.c.body.label("price_json"),
+            )
             .join(t.manifest_jobs, m.job_key == j.key)
             .outerjoin(usage, usage.c.job_key == j.key)
             .outerjoin(t.prices, t.prices.c.id == j.price_id)
@@ -246,7 +252,30 @@ async def export_rows(
     )
     for key, path, digest in outs:
         paths.setdefault(key, []).append((path, digest))
-    return [_export_row(row, paths.get(row.key, [])) for row in rows]
+    parsed = _Parsed()
+    return [_export_row(row, paths.get(row.key, []), parsed) for row in rows]
+
+
+async def export_page(
+    conn: Conn, manifest: str, states: Collection[str], after: int, limit: int
+) -> Sequence[tuple[int, ExportRow]]:
+    """(position, row) of up to `limit` of the manifest's jobs in `states` past position
+    `after`, in manifest order: a long listing a page at a time (the page found by the
+    position index, then its results read for those keys alone)."""
+    m = t.manifest_jobs.c
+    found = (
+        await conn.execute(
+            select(m.position, m.job_key)
+            .join(t.jobs, t.jobs.c.key == m.job_key)
+            .where(m.manifest == manifest, m.position > after, t.jobs.c.status.in_(states))
+            .order_by(m.position)
+            .limit(limit)
+        )
+    ).all()
+    if not found:
+        return []
+    rows = {row.key: row for row in await export_rows(conn, manifest, [k for _, k in found])}
+    return [(int(position), rows[key]) for position, key in found if key in rows]
 
 
 async def job_states(conn: Conn, manifest: str) -> Mapping[str, str]:
@@ -285,7 +314,26 @@ def _run_dict(row: Any) -> dict[str, Any]:
     }
 
 
-def _export_row(row: Any, outputs: list[tuple[str, str]]) -> ExportRow:
+# What an export row is made of; not the leases' and times' columns (and their conversions).
+_EXPORTED = tuple(
+    t.jobs.c[name]
+    for name in (
+        "key", "image_path", "mask_path", "prompt", "provider", "model", "params_json",
+        "status", "error",
+    )
+)  # fmt: skip
+
+
+class _Parsed(dict[str, Any]):
+    """JSON text -> its value, parsed once: most jobs share a few params and prices (the
+    values are read-only mappings in an ExportRow, so rows may share them)."""
+
+    def __missing__(self, text: str) -> Any:
+        value = self[text] = json.loads(text)
+        return value
+
+
+def _export_row(row: Any, outputs: list[tuple[str, str]], parsed: _Parsed) -> ExportRow:
     return ExportRow(
         key=row.key,
         image=row.image_path,
@@ -293,7 +341,7 @@ def _export_row(row: Any, outputs: list[tuple[str, str]]) -> ExportRow:
         prompt=row.prompt,
         provider=row.provider,
         model=row.model,
-        params=json.loads(row.params_json),
+        params=parsed[row.params_json],
         status=row.status,
         attempts=int(row.attempts or 0),
         error=row.error,
@@ -304,7 +352,7 @@ def _export_row(row: Any, outputs: list[tuple[str, str]]) -> ExportRow:
             float(row.cost_usd or 0.0),
         ),
         outputs=tuple(path for path, _ in outputs),
-        price=json.loads(row.price_json) if row.price_json else None,
+        price=parsed[row.price_json] if row.price_json else None,
         balance_usd=row.balance_usd,
         output_sha256=tuple(digest for _, digest in outputs),
         request_id=row.success_request_id,

@@ -842,6 +842,13 @@ class SqlStore:
     ) -> Sequence[ExportRow]:
         return await self._db.run(lambda conn: queries.export_rows(conn, manifest, keys))
 
+    async def export_page(
+        self, manifest: str, states: Collection[str], after: int, limit: int
+    ) -> Sequence[tuple[int, ExportRow]]:
+        return await self._db.run(
+            lambda conn: queries.export_page(conn, manifest, states, after, limit)
+        )
+
     async def job_states(self, manifest: str) -> Mapping[str, str]:
         return await self._db.run(lambda conn: queries.job_states(conn, manifest))
 

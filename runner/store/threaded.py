@@ -329,6 +329,11 @@ class ThreadedStore:
     ) -> Sequence[ExportRow]:
         return await self._loop.call(self._inner.export_rows, manifest, keys)
 
+    async def export_page(
+        self, manifest: str, states: Collection[str], after: int, limit: int
+    ) -> Sequence[tuple[int, ExportRow]]:
+        return await self._loop.call(self._inner.export_page, manifest, states, after, limit)
+
     async def job_states(self, manifest: str) -> Mapping[str, str]:
         return await self._loop.call(self._inner.job_states, manifest)
 

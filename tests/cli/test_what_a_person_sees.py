@@ -6,24 +6,30 @@ of a run."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import click
 import pytest
 from conftest import API_KEY, KEY_ENV, Workspace
 from helpers import Ran, invoke
+from rich.cells import cell_len
 
 from runner import app
+from runner.app import reading
 from runner.cli import main as command_line
 from runner.cli import present
 from runner.files import procs
-from runner.records import Summary, Totals
+from runner.records import ExportRow, JobState, Summary, Totals
 from runner.settings import SETTING_FLAGS, env_name
 from runner.store.engine import open_store
 from runner.store.protocol import RunInfo
+from runner.store.sql import SqlStore
 from runner.testing import FakeProvider
 
 
@@ -323,3 +329,104 @@ def test_a_postgresql_url_without_its_driver_is_one_line_naming_the_extra(
     (line,) = ran.stderr.strip().splitlines()
     assert "pip install -e '.[postgres]'" in line and "asyncpg" in line
     assert "secret" not in line and "Traceback" not in ran.stderr
+
+
+# --- the job list at scale ---------------------------------------------------------------
+
+
+def listed_row(n: int, prompt: str = "make it brighter", error: str | None = None) -> ExportRow:
+    return ExportRow(
+        key=f"{n:064x}",
+        image=f"/data/shoot/photo-{n}.png",
+        mask=None,
+        prompt=prompt,
+        provider="fake",
+        model="gpt-image-1",
+        params={},
+        status="failed" if error else "succeeded",
+        attempts=1,
+        error=error,
+        usage=Totals(cost_usd=0.04),
+    )
+
+
+async def test_a_long_job_list_comes_a_page_at_a_time(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = [{"image": workspace.image(f"p{i}.png"), "prompt": f"p {i}"} for i in range(10)]
+    manifest = workspace.manifest(jobs)
+    await app.cancel(manifest, app.Options(), None, [JobState.PENDING])  # in the database
+    monkeypatch.setattr(reading, "_LIST_PAGE", 4)
+    read = []
+    real_page = SqlStore.export_page
+
+    async def counted(self: SqlStore, *args: Any) -> Any:
+        read.append(args)
+        return await real_page(self, *args)
+
+    monkeypatch.setattr(SqlStore, "export_page", counted)
+    pages: list[list[str]] = []
+
+    def show(rows: Sequence[ExportRow]) -> None:
+        pages.append([Path(row.image).name for row in rows])
+
+    total = await app.list_jobs(manifest, app.Options(), app.JobFilter(), show)
+    assert total == 10
+    assert pages == [[f"p{i}.png" for i in range(j, min(j + 4, 10))] for j in (0, 4, 8)]
+
+    pages.clear()
+    read.clear()
+    total = await app.list_jobs(manifest, app.Options(), app.JobFilter(), show, limit=5)
+    assert (total, pages) == (10, [[f"p{i}.png" for i in range(4)], ["p4.png"]])
+    assert len(read) == 2  # the rest is counted, not read
+
+    pages.clear()
+    chosen = app.JobFilter(state="succeeded")
+    assert await app.list_jobs(manifest, app.Options(), chosen, show) == 0
+    assert pages == []
+
+
+def test_the_job_list_fits_a_terminal_and_keeps_whole_cells_in_a_pipe() -> None:
+    long_prompt = "a very long instruction " * 10
+    rows = [listed_row(1), listed_row(2, long_prompt, error="bad_request: nope " * 5)]
+
+    cut = present.JobLines(Path("/data"), width=100)
+    lines = cut.lines(rows)
+    assert lines[0].split() == list(present.JobLines.HEADER)
+    assert len(lines) == 3 and all(cell_len(line) <= 100 for line in lines)
+    assert "…" in lines[2] and long_prompt.strip() not in lines[2]
+    assert "shoot/photo-2.png" in lines[2]  # relative to the manifest's folder
+    # One column grid: each cell starts where its header does.
+    assert lines[2].index("shoot/photo-2.png") == lines[0].index("image")
+    assert lines[1].index("$0.0400") == lines[0].index("cost")
+
+    whole = present.JobLines(Path("/data"), width=None).lines(rows)
+    assert long_prompt.strip() in whole[2] and "…" not in whole[2]
+    assert whole[2].index("shoot/photo-2.png") == whole[0].index("image")
+    # Later pages keep the first page's grid.
+    more = present.JobLines(Path("/data"), width=None)
+    first, second = more.lines(rows[:1]), more.lines([listed_row(3)])
+    assert second[0].index("photo-3") == first[1].index("photo-1")
+
+
+@pytest.mark.slow
+def test_a_listing_cut_short_by_its_reader_ends_quietly(workspace: Workspace) -> None:
+    # `runner jobs | head -1`: the reader leaves while pages are still being written.
+    image = workspace.image("one.png")
+    manifest = workspace.manifest([{"image": image, "prompt": f"p {i}"} for i in range(3000)])
+    env = {k: v for k, v in os.environ.items() if k != "RUNNER_DB"} | {KEY_ENV: API_KEY}
+    assert subprocess.run(
+        [sys.executable, "-m", "runner", "cancel", str(manifest)], env=env, capture_output=True
+    ).returncode == 0  # fmt: skip
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "runner", "jobs", str(manifest)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert listing.stdout is not None and listing.stderr is not None
+    assert listing.stdout.readline().split()[:2] == [b"key", b"state"]
+    listing.stdout.close()
+    assert listing.wait(timeout=60) == 0
+    with listing.stderr:
+        assert listing.stderr.read() == b""  # no traceback for the closed pipe

@@ -126,6 +126,16 @@ async def scenario(store: Store) -> dict[str, Any]:
     seen["digests"] = dict(await store.digests_for(["/in/1.png", "/in/2.png"]))
     seen["summary"] = asdict(await store.summary("m"))
     seen["export"] = [asdict(row) for row in await store.export_rows("m")]
+    every = [state.value for state in JobState]
+    first = await store.export_page("m", every, -1, 2)
+    rest = await store.export_page("m", every, first[-1][0], 100)
+    assert [asdict(row) for _, row in [*first, *rest]] == seen["export"]  # the same, paged
+    cancelled = await store.export_page("m", ["cancelled"], -1, 100)
+    seen["export pages"] = [
+        [(position, row.key) for position, row in first],
+        [(position, row.status) for position, row in rest],
+        [(position, row.key, row.status) for position, row in cancelled],
+    ]
     seen["states"] = dict(await store.job_states("m"))
     seen["succeeded_costs"] = dict(await store.succeeded_costs("m"))
     seen["outputs"] = sorted(await store.output_paths())
