@@ -101,6 +101,12 @@ def one_size(rows: int, keep: Path | None = None) -> dict[str, tuple[float, floa
         done = measured([*runner, "jobs", str(manifest), "--state", "failed"], env)
         assert done.code == 0, done.stderr
         figures["jobs --state failed"] = (done.wall_s, done.peak_mb)
+        done = measured([*runner, "jobs", str(manifest), "-n", "20"], env)
+        assert done.code == 0, done.stderr
+        figures["jobs -n 20"] = (done.wall_s, done.peak_mb)
+        done = measured([*runner, "jobs", str(manifest)], env)  # every job, not to a terminal
+        assert done.code == 0, done.stderr
+        figures["jobs (all, not a terminal)"] = (done.wall_s, done.peak_mb)
         out = root / "results.parquet"
         done = measured(
             [*runner, "export", str(manifest), "--format", "parquet", "-o", str(out)], env
