@@ -188,6 +188,8 @@ async def _until_work_or_synced(store: Store, manifest: str, feed: SyncProgress)
         synced = feed.synced
         if synced and JobCounts(await store.state_counts(manifest, (0, synced))).count(TO_DO):
             return
+        if synced:
+            feed.sending()  # no work in what is written: the sync must read on to find some
         await feed.changed(synced)
     if feed.error is not None:
         raise feed.error

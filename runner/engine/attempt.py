@@ -87,6 +87,7 @@ class Attempts:
         close_intake: Callable[[str, str], None],
         on_spend: Callable[[float], None],
         lease_until: Callable[[], datetime],
+        on_send: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._owner = owner
@@ -98,6 +99,7 @@ class Attempts:
         self._close_intake = close_intake
         self._on_spend = on_spend
         self._lease_until = lease_until  # a fresh lease for each request, taken as it leaves
+        self._on_send = on_send  # each request, as it leaves
         self._warned: set[tuple[str, str]] = set()
 
     def estimate(self, spec: JobSpec) -> float | None:
@@ -137,6 +139,7 @@ class Attempts:
         started = time.monotonic()
         try:
             try:
+                self._on_send()
                 result = await provider.edit(request)
             finally:
                 gate.answered()

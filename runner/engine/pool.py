@@ -134,6 +134,7 @@ class Pool:
             close_intake=self.close_intake,
             on_spend=self._count_spend,
             lease_until=self._lease_until,
+            on_send=feed.sending if feed is not None else lambda: None,
         )
         # Claims come in batches of a quarter of the concurrency: one store call per batch.
         # A batch's unstarted jobs stay leased to this run; ending the run releases them.

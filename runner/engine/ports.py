@@ -75,6 +75,10 @@ class JobFeed(Protocol):
         """Until more than `since` positions are written, or the sync ends."""
         ...
 
+    def sending(self) -> None:
+        """A request is leaving: the sync, held back for the first, may read on."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Lane:

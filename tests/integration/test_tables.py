@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -492,6 +493,55 @@ async def test_a_long_table_is_sent_while_its_later_chunks_are_still_read(
     assert summary.counts["succeeded"] == 40
     assert (await app.run(manifest, options())).exit_code == ExitCode.OK
     assert fake.requests_total == 40  # the finished table: nothing again
+
+
+async def test_the_sync_reads_on_once_the_first_request_leaves(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Keying later chunks in a worker thread holds the interpreter: they wait (a few
+    # seconds at most) for the first request, made from the first chunk.
+    from runner.app import context
+    from runner.manifest.expand import Resolver
+
+    chunked(monkeypatch, 8)
+    events: list[str] = []
+    real_key, real_sending = Resolver.key_chunk, context.SyncProgress.sending
+
+    def key_chunk(self: Resolver, drafts: Any, digester: Any) -> Any:
+        events.append(f"keyed {self.rows}")
+        return real_key(self, drafts, digester)
+
+    def sending(self: context.SyncProgress) -> None:
+        events.append("sending")
+        real_sending(self)
+
+    monkeypatch.setattr(Resolver, "key_chunk", key_chunk)
+    monkeypatch.setattr(context.SyncProgress, "sending", sending)
+    monkeypatch.setattr(context, "HEAD_START_S", 30.0)
+    manifest = image_table(workspace, "h", 24)
+
+    with anyio.fail_after(20):
+        assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    assert events[0] == "keyed 0" and events.index("sending") < events.index("keyed 8")
+    assert fake.requests_total == 24
+
+
+async def test_a_first_chunk_with_nothing_to_send_does_not_hold_the_sync(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.app import context
+
+    chunked(monkeypatch, 8)
+    monkeypatch.setattr(context, "HEAD_START_S", 30.0)
+    manifest = image_table(workspace, "n", 16)
+    first = await app.run(manifest, replace(options(), limits=RunLimits(max_jobs=8)))
+    assert first.exit_code == ExitCode.EARLY and fake.requests_total == 8
+    with workspace.db() as db:  # the sync runs again: the list is read, not taken as is
+        db.execute("DELETE FROM manifest_syncs")
+
+    with anyio.fail_after(20):  # not 30 s held for a request the first chunk cannot make
+        assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    assert fake.requests_total == 16
 
 
 async def test_a_bad_row_found_while_sending_fails_alone_and_nothing_is_paid_twice(
