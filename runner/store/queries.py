@@ -52,7 +52,7 @@ def _usage_by_job(keys: Collection[str] | None = None) -> Any:
     return (query if keys is None else query.where(a.job_key.in_(keys))).subquery()
 
 
-async def _members(conn: Conn, manifest: str) -> Any | None:
+async def members_of(conn: Conn, manifest: str) -> Any | None:
     """The manifest's job keys (a subquery), or None when it lists every job in the
     database: a database beside its manifest, as by default. Then counting needs no look at
     the membership (at 100,000 jobs: 0.03 s, against 0.35 s matching every job to it)."""
@@ -69,7 +69,7 @@ def _of(column: Any, members: Any | None) -> list[Any]:
 
 
 async def summary(conn: Conn, manifest: str, now: datetime) -> Summary:
-    members = await _members(conn, manifest)
+    members = await members_of(conn, manifest)
     counts = {state.value: 0 for state in JobState}
     j = t.jobs.c
     rows = await conn.execute(

@@ -218,13 +218,13 @@ class SqlStore:
         where += [m.position < before] if before is not None else []
 
         async def read(conn: Conn) -> dict[tuple[str, str], int]:
-            rows = await conn.execute(
-                select(j.provider, j.status, func.count())
-                .join(t.manifest_jobs, m.job_key == j.key)
-                .where(*where)
-                .group_by(j.provider, j.status)
-            )
-            return {(str(p), str(s)): int(n) for p, s, n in rows}
+            counted = select(j.provider, j.status, func.count()).group_by(j.provider, j.status)
+            # The whole list of a manifest that lists every job in its database (the default
+            # layout): counted from the jobs' own index, without matching each to the list.
+            whole = positions == (0, None) and await queries.members_of(conn, manifest) is None
+            if not whole:
+                counted = counted.join(t.manifest_jobs, m.job_key == j.key).where(*where)
+            return {(str(p), str(s)): int(n) for p, s, n in await conn.execute(counted)}
 
         return await self._db.run(read)
 

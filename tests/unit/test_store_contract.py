@@ -142,8 +142,10 @@ async def scenario(store: Store) -> dict[str, Any]:
     seen.update(await chunked_syncs(store))
     # Another manifest's jobs in the database now (and one of m's jobs in it too): m's
     # counts, totals and spend stay m's own.
+    seen["counts"] = dict(await store.state_counts("m"))
     await store.sync_manifest("other", [spec(n) for n in (2, 95, 96)])
     seen["summary, the database shared"] = asdict(await store.summary("m"))
+    seen["counts, the database shared"] = dict(await store.state_counts("m"))
     return seen
 
 
@@ -214,6 +216,8 @@ async def test_the_memory_store_answers_every_verb_as_the_sql_store_does(
     assert expected["rejected"] == [spec(90).key] and expected["rejected again"] == []
     assert expected["retried"] == 0
     assert expected["summary, the database shared"] == expected["summary"]
+    assert expected["counts, the database shared"] == expected["counts"]
+    assert sum(expected["counts"].values()) == 5
     assert sum(expected["summary"]["counts"].values()) == 5
 
 
