@@ -93,14 +93,22 @@ async def export_dataset(path: Path, options: Options, fmt: str, target: Path) -
     from runner.app import table_export
 
     parsed = await parse(path)
-    async with opened(parsed, options) as session:
-        source = table_export.ExportSource(session.store, session.id)
+
+    async def write(source: table_export.ExportSource) -> int:
         if fmt == "imagefolder":
             read = ObjectOutputs().read
             return await anyio.to_thread.run_sync(
                 table_export.write_imagefolder, target, source.pages(), read
             )
         return await anyio.to_thread.run_sync(table_export.write_parquet, target, parsed, source)
+
+    # Synced again only when something changed: the job list is the database's as it is
+    # (a table of 100,000 rows is then read once, for its columns, not twice).
+    async with synced_view(path, options, check_inputs=True) as view:
+        if view is not None:
+            return await write(table_export.ExportSource(view.store, view.id))
+    async with opened(parsed, options) as session:
+        return await write(table_export.ExportSource(session.store, session.id))
 
 
 async def retry(path: Path, options: Options, key: str | None = None) -> int:

@@ -67,11 +67,9 @@ class ExportSource:
     def pages(self) -> Iterator[list[ExportRow]]:
         after = -1
         while page := from_thread.run(
-            self._store.specs_page, self._manifest, context.ALL_STATES, after, context.PAGE_JOBS
+            self._store.export_page, self._manifest, context.ALL_STATES, after, context.PAGE_JOBS
         ):
-            keys = [spec.key for _, spec in page]
-            found = self.rows_for(keys)
-            yield [found[key] for key in keys if key in found]
+            yield [row for _, row in page]
             after = page[-1][0]
 
     def rows_for(self, keys: Collection[str]) -> Mapping[str, ExportRow]:

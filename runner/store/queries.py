@@ -204,10 +204,16 @@ async def _accounts(conn: Conn, members: Any | None) -> dict[str, ProviderAccoun
 
 
 async def export_rows(
-    conn: Conn, manifest: str, keys: Collection[str] | None = None
+    conn: Conn,
+    manifest: str,
+    keys: Collection[str] | None = None,
+    positions: tuple[int, int] | None = None,
 ) -> Sequence[ExportRow]:
     """The manifest's jobs with their results, in manifest order; `keys`: only those (a
-    page of a long manifest)."""
+    page of a long manifest), found between `positions` (first, last) where given: without
+    them the page is found by matching each of the manifest's jobs to the keys (80 ms a
+    page at 100,000 jobs, against 2 ms)."""
+    within = [] if positions is None else [t.manifest_jobs.c.position.between(*positions)]
     usage = _usage_by_job(keys)
     j, m = t.jobs.c, t.manifest_jobs.c
     a = t.attempts.c
@@ -227,22 +233,21 @@ async def export_rows(
         .scalar_subquery()
         .label("success_request_id")
     )
-    rows = (
-        await conn.execute(
-            select(
-                *_EXPORTED,
-                usage,
-                balance,
-                request_id,
-                t.prices.c.body.label("price_json"),
-            )
-            .join(t.manifest_jobs, m.job_key == j.key)
-            .outerjoin(usage, usage.c.job_key == j.key)
-            .outerjoin(t.prices, t.prices.c.id == j.price_id)
-            .where(m.manifest == manifest, *([j.key.in_(keys)] if keys is not None else []))
-            .order_by(m.position)
-        )
-    ).all()
+    query = (
+        select(*_EXPORTED, usage, balance, request_id, t.prices.c.body, m.position)
+        .join(t.manifest_jobs, m.job_key == j.key)
+        .outerjoin(usage, usage.c.job_key == j.key)
+        .outerjoin(t.prices, t.prices.c.id == j.price_id)
+        .where(m.manifest == manifest, *within)
+        .where(*([j.key.in_(keys)] if keys is not None else []))
+    )
+    rows: Sequence[Any]
+    if keys is not None and positions is None:
+        # Found by key and put in manifest order here: ordered by position, the database
+        # walks every job of the manifest to find these.
+        rows = sorted((await conn.execute(query)).all(), key=lambda row: row[-1])
+    else:
+        rows = (await conn.execute(query.order_by(m.position))).all()
     paths: dict[str, list[tuple[str, str]]] = {}
     whose = select(m.job_key).where(m.manifest == manifest) if keys is None else keys
     outs = await conn.execute(
@@ -253,7 +258,7 @@ async def export_rows(
     for key, path, digest in outs:
         paths.setdefault(key, []).append((path, digest))
     parsed = _Parsed()
-    return [_export_row(row, paths.get(row.key, []), parsed) for row in rows]
+    return [_export_row(row, paths.get(row[0], []), parsed) for row in rows]
 
 
 async def export_page(
@@ -274,7 +279,8 @@ async def export_page(
     ).all()
     if not found:
         return []
-    rows = {row.key: row for row in await export_rows(conn, manifest, [k for _, k in found])}
+    keys, positions = [k for _, k in found], (found[0][0], found[-1][0])
+    rows = {row.key: row for row in await export_rows(conn, manifest, keys, positions)}
     return [(int(position), rows[key]) for position, key in found if key in rows]
 
 
@@ -334,26 +340,33 @@ class _Parsed(dict[str, Any]):
 
 
 def _export_row(row: Any, outputs: list[tuple[str, str]], parsed: _Parsed) -> ExportRow:
+    # Unpacked by position (the select's order): a Row's attribute lookups were a third
+    # of listing 100,000 jobs.
+    (
+        key, image, mask, prompt, provider, model, params_json, status, error,
+        _usage_key, input_tokens, output_tokens, total_tokens, cost_usd, attempts,
+        balance_usd, request_id, price_json, _position,
+    ) = row  # fmt: skip
     return ExportRow(
-        key=row.key,
-        image=row.image_path,
-        mask=row.mask_path,
-        prompt=row.prompt,
-        provider=row.provider,
-        model=row.model,
-        params=parsed[row.params_json],
-        status=row.status,
-        attempts=int(row.attempts or 0),
-        error=row.error,
+        key=key,
+        image=image,
+        mask=mask,
+        prompt=prompt,
+        provider=provider,
+        model=model,
+        params=parsed[params_json],
+        status=status,
+        attempts=int(attempts or 0),
+        error=error,
         usage=Totals(
-            int(row.input_tokens or 0),
-            int(row.output_tokens or 0),
-            int(row.total_tokens or 0),
-            float(row.cost_usd or 0.0),
+            int(input_tokens or 0),
+            int(output_tokens or 0),
+            int(total_tokens or 0),
+            float(cost_usd or 0.0),
         ),
         outputs=tuple(path for path, _ in outputs),
-        price=parsed[row.price_json] if row.price_json else None,
-        balance_usd=row.balance_usd,
+        price=parsed[price_json] if price_json else None,
+        balance_usd=balance_usd,
         output_sha256=tuple(digest for _, digest in outputs),
-        request_id=row.success_request_id,
+        request_id=request_id,
     )

@@ -186,7 +186,14 @@ async def test_exports_read_the_database_a_page_at_a_time_and_keep_table_order(
         asked.append(None if keys is None else len(keys))
         return await real(self, manifest, keys)
 
+    real_page = SqlStore.export_page
+
+    async def paged(self: SqlStore, manifest: str, states: Any, after: int, limit: int) -> Any:
+        asked.append(limit)
+        return await real_page(self, manifest, states, after, limit)
+
     monkeypatch.setattr(SqlStore, "export_rows", counted)
+    monkeypatch.setattr(SqlStore, "export_page", paged)
 
     out = workspace.root / "r.parquet"
     assert await app.export_dataset(manifest, options(), "parquet", out) == 26
@@ -398,6 +405,37 @@ async def test_jobs_in_one_state_reads_only_those_jobs_in_full(
     assert [row.key for row in failed] == [keys[1], keys[3]]  # in manifest order
     assert asked[0] == sorted([keys[1], keys[3]])  # the other three never read in full
     assert mismatch == [] and asked[1:] == [[keys[0]]]
+
+
+async def test_an_export_takes_the_job_list_from_the_database_while_nothing_changed(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.app import context
+
+    rows = [{"file": workspace.image(f"e/{i}.png"), "prompt": f"p{i}"} for i in range(5)]
+    write_csv(workspace.root / "t.csv", rows)
+    manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    syncs: list[object] = []
+    real_sync = context.sync_jobs
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        syncs.append(args)
+        return await real_sync(*args, **kwargs)
+
+    monkeypatch.setattr(context, "sync_jobs", counted)
+    out = workspace.root / "r.parquet"
+
+    assert await app.export_dataset(manifest, options(), "parquet", out) == 5
+    assert syncs == []  # the table is read once, for its columns
+    assert [r["status"] for r in pq.read_table(out).to_pylist()] == ["succeeded"] * 5
+
+    write_csv(
+        workspace.root / "t.csv", [*rows, {"file": workspace.image("e/5.png"), "prompt": "new"}]
+    )
+    assert await app.export_dataset(manifest, options(), "parquet", out) == 6
+    assert len(syncs) == 1  # changed: synced first, the new row a pending job
+    assert [r["status"] for r in pq.read_table(out).to_pylist()][5] == "pending"
 
 
 async def test_a_rerun_takes_the_job_list_from_the_database_while_nothing_changed(
