@@ -94,15 +94,31 @@ prices = Table(
     Column("body", Text, nullable=False, unique=True),
 )
 
+# Each manifest file whose jobs were synced, once: its rows in manifest_jobs carry its number
+# instead of its path (which was stored three times per job, with the indexes).
+manifests = Table(
+    "manifests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("path", Text, nullable=False, unique=True),  # absolute path of the manifest file
+)
+
+# Which jobs a manifest lists now, and where. On SQLite a table without rowid: its rows are
+# small and its key is composite, so a rowid table would keep them twice (the table and its
+# key's index). The key's leading job_key also serves the foreign key's look-ups.
 manifest_jobs = Table(
     "manifest_jobs",
     metadata,
-    Column("manifest", Text, primary_key=True),  # absolute path of the manifest file
     Column("job_key", String(64), ForeignKey("jobs.key"), primary_key=True),
+    Column("manifest_id", Integer, ForeignKey("manifests.id"), primary_key=True),
     Column("position", Integer, nullable=False),
+    sqlite_with_rowid=False,
 )
-Index("ix_manifest_jobs_job_key", manifest_jobs.c.job_key)
-Index("ix_manifest_jobs_manifest_position", manifest_jobs.c.manifest, manifest_jobs.c.position)
+Index(
+    "ix_manifest_jobs_manifest_id_position",
+    manifest_jobs.c.manifest_id,
+    manifest_jobs.c.position,
+)
 
 runs = Table(
     "runs",
