@@ -235,10 +235,9 @@ def _raw_sqlite_round(db: Path) -> tuple[float, float]:
     sqlite3 module in one thread (no SQLAlchemy, no aiosqlite hops), on the same database
     reset to pending: (wall ms per job, CPU ms per job)."""
     import sqlite3
-    from datetime import UTC, datetime
 
-    def now() -> str:
-        return datetime.now(UTC).replace(tzinfo=None).isoformat(" ")
+    def now() -> int:  # as the runner keeps times on SQLite: microseconds since 1970 (UTC)
+        return time.time_ns() // 1000
 
     con = sqlite3.connect(db, isolation_level=None)
     try:
