@@ -70,7 +70,7 @@ def _span_s(db: str) -> float:
 
         with sqlite3.connect(db) as c:
             first, last = c.execute(query).fetchone()
-        return (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+        return (last - first) / 1e6  # SQLite times: microseconds since 1970 (UTC)
 
     async def span() -> float:
         import asyncpg

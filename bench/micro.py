@@ -235,10 +235,9 @@ def _raw_sqlite_round(db: Path) -> tuple[float, float]:
     sqlite3 module in one thread (no SQLAlchemy, no aiosqlite hops), on the same database
     reset to pending: (wall ms per job, CPU ms per job)."""
     import sqlite3
-    from datetime import UTC, datetime
 
-    def now() -> str:
-        return datetime.now(UTC).replace(tzinfo=None).isoformat(" ")
+    def now() -> int:  # as the runner keeps times on SQLite: microseconds since 1970 (UTC)
+        return time.time_ns() // 1000
 
     con = sqlite3.connect(db, isolation_level=None)
     try:
@@ -247,7 +246,7 @@ def _raw_sqlite_round(db: Path) -> tuple[float, float]:
         con.execute("DELETE FROM outputs")
         con.execute("DELETE FROM attempts")
         con.execute("UPDATE jobs SET status = 'pending', attempt_floor = 0, lease_owner = NULL")
-        (manifest,) = con.execute("SELECT manifest FROM manifest_jobs LIMIT 1").fetchone()
+        (manifest,) = con.execute("SELECT manifest_id FROM manifest_jobs LIMIT 1").fetchone()
         (jobs,) = con.execute("SELECT count(*) FROM jobs").fetchone()
         t0, c0 = time.perf_counter(), time.process_time()
         for n in range(jobs):
@@ -255,7 +254,7 @@ def _raw_sqlite_round(db: Path) -> tuple[float, float]:
             key = con.execute(
                 "UPDATE jobs SET status = 'running', lease_owner = 'bench', lease_expires_at = ?,"
                 " updated_at = ? WHERE key = (SELECT jobs.key FROM jobs JOIN manifest_jobs"
-                " ON manifest_jobs.job_key = jobs.key WHERE manifest_jobs.manifest = ?"
+                " ON manifest_jobs.job_key = jobs.key WHERE manifest_jobs.manifest_id = ?"
                 " AND jobs.provider = 'p' AND (jobs.status = 'pending' OR (jobs.status ="
                 " 'running' AND jobs.lease_expires_at < ?)) ORDER BY manifest_jobs.position"
                 " LIMIT 1) RETURNING *",

@@ -260,8 +260,8 @@ def write_manifest(run_dir: Path, base_url: str, image: Path, jobs: int, conc: i
     return manifest
 
 
-def _utc_ts(text: str) -> float:
-    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp()
+def _utc_ts(stored: int) -> float:
+    return stored / 1e6  # the runner keeps SQLite times as microseconds since 1970 (UTC)
 
 
 def runner_db_times(db: Path) -> tuple[int, float, float] | None:

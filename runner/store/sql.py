@@ -200,7 +200,7 @@ class SqlStore:
             rows = await conn.execute(
                 select(m.position, t.jobs)
                 .join(t.manifest_jobs, m.job_key == t.jobs.c.key)
-                .where(m.manifest == manifest, m.position > after, t.jobs.c.status.in_(states))
+                .where(queries.listed_in(manifest), m.position > after, t.jobs.c.status.in_(states))
                 .where(*until)
                 .order_by(m.position)
                 .limit(limit)
@@ -214,7 +214,7 @@ class SqlStore:
     ) -> Mapping[tuple[str, str], int]:
         j, m = t.jobs.c, t.manifest_jobs.c
         start, before = positions
-        where = [m.manifest == manifest, m.position >= start]
+        where = [queries.listed_in(manifest), m.position >= start]
         where += [m.position < before] if before is not None else []
 
         async def read(conn: Conn) -> dict[tuple[str, str], int]:
@@ -269,7 +269,7 @@ class SqlStore:
                 .outerjoin(image, image.c.path == j.image_path)
                 .outerjoin(mask, mask.c.path == j.mask_path)
             )
-            .where(m.manifest == manifest)
+            .where(queries.listed_in(manifest))
             .where(or_(j.failure_kind.is_(None), j.failure_kind != FailureKind.ROW.value))
         )  # fmt: skip
 
@@ -439,7 +439,7 @@ class SqlStore:
         picked = (
             select(j.key)
             .join(t.manifest_jobs, t.manifest_jobs.c.job_key == j.key)
-            .where(t.manifest_jobs.c.manifest == manifest, j.provider == provider, takeable)
+            .where(queries.listed_in(manifest), j.provider == provider, takeable)
             .where(*([t.manifest_jobs.c.position < below] if below is not None else []))
             .order_by(t.manifest_jobs.c.position)
             .limit(limit)
@@ -459,7 +459,7 @@ class SqlStore:
                 _counted_attempts().label("attempts_this_round"),
                 _unanswered_attempts().label("unanswered"),
                 select(t.manifest_jobs.c.position)
-                .where(t.manifest_jobs.c.job_key == j.key, t.manifest_jobs.c.manifest == manifest)
+                .where(t.manifest_jobs.c.job_key == j.key, queries.listed_in(manifest))
                 .scalar_subquery()
                 .label("position"),
             )
@@ -905,20 +905,33 @@ async def _sync_members(
     manifest writes nothing. A key that moves between chunks is moved, not duplicated (a
     row's key is unique per manifest)."""
     m = t.manifest_jobs.c
+    number = await _manifest_number(conn, manifest)
     end = start + len(keys)
     listed = [(key, start + i) for i, key in enumerate(keys)]
     in_range = m.position >= start if final else and_(m.position >= start, m.position < end)
     current = await conn.execute(
-        select(m.job_key, m.position).where(m.manifest == manifest, in_range).order_by(m.position)
+        select(m.job_key, m.position).where(m.manifest_id == number, in_range).order_by(m.position)
     )
     if [tuple(row) for row in current] == listed:
         return
-    await conn.execute(delete(t.manifest_jobs).where(m.manifest == manifest, in_range))
+    await conn.execute(delete(t.manifest_jobs).where(m.manifest_id == number, in_range))
     if listed:
         await conn.execute(
             _upsert_position(conn),
-            [{"manifest": manifest, "job_key": k, "position": i} for k, i in listed],
+            [{"manifest_id": number, "job_key": k, "position": i} for k, i in listed],
         )
+
+
+async def _manifest_number(conn: Conn, manifest: str) -> int:
+    """The manifest's id in `manifests`, added at its first sync (only read after that)."""
+    number = select(t.manifests.c.id).where(t.manifests.c.path == manifest)
+    found = await conn.scalar(number)
+    if found is None:
+        # Runners syncing a new manifest together (PostgreSQL): one adds it, the other
+        # waits for that and then reads it.
+        await conn.execute(insert_new(conn, t.manifests), [{"path": manifest}])
+        found = await conn.scalar(number)
+    return int(found)
 
 
 def _upsert_position(conn: Conn) -> Any:
@@ -930,7 +943,7 @@ def _upsert_position(conn: Conn) -> Any:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
     stmt = dialect_insert(members)
     return stmt.on_conflict_do_update(
-        index_elements=[members.c.manifest, members.c.job_key],
+        index_elements=[members.c.job_key, members.c.manifest_id],
         set_={"position": stmt.excluded.position},
     )
 

@@ -74,11 +74,11 @@ async def test_an_earlier_runs_timeout_counts_against_the_limit(
     (key,) = db.execute("SELECT key FROM jobs").fetchone()
     db.execute(
         "INSERT INTO runs (id, manifest, host, pid, process_tag, started_at, heartbeat_at, "
-        "ended_at) VALUES ('old', 'm', 'h', 1, 't', '2026-12-01', '2026-12-01', '2026-12-01')"
+        "ended_at) VALUES ('old', 'm', 'h', 1, 't', 1, 1, 1)"  # SQLite times: microseconds
     )
     db.execute(
         "INSERT INTO attempts (job_key, run_id, provider, model, outcome, counted, started_at) "
-        "VALUES (?, 'old', 'fake', 'gpt-image-2', 'timeout', 1, '2026-12-01')",
+        "VALUES (?, 'old', 'fake', 'gpt-image-2', 'timeout', 1, 1)",
         (key,),
     )
     db.commit()

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from conftest import Workspace, options
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -26,6 +28,7 @@ from runner.store.engine import database_url, open_store
 from runner.store.protocol import RunInfo
 from runner.store.sql import SqlStore
 from runner.store.tables import metadata
+from runner.testing import FakeProvider
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,6 +162,112 @@ async def test_migrating_to_0008_keeps_each_jobs_price_stored_once(
         assert new.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
+# A 0008 database: three jobs, listed by two manifests (one job by both), with attempts and
+# an output. Literal SQL that SQLite and PostgreSQL both take.
+_AT_0008 = [
+    "INSERT INTO runs (id, manifest, host, pid, process_tag, started_at, heartbeat_at) "
+    "VALUES ('r', '/one.yaml', 'h', 1, 't', '2026-12-01', '2026-12-01')",
+    *(
+        "INSERT INTO jobs (key, status, image_path, prompt, provider, model, params_json, "
+        "output_dir, output_name, manifest_entry, attempt_floor, retry_floor, created_at, "
+        f"updated_at) VALUES ('{key}', 'pending', '/in.png', 'p', 'x', 'm', '{{}}', '/out', "
+        "'{stem}', 0, 0, 0, '2026-12-01', '2026-12-01')"
+        for key in ("a" * 64, "b" * 64, "c" * 64)
+    ),
+    *(
+        "INSERT INTO manifest_jobs (manifest, job_key, position) "
+        f"VALUES ('{manifest}', '{letter * 64}', {position})"
+        for manifest, letter, position in (
+            ("/one.yaml", "a", 0), ("/one.yaml", "b", 1), ("/two.yaml", "c", 0),
+            ("/two.yaml", "b", 1),
+        )
+    ),
+    *(
+        "INSERT INTO attempts (job_key, run_id, provider, model, outcome, counted, started_at) "
+        f"VALUES ('{letter * 64}', 'r', 'x', 'm', 'succeeded', true, '2026-12-01')"
+        for letter in "ab"
+    ),
+    "INSERT INTO outputs (job_key, attempt_id, image_index, path, sha256, size_bytes, width, "
+    f"height, format) VALUES ('{'a' * 64}', 1, 1, '/out/a.png', 'd', 1, 1, 1, 'PNG')",
+]  # fmt: skip
+_LINKS_0008 = [
+    ("/one.yaml", "a" * 64, 0), ("/one.yaml", "b" * 64, 1),
+    ("/two.yaml", "c" * 64, 0), ("/two.yaml", "b" * 64, 1),
+]  # fmt: skip
+
+
+def run_sql(url: str, *statements: str) -> list[tuple[Any, ...]]:
+    """The statements' rows (of the last one), on SQLite with foreign keys on, as the runner."""
+    if "://" not in url:
+        with sqlite3.connect(url) as db:
+            db.execute("PRAGMA foreign_keys=ON")
+            return [tuple(row) for statement in statements for row in db.execute(statement)]
+    import anyio
+
+    async def main() -> list[tuple[Any, ...]]:
+        engine = create_async_engine(database_url(url, Path.cwd()))
+        rows: list[tuple[Any, ...]] = []
+        async with engine.begin() as connection:
+            for statement in statements:
+                result = await connection.exec_driver_sql(statement)
+                rows = [tuple(row) for row in result] if result.returns_rows else []
+        await engine.dispose()
+        return rows
+
+    return anyio.run(main)
+
+
+@pytest.mark.parametrize("server", [False, True], ids=["sqlite", "postgresql"])
+def test_migrating_to_0009_keeps_every_job_and_which_manifests_list_it(
+    server: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    import anyio
+
+    url = str(request.getfixturevalue("pg_database") if server else tmp_path / "old.db")
+    alembic(url, monkeypatch, ("upgrade", "0008"))
+    run_sql(url, *_AT_0008)
+
+    async def migrate_and_read() -> dict[str, list[str]]:
+        store = await open_store(database_url(url, tmp_path))  # migrates, as a run does
+        try:
+            listed = {m: await store.export_rows(m) for m in ("/one.yaml", "/two.yaml")}
+        finally:
+            await store.close()
+        return {m: [row.key[0] for row in rows] for m, rows in listed.items()}
+
+    assert anyio.run(migrate_and_read) == {"/one.yaml": ["a", "b"], "/two.yaml": ["c", "b"]}
+    links = run_sql(
+        url,
+        "SELECT m.path, j.job_key, j.position FROM manifest_jobs j "
+        "JOIN manifests m ON m.id = j.manifest_id ORDER BY m.path, j.position",
+    )
+    assert links == _LINKS_0008
+    counts = "SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM attempts), " + (
+        "(SELECT count(*) FROM outputs)"
+    )
+    assert run_sql(url, counts) == [(3, 2, 1)]
+    viewed = "SELECT job_key, attempts, output_paths FROM job_overview ORDER BY job_key"
+    assert [(key[0], n, paths) for key, n, paths in run_sql(url, viewed)] == [
+        ("a", 1, "/out/a.png"), ("b", 1, None), ("c", 0, None),
+    ]  # fmt: skip
+    if not server:
+        assert run_sql(url, "PRAGMA foreign_key_check") == []
+        (made,) = run_sql(url, "SELECT sql FROM sqlite_master WHERE name = 'manifest_jobs'")
+        assert "WITHOUT ROWID" in made[0]
+        times = "SELECT typeof(j.created_at), v.created_at FROM jobs j JOIN job_overview v " + (
+            "ON v.job_key = j.key LIMIT 1"
+        )
+        assert run_sql(url, times) == [("integer", "2026-12-01 00:00:00.000000")]
+
+    alembic(url, monkeypatch, ("downgrade", "0008"))
+    back = "SELECT manifest, job_key, position FROM manifest_jobs ORDER BY manifest, position"
+    assert run_sql(url, back) == _LINKS_0008
+    if not server:
+        assert run_sql(url, "SELECT DISTINCT created_at FROM jobs") == [
+            ("2026-12-01 00:00:00.000000",)
+        ]
+
+
 @pytest.mark.slow  # a PostgreSQL server
 def test_postgresql_migrations_upgrade_downgrade_upgrade(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
@@ -178,6 +287,45 @@ async def test_postgresql_store_claims_exactly_the_batch_asked_for(pg_database: 
         assert sorted(states.values()) == ["pending"] + ["running"] * 4
     finally:
         await opened.close()
+
+
+# -- size ----------------------------------------------------------------------------
+
+TABLES_PER_JOB = ("jobs", "manifest_jobs", "manifests")
+
+
+def bytes_per_job(db: Path, jobs: int) -> dict[str, float]:
+    """Each b-tree (table or index) of the tables that grow with the jobs, with the bytes it
+    uses per job: its pages less their free space, as SQLite's dbstat counts them."""
+    with sqlite3.connect(db) as con:
+        try:
+            rows = con.execute(
+                "SELECT s.name, sum(s.pgsize - s.unused) FROM dbstat s "
+                "JOIN sqlite_schema m ON m.name = s.name "
+                f"WHERE m.tbl_name IN {TABLES_PER_JOB} GROUP BY s.name"
+            ).fetchall()
+        except sqlite3.OperationalError as exc:  # a SQLite built without dbstat
+            pytest.skip(f"no dbstat: {exc}")
+    return {str(name): used / jobs for name, used in rows}
+
+
+async def test_a_job_synced_from_a_manifest_takes_at_most_600_bytes(fake: FakeProvider) -> None:
+    from runner.app import context
+
+    jobs = 300
+    # Paths as short as a project's folder may be (the bytes grow with them): pytest's own
+    # folder would add some 90 bytes a job, twice its name.
+    with tempfile.TemporaryDirectory(prefix="size-") as folder:
+        workspace = Workspace(Path(folder), fake.base_url)
+        for i in range(jobs):
+            workspace.image(f"photos/holiday-{i:03d}.png")
+        prompt = "Turn the sky into a warm sunrise, keep the people as they are."
+        manifest = workspace.manifest([{"image": "photos/*.png", "prompt": prompt}])
+        async with context.opened(await context.parse(manifest), options()) as session:
+            assert session.new_jobs == jobs
+
+        used = bytes_per_job(workspace.root / "jobs.db", jobs)
+    assert sum(used.values()) <= 600, used
 
 
 # -- claiming --------------------------------------------------------------------------
