@@ -432,7 +432,11 @@ class _Work:
         ETA start from measured figures, not only from typical token counts."""
         if not self.counts.count({JobState.SUCCEEDED.value}, books):
             return
+        if not self.to_do and self.feed is None:  # nothing to send: no budget, no ETA
+            return
         costs = await self.store.succeeded_costs(str(self.manifest.path))
+        if not costs:
+            return
         async for specs in pages(self.store, str(self.manifest.path), {JobState.SUCCEEDED.value}):
             for spec in specs:
                 book = books.get(spec.provider)
@@ -455,7 +459,10 @@ class _Work:
             self.batch_estimate = _EstimateOfWhatIsLeft(books)
         live, batch = self.live_estimate, self.batch_estimate
         manifest = str(self.manifest.path)
-        async for specs in pages(self.store, manifest, TO_DO, positions):
+        # `counts` are of the first part: nothing to do there, no page of it to read (at
+        # 100,000 finished jobs, a walk over every one to find none).
+        nothing_to_do = positions == (0, self.counted_below) and not self.to_do
+        async for specs in pages(self.store, manifest, () if nothing_to_do else TO_DO, positions):
             prices: dict[str, str] = {}
             for spec in specs:
                 book = books.get(spec.provider)

@@ -275,7 +275,8 @@ class SqlStore:
 
         async def read(conn: Conn) -> list[tuple[str, int | None, int | None]]:
             found: list[tuple[str, int | None, int | None]] = []
-            for path, size, mtime, mask_path, mask_size, mask_mtime in await conn.execute(query):
+            rows = (await conn.execute(query)).all()  # at once: row by row took twice as long
+            for path, size, mtime, mask_path, mask_size, mask_mtime in rows:
                 found.append((str(path), size, mtime))
                 if mask_path is not None:
                     found.append((str(mask_path), mask_size, mask_mtime))

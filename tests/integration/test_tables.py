@@ -451,8 +451,22 @@ async def test_a_rerun_takes_the_job_list_from_the_database_while_nothing_change
     rest = await app.run(manifest, options())  # the four left, from the database's list
     assert reads == [] and rest.exit_code == ExitCode.OK and fake.requests_total == 6
 
+    paged: list[object] = []
+    real_page, real_costs = ThreadedStore.specs_page, ThreadedStore.succeeded_costs
+
+    async def page_spy(self: ThreadedStore, *args: Any) -> Any:
+        paged.append(args[1])
+        return await real_page(self, *args)
+
+    async def costs_spy(self: ThreadedStore, *args: Any) -> Any:
+        paged.append("costs")
+        return await real_costs(self, *args)
+
+    monkeypatch.setattr(ThreadedStore, "specs_page", page_spy)
+    monkeypatch.setattr(ThreadedStore, "succeeded_costs", costs_spy)
     again = await app.run(manifest, options())  # nothing left: nothing read, nothing sent
     assert reads == [] and again.exit_code == ExitCode.OK and fake.requests_total == 6
+    assert paged == []  # no job read to price or to learn from: none will be sent
 
     time.sleep(0.01)
     edited = workspace.root / rows[0]["file"]
