@@ -16,6 +16,7 @@ from runner.errors import ManifestError, RunnerError, first_error
 from runner.files import journal
 from runner.manifest.digests import DigestEntry, Digester
 from runner.manifest.expand import Draft, ParsedManifest, parse_manifest, text_digest
+from runner.manifest.tables import carried_source
 from runner.records import JobSpec, JobState, Manifest, ProgressReporter, RunLimits
 from runner.settings import DEFAULT_GRACE_S, Clock, RunSettings, unknown_env
 from runner.store.engine import database_exists, database_url, open_store
@@ -367,6 +368,8 @@ async def _from_database(
 def _inputs_unchanged(stats: Sequence[tuple[str, int | None, int | None]]) -> bool:
     """Whether every input file is as its cached digest was taken (size, mtime)."""
     for path, size, mtime_ns in stats:
+        if size is None and carried_source(path) is not None:
+            continue  # bytes a table carries: the table's size and mtime are in the fingerprint
         if size is None or mtime_ns is None:
             return False
         try:

@@ -31,7 +31,9 @@ from urllib.parse import quote
 from PIL import Image, ImageFilter, ImageOps, features
 
 from runner.errors import OutputError
+from runner.files.carried import read_carried
 from runner.files.outputs import write_atomic
+from runner.manifest.tables import carried_source
 from runner.money import format_usd
 from runner.records import JobState, ObjectURL, OutputPlace, short_key
 
@@ -380,7 +382,7 @@ def _thumbnail_with_mask(
 
 def _load_small(path: Path | io.BytesIO, thumb_px: int) -> Image.Image:
     """The picture as viewers show it, at most `thumb_px` on its longer side, in RGB."""
-    with Image.open(path) as im:
+    with Image.open(_source(path)) as im:
         # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: several times faster for
         # photos, and the result is still at least thumb_px before the final resize.
         im.draft("RGB", (thumb_px, thumb_px))
@@ -409,7 +411,7 @@ def _edited_region(mask_path: Path, size: tuple[int, int]) -> Image.Image:
     edit, black (dark) means keep. The runner itself refuses such masks before sending, so
     this only matters for jobs that failed pre-flight.
     """
-    with Image.open(mask_path) as mask:
+    with Image.open(_source(mask_path)) as mask:
         if "A" in mask.getbands() or "transparency" in mask.info:
             # Palette transparency needs a conversion; a real alpha band is used as it is.
             has_band = "A" in mask.getbands()
@@ -441,9 +443,16 @@ def _encode(picture: Image.Image) -> Thumbnail:
     return Thumbnail(_MIME, buffer.getvalue(), picture.width, picture.height)
 
 
+def _source(path: Path | io.BytesIO) -> Path | io.BytesIO:
+    """A file, or the bytes a table carries for a locator (read from the table)."""
+    if isinstance(path, Path) and (source := carried_source(path)) and not path.exists():
+        return io.BytesIO(read_carried(source))
+    return path
+
+
 def _readable(path: Path) -> bool:
     try:
-        with Image.open(path) as im:
+        with Image.open(_source(path)) as im:
             im.load()
     except _UNREADABLE:
         return False

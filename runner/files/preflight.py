@@ -16,7 +16,9 @@ from pathlib import Path
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from runner.errors import InputError
+from runner.files.carried import read_carried
 from runner.manifest.digests import open_regular
+from runner.manifest.tables import CarriedSource, carried_source
 from runner.records import EditRequest, ImageLimits, ImagePart, JobSpec, ReplyImage
 
 _MIB = 1024 * 1024
@@ -78,6 +80,8 @@ def _read_file(field: str, path: Path, max_bytes: int, sha256: str | None) -> by
     try:
         st = path.stat()
     except FileNotFoundError as exc:
+        if (source := carried_source(path)) is not None:
+            return _read_carried(field, source, max_bytes)
         raise InputError(field, f"file not found: {where}") from exc
     except OSError as exc:
         raise InputError(field, f"cannot read {where}: {exc.strerror or exc}") from exc
@@ -95,6 +99,22 @@ def _read_file(field: str, path: Path, max_bytes: int, sha256: str | None) -> by
         raise InputError(field, f"cannot read {where}: {exc.strerror or exc}") from exc
     _check_size(field, where, len(data), max_bytes)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
+        raise InputError(
+            field, f"{where} changed since the job was queued; run again to queue the new version"
+        )
+    return data
+
+
+def _read_carried(field: str, source: CarriedSource, max_bytes: int) -> bytes:
+    """An image a table carries, read from it again; its digest is in its locator, so a
+    table changed since the job was queued is caught whatever the caller knows."""
+    where = f"row {source.row} of {source.table}, column {source.column!r}"
+    try:
+        data = read_carried(source)
+    except OSError as exc:
+        raise InputError(field, f"cannot read {where}: {exc}") from exc
+    _check_size(field, Path(where), len(data), max_bytes)
+    if hashlib.sha256(data).hexdigest() != source.sha256:
         raise InputError(
             field, f"{where} changed since the job was queued; run again to queue the new version"
         )

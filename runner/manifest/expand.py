@@ -165,9 +165,17 @@ class Resolver:
         self, drafts: Sequence[Draft], digester: Digester
     ) -> list[tuple[Draft, JobSpec, bool]]:
         """(draft, its spec, whether it is the first draft of that job) per draft."""
+        carried = {path: digest for d in drafts for path, digest in d.carried}
         digests = digester.digest_many(
-            [p for d in drafts if d.problem is None for p in (d.image, d.mask) if p is not None]
+            [
+                p
+                for d in drafts
+                if d.problem is None
+                for p in (d.image, d.mask)
+                if p is not None and p not in carried
+            ]
         )
+        digests.update(carried)
         keyed = []
         for draft in drafts:
             spec = draft.spec(digests, self._parsed.output_dir)
@@ -272,6 +280,9 @@ class Draft:
     # Why this table row cannot be a job (one line naming table, row and column): it is
     # kept as a job that failed without being sent, so the rest of the table still runs.
     problem: str | None = None
+    # (locator, sha256) of the images the row carries as bytes, hashed as they were read
+    # (see tables.carried_locator): no file to hash.
+    carried: tuple[tuple[Path, str], ...] = ()
 
     def spec(self, digests: Mapping[Path, str | None], output_dir: OutputPlace) -> JobSpec:
         image_sha = digests.get(self.image)
@@ -580,11 +591,10 @@ class _TableRules:
 def _table_drafts(rules: _TableRules) -> Iterator[Draft]:
     source, table, defaults = rules.source, rules.table, rules.defaults
     dialect = dialect_named(rules.provider.dialect)
-    carried = rules.base / tables.CARRIED_FOLDER
     entry = TABLE_ENTRIES + rules.index  # `jobs_from[index]` in messages (see `entry_label`)
     shared_params = dict(defaults.get("params") or {})
     checked: dict[str, str | None] = {}  # params' JSON -> the problem with them, if any
-    cells = tables.CellReader(table.parent, carried)
+    cells = tables.CellReader(table)
     for number, row in tables.read_rows(table, rules.needed):
         row_id = f" (id {shown(row[source.id])})" if source.id and row.get(source.id) else ""
 
@@ -598,13 +608,14 @@ def _table_drafts(rules: _TableRules) -> Iterator[Draft]:
                 row=(rules.index, at), problem=str(problem),
             )  # fmt: skip
 
-        image = cells.image(row.get(source.image))
+        cells.digests.clear()
+        image = cells.image(row.get(source.image), number, source.image)
         if isinstance(image, str):
             yield bad(source.image, image)
             continue
         mask = None
         if source.mask and row.get(source.mask) is not None:
-            cell = cells.image(row[source.mask])
+            cell = cells.image(row[source.mask], number, source.mask)
             if isinstance(cell, str):
                 yield bad(source.mask, cell)
                 continue
@@ -639,6 +650,7 @@ def _table_drafts(rules: _TableRules) -> Iterator[Draft]:
             params=params,
             output_name=fill_folder_fields(rules.output_name, "", image.stem),
             row=(rules.index, number),
+            carried=tuple(cells.digests.items()),
         )
 
 

@@ -1,9 +1,11 @@
 """Tables as job lists (`jobs_from:`): CSV, TSV, JSONL and Parquet, read in chunks.
 
 A row names its image (and mask) by a path relative to the table's folder, or carries it:
-Parquet binary cells and Hugging Face `Image` structs (`{bytes, path}`). Carried images are
-written once, by content, under `.runner-inputs/` beside the manifest, so that from there on
-a table row's job is like any other (pre-flight, hashing cache, report thumbnails).
+Parquet binary cells and Hugging Face `Image` structs (`{bytes, path}`). A carried image is
+hashed as it is read and never written out: its job's input is a locator, a path under the
+table that names the row and column and ends in the image's digest
+(`train.parquet#17#image/<sha256>.png`), and the bytes are read from the table again when
+the job is sent (files/carried.py), checked against that digest.
 
 Problems are told as the manifest's are, naming the table, the row (1 = the first row of
 data) and its id where the table has one, and the column.
@@ -16,15 +18,19 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
-from runner.errors import ManifestError, OutputError, shown
+from runner.errors import ManifestError, shown
 
 KINDS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 CHUNK_ROWS = 4096  # rows per Parquet batch: memory stays flat whatever the table's length
-CARRIED_FOLDER = ".runner-inputs"  # beside the manifest: images a table carries as bytes
+CHUNK_BYTES = 64 * 1024 * 1024  # and fewer rows a batch where rows carry images
+READ_BUFFER = 1024 * 1024  # Parquet column chunks read through a buffer, not whole
 _SNIFF = {b"\x89PNG": "png", b"\xff\xd8\xff": "jpg", b"RIFF": "webp"}
+_LOCATOR = "#"  # table name # row # column, as the folder of a carried image's locator
 
 
 def kind_of(path: Path, file: str, field: str) -> str:
@@ -90,15 +96,26 @@ def _parquet_rows(path: Path, needed: Sequence[str]) -> Iterator[tuple[int, dict
     import pyarrow.parquet as pq
 
     try:
-        table = pq.ParquetFile(path)
+        table = pq.ParquetFile(path, buffer_size=READ_BUFFER)
     except (pa.ArrowException, OSError) as exc:
         raise ManifestError(f"not a readable Parquet file: {exc}", file=str(path)) from None
     _missing(path, table.schema_arrow.names, needed, None)
     number = 0
-    for batch in table.iter_batches(batch_size=CHUNK_ROWS, columns=list(dict.fromkeys(needed))):
+    columns = list(dict.fromkeys(needed))
+    for batch in table.iter_batches(batch_size=batch_rows(table), columns=columns):
         for row in batch.to_pylist():
             number += 1
             yield number, row
+
+
+def batch_rows(table: Any) -> int:
+    """Rows per batch read from a Parquet file: CHUNK_ROWS, fewer where rows are large (a
+    batch of 4,096 rows that carry 1.5 MB images each would hold 6 GB)."""
+    meta = table.metadata
+    rows = sum(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+    size = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+    per_row = size / rows if rows else 0
+    return max(1, min(CHUNK_ROWS, int(CHUNK_BYTES // per_row) if per_row else CHUNK_ROWS))
 
 
 def _csv_rows(
@@ -132,33 +149,41 @@ def _jsonl_rows(path: Path, needed: Sequence[str]) -> Iterator[tuple[int, dict[s
 
 
 class CellReader:
-    """Turns image and mask cells into files. A path is taken relative to the table's folder
-    with links followed, as `Path.resolve` would, but each folder is resolved once: a table
-    of 100,000 rows in one folder costs one lstat per row, not one per path component."""
+    """Turns image and mask cells into inputs. A path is taken relative to the table's
+    folder with links followed, as `Path.resolve` would, but each folder is resolved once: a
+    table of 100,000 rows in one folder costs one lstat per row, not one per path component.
+    Bytes (a Parquet binary cell, an `Image` struct's) become a locator, their digest taken
+    now and kept in `digests` (the caller clears it after each row)."""
 
-    def __init__(self, folder: Path, carried: Path) -> None:
-        self._folder = folder
-        self._carried = carried
+    def __init__(self, table: Path) -> None:
+        self._table = table
+        self._folder = table.parent
         self._resolved: dict[str, Path] = {}  # a cell's folder as written -> resolved
+        self.digests: dict[Path, str] = {}  # locators of this row -> their images' sha256
 
-    def image(self, value: Any) -> Path | str:
-        """The file a cell names or carries; a str is why it cannot be used."""
+    def image(self, value: Any, row: int, column: str) -> Path | str:
+        """The input a cell names or carries; a str is why it cannot be used."""
         if isinstance(value, dict):  # Hugging Face `Image`: {bytes, path}
             data, named = value.get("bytes"), value.get("path")
             if data:
-                return carried_file(bytes(data), self._carried)
+                return self._carried(bytes(data), row, column)
             if named:
                 return self._path(str(named))
             return "an Image struct with neither bytes nor path"
         if isinstance(value, bytes | bytearray | memoryview):
             if not value:
                 return "empty bytes"
-            return carried_file(bytes(value), self._carried)
+            return self._carried(bytes(value), row, column)
         if isinstance(value, str) and value.strip():
             return self._path(value.strip())
         if value is None or (isinstance(value, str) and not value.strip()):
             return "empty"
         return f"expected a path or image bytes, got {type(value).__name__} {shown(value)}"
+
+    def _carried(self, data: bytes, row: int, column: str) -> Path:
+        path, digest = carried_locator(self._table, row, column, data)
+        self.digests[path] = digest
+        return path
 
     def _path(self, written: str) -> Path:
         head, sep, name = written.rpartition("/")
@@ -173,19 +198,41 @@ class CellReader:
         return _absolute(path) if path.is_symlink() else path
 
 
-def carried_file(data: bytes, folder: Path) -> Path:
-    """Where an image carried in a table is kept: written once, named by its content."""
+def carried_locator(table: Path, row: int, column: str, data: bytes) -> tuple[Path, str]:
+    """(locator, sha256) of an image a table carries: nothing is written. Its name is the
+    digest and format, as a file of those bytes would be called, so output names follow."""
     digest = hashlib.sha256(data).hexdigest()
     ext = next((e for magic, e in _SNIFF.items() if data.startswith(magic)), "bin")
-    path = folder / f"{digest}.{ext}"
-    if not path.exists():
-        from runner.files.outputs import write_atomic  # lazy: outputs is an I/O module
+    where = _LOCATOR.join([table.name, str(row), quote(column, safe="")])
+    return table.parent / where / f"{digest}.{ext}", digest
 
-        try:
-            write_atomic(path, data)
-        except OutputError as exc:
-            raise ManifestError(f"cannot keep an image the table carries: {exc}") from None
-    return path
+
+@dataclass(frozen=True, slots=True)
+class CarriedSource:
+    """Where a locator's bytes are: the Parquet table, the row (1 = the first row of data),
+    the column, and the sha256 they must have."""
+
+    table: Path
+    row: int
+    column: str
+    sha256: str
+
+
+def carried_source(path: Path | str) -> CarriedSource | None:
+    """The source a locator names, or None for any other path (cheap: most paths have no
+    `#` at all)."""
+    text = str(path)
+    if _LOCATOR not in text:
+        return None
+    path = Path(text)
+    parts = path.parent.name.rsplit(_LOCATOR, 2)
+    digest = path.stem
+    if len(parts) != 3 or not parts[1].isdigit() or len(digest) != 64:
+        return None
+    name, row, column = parts
+    if KINDS.get(Path(name).suffix.lower()) != "parquet":
+        return None
+    return CarriedSource(path.parent.parent / name, int(row), unquote(column), digest)
 
 
 def _absolute(path: Path) -> Path:

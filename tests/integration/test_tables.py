@@ -129,12 +129,44 @@ async def test_jsonl_and_parquet_with_binary_and_image_struct_cells(
         outcome = await app.run(manifest, options())
         assert outcome.exit_code == ExitCode.OK, source
         assert outcome.summary.counts["succeeded"] == 3
-    # Binary cells and Image structs with bytes are kept once, by content.
-    carried = sorted(p.name for p in (workspace.root / ".runner-inputs").iterdir())
-    assert len(carried) == 3 and all(name.endswith(".png") for name in carried)
+    # Binary cells and Image structs with bytes are read from the table, never written out.
+    written = {p.relative_to(workspace.root) for p in workspace.root.rglob("*") if p.is_file()}
+    assert {p for p in written if "src" not in p.parts and p.parts[0] != "out"} == {
+        Path(name) for name in ("carried.parquet", "rows.jsonl", "jobs.yaml")
+    } | {Path(f"t{i}.db") for i in range(3)}
     assert fake.requests_total == 9  # three tables of three rows, each its own database
     # A path cell and bytes cells of the same picture are the same input: one fingerprint.
     assert len(fake.received) == 6  # (3 pictures x prompts a/b/c) + (3 pictures x j0..j2)
+
+
+async def test_images_a_parquet_table_carries_are_read_from_it_not_written_out(
+    workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = [(workspace.root / workspace.image(f"c/{i}.png")).read_bytes() for i in range(12)]
+    table = pa.table(
+        {
+            "image": [{"bytes": data, "path": f"{i}.png"} for i, data in enumerate(images)],
+            "prompt": [f"p{i}" for i in range(12)],
+        }
+    )
+    pq.write_table(table, workspace.root / "carried.parquet", row_group_size=5)
+    manifest = table_manifest(workspace, {"table": "carried.parquet", "image": "image",
+                                          "prompt": "prompt"})  # fmt: skip
+    # Checked, sent, reported and re-run, the table the only copy of its images.
+    assert (await app.validate(manifest, options())).bad == []
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    assert fake.requests_total == 12 and len(fake.received) == 12
+    rows = await app.export(manifest, options())
+    assert [Path(row.image).parent.name for row in rows] == [
+        f"carried.parquet#{i}#image" for i in range(1, 13)
+    ]  # the job names its row and column
+    stats = await app.report(manifest, options(), workspace.root / "r.html")
+    assert stats.missing_images == 0 and stats.thumbnails >= 24  # input and output each
+    reads = count_manifest_reads(monkeypatch)
+    assert (await app.run(manifest, options())).exit_code == ExitCode.OK
+    assert reads == [] and fake.requests_total == 12  # unchanged: not read, not sent again
+    inputs = [p for p in workspace.root.rglob("*") if p.is_file() and p.parent.name != "out"]
+    assert not [p for p in inputs if p.suffix == ".png" and "c" not in p.parent.parts]
 
 
 @pytest.mark.slow
