@@ -414,7 +414,7 @@ def test_a_listing_cut_short_by_its_reader_ends_quietly(workspace: Workspace) ->
     # `runner jobs | head -1`: the reader leaves while pages are still being written.
     image = workspace.image("one.png")
     manifest = workspace.manifest([{"image": image, "prompt": f"p {i}"} for i in range(3000)])
-    env = {k: v for k, v in os.environ.items() if k != "RUNNER_DB"} | {KEY_ENV: API_KEY}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")} | {KEY_ENV: API_KEY}
     assert subprocess.run(
         [sys.executable, "-m", "runner", "cancel", str(manifest)], env=env, capture_output=True
     ).returncode == 0  # fmt: skip
