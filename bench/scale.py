@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from children import measured  # noqa: E402
+from children import compile_runner, measured  # noqa: E402
 
 from runner.testing import FakeProvider  # noqa: E402
 
@@ -132,6 +132,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     sizes = [int(n) for n in args.rows.split(",")]
+    compile_runner(REPO)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     results = {rows: one_size(rows, args.keep) for rows in sizes}
     steps = list(next(iter(results.values())))

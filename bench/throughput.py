@@ -36,6 +36,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
+sys.path.insert(0, str(BENCH))
+
+from children import compile_runner  # noqa: E402
+
 RESULTS = BENCH / "results" / "latest.json"
 API_KEY = "bench-key"
 KEY_ENV = "BENCH_FAKE_KEY"
@@ -734,6 +738,7 @@ def main() -> int:
             contenders.append(Contender(f"{kind}[{label}]", kind, env))
     contenders += [Contender(f"bare[python={py}]", "bare", python=py) for py in args.bare_python]
 
+    compile_runner(REPO)
     if args.keep:
         work = args.keep.resolve()
         work.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from runner.errors import MissingDriver, NewerSchema, StoreError
 from runner.manifest.digests import DigestEntry
+from runner.store import fresh
 from runner.store import tables as t
 from runner.store.connection import Database, InlineEngine
 from runner.store.sql import SqlStore
@@ -116,7 +117,10 @@ async def _migrate(engine: Database, is_sqlite: bool) -> None:
             # wait here and then find it done. (SQLite: BEGIN IMMEDIATE is the lock.)
             await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         if await conn.run_sync(_needs_upgrade):
-            await conn.run_sync(upgrade_to_head)
+            if is_sqlite and await conn.run_sync(fresh.is_empty):
+                await conn.run_sync(lambda c: fresh.create(c, SCHEMA_HEAD))  # in one step
+            else:
+                await conn.run_sync(upgrade_to_head)
 
 
 async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlStore:

@@ -608,3 +608,35 @@ def test_schema_head_constant_matches_the_migration_scripts() -> None:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_HEAD
+
+
+def test_a_new_sqlite_database_is_made_as_the_migrations_make_it(tmp_path: Path) -> None:
+    # The snapshot a new file is made from is what Alembic's migrations build, DDL for DDL
+    # (`python -m runner.store.fresh` writes it again after a new migration).
+    import anyio
+
+    from runner.store import fresh
+    from runner.store.engine import SCHEMA_HEAD
+
+    migrated = fresh._migrated_dump()
+    assert fresh.SNAPSHOT.read_text(encoding="utf-8") == migrated, (
+        "runner/store/fresh_sqlite.sql is behind the migrations: "
+        "run `.venv/bin/python -m runner.store.fresh`"
+    )
+
+    async def made() -> None:
+        store = await open_store(f"sqlite:///{tmp_path / 'new.db'}")
+        await store.close()
+
+    anyio.run(made)
+    with sqlite3.connect(tmp_path / "new.db") as made_db:
+        assert fresh.dump(made_db) == migrated
+        assert made_db.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (SCHEMA_HEAD,)
+        ]
+    # Alembic agrees that it is at head: nothing to migrate, nothing the tables lack.
+    engine = create_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection)
+        assert context.get_current_revision() == SCHEMA_HEAD
+        assert compare_metadata(context, metadata) == []
