@@ -15,7 +15,7 @@ from runner.records import FailureKind, JobState
 from runner.store import tables as t
 from runner.store.connection import Conn
 from runner.store.queries import in_manifest, latest_attempt_id
-from runner.store.rows import insert_new
+from runner.store.rows import ids_for
 
 
 async def move_jobs(
@@ -76,7 +76,7 @@ async def set_prices(conn: Conn, prices: Mapping[str, str]) -> None:
     by_price: dict[str, list[str]] = {}
     for key, price in prices.items():
         by_price.setdefault(price, []).append(key)
-    ids = await _price_ids(conn, by_price)
+    ids = await ids_for(conn, t.prices, "body", by_price)
     j = t.jobs.c
     for price, keys in by_price.items():
         for start in range(0, len(keys), _KEYS_PER_STATEMENT):
@@ -86,21 +86,6 @@ async def set_prices(conn: Conn, prices: Mapping[str, str]) -> None:
                 .where(j.key.in_(chunk), j.status == JobState.PENDING.value)
                 .values(price_id=ids[price])
             )
-
-
-async def _price_ids(conn: Conn, bodies: Collection[str]) -> dict[str, int]:
-    """The `prices` row of each price, made where there is none yet."""
-    p = t.prices.c
-    wanted = list(bodies)
-    read = select(p.body, p.id).where(p.body.in_(wanted))
-    known: dict[str, int] = {str(body): int(id_) for body, id_ in await conn.execute(read)}
-    missing = [{"body": body} for body in wanted if body not in known]
-    if missing:
-        # Runners pricing the same manifest at once (PostgreSQL): the second one's rows are
-        # skipped, and both read the ids back.
-        await conn.execute(insert_new(conn, t.prices), missing)
-        known = {str(body): int(id_) for body, id_ in await conn.execute(read)}
-    return {body: known[body] for body in wanted}
 
 
 _KEYS_PER_STATEMENT = 500  # well under SQLite's limit on bound parameters

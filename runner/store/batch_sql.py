@@ -25,6 +25,7 @@ from runner.records import (
     OutputRef,
 )
 from runner.redact import redact
+from runner.store import queries
 from runner.store import tables as t
 from runner.store.batching import GroupCommit
 from runner.store.connection import Conn
@@ -161,7 +162,7 @@ class SqlBatchStore:
 
         async def read(conn: Conn) -> dict[str, JobSpec]:
             rows = await conn.execute(
-                select(t.jobs)
+                select(t.jobs, queries.output_dir())
                 .join(t.batch_lines, line.job_key == t.jobs.c.key)
                 .where(line.batch_id == batch_id, line.outcome.is_(None),
                        t.jobs.c.status == _SUBMITTED)

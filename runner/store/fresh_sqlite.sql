@@ -22,7 +22,6 @@ CREATE TABLE jobs (
 	provider VARCHAR(100) NOT NULL, 
 	model VARCHAR(200) NOT NULL, 
 	params_json TEXT NOT NULL, 
-	output_dir TEXT NOT NULL, 
 	output_name TEXT NOT NULL, 
 	manifest_entry INTEGER NOT NULL, 
 	attempt_floor INTEGER NOT NULL, 
@@ -31,7 +30,7 @@ CREATE TABLE jobs (
 	lease_expires_at DATETIME, 
 	created_at DATETIME NOT NULL, 
 	updated_at DATETIME NOT NULL, 
-	finished_at DATETIME, retry_floor INTEGER DEFAULT '0' NOT NULL, failure_kind VARCHAR(16), price_id INTEGER CONSTRAINT fk_jobs_price_id_prices REFERENCES prices (id), 
+	finished_at DATETIME, retry_floor INTEGER DEFAULT '0' NOT NULL, failure_kind VARCHAR(16), price_id INTEGER CONSTRAINT fk_jobs_price_id_prices REFERENCES prices (id), output_folder_id INTEGER CONSTRAINT fk_jobs_output_folder_id_folders REFERENCES folders (id), 
 	CONSTRAINT pk_jobs PRIMARY KEY ("key")
 );
 
@@ -191,6 +190,13 @@ CREATE TABLE manifest_jobs (
 	CONSTRAINT fk_manifest_jobs_manifest_id_manifests FOREIGN KEY(manifest_id) REFERENCES manifests (id)
 )
  WITHOUT ROWID;
+
+CREATE TABLE folders (
+	id INTEGER NOT NULL, 
+	path TEXT NOT NULL, 
+	CONSTRAINT pk_folders PRIMARY KEY (id), 
+	CONSTRAINT uq_folders_path UNIQUE (path)
+);
 
 CREATE INDEX ix_jobs_provider_status ON jobs (provider, status);
 

@@ -38,6 +38,13 @@ def in_manifest(manifest: str) -> Any:
     return t.jobs.c.key.in_(select(t.manifest_jobs.c.job_key).where(listed_in(manifest)))
 
 
+def output_dir() -> Any:
+    """Correlated: the job's output folder, labelled as `spec_from_row` reads it."""
+    f = t.folders.c
+    found = select(f.path).where(f.id == t.jobs.c.output_folder_id).scalar_subquery()
+    return found.label("output_dir")
+
+
 def latest_attempt_id() -> Any:
     """Correlated: the id of the job's latest attempt (0 when none), an attempt floor."""
     a = t.attempts.c

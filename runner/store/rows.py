@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, insert, select
 
 from runner.records import AttemptRecord, JobSpec, OutputRef, output_place
 from runner.redact import redact
@@ -90,3 +90,17 @@ def insert_new(conn: Conn, table: Table) -> Any:
 
         return sqlite_insert(table).on_conflict_do_nothing()
     return insert(table)
+
+
+async def ids_for(conn: Conn, table: Table, column: str, values: Collection[str]) -> dict[str, int]:
+    """The id of each value's row in a table of distinct values (`prices`, `folders`),
+    made where there is none yet. Runners doing this at once (PostgreSQL): the second
+    one's rows are skipped, and both read the ids back."""
+    wanted = sorted(set(values))
+    read = select(table.c[column], table.c.id).where(table.c[column].in_(wanted))
+    known = {str(value): int(id_) for value, id_ in await conn.execute(read)}
+    missing = [{column: value} for value in wanted if value not in known]
+    if missing:
+        await conn.execute(insert_new(conn, table), missing)
+        known = {str(value): int(id_) for value, id_ in await conn.execute(read)}
+    return known

@@ -60,7 +60,7 @@ from runner.store.batch_sql import SqlBatchStore
 from runner.store.batching import GroupCommit
 from runner.store.connection import Conn, Database
 from runner.store.protocol import AttemptTicket, RunInfo
-from runner.store.rows import insert_new, output_rows, spec_from_row, usage_columns
+from runner.store.rows import ids_for, insert_new, output_rows, spec_from_row, usage_columns
 
 _CHUNK = 500  # keys per IN (...) list, under SQLite's bound-parameter limit
 _PENDING, _RUNNING = JobState.PENDING.value, JobState.RUNNING.value
@@ -71,13 +71,14 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield items[start : start + _CHUNK]
 
 
-def _spec_row(spec: JobSpec) -> dict[str, Any]:
+def _spec_row(spec: JobSpec, folders: Mapping[str, int]) -> dict[str, Any]:
+    """`folders`: the id of each output folder (see `queries.output_dir`)."""
     return {
         "image_path": str(spec.image),
         "mask_path": str(spec.mask) if spec.mask else None,
         "image_sha256": spec.image_sha256,
         "mask_sha256": spec.mask_sha256,
-        "output_dir": str(spec.output_dir),
+        "output_folder_id": folders[str(spec.output_dir)],
         "output_name": spec.output_name,
         "manifest_entry": spec.entry,
     }
@@ -85,8 +86,8 @@ def _spec_row(spec: JobSpec) -> dict[str, Any]:
 
 # The jobs columns a manifest's entry sets (see `_spec_row`), compared on each sync.
 _SPEC_COLUMNS = (
-    "image_path", "mask_path", "image_sha256", "mask_sha256", "output_dir", "output_name",
-    "manifest_entry",
+    "image_path", "mask_path", "image_sha256", "mask_sha256", "output_folder_id",
+    "output_name", "manifest_entry",
 )  # fmt: skip
 
 BUSY = "busy"  # begin_attempt's answer when the fleet's requests out reach the limit
@@ -169,11 +170,13 @@ class SqlStore:
                 )
                 stored.update({row[0]: tuple(row[1:]) for row in rows})
             new = [s for s in specs if s.key not in stored]
+            folders = await ids_for(conn, t.folders, "path", {str(s.output_dir) for s in specs})
             if new:  # another runner syncing the same manifest may have inserted some
-                await conn.execute(insert_new(conn, t.jobs), [_new_job_row(s, now) for s in new])
+                inserted = [_new_job_row(s, now, folders) for s in new]
+                await conn.execute(insert_new(conn, t.jobs), inserted)
             refreshed = []
             for spec in specs:
-                row = _spec_row(spec)
+                row = _spec_row(spec, folders)
                 was = stored.get(spec.key)
                 if was is not None and was != tuple(row[name] for name in _SPEC_COLUMNS):
                     refreshed.append({"k": spec.key, **row, "updated_at": now})
@@ -198,7 +201,7 @@ class SqlStore:
 
         async def read(conn: Conn) -> list[tuple[int, JobSpec]]:
             rows = await conn.execute(
-                select(m.position, t.jobs)
+                select(m.position, t.jobs, queries.output_dir())
                 .join(t.manifest_jobs, m.job_key == t.jobs.c.key)
                 .where(queries.listed_in(manifest), m.position > after, t.jobs.c.status.in_(states))
                 .where(*until)
@@ -457,6 +460,7 @@ class SqlStore:
             )
             .returning(
                 t.jobs,
+                queries.output_dir(),
                 _counted_attempts().label("attempts_this_round"),
                 _unanswered_attempts().label("unanswered"),
                 select(t.manifest_jobs.c.position)
@@ -949,7 +953,7 @@ def _upsert_position(conn: Conn) -> Any:
     )
 
 
-def _new_job_row(spec: JobSpec, now: datetime) -> dict[str, Any]:
+def _new_job_row(spec: JobSpec, now: datetime, folders: Mapping[str, int]) -> dict[str, Any]:
     return {
         "key": spec.key,
         "status": _PENDING,
@@ -961,5 +965,5 @@ def _new_job_row(spec: JobSpec, now: datetime) -> dict[str, Any]:
         "retry_floor": 0,
         "created_at": now,
         "updated_at": now,
-        **_spec_row(spec),
+        **_spec_row(spec, folders),
     }

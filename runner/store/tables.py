@@ -99,7 +99,8 @@ jobs = Table(
     Column("provider", String(100), nullable=False),
     Column("model", String(200), nullable=False),
     Column("params_json", Text, nullable=False),
-    Column("output_dir", Text, nullable=False),
+    # Where its outputs go: most jobs share a folder, each stored once (`folders`).
+    Column("output_folder_id", Integer, ForeignKey("folders.id")),
     Column("output_name", Text, nullable=False),
     Column("manifest_entry", Integer, nullable=False),
     # Attempts with a larger id use up the current attempt budget; `runner retry` (and an
@@ -120,6 +121,14 @@ jobs = Table(
     Column("finished_at", UTCDateTime),
 )
 Index("ix_jobs_provider_status", jobs.c.provider, jobs.c.status)
+
+# An output folder (a path, or an object store URL), once per distinct folder.
+folders = Table(
+    "folders",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("path", Text, nullable=False, unique=True),
+)
 
 # A price as JSON (per-million token rates, or per-edit dollars), once per distinct price.
 prices = Table(

@@ -170,9 +170,9 @@ _AT_0008 = [
     *(
         "INSERT INTO jobs (key, status, image_path, prompt, provider, model, params_json, "
         "output_dir, output_name, manifest_entry, attempt_floor, retry_floor, created_at, "
-        f"updated_at) VALUES ('{key}', 'pending', '/in.png', 'p', 'x', 'm', '{{}}', '/out', "
+        f"updated_at) VALUES ('{key}', 'pending', '/in.png', 'p', 'x', 'm', '{{}}', '{folder}', "
         "'{stem}', 0, 0, 0, '2026-12-01', '2026-12-01')"
-        for key in ("a" * 64, "b" * 64, "c" * 64)
+        for key, folder in (("a" * 64, "/out"), ("b" * 64, "/out"), ("c" * 64, "/other"))
     ),
     *(
         "INSERT INTO manifest_jobs (manifest, job_key, position) "
@@ -218,7 +218,7 @@ def run_sql(url: str, *statements: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.parametrize("server", [False, True], ids=["sqlite", "postgresql"])
-def test_migrating_to_0009_keeps_every_job_and_which_manifests_list_it(
+def test_migrating_to_0010_keeps_every_job_its_folder_and_which_manifests_list_it(
     server: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     import anyio
@@ -231,11 +231,16 @@ def test_migrating_to_0009_keeps_every_job_and_which_manifests_list_it(
         store = await open_store(database_url(url, tmp_path))  # migrates, as a run does
         try:
             listed = {m: await store.export_rows(m) for m in ("/one.yaml", "/two.yaml")}
+            specs = await store.specs_page("/two.yaml", ["pending"], -1, 10)
         finally:
             await store.close()
-        return {m: [row.key[0] for row in rows] for m, rows in listed.items()}
+        folders = {m: [f"{s.key[0]}:{s.output_dir}" for _, s in specs] for m in ["folders"]}
+        return {m: [row.key[0] for row in rows] for m, rows in listed.items()} | folders
 
-    assert anyio.run(migrate_and_read) == {"/one.yaml": ["a", "b"], "/two.yaml": ["c", "b"]}
+    assert anyio.run(migrate_and_read) == {
+        "/one.yaml": ["a", "b"], "/two.yaml": ["c", "b"], "folders": ["c:/other", "b:/out"]
+    }  # fmt: skip
+    assert run_sql(url, "SELECT path FROM folders ORDER BY path") == [("/other",), ("/out",)]
     links = run_sql(
         url,
         "SELECT m.path, j.job_key, j.position FROM manifest_jobs j "
@@ -262,6 +267,8 @@ def test_migrating_to_0009_keeps_every_job_and_which_manifests_list_it(
     alembic(url, monkeypatch, ("downgrade", "0008"))
     back = "SELECT manifest, job_key, position FROM manifest_jobs ORDER BY manifest, position"
     assert run_sql(url, back) == _LINKS_0008
+    folders = "SELECT substr(key, 1, 1), output_dir FROM jobs ORDER BY key"
+    assert run_sql(url, folders) == [("a", "/out"), ("b", "/out"), ("c", "/other")]
     if not server:
         assert run_sql(url, "SELECT DISTINCT created_at FROM jobs") == [
             ("2026-12-01 00:00:00.000000",)
