@@ -309,7 +309,8 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
         # (a send hashes again, to catch a file changed since it was queued).
         unhashed = replace(spec, image_sha256=None, mask_sha256=None)
         try:
-            checker.check_request(prepare_request(unhashed, checker.limits_for(spec.model)))
+            limits = checker.limits_for(spec.model)
+            checker.check_request(prepare_request(unhashed, limits, decode=False))
             problem = None
         except InputError as exc:
             problem = str(exc)

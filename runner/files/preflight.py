@@ -46,10 +46,16 @@ class _BadImage(Exception):
         self.reason = reason
 
 
-def prepare_request(spec: JobSpec, limits: ImageLimits) -> EditRequest:
-    """Check the job's files and prompt and build what to send; raise InputError if unusable."""
+def prepare_request(spec: JobSpec, limits: ImageLimits, *, decode: bool = True) -> EditRequest:
+    """Check the job's files and prompt and build what to send; raise InputError if unusable.
+
+    `decode=False` (validate, over a whole dataset): a JPEG or WebP image is judged by its
+    header (format, size, pixels) and not decoded, nor converted to PNG beside a mask: a
+    12 MP photo takes 20-50 ms to decode, an hour over 100,000 of them. A PNG's chunks are
+    still checked (cheap), and a mask still decoded (its alpha is a rule). `run` decodes
+    every image before it pays for it."""
     image_data = _read_file("image", spec.image, limits.max_image_bytes, spec.image_sha256)
-    info = _check_image(spec.image, image_data, limits)
+    info = _check_image(spec.image, image_data, limits, decode)
     _check_prompt(spec.prompt, limits.max_prompt_chars)
     image = ImagePart(spec.image.name, _content_type(info.format), image_data)
     mask = None
@@ -59,7 +65,7 @@ def prepare_request(spec: JobSpec, limits: ImageLimits) -> EditRequest:
         turned = info.format != "PNG" and info.orientation in _QUARTER_TURNS
         size = (info.height, info.width) if turned else (info.width, info.height)
         _check_mask(spec.mask, mask_data, size, turned)
-        if info.format != "PNG":
+        if info.format != "PNG" and decode:
             # OpenAI wants image and mask in one format, and the mask must be PNG for its
             # alpha. Converting is the slow step (seconds for 12 MP), so it comes last.
             image = _as_png(spec.image, image_data, limits.max_image_bytes)
@@ -134,7 +140,7 @@ def _mb(size: int) -> str:
     return f"{size / _MIB:.1f} MB"
 
 
-def _check_image(path: Path, data: bytes, limits: ImageLimits) -> _Info:
+def _check_image(path: Path, data: bytes, limits: ImageLimits, decode: bool = True) -> _Info:
     where = path.absolute()
 
     def rules(info: _Info) -> None:  # from the header, before a pixel is decoded
@@ -150,7 +156,7 @@ def _check_image(path: Path, data: bytes, limits: ImageLimits) -> _Info:
             raise InputError("image", f"{dims}; at most {limits.max_pixels:,} pixels allowed")
 
     try:
-        return _examine(data, rules)
+        return _examine(data, rules, decode)
     except _BadImage as exc:
         raise InputError("image", f"{where} {exc.reason}") from exc
 
@@ -225,10 +231,13 @@ def _png_only(where: Path) -> Callable[[_Info], None]:
     return rule
 
 
-def _examine(data: bytes, rules: Callable[[_Info], None] | None = None) -> _Info:
+def _examine(
+    data: bytes, rules: Callable[[_Info], None] | None = None, decode: bool = True
+) -> _Info:
     """Open the image once: read its header (format, size, orientation, no pixels), let
     `rules` refuse it from that alone (before a bomb's pixels are decoded), then make sure
-    the whole file is there and sound, as cheaply as is sure. _BadImage if it is not."""
+    the whole file is there and sound, as cheaply as is sure (`decode=False`: a PNG's
+    chunks only, other formats not at all). _BadImage if it is not."""
     buf = io.BytesIO(data)
     with _pillow(buf) as im:
         if im.format is None:
@@ -245,6 +254,8 @@ def _examine(data: bytes, rules: Callable[[_Info], None] | None = None) -> _Info
             im.verify()
             if buf.read(4) != _IEND_CRC:
                 raise _BadImage("is truncated or corrupt (IEND chunk incomplete)")
+            return info
+        if not decode:
             return info
         if info.format == "JPEG":
             # Scaled decoding still reads every entropy-coded byte, so a cut file still fails,

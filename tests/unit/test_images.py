@@ -225,6 +225,25 @@ def test_truncated_jpeg(jpeg: Path, cut: int) -> None:
     assert "truncated or corrupt" in err.reason
 
 
+def test_without_decoding_an_image_is_judged_by_its_header(
+    jpeg: Path, png: Path, mask: Path
+) -> None:
+    # validate's way over a dataset: a JPEG is not decoded (run decodes it before paying),
+    # a PNG's chunks are still checked, and header rules still hold.
+    whole = jpeg.read_bytes()
+    jpeg.write_bytes(whole[:-500])
+    assert prepare_request(spec(jpeg), OPENAI_LIMITS, decode=False).image.data == whole[:-500]
+    assert "truncated or corrupt" in input_error(spec(jpeg)).reason
+    jpeg.write_bytes(whole)
+    beside_mask = prepare_request(spec(jpeg, mask), OPENAI_LIMITS, decode=False)
+    assert beside_mask.image.content_type == "image/jpeg"  # not converted to PNG here
+    png.write_bytes(png.read_bytes()[:-20])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        prepare_request(spec(png), OPENAI_LIMITS, decode=False)
+    with pytest.raises(InputError, match="at most 100 pixels"):
+        prepare_request(spec(jpeg), limits(max_pixels=100), decode=False)
+
+
 def test_image_too_large(png: Path) -> None:
     size = png.stat().st_size
     err = input_error(spec(png), limits(max_image_bytes=size - 1))
