@@ -117,13 +117,19 @@ class SyncProgress:
         one: the sync reads on."""
         self._sending.set()
 
+    @property
+    def sent(self) -> bool:
+        """Whether the head start is over (see `head_start`)."""
+        return self._sending.is_set()
+
     async def head_start(self) -> None:
         """Wait (a few seconds at most) while the run sends its first request from the first
         chunk. Keying the next chunks holds the interpreter in a worker thread: on 2 cores,
         with 100,000 jobs, that took the first request from under a second after the first
-        chunk to 2.6 s."""
+        chunk to 2.6 s. Over once, whichever comes first."""
         with anyio.move_on_after(HEAD_START_S):
             await self._sending.wait()
+        self._sending.set()
 
     def _wake(self) -> None:
         self._changed.set()
@@ -207,8 +213,13 @@ async def sync_jobs(
 
     async def make() -> None:
         async with send:
-            held = progress is not None  # after the first chunk, for the first request
+            first_chunk = True
             while (drafts := await anyio.to_thread.run_sync(next_chunk)) is not None:
+                if not first_chunk and progress is not None and not progress.sent:
+                    # Keyed only once the first request has left (a manifest of one chunk
+                    # never waits: its sync ends as soon as that chunk is written).
+                    await progress.head_start()
+                first_chunk = False
                 paths = {str(p) for d in drafts for p in (d.image, d.mask) if p is not None}
                 with anyio.CancelScope(shield=True):
                     known = await store.digests_for(paths)
@@ -218,9 +229,6 @@ async def sync_jobs(
                 await send.send(
                     _Chunk([spec for _, spec, first in keyed if first], digester.fresh, bad)
                 )
-                if held and progress is not None:
-                    held = False
-                    await progress.head_start()
 
     new_jobs = start = 0
     try:
