@@ -518,7 +518,9 @@ def jobs(
     chosen = app.JobFilter(state=state, key=key, search=search)
     options = app.Options(db=db)
     if group_by == "error":
-        groups = present.error_groups(_run_async(lambda: app.jobs(manifest, options, chosen)))
+        grouping = present.ErrorGroups()
+        _run_async(lambda: app.list_jobs(manifest, options, chosen, grouping.add))
+        groups = grouping.ordered()
         if as_json:
             for group in groups[:limit]:
                 click.echo(json.dumps(group, ensure_ascii=False))

@@ -435,14 +435,27 @@ def _relative(path: str, base: Path) -> str:
     return path[len(folder) :] if path.startswith(folder) and len(path) > len(folder) else path
 
 
-def error_groups(rows: Sequence[ExportRow]) -> list[dict[str, Any]]:
-    """Failed jobs by their error text, the commonest first: the count and a few keys."""
-    groups: dict[str, list[str]] = {}
-    for row in rows:
-        if row.error:
-            groups.setdefault(row.error, []).append(short_key(row.key))
-    ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
-    return [{"count": len(keys), "error": error, "keys": keys[:3]} for error, keys in ordered]
+class ErrorGroups:
+    """Jobs by their error text, taken a page at a time (`add`): per distinct error its
+    count and a few keys, so 100,000 jobs are never held at once."""
+
+    SHOWN_KEYS = 3
+
+    def __init__(self) -> None:
+        self._groups: dict[str, tuple[int, list[str]]] = {}
+
+    def add(self, rows: Sequence[ExportRow]) -> None:
+        for row in rows:
+            if row.error:
+                count, keys = self._groups.get(row.error, (0, []))
+                if len(keys) < self.SHOWN_KEYS:
+                    keys.append(short_key(row.key))
+                self._groups[row.error] = (count + 1, keys)
+
+    def ordered(self) -> list[dict[str, Any]]:
+        """The commonest first."""
+        ordered = sorted(self._groups.items(), key=lambda item: (-item[1][0], item[0]))
+        return [{"count": n, "error": error, "keys": keys} for error, (n, keys) in ordered]
 
 
 def error_groups_table(groups: Sequence[Mapping[str, Any]]) -> Table:

@@ -430,3 +430,16 @@ def test_a_listing_cut_short_by_its_reader_ends_quietly(workspace: Workspace) ->
     assert listing.wait(timeout=60) == 0
     with listing.stderr:
         assert listing.stderr.read() == b""  # no traceback for the closed pipe
+
+
+def test_errors_are_grouped_a_page_at_a_time_with_a_few_keys_each() -> None:
+    grouping = present.ErrorGroups()
+    grouping.add([listed_row(n, error="429 rate limit") for n in range(5)])
+    grouping.add([listed_row(5, error="400 bad request"), listed_row(6)])
+    grouping.add([listed_row(n, error="429 rate limit") for n in range(7, 9)])
+    groups = grouping.ordered()
+    assert [(g["count"], g["error"]) for g in groups] == [
+        (7, "429 rate limit"),
+        (1, "400 bad request"),
+    ]
+    assert groups[0]["keys"] == [f"{n:064x}"[:10] for n in range(3)]  # the first three, no more
