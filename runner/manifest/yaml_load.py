@@ -16,11 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 MAX_DEPTH = 64
 MAX_ALIAS_EXPANSION = 100_000  # values that aliases may add beyond the document's own
 _MERGE = "tag:yaml.org,2002:merge"
+_STR = "tag:yaml.org,2002:str"
 
 
 class YamlRefused(yaml.YAMLError):
@@ -43,7 +44,10 @@ class _Loader(_Base):  # type: ignore[misc]
         for key_node, _ in node.value:
             if key_node.tag == _MERGE:  # `<<: *defaults`: its keys may be overridden here
                 continue
-            key = self.construct_object(key_node, deep=deep)
+            # A plain string key is its text: not built twice (here and by the base class).
+            # Other keys are built, so `1` and `0x1` are found to be one key.
+            is_text = key_node.tag == _STR and isinstance(key_node, ScalarNode)
+            key = key_node.value if is_text else self.construct_object(key_node, deep=deep)
             try:
                 duplicate = key in seen
                 seen.add(key)
@@ -73,7 +77,10 @@ def load(text: str) -> Any:
             raise YamlRefused(f"nested more than {MAX_DEPTH} levels deep", mark) from None
         if node is None:
             return None
-        _check_aliases(node)
+        if "&" in text:
+            _check_aliases(node)
+        else:  # no anchor, so no alias: only the depth to check (a third of the walk's cost)
+            _check_depth(node)
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -89,6 +96,18 @@ def _check_aliases(root: Node) -> None:
             "write the values out, or use fewer nested aliases",
             root.start_mark,
         )
+
+
+def _check_depth(root: Node) -> None:
+    stack: list[tuple[Node, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise YamlRefused(f"nested more than {MAX_DEPTH} levels deep", node.start_mark)
+        if isinstance(node, SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, MappingNode):
+            stack.extend((part, depth + 1) for pair in node.value for part in pair)
 
 
 def _children(node: Node) -> list[Node]:

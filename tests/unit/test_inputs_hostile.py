@@ -157,3 +157,22 @@ def test_a_fifo_swapped_in_after_the_check_does_not_block(tmp_path: Path) -> Non
     os.mkfifo(tmp_path / "late.png")
     with pytest.raises(OSError, match="not a regular file"):
         open_regular(tmp_path / "late.png")
+
+
+@pytest.mark.parametrize("anchor", ["", "&a "])
+def test_nesting_past_the_limit_is_refused_with_or_without_anchors(anchor: str) -> None:
+    # Without an anchor only the depth is walked; with one, the alias count too.
+    from runner.manifest.yaml_load import MAX_DEPTH, YamlRefused, load
+
+    deep = anchor + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
+    with pytest.raises(YamlRefused, match="nested more than"):
+        load(deep)
+    assert load(anchor + "[" * MAX_DEPTH + "]" * MAX_DEPTH) is not None
+
+
+@pytest.mark.parametrize("document", ["a: 1\nb: 2\na: 3\n", "'a': 1\n\"a\": 2\n", "1: x\n0x1: y\n"])
+def test_a_duplicate_key_is_refused_however_it_is_written(document: str) -> None:
+    from runner.manifest.yaml_load import load
+
+    with pytest.raises(yaml.YAMLError, match="duplicate key"):
+        load(document)
