@@ -302,20 +302,26 @@ def jobs_table(rows: Sequence[ExportRow], base: Path) -> Table:
     for column in ("image", "prompt", "output", "reason"):
         table.add_column(column, overflow="fold", ratio=2 if column == "reason" else 1)
     for row in rows:
-        outputs = [_relative(o, base) for o in row.outputs]
-        table.add_row(
-            short_key(row.key),
-            row.status,
-            str(row.attempts),
-            format_usd(row.usage.cost_usd, 4, fixed=True),
-            escape(_relative(row.image, base)),
-            escape(one_line(row.prompt)),
-            escape(outputs[0] + (f" (+{len(outputs) - 1})" if len(outputs) > 1 else ""))
-            if outputs
-            else "",
-            escape(one_line(row.error or "")),
-        )
+        table.add_row(*(escape(cell) for cell in job_cells(row, base)))
     return table
+
+
+def job_cells(row: ExportRow, base: Path) -> tuple[str, ...]:
+    """A job as the list shows it (`JobLines.HEADER`); paths relative to `base` (the
+    manifest's folder) where inside it."""
+    outputs = row.outputs
+    output = _relative(outputs[0], base) if outputs else ""
+    output += f" (+{len(outputs) - 1})" if len(outputs) > 1 else ""
+    return (
+        short_key(row.key),
+        row.status,
+        str(row.attempts),
+        format_usd(row.usage.cost_usd, 4, fixed=True),
+        _relative(row.image, base),
+        one_line(row.prompt),
+        output,
+        one_line(row.error or ""),
+    )
 
 
 class JobLines:
@@ -334,24 +340,9 @@ class JobLines:
         self._width = width
         self._widths: list[int] | None = None
 
-    def cells(self, row: ExportRow) -> tuple[str, ...]:
-        outputs = row.outputs
-        output = _relative(outputs[0], self._base) if outputs else ""
-        output += f" (+{len(outputs) - 1})" if len(outputs) > 1 else ""
-        return (
-            short_key(row.key),
-            row.status,
-            str(row.attempts),
-            format_usd(row.usage.cost_usd, 4, fixed=True),
-            _relative(row.image, self._base),
-            one_line(row.prompt),
-            output,
-            one_line(row.error or ""),
-        )
-
     def lines(self, rows: Sequence[ExportRow]) -> list[str]:
         """The lines for these rows; the first call's start with the header."""
-        table = [self.cells(row) for row in rows]
+        table = [job_cells(row, self._base) for row in rows]
         head: list[str] = []
         if self._widths is None:
             self._widths = self._measure([self.HEADER, *table])

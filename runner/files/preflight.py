@@ -104,10 +104,7 @@ def _read_file(field: str, path: Path, max_bytes: int, sha256: str | None) -> by
     except OSError as exc:
         raise InputError(field, f"cannot read {where}: {exc.strerror or exc}") from exc
     _check_size(field, where, len(data), max_bytes)
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
-        raise InputError(
-            field, f"{where} changed since the job was queued; run again to queue the new version"
-        )
+    _check_unchanged(field, where, data, sha256)
     return data
 
 
@@ -119,15 +116,19 @@ def _read_carried(field: str, source: CarriedSource, max_bytes: int) -> bytes:
         data = read_carried(source)
     except OSError as exc:
         raise InputError(field, f"cannot read {where}: {exc}") from exc
-    _check_size(field, Path(where), len(data), max_bytes)
-    if hashlib.sha256(data).hexdigest() != source.sha256:
-        raise InputError(
-            field, f"{where} changed since the job was queued; run again to queue the new version"
-        )
+    _check_size(field, where, len(data), max_bytes)
+    _check_unchanged(field, where, data, source.sha256)
     return data
 
 
-def _check_size(field: str, where: Path, size: int, max_bytes: int) -> None:
+def _check_unchanged(field: str, where: object, data: bytes, sha256: str | None) -> None:
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
+        raise InputError(
+            field, f"{where} changed since the job was queued; run again to queue the new version"
+        )
+
+
+def _check_size(field: str, where: object, size: int, max_bytes: int) -> None:
     if size == 0:
         raise InputError(field, f"file is empty: {where}")
     if size > max_bytes:
