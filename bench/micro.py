@@ -84,7 +84,7 @@ def rows(d: dict[str, Any], tmp: Path) -> list[tuple[str, Callable[[], Any], int
     from runner.dialects.openai.client import _parse_reply
     from runner.dialects.openai.rules import LIMITS as OPENAI_LIMITS
     from runner.files.outputs import write_atomic, write_outputs
-    from runner.files.preflight import _check_image, _inspect, read_image_info
+    from runner.files.preflight import _check_image, _examine, read_image_info
     from runner.manifest.expand import load_manifest
 
     body, png, image = d["body"], d["png"], d["image"]
@@ -149,11 +149,11 @@ def rows(d: dict[str, Any], tmp: Path) -> list[tuple[str, Callable[[], Any], int
         ("input: runner prepare_request (read+sha256+Pillow)", prepare, 10),
         ("input: sha256(1.47 MB)", lambda: hashlib.sha256(image).hexdigest(), 10),
         (
-            "input: _inspect + _check_image",
+            "input: _check_image (header, rules, CRCs)",
             lambda: _check_image(spec.image, image, OPENAI_LIMITS),
             10,
         ),
-        ("input: _inspect header only", lambda: _inspect(image), 10),
+        ("input: _examine (header and CRCs)", lambda: _examine(image), 10),
         ("request: httpx multipart build + iterate", multipart, 10),
     ]
     try:

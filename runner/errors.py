@@ -253,6 +253,18 @@ class PermanentJobError(ProviderError):
     outcome = "permanent"
 
 
+class InputChanged(PermanentJobError):
+    """An input file no longer had the bytes pre-flight checked when it was read again to
+    be sent: the request was cut off before its last byte (the provider never received it
+    whole, so cannot have acted on it or billed it) and the job fails as bad input."""
+
+    outcome = "not_sent"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
 class ProviderStop(ProviderError):
     """Stop sending to this provider; the job goes back to pending, attempt not counted."""
 

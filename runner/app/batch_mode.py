@@ -38,6 +38,7 @@ from runner.engine.ports import Prepare
 from runner.engine.pricing import PriceBook
 from runner.errors import (
     ExitCode,
+    InputChanged,
     InputError,
     OutputError,
     PermanentJobError,
@@ -47,6 +48,7 @@ from runner.errors import (
     first_error,
 )
 from runner.files.local import Outputs
+from runner.files.uploads import part_bytes
 from runner.records import (
     AttemptRecord,
     BatchRecord,
@@ -382,7 +384,12 @@ class BatchLane:
                     await self._store.fail(spec.key, self._owner, str(exc), FailureKind.INPUT)
                     self.report.failed += 1
                     return
-                image_id, mask_id = await self._upload_inputs(request, uploading)
+                try:
+                    image_id, mask_id = await self._upload_inputs(request, uploading)
+                except InputChanged as exc:  # read again to upload: not what was checked
+                    await self._store.fail(spec.key, self._owner, str(exc), FailureKind.INPUT)
+                    self.report.failed += 1
+                    return
                 lines[index] = (spec, edit_line(spec.key, request, image_id, mask_id))
 
         try:
@@ -397,18 +404,21 @@ class BatchLane:
     async def _upload_inputs(
         self, request: EditRequest, uploading: dict[str, anyio.Lock]
     ) -> tuple[str, str | None]:
-        parts = [request.image, *([request.mask] if request.mask is not None else [])]
+        named = [("image", request.image), *([("mask", request.mask)] if request.mask else [])]
         ids = []
-        for part in parts:
-            digest = hashlib.sha256(part.data).hexdigest()
+        for name, part in named:
+            # A file left on disk by pre-flight was keyed by its digest: read only to upload.
+            source = part.source
+            digest = source.sha256 if source else hashlib.sha256(part.data).hexdigest()
             async with uploading.setdefault(digest, anyio.Lock()):  # another job's picture
                 known = await self._batches.known_uploads(self.profile.name, [digest])
                 file_id = known.get(digest)
                 if file_id is None:
-                    uploaded = await self._client.upload_image(part.data, part.filename)
+                    data = await anyio.to_thread.run_sync(part_bytes, name, part)
+                    uploaded = await self._client.upload_image(data, part.filename)
                     file_id = str(uploaded["id"])
                     await self._batches.save_upload(
-                        self.profile.name, digest, file_id, len(part.data),
+                        self.profile.name, digest, file_id, len(data),
                         _time(uploaded.get("expires_at")),
                     )  # fmt: skip
             ids.append(file_id)

@@ -22,6 +22,7 @@ from runner.engine.ports import Provider
 from runner.engine.pricing import PriceBook
 from runner.errors import (
     AuthRejected,
+    InputChanged,
     NotDelivered,
     PaymentRequired,
     ProviderBusy,
@@ -365,7 +366,8 @@ def _error_record(exc: ProviderError, latency_ms: int) -> AttemptRecord:
         facts=exc.facts,
         # A stop (402, 401) is the provider refusing the account, not this job: the job
         # keeps its attempts for when the account is fixed. Weather costs no attempt either.
-        counted=not isinstance(exc, ProviderStop | Throttled | NotDelivered),
+        # An input that changed on disk was cut off before the provider had it whole.
+        counted=not isinstance(exc, ProviderStop | Throttled | NotDelivered | InputChanged),
     )
 
 

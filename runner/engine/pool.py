@@ -26,6 +26,7 @@ from runner.engine.ports import Files, JobFeed, Lane
 from runner.engine.retry import GaveUp, RetryPolicy, Tries, let_go, retry_cause
 from runner.errors import (
     ExitCode,
+    InputChanged,
     InputError,
     LeaseLost,
     OutputError,
@@ -362,6 +363,9 @@ class Pool:
                     "%s %s (%s): taken over by another runner; not sent",
                     spec.origin, spec.image.name, short_key(spec.key),
                 )  # fmt: skip
+                return False
+            except InputChanged as exc:  # read again to be sent, it was not what was checked
+                await self._fail(spec, str(exc), FailureKind.INPUT)
                 return False
             except PermanentJobError as exc:
                 await self._fail(spec, exc.describe(), FailureKind.REFUSED)

@@ -19,7 +19,14 @@ from runner.errors import InputError
 from runner.files.carried import read_carried
 from runner.manifest.digests import open_regular
 from runner.manifest.tables import CarriedSource, carried_source
-from runner.records import EditRequest, ImageLimits, ImagePart, JobSpec, ReplyImage
+from runner.records import (
+    EditRequest,
+    ImageLimits,
+    ImagePart,
+    InputFile,
+    JobSpec,
+    ReplyImage,
+)
 
 _MIB = 1024 * 1024
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
@@ -54,14 +61,18 @@ def prepare_request(spec: JobSpec, limits: ImageLimits, *, decode: bool = True) 
     12 MP photo takes 20-50 ms to decode, an hour over 100,000 of them. A PNG's chunks are
     still checked (cheap), and a mask still decoded (its alpha is a rule). `run` decodes
     every image before it pays for it."""
-    image_data = _read_file("image", spec.image, limits.max_image_bytes, spec.image_sha256)
+    image_data, image_file = _read_file(
+        "image", spec.image, limits.max_image_bytes, spec.image_sha256
+    )
     info = _check_image(spec.image, image_data, limits, decode)
     _check_prompt(spec.prompt, limits.max_prompt_chars)
-    image = ImagePart(spec.image.name, _content_type(info.format), image_data)
+    image = _part(spec.image.name, _content_type(info.format), image_data, image_file)
     mask = None
     if spec.mask is not None:
-        mask_data = _read_file("mask", spec.mask, limits.max_mask_bytes, spec.mask_sha256)
-        mask = ImagePart(spec.mask.name, "image/png", mask_data)
+        mask_data, mask_file = _read_file(
+            "mask", spec.mask, limits.max_mask_bytes, spec.mask_sha256
+        )
+        mask = _part(spec.mask.name, "image/png", mask_data, mask_file)
         turned = info.format != "PNG" and info.orientation in _QUARTER_TURNS
         size = (info.height, info.width) if turned else (info.width, info.height)
         _check_mask(spec.mask, mask_data, size, turned)
@@ -70,6 +81,14 @@ def prepare_request(spec: JobSpec, limits: ImageLimits, *, decode: bool = True) 
             # alpha. Converting is the slow step (seconds for 12 MP), so it comes last.
             image = _as_png(spec.image, image_data, limits.max_image_bytes)
     return EditRequest(spec.model, spec.prompt, image, mask, spec.params)
+
+
+def _part(filename: str, content_type: str, data: bytes, file: InputFile | None) -> ImagePart:
+    """A checked file's bytes are let go: sending reads them again (files/uploads.py), and
+    checks they are still these."""
+    if file is None:
+        return ImagePart(filename, content_type, data)
+    return ImagePart(filename, content_type, b"", file)
 
 
 def read_image_info(data: bytes) -> ReplyImage | None:
@@ -81,13 +100,17 @@ def read_image_info(data: bytes) -> ReplyImage | None:
     return ReplyImage(data, info.format, info.width, info.height)
 
 
-def _read_file(field: str, path: Path, max_bytes: int, sha256: str | None) -> bytes:
+def _read_file(
+    field: str, path: Path, max_bytes: int, sha256: str | None
+) -> tuple[bytes, InputFile | None]:
+    """The input's bytes, checked against `sha256` when there is one; with them, the file
+    to read them from again when sending (None: keep the bytes, e.g. a table carried them)."""
     where = path.absolute()
     try:
         st = path.stat()
     except FileNotFoundError as exc:
         if (source := carried_source(path)) is not None:
-            return _read_carried(field, source, max_bytes)
+            return _read_carried(field, source, max_bytes), None
         raise InputError(field, f"file not found: {where}") from exc
     except OSError as exc:
         raise InputError(field, f"cannot read {where}: {exc.strerror or exc}") from exc
@@ -105,7 +128,7 @@ def _read_file(field: str, path: Path, max_bytes: int, sha256: str | None) -> by
         raise InputError(field, f"cannot read {where}: {exc.strerror or exc}") from exc
     _check_size(field, where, len(data), max_bytes)
     _check_unchanged(field, where, data, sha256)
-    return data
+    return data, InputFile(where, len(data), sha256) if sha256 is not None else None
 
 
 def _read_carried(field: str, source: CarriedSource, max_bytes: int) -> bytes:

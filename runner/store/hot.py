@@ -51,6 +51,8 @@ _held = (
 # The job is still ours: an UPDATE, not a SELECT, so that it takes the row lock (PostgreSQL) or
 # the write lock (SQLite) until the attempt is in. With a lease: one that has not lapsed,
 # extended to `b_lease_until`.
+# Whether `b_owner` still holds the job (read before its paid reply is written).
+HOLDS = select(func.count()).where(*_held)
 FENCE = update(t.jobs).where(*_held).values(lease_expires_at=_j.lease_expires_at)
 FENCE_LEASED = (
     update(t.jobs)

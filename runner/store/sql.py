@@ -741,13 +741,10 @@ class SqlStore:
         return await self._db.run(write)
 
     async def holds(self, key: str, owner: str) -> bool:
-        j = t.jobs.c
-        statement = select(func.count()).where(
-            j.key == key, j.lease_owner == owner, j.status == _RUNNING
-        )
+        values = {"b_key": key, "b_owner": owner}
 
         async def read(conn: Conn) -> bool:
-            return bool(await conn.scalar(statement))
+            return bool(await conn.scalar(hot.HOLDS, values))
 
         return await self._db.run(read)
 

@@ -16,6 +16,7 @@ from runner.dialects.openai.rules import LIMITS as OPENAI_LIMITS
 from runner.errors import InputError
 from runner.files import preflight
 from runner.files.preflight import prepare_request, read_image_info
+from runner.files.uploads import part_bytes
 from runner.records import ImageLimits, JobSpec
 
 W, H = 64, 48
@@ -102,10 +103,13 @@ def test_png_with_mask_sends_the_exact_bytes(png: Path, mask: Path) -> None:
     req = prepare_request(job, OPENAI_LIMITS)
     assert (req.model, req.prompt, dict(req.params)) == (job.model, job.prompt, dict(job.params))
     assert (req.image.filename, req.image.content_type) == ("boat.png", "image/png")
-    assert req.image.data == png.read_bytes()
+    assert part_bytes("image", req.image) == png.read_bytes()
     assert req.mask is not None
     assert (req.mask.filename, req.mask.content_type) == ("mask.png", "image/png")
-    assert req.mask.data == mask.read_bytes()
+    assert part_bytes("mask", req.mask) == mask.read_bytes()
+    # Checked, then let go: the request holds where the bytes are, not the bytes.
+    assert (req.image.data, req.mask.data) == (b"", b"")
+    assert req.image.source is not None and req.image.source.size == png.stat().st_size
 
 
 def test_jpeg_without_mask_is_sent_as_is(jpeg: Path) -> None:

@@ -20,6 +20,7 @@ from runner.engine.pacing import ProviderGate
 from runner.engine.pool import Pool
 from runner.engine.ports import Files, Lane
 from runner.errors import (
+    InputChanged,
     LeaseLost,
     PaymentRequired,
     PermanentJobError,
@@ -349,3 +350,20 @@ async def test_a_sent_job_leaves_no_cycle_holding_its_upload() -> None:
         gc.enable()
     assert report.succeeded == 3 and provider.sent.count("job 1") == 2
     assert caught == []
+
+
+async def test_an_input_changed_while_being_sent_fails_as_bad_input_with_no_attempt_used() -> None:
+    store = new_store()
+    changed = InputChanged("image", "/data/a.png changed since the job was queued (not sent)")
+    provider = Provider({"job 0": [changed]})
+    pool, _, specs = await pool_over(store, provider, jobs=1)
+
+    with anyio.fail_after(5):
+        report = await pool.run()
+
+    assert provider.sent == ["job 0"] and report.failed == 1  # asked once, never again
+    row = store._t.jobs[specs[0].key]
+    assert (row.status, row.failure_kind) == ("failed", "input")
+    assert "changed since the job was queued" in (row.error or "")
+    # Cut off before its last byte: not delivered, so not an attempt that could be billed.
+    assert await outcomes(store, specs[0].key) == [("not_sent", False)]

@@ -28,6 +28,7 @@ from runner.dialects.transfer import (
 )
 from runner.errors import PermanentJobError, ProviderError, RetryableError
 from runner.files.preflight import read_image_info
+from runner.files.uploads import FileUpload, upload_body
 from runner.records import EditRequest, EditResult, ImageLimits, ReplyImage, Usage, images_asked
 from runner.redact import redact_error, redact_result
 
@@ -94,15 +95,21 @@ class OpenAIProvider:
         return EditResult(images=images, usage=parsed.usage, request_id=request_id)
 
     async def _post(self, request: EditRequest) -> tuple[httpx.Response, bytes]:
-        return await post_streamed(
-            self._client,
-            self._url,
-            data=_form_fields(request),
-            files=_file_parts(request),
-            headers=self._auth,
-            limits=self._limits,
-            images=images_asked(request.params),
-        )
+        files = _file_parts(request)
+        try:
+            return await post_streamed(
+                self._client,
+                self._url,
+                data=_form_fields(request),
+                files=files,
+                headers=self._auth,
+                limits=self._limits,
+                images=images_asked(request.params),
+            )
+        finally:  # a request cut short leaves its file open otherwise
+            for _, (_, body, _) in files:
+                if isinstance(body, FileUpload):
+                    body.close()
 
     async def _download(self, parsed: _Parsed, request_id: str | None) -> tuple[ReplyImage, ...]:
         """Fetch `data[].url` images (the provider deletes them after a while)."""
@@ -145,12 +152,13 @@ def _form_fields(request: EditRequest) -> dict[str, str]:
     return fields
 
 
-def _file_parts(request: EditRequest) -> list[tuple[str, tuple[str, bytes, str]]]:
-    parts = [("image", (request.image.filename, request.image.data, request.image.content_type))]
-    if request.mask is not None:
-        mask = request.mask
-        parts.append(("mask", (mask.filename, mask.data, mask.content_type)))
-    return parts
+def _file_parts(request: EditRequest) -> list[tuple[str, tuple[str, bytes | FileUpload, str]]]:
+    """The multipart file fields; an input left on disk is read as it is sent (uploads.py)."""
+    named = [("image", request.image), *([("mask", request.mask)] if request.mask else [])]
+    return [
+        (field, (part.filename, upload_body(field, part), part.content_type))
+        for field, part in named
+    ]
 
 
 def _bad_image(request_id: str | None, usage: Usage | None) -> ProviderError:

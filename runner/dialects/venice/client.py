@@ -43,6 +43,7 @@ from runner.errors import (
     Throttled,
 )
 from runner.files.preflight import read_image_info
+from runner.files.uploads import FileUpload, part_bytes, upload_body
 from runner.money import format_usd
 from runner.records import EditRequest, EditResult, ImageLimits, ReplyFacts
 from runner.redact import redact_error, redact_result
@@ -163,22 +164,32 @@ class VeniceProvider:
         url = f"{self._base}/image/multi-edit" if multi else f"{self._base}/image/edit"
         model_field = "modelId" if multi else "model"
         params = {k: _wire_value(k, v) for k, v in request.params.items() if k not in _RESERVED}
-        if sum(len(part.data) for part in parts) <= self._json_limit:
-            encoded = [base64.b64encode(part.data).decode("ascii") for part in parts]
+        if sum(part.size for part in parts) <= self._json_limit:
+            # JSON carries the images whole (base64): read and checked here, small by now.
+            named = zip(("image", "mask"), parts, strict=False)
+            encoded = [base64.b64encode(part_bytes(f, part)).decode("ascii") for f, part in named]
             images: dict[str, Any] = {"images": encoded} if multi else {"image": encoded[0]}
             body = {**params, "prompt": request.prompt, model_field: request.model}
             return url, {"json": {**body, **images}}
         fields = {name: _form_value(value) for name, value in params.items()}
         fields.update({"prompt": request.prompt, model_field: request.model})
         name = "images" if multi else "image"
-        files = [(name, (part.filename, part.data, part.content_type)) for part in parts]
+        files = [
+            (name, (part.filename, upload_body(field, part), part.content_type))
+            for field, part in zip(("image", "mask"), parts, strict=False)
+        ]
         return url, {"data": fields, "files": files}
 
     async def _post(self, request: EditRequest) -> tuple[httpx.Response, bytes]:
         url, body = self._request_body(request)
-        return await post_streamed(
-            self._client, url, headers=self._headers(), limits=self._limits, **body
-        )
+        try:
+            return await post_streamed(
+                self._client, url, headers=self._headers(), limits=self._limits, **body
+            )
+        finally:  # a request cut short leaves its files open otherwise
+            for _, (_, upload, _) in body.get("files", ()):
+                if isinstance(upload, FileUpload):
+                    upload.close()
 
 
 def _wire_value(name: str, value: Any) -> Any:

@@ -1,0 +1,115 @@
+"""An input's bytes read again from its file when its request is sent, and checked.
+
+Pre-flight reads and checks each input, then lets its bytes go (`ImagePart.source`): a
+request may wait for its turn, its retries and its reply, and C of them waiting with their
+images in memory made memory grow with concurrency. Sending reads the file again, a chunk
+at a time, and hashes what it sends: the last chunk goes out only once the whole file is
+known to have the size and sha256 that pre-flight checked and the job was keyed by. A file
+changed since raises InputChanged before that last chunk, so the provider never receives
+the request whole: nothing it could act on or bill.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from types import TracebackType
+from typing import BinaryIO
+
+from runner.errors import InputChanged
+from runner.manifest.digests import open_regular
+from runner.records import ImagePart, InputFile
+
+
+def part_bytes(field: str, part: ImagePart) -> bytes:
+    """The part's whole bytes (for a body that needs them at once: JSON, a batch upload),
+    checked as `FileUpload` checks them; blocking, so large ones belong in a thread."""
+    if part.source is None:
+        return part.data
+    with FileUpload(field, part.source) as upload:
+        return upload.read()
+
+
+class FileUpload:
+    """A file object for httpx's multipart upload: the file's bytes in order, hashed as they
+    go, the last of them held back until they are known to be the bytes that were checked.
+
+    httpx asks for its length (`seek` to the end, `tell`) for the Content-Length, then
+    rewinds (`seek(0)`) and reads; every rewind starts the file and its hash afresh."""
+
+    def __init__(self, field: str, source: InputFile) -> None:
+        self._field = field
+        self._source = source
+        self._file: BinaryIO | None = None
+        self._hash = hashlib.sha256()
+        self._position = 0
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._source.size}
+        position = target[whence] + offset
+        if position == 0:
+            self.close()  # read from the start again: a new pass, a new hash
+            self._hash = hashlib.sha256()
+        elif position != self._position and position != self._source.size:
+            raise io.UnsupportedOperation("an upload is read from its start, in order")
+        self._position = position
+        return position
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._source.size - self._position
+        if left <= 0:
+            return b""
+        if self._file is None:
+            self._file = self._open()
+        want = left if size < 0 else min(size, left)
+        data = self._file.read(want)
+        while len(data) < want and (more := self._file.read(want - len(data))):
+            data += more  # a short read is not the end: only an empty one is
+        if len(data) < want:
+            self._refuse(f"is shorter than when it was checked ({self._source.size:,} bytes)")
+        self._hash.update(data)
+        self._position += len(data)
+        if self._position == self._source.size:  # the last chunk: check before it goes
+            if self._file.read(1):
+                self._refuse(f"is longer than when it was checked ({self._source.size:,} bytes)")
+            if self._hash.hexdigest() != self._source.sha256.lower():
+                self._refuse("changed since the job was queued; run again to queue the new version")
+            self.close()
+        return data
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> FileUpload:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _open(self) -> BinaryIO:
+        try:
+            return open_regular(self._source.path)  # never blocks on a FIFO swapped in
+        except OSError as exc:
+            raise InputChanged(
+                self._field,
+                f"cannot read {self._source.path} again to send it: {exc.strerror or exc}",
+            ) from None
+
+    def _refuse(self, why: str) -> None:
+        self.close()
+        raise InputChanged(self._field, f"{self._source.path} {why} (not sent)")
+
+
+def upload_body(field: str, part: ImagePart) -> bytes | FileUpload:
+    """What httpx's multipart takes for the part: its bytes, or its file read as it goes."""
+    return part.data if part.source is None else FileUpload(field, part.source)
