@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -268,6 +268,9 @@ class Validation:
             self.estimated_cost_usd += check.estimated_cost_usd
 
 
+# What validate keeps of a chunk's small inputs between hashing and checking them.
+PREREAD_BYTES = 64 * 1024 * 1024
+
 # Jobs `run` would not send again: they are finished, or set aside by hand.
 _NOT_SENT_AGAIN = frozenset({JobState.SUCCEEDED.value, JobState.CANCELLED.value})
 
@@ -303,14 +306,14 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
     }
     found = Validation(parsed.path, notes=notes)
 
-    def check(spec: JobSpec) -> JobCheck:
+    def check(spec: JobSpec, preread: Mapping[Path, bytes]) -> JobCheck:
         checker = checkers[spec.provider]
-        # Its digests were taken a moment ago, from these files: not hashed again here
-        # (a send hashes again, to catch a file changed since it was queued).
-        unhashed = replace(spec, image_sha256=None, mask_sha256=None)
         try:
             limits = checker.limits_for(spec.model)
-            checker.check_request(prepare_request(unhashed, limits, decode=False))
+            # Its digests were taken a moment ago, from these files: not hashed again here
+            # (a send hashes again, to catch a file changed since it was queued).
+            request = prepare_request(spec, limits, decode=False, rehash=False, preread=preread)
+            checker.check_request(request)
             problem = None
         except InputError as exc:
             problem = str(exc)
@@ -324,7 +327,9 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
         resolver = parsed.resolver(known_outputs or frozenset())
         for drafts in resolver.draft_chunks():
             paths = {str(p) for d in drafts for p in (d.image, d.mask) if p is not None}
-            keyed = resolver.key_chunk(drafts, Digester(peek_digests(url, paths)))
+            # Small files are kept as they are hashed, for the checks below to use.
+            digester = Digester(peek_digests(url, paths), keep_bytes=PREREAD_BYTES)
+            keyed = resolver.key_chunk(drafts, digester)
             firsts = [(draft, spec) for draft, spec, first in keyed if first]
             states = peek_job_states(url, [spec.key for _, spec in firsts])
             for draft, spec in firsts:
@@ -334,7 +339,7 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
                 elif draft.problem is not None:  # an unusable table row: no image to name
                     found.add(JobCheck(spec.entry, "", draft.problem, None))
                 else:
-                    found.add(check(spec))
+                    found.add(check(spec, digester.read))
 
     await anyio.to_thread.run_sync(check_all)
     return found

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,16 +53,31 @@ class _BadImage(Exception):
         self.reason = reason
 
 
-def prepare_request(spec: JobSpec, limits: ImageLimits, *, decode: bool = True) -> EditRequest:
+def prepare_request(
+    spec: JobSpec,
+    limits: ImageLimits,
+    *,
+    decode: bool = True,
+    rehash: bool = True,
+    preread: Mapping[Path, bytes] | None = None,
+) -> EditRequest:
     """Check the job's files and prompt and build what to send; raise InputError if unusable.
 
     `decode=False` (validate, over a whole dataset): a JPEG or WebP image is judged by its
     header (format, size, pixels) and not decoded, nor converted to PNG beside a mask: a
     12 MP photo takes 20-50 ms to decode, an hour over 100,000 of them. A PNG's chunks are
     still checked (cheap), and a mask still decoded (its alpha is a rule). `run` decodes
-    every image before it pays for it."""
+    every image before it pays for it.
+
+    `rehash=False` (validate, which took the digests a moment ago): the files are not
+    hashed again to see they are still what the job was keyed by; `preread`: files read
+    whole while they were hashed (`Digester(keep_bytes=...)`), not read again."""
     image_data, image_file = _read_file(
-        "image", spec.image, limits.max_image_bytes, spec.image_sha256
+        "image",
+        spec.image,
+        limits.max_image_bytes,
+        spec.image_sha256 if rehash else None,
+        preread,
     )
     info = _check_image(spec.image, image_data, limits, decode)
     _check_prompt(spec.prompt, limits.max_prompt_chars)
@@ -70,7 +85,11 @@ def prepare_request(spec: JobSpec, limits: ImageLimits, *, decode: bool = True) 
     mask = None
     if spec.mask is not None:
         mask_data, mask_file = _read_file(
-            "mask", spec.mask, limits.max_mask_bytes, spec.mask_sha256
+            "mask",
+            spec.mask,
+            limits.max_mask_bytes,
+            spec.mask_sha256 if rehash else None,
+            preread,
         )
         mask = _part(spec.mask.name, "image/png", mask_data, mask_file)
         turned = info.format != "PNG" and info.orientation in _QUARTER_TURNS
@@ -101,11 +120,19 @@ def read_image_info(data: bytes) -> ReplyImage | None:
 
 
 def _read_file(
-    field: str, path: Path, max_bytes: int, sha256: str | None
+    field: str,
+    path: Path,
+    max_bytes: int,
+    sha256: str | None,
+    preread: Mapping[Path, bytes] | None = None,
 ) -> tuple[bytes, InputFile | None]:
     """The input's bytes, checked against `sha256` when there is one; with them, the file
     to read them from again when sending (None: keep the bytes, e.g. a table carried them)."""
     where = path.absolute()
+    if preread and (known := preread.get(path)) is not None:  # a regular file, read just now
+        _check_size(field, where, len(known), max_bytes)
+        _check_unchanged(field, where, known, sha256)
+        return known, InputFile(where, len(known), sha256) if sha256 is not None else None
     try:
         st = path.stat()
     except FileNotFoundError as exc:

@@ -51,11 +51,19 @@ def sha256_file(path: Path) -> str:
 
 
 class Digester:
-    """Hashes files, reusing `known` entries whose size and mtime still match."""
+    """Hashes files, reusing `known` entries whose size and mtime still match.
 
-    def __init__(self, known: Mapping[str, DigestEntry] | None = None) -> None:
+    `keep_bytes`: small files hashed now are kept whole in `read` (by path, up to that many
+    bytes in all), for a caller about to read them again (validate's checks: a table of
+    100,000 thumbnails was read twice)."""
+
+    def __init__(
+        self, known: Mapping[str, DigestEntry] | None = None, *, keep_bytes: int = 0
+    ) -> None:
         self._known = dict(known or {})
         self.fresh: list[DigestEntry] = []  # entries hashed now, for the caller to persist
+        self.read: dict[Path, bytes] = {}
+        self._room = keep_bytes
 
     def digest_many(self, paths: Iterable[Path]) -> dict[Path, str | None]:
         """sha256 per path; None where the file is missing or unreadable (the job fails later,
@@ -80,7 +88,7 @@ class Digester:
         small = [item for item in to_hash if item[1].st_size < _INLINE_BYTES]
         large = [item for item in to_hash if item[1].st_size >= _INLINE_BYTES]
         for item in small:
-            results[item[0]] = self._hash_one(item)
+            results[item[0]] = self._hash_small(item) if self._room else self._hash_one(item)
         if large:
             with ThreadPoolExecutor(max_workers=_HASH_THREADS) as executor:
                 hashed = executor.map(self._hash_one, large)
@@ -88,12 +96,29 @@ class Digester:
                     results[path] = digest
         return results
 
+    def _hash_small(self, item: tuple[Path, os.stat_result]) -> str | None:
+        path, info = item
+        try:
+            with open_regular(path) as handle:
+                data = handle.read(_INLINE_BYTES)
+        except OSError:
+            return None
+        if len(data) >= _INLINE_BYTES:  # grown since stat(): hashed as a large file is
+            return self._hash_one(item)
+        if len(data) <= self._room:
+            self.read[path] = data
+            self._room -= len(data)
+        return self._remember(path, info, hashlib.sha256(data).hexdigest())
+
     def _hash_one(self, item: tuple[Path, os.stat_result]) -> str | None:
         path, info = item
         try:
             digest = sha256_file(path)
         except OSError:
             return None
+        return self._remember(path, info, digest)
+
+    def _remember(self, path: Path, info: os.stat_result, digest: str) -> str:
         entry = DigestEntry(str(path), info.st_size, info.st_mtime_ns, digest)
         self._known[entry.path] = entry
         self.fresh.append(entry)  # list.append is atomic under the GIL

@@ -205,7 +205,10 @@ def parse_manifest(path: Path, *, expand: bool = True) -> ParsedManifest:
     `expand=False`: its settings only (profiles, prices, limits, folders), no jobs, for a
     command that takes the job list from the database (see `context.open_manifest`)."""
     path = _absolute(path)
-    doc = read_document(path)
+    # Settings only: its `jobs:` entries are not built (a fingerprint that matches the last
+    # sync's says they are as they were then; `has_patterns` is then False, but a manifest
+    # with patterns has no fingerprint on record to match).
+    doc = read_document(path, jobs=expand)
     base = path.parent
     output_dir = _output_folder(doc.output_dir, base, str(path))
     profiles = {name: profile_from(name, p, str(path)) for name, p in doc.providers.items()}

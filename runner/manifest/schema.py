@@ -107,14 +107,16 @@ class Document(_Strict):
     jobs_from: list[TableSource] = Field(default_factory=list)
 
 
-def read_document(path: Path) -> Document:
+def read_document(path: Path, *, jobs: bool = True) -> Document:
+    """The manifest, validated; `jobs=False`: its `jobs:` entries are read as YAML but not
+    built or validated (they come back empty), for its settings alone."""
     name = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read manifest: {exc}", file=name) from exc
     try:
-        raw = yaml_load.load(text)
+        raw = yaml_load.load(text, unbuilt=None if jobs else "jobs")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -127,7 +129,7 @@ def read_document(path: Path) -> Document:
         document = Document.model_validate(raw)
     except ValidationError as exc:
         raise _translate(exc, name) from None
-    if not document.jobs and not document.jobs_from:
+    if jobs and not document.jobs and not document.jobs_from:
         raise ManifestError("required (or jobs_from: tables of jobs)", file=name, field="jobs")
     return document
 

@@ -61,8 +61,11 @@ class _Loader(_Base):  # type: ignore[misc]
         return built
 
 
-def load(text: str) -> Any:
-    """The document's value; yaml.YAMLError (YamlRefused included) for anything refused."""
+def load(text: str, *, unbuilt: str | None = None) -> Any:
+    """The document's value; yaml.YAMLError (YamlRefused included) for anything refused.
+    `unbuilt`: a top-level key whose sequence is parsed and checked for depth and aliases,
+    but not built (so neither are its duplicate keys found): it comes back empty, for a
+    reader that needs the rest only (a manifest's settings without its 100,000 jobs)."""
     loader = _Loader(text)
     try:
         try:
@@ -81,9 +84,24 @@ def load(text: str) -> Any:
             _check_aliases(node)
         else:  # no anchor, so no alias: only the depth to check (a third of the walk's cost)
             _check_depth(node)
+        if unbuilt is not None and isinstance(node, MappingNode):
+            node.value = [
+                (key, _emptied(value) if _names(key, unbuilt) else value)
+                for key, value in node.value
+            ]
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def _names(key: Node, name: str) -> bool:
+    return isinstance(key, ScalarNode) and key.tag == _STR and key.value == name
+
+
+def _emptied(value: Node) -> Node:
+    if not isinstance(value, SequenceNode):
+        return value  # not a list: the schema says what is wrong with it
+    return SequenceNode(value.tag, [], value.start_mark, value.end_mark, value.flow_style)
 
 
 def _check_aliases(root: Node) -> None:

@@ -112,6 +112,19 @@ def test_png_with_mask_sends_the_exact_bytes(png: Path, mask: Path) -> None:
     assert req.image.source is not None and req.image.source.size == png.stat().st_size
 
 
+def test_bytes_read_while_hashing_are_checked_without_reading_the_file_again(
+    png: Path,
+) -> None:
+    data = png.read_bytes()
+    png.unlink()  # only the bytes read a moment ago are left
+    req = prepare_request(spec(png), OPENAI_LIMITS, decode=False, preread={png: data})
+    assert req.image.data == data
+    with pytest.raises(InputError, match="file not found"):
+        prepare_request(spec(png), OPENAI_LIMITS, decode=False)
+    with pytest.raises(InputError, match="is not an image"):
+        prepare_request(spec(png), OPENAI_LIMITS, decode=False, preread={png: b"no image"})
+
+
 def test_jpeg_without_mask_is_sent_as_is(jpeg: Path) -> None:
     req = prepare_request(spec(jpeg), OPENAI_LIMITS)
     assert (req.image.filename, req.image.content_type) == ("photo.jpg", "image/jpeg")

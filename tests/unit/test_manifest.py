@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,24 @@ def test_digester_reuses_cached_digests_while_size_and_mtime_match(tmp_path: Pat
     assert fresh != "c" * 64 and len(digester.fresh) == 1
 
 
+def test_a_digester_keeps_the_small_files_it_reads_within_its_budget(tmp_path: Path) -> None:
+    small = [tmp_path / f"{n}.png" for n in range(3)]
+    for n, path in enumerate(small):
+        picture(path, (n, n, n))
+    large = tmp_path / "large.bin"
+    large.write_bytes(os.urandom(300 * 1024))  # hashed in the thread pool, never kept
+    budget = small[0].stat().st_size + small[1].stat().st_size
+    digester = Digester(keep_bytes=budget)
+
+    digests = digester.digest_many([*small, large])
+
+    assert digester.read == {p: p.read_bytes() for p in small[:2]}  # the third is past it
+    assert all(digests[p] == hashlib.sha256(p.read_bytes()).hexdigest() for p in [*small, large])
+    assert len(digester.fresh) == 4 and Digester().digest_many(small) == {
+        p: digests[p] for p in small
+    }
+
+
 def test_parse_does_not_hash_but_resolve_does(tmp_path: Path) -> None:
     picture(tmp_path / "a.png")
     parsed = parse_manifest(write(tmp_path, jobs=[{"image": "a.png", "prompt": "x"}]))
@@ -230,6 +249,25 @@ def test_parse_does_not_hash_but_resolve_does(tmp_path: Path) -> None:
     manifest = parsed.resolve(digester)
     assert [entry.path for entry in digester.fresh] == [str(tmp_path / "a.png")]
     assert manifest.jobs[0].image_sha256 == digester.fresh[0].sha256
+
+
+def test_a_manifest_read_for_its_settings_leaves_its_jobs_unbuilt(tmp_path: Path) -> None:
+    # A job no full reading accepts (an unknown key): the settings-only reading, which a
+    # re-run uses to find its database, neither builds nor validates the jobs.
+    path = write(
+        tmp_path,
+        output_dir="results",
+        jobs=[{"image": "a.png", "prompt": "x", "colour": "red"}] * 3,
+    )
+    settings = parse_manifest(path, expand=False)
+    assert settings.entry_drafts == () and settings.output_dir == tmp_path / "results"
+    assert set(settings.providers) == {"comet"}
+    with pytest.raises(ManifestError, match="colour"):
+        parse_manifest(path)
+    # What YAML alone refuses is refused in either reading.
+    path.write_text(path.read_text() + "jobs_from: [" * 70 + "]" * 70 + "\n")
+    with pytest.raises(ManifestError, match="nested more than 64 levels"):
+        parse_manifest(path, expand=False)
 
 
 # --- folder trees: optional masks, {dir}/{relpath}, brace alternatives (issue 10) ----------
