@@ -3,6 +3,8 @@
 
 - `context.py`: `Options`, and opening a manifest with its database (`opened`).
 - `run_jobs.py`: `runner run`, from a manifest to a finished (or cleanly stopped) run.
+- `sending.py`: the sending half of a run (providers, pool, batch lanes, progress), loaded
+  only when a run has something to send or collect.
 - `batch_mode.py`: `mode: batch` profiles within a run: collect ended batches, submit new.
 - `reading.py`: `runner status` and `runner jobs`, from the database alone.
 - `commands.py`: every other command.

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 from dataclasses import dataclass
 from functools import cache
-
-import certifi
-import httpx
+from typing import TYPE_CHECKING
 
 from runner.dialects.venice.siwx import SiwxSigner
 from runner.errors import ManifestError
@@ -18,6 +15,11 @@ from runner.manifest.expand import ParsedManifest
 from runner.records import ProviderProfile
 from runner.redact import register_secret
 from runner.settings import DEFAULT_CONNECT_TIMEOUT_S
+
+if TYPE_CHECKING:
+    import ssl
+
+    import httpx
 
 log = logging.getLogger("runner")
 
@@ -94,10 +96,17 @@ def odd_characters(value: str) -> str | None:
 def _tls_context() -> ssl.SSLContext:
     """Certificate checks as httpx makes them by default (certifi's CA bundle), loaded once
     per process: loading the bundle takes about 50 ms, paid by every client otherwise."""
+    import ssl
+
+    import certifi
+
     return ssl.create_default_context(cafile=certifi.where())
 
 
 def http_client(profile: ProviderProfile) -> httpx.AsyncClient:
+    # Imported here: a run with nothing to send (and `status`, `jobs`) needs no HTTP client.
+    import httpx
+
     # Keep as many idle connections as workers: with httpx's default of 20, a pool of 32
     # workers would close and reopen a dozen connections on every round.
     return httpx.AsyncClient(

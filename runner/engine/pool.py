@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import anyio
@@ -23,6 +23,7 @@ from runner.engine.attempt import Attempts, Sending, outage
 from runner.engine.budget import LimitGuard
 from runner.engine.pacing import ProviderGate
 from runner.engine.ports import Files, JobFeed, Lane
+from runner.engine.report import PoolReport
 from runner.engine.retry import GaveUp, RetryPolicy, Tries, let_go, retry_cause
 from runner.errors import (
     ExitCode,
@@ -67,21 +68,6 @@ class Unrecorded:
     ticket: AttemptTicket
     record: AttemptRecord
     outputs: tuple[OutputRef, ...]
-
-
-@dataclass(slots=True)
-class PoolReport:
-    """What this run has done so far; progress displays read it while the run goes on."""
-
-    succeeded: int = 0
-    failed: int = 0
-    released: int = 0
-    spent_usd: float = 0.0
-    in_flight: int = 0  # jobs between pre-flight and their last answer
-    retries_waiting: int = 0  # jobs asleep before their next attempt
-    stops: list[StopNotice] = field(default_factory=list)
-    failed_by_kind: Counter[str] = field(default_factory=Counter)  # FailureKind → jobs
-    retries: Counter[str] = field(default_factory=Counter)  # `retry_cause` → requests
 
 
 class Pool:

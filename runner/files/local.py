@@ -11,7 +11,6 @@ from pathlib import Path
 from runner.engine.ports import Files
 from runner.files.object_store import ObjectOutputs
 from runner.files.outputs import ensure_writable, free_bytes, write_outputs
-from runner.files.preflight import prepare_request
 from runner.records import JobSpec, ObjectURL, OutputPlace, OutputRef, ReplyImage
 
 
@@ -41,5 +40,8 @@ def local_files(
     watch_folders: Sequence[tuple[str, Path]] = (), outputs: Outputs | None = None
 ) -> Files:
     """`watch_folders`: (what, folder) pairs, besides the outputs', that must not fill up."""
+    # Pillow comes with pre-flight: loaded when a run has something to send, not before.
+    from runner.files.preflight import prepare_request
+
     outputs = outputs or Outputs()
     return Files(prepare_request, outputs.write, outputs.free_space, watch_folders)

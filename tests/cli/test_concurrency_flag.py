@@ -12,8 +12,9 @@ from conftest import Workspace, options
 from helpers import invoke
 
 from runner import app
-from runner.app import run_jobs
-from runner.engine.pool import Pool, PoolReport
+from runner.app import sending
+from runner.engine.pool import Pool
+from runner.engine.report import PoolReport
 from runner.errors import ExitCode
 from runner.records import Summary, Totals
 from runner.testing import FakeProvider
@@ -63,7 +64,7 @@ def test_the_setting_overrides_every_profile_of_the_manifest(
             lanes_seen.extend(lane.concurrency for lane in lanes.values())
             super().__init__(store, lanes, **kwargs)
 
-    monkeypatch.setattr(run_jobs, "Pool", Watched)
+    monkeypatch.setattr(sending, "Pool", Watched)
     jobs = [{"image": workspace.image("c.png"), "prompt": "edit"}]
     manifest = workspace.manifest(jobs, profile={"concurrency": 4})
     outcome = anyio.run(app.run, manifest, replace(options(), concurrency=flag))

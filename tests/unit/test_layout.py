@@ -73,28 +73,54 @@ def test_help_loads_no_http_sql_image_or_schema_library() -> None:
     assert done.stderr.strip().splitlines()[-1] == "[]"
 
 
-@pytest.mark.slow
-def test_status_loads_no_http_image_or_table_library(tmp_path: Path) -> None:
-    # `runner status` answers from the database: the sending half (httpx, the ORM layer of
-    # SQLAlchemy's asyncio engine), Pillow and pyarrow cost it half a second at start-up.
-    manifest = tmp_path / "jobs.yaml"
+def one_job_manifest(folder: Path, made_by: str) -> Path:
+    """A manifest of one job with its database made by `made_by` (`retry`: the job
+    pending; `cancel`: set aside), nothing sent."""
+    manifest = folder / "jobs.yaml"
     manifest.write_text(
         "providers: {p: {dialect: openai, base_url: 'http://127.0.0.1:9/v1'}}\n"
         "output_dir: out\njobs: [{image: a.png, prompt: edit}]\n"
     )
-    (tmp_path / "a.png").write_bytes(png_bytes())
-    # `retry` makes the database and lists the job in it, sending nothing.
-    made = subprocess.run([sys.executable, "-m", "runner", "retry", str(manifest)], cwd=tmp_path)
-    assert made.returncode == 0 and (tmp_path / "jobs.db").exists()
+    (folder / "a.png").write_bytes(png_bytes())
+    made = subprocess.run([sys.executable, "-m", "runner", made_by, str(manifest)], cwd=folder)
+    assert made.returncode == 0 and (folder / "jobs.db").exists()
+    return manifest
+
+
+def loaded_by(args: list[str], modules: tuple[str, ...]) -> tuple[str, str, list[str]]:
+    """(stdout, stderr, which of `modules` were imported) of the command `args`, run in a
+    fresh interpreter."""
     probe = (
         "import sys\n"
         "from runner.cli import main\n"
         "try:\n"
-        f"    main(['status', {str(manifest)!r}], standalone_mode=False)\n"
+        f"    main({args!r}, standalone_mode=False)\n"
         "finally:\n"
-        "    heavy = ('httpx', 'PIL.Image', 'pyarrow', 'sqlalchemy.orm')\n"
-        "    print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+        f"    print(sorted(m for m in {modules!r} if m in sys.modules), file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert "pending" in done.stdout, done.stderr  # the status was printed
-    assert done.stderr.strip().splitlines()[-1] == "[]"
+    *said, loaded = done.stderr.strip().splitlines()
+    return done.stdout, "\n".join(said), ast.literal_eval(loaded)
+
+
+@pytest.mark.slow
+def test_status_loads_no_http_image_or_table_library(tmp_path: Path) -> None:
+    # `runner status` answers from the database: the sending half (httpx, the ORM layer of
+    # SQLAlchemy's asyncio engine), Pillow and pyarrow cost it half a second at start-up.
+    manifest = one_job_manifest(tmp_path, "retry")
+    heavy = ("httpx", "PIL.Image", "pyarrow", "sqlalchemy.orm")
+    out, err, loaded = loaded_by(["status", str(manifest)], heavy)
+    assert "pending" in out, err  # the status was printed
+    assert loaded == []
+
+
+@pytest.mark.slow
+def test_a_run_with_nothing_to_send_loads_no_http_image_or_retry_library(tmp_path: Path) -> None:
+    # A finished manifest re-run from cron every few minutes: the sending half (HTTP
+    # clients, Pillow, tenacity, the pool, batch mode) is loaded only when there is work.
+    manifest = one_job_manifest(tmp_path, "cancel")
+    heavy = ("httpx", "PIL.Image", "tenacity", "runner.engine.pool", "runner.app.batch_mode",
+             "runner.app.sending")  # fmt: skip
+    _, err, loaded = loaded_by(["run", str(manifest)], heavy)
+    assert "1 cancelled" in err  # the run's summary was printed
+    assert loaded == []
