@@ -63,9 +63,9 @@ class _Loader(_Base):  # type: ignore[misc]
 
 def load(text: str, *, unbuilt: str | None = None) -> Any:
     """The document's value; yaml.YAMLError (YamlRefused included) for anything refused.
-    `unbuilt`: a top-level key whose sequence is parsed and checked for depth and aliases,
-    but not built (so neither are its duplicate keys found): it comes back empty, for a
-    reader that needs the rest only (a manifest's settings without its 100,000 jobs)."""
+    `unbuilt`: a top-level key whose sequence is parsed (libyaml still refuses what it
+    cannot parse) but neither walked nor built: it comes back empty, for a reader that
+    needs the rest only (a manifest's settings without its 100,000 jobs)."""
     loader = _Loader(text)
     try:
         try:
@@ -80,15 +80,16 @@ def load(text: str, *, unbuilt: str | None = None) -> Any:
             raise YamlRefused(f"nested more than {MAX_DEPTH} levels deep", mark) from None
         if node is None:
             return None
-        if "&" in text:
-            _check_aliases(node)
-        else:  # no anchor, so no alias: only the depth to check (a third of the walk's cost)
-            _check_depth(node)
         if unbuilt is not None and isinstance(node, MappingNode):
+            # Dropped before the walks below: what is never built cannot recurse or expand.
             node.value = [
                 (key, _emptied(value) if _names(key, unbuilt) else value)
                 for key, value in node.value
             ]
+        if "&" in text:
+            _check_aliases(node)
+        else:  # no anchor, so no alias: only the depth to check (a third of the walk's cost)
+            _check_depth(node)
         return loader.construct_document(node)
     finally:
         loader.dispose()

@@ -268,6 +268,11 @@ def test_a_manifest_read_for_its_settings_leaves_its_jobs_unbuilt(tmp_path: Path
     path.write_text(path.read_text() + "jobs_from: [" * 70 + "]" * 70 + "\n")
     with pytest.raises(ManifestError, match="nested more than 64 levels"):
         parse_manifest(path, expand=False)
+    # Inside the jobs, nesting is refused where the jobs are built, and only there.
+    path.write_text(f"providers: {{comet: {PROVIDER}}}\njobs: {'[' * 70}{']' * 70}\n")
+    assert parse_manifest(path, expand=False).entry_drafts == ()
+    with pytest.raises(ManifestError, match="nested more than 64 levels"):
+        parse_manifest(path)
 
 
 # --- folder trees: optional masks, {dir}/{relpath}, brace alternatives (issue 10) ----------
