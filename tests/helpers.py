@@ -9,14 +9,17 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio.lowlevel
 import httpx
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from runner.cli import THIRD_PARTY_LOGGERS
 from runner.cli import main as command_line
+from runner.manifest.digests import Digester
 from runner.testing.multipart import Part, parse_multipart
 
 __all__ = [
@@ -105,3 +108,17 @@ def invoke(*args: str | Path, env: Mapping[str, str | None]) -> Ran:
         for logger, level in zip(named, levels, strict=True):
             logger.setLevel(level)
     return Ran(result.exit_code, result.stdout, result.stderr)
+
+
+def files_hashed(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths every Digester hashes from now on (small or large; not those whose cached
+    digest still holds), in order."""
+    hashed: list[Path] = []
+    real = Digester._remember
+
+    def remember(self: Digester, path: Path, *rest: Any) -> str:
+        hashed.append(path)
+        return real(self, path, *rest)
+
+    monkeypatch.setattr(Digester, "_remember", remember)
+    return hashed

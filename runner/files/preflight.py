@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -72,12 +73,9 @@ def prepare_request(
     `rehash=False` (validate, which took the digests a moment ago): the files are not
     hashed again to see they are still what the job was keyed by; `preread`: files read
     whole while they were hashed (`Digester(keep_bytes=...)`), not read again."""
+    image_sha, mask_sha = (spec.image_sha256, spec.mask_sha256) if rehash else (None, None)
     image_data, image_file = _read_file(
-        "image",
-        spec.image,
-        limits.max_image_bytes,
-        spec.image_sha256 if rehash else None,
-        preread,
+        "image", spec.image, limits.max_image_bytes, image_sha, preread
     )
     info = _check_image(spec.image, image_data, limits, decode)
     _check_prompt(spec.prompt, limits.max_prompt_chars)
@@ -85,11 +83,7 @@ def prepare_request(
     mask = None
     if spec.mask is not None:
         mask_data, mask_file = _read_file(
-            "mask",
-            spec.mask,
-            limits.max_mask_bytes,
-            spec.mask_sha256 if rehash else None,
-            preread,
+            "mask", spec.mask, limits.max_mask_bytes, mask_sha, preread
         )
         mask = _part(spec.mask.name, "image/png", mask_data, mask_file)
         turned = info.format != "PNG" and info.orientation in _QUARTER_TURNS
@@ -129,18 +123,24 @@ def _read_file(
     """The input's bytes, checked against `sha256` when there is one; with them, the file
     to read them from again when sending (None: keep the bytes, e.g. a table carried them)."""
     where = path.absolute()
-    if preread and (known := preread.get(path)) is not None:  # a regular file, read just now
-        _check_size(field, where, len(known), max_bytes)
-        _check_unchanged(field, where, known, sha256)
-        return known, InputFile(where, len(known), sha256) if sha256 is not None else None
-    try:
-        st = path.stat()
-    except FileNotFoundError as exc:
-        if (source := carried_source(path)) is not None:
-            return _read_carried(field, source, max_bytes), None
-        raise InputError(field, f"file not found: {where}") from exc
-    except OSError as exc:
-        raise InputError(field, f"cannot read {where}: {exc.strerror or exc}") from exc
+    data = preread.get(path) if preread else None  # a regular file, read a moment ago
+    if data is None:
+        try:
+            st = path.stat()
+        except FileNotFoundError as exc:
+            if (source := carried_source(path)) is not None:
+                return _read_carried(field, source, max_bytes), None
+            raise InputError(field, f"file not found: {where}") from exc
+        except OSError as exc:
+            raise InputError(field, f"cannot read {where}: {exc.strerror or exc}") from exc
+        data = _read_regular(field, path, st, max_bytes)
+    _check_size(field, where, len(data), max_bytes)
+    _check_unchanged(field, where, data, sha256)
+    return data, InputFile(where, len(data), sha256) if sha256 is not None else None
+
+
+def _read_regular(field: str, path: Path, st: os.stat_result, max_bytes: int) -> bytes:
+    where = path.absolute()
     if not stat.S_ISREG(st.st_mode):
         raise InputError(field, f"not a regular file: {where}")
     _check_size(field, where, st.st_size, max_bytes)
@@ -153,9 +153,7 @@ def _read_file(
                 data += f.read(max_bytes + 1 - len(data))
     except OSError as exc:
         raise InputError(field, f"cannot read {where}: {exc.strerror or exc}") from exc
-    _check_size(field, where, len(data), max_bytes)
-    _check_unchanged(field, where, data, sha256)
-    return data, InputFile(where, len(data), sha256) if sha256 is not None else None
+    return data
 
 
 def _read_carried(field: str, source: CarriedSource, max_bytes: int) -> bytes:

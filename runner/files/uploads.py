@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterable
 from types import TracebackType
 from typing import BinaryIO
 
@@ -113,3 +114,11 @@ class FileUpload:
 def upload_body(field: str, part: ImagePart) -> bytes | FileUpload:
     """What httpx's multipart takes for the part: its bytes, or its file read as it goes."""
     return part.data if part.source is None else FileUpload(field, part.source)
+
+
+def close_uploads(files: Iterable[tuple[str, tuple[str, object, str]]]) -> None:
+    """Close the files of httpx `files=` fields that `upload_body` made: a request cut
+    short (a timeout, a cancelled run) leaves them open otherwise."""
+    for _, (_, body, _) in files:
+        if isinstance(body, FileUpload):
+            body.close()

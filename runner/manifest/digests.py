@@ -88,7 +88,7 @@ class Digester:
         small = [item for item in to_hash if item[1].st_size < _INLINE_BYTES]
         large = [item for item in to_hash if item[1].st_size >= _INLINE_BYTES]
         for item in small:
-            results[item[0]] = self._hash_small(item) if self._room else self._hash_one(item)
+            results[item[0]] = self._hash_small(item)
         if large:
             with ThreadPoolExecutor(max_workers=_HASH_THREADS) as executor:
                 hashed = executor.map(self._hash_one, large)
@@ -97,6 +97,7 @@ class Digester:
         return results
 
     def _hash_small(self, item: tuple[Path, os.stat_result]) -> str | None:
+        """A file under _INLINE_BYTES, read in one go; kept in `read` while there is room."""
         path, info = item
         try:
             with open_regular(path) as handle:
@@ -105,7 +106,7 @@ class Digester:
             return None
         if len(data) >= _INLINE_BYTES:  # grown since stat(): hashed as a large file is
             return self._hash_one(item)
-        if len(data) <= self._room:
+        if 0 < len(data) <= self._room:
             self.read[path] = data
             self._room -= len(data)
         return self._remember(path, info, hashlib.sha256(data).hexdigest())

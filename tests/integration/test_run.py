@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import COUNTED_ATTEMPTS, Workspace, options, sha256
-from helpers import FakeClock
+from helpers import FakeClock, files_hashed
 from PIL import Image
 
 from runner import app
@@ -395,17 +395,11 @@ async def test_too_little_free_space_stops_before_paying(
 async def test_a_rerun_hashes_no_unchanged_file(
     workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runner.manifest.digests
-
     manifest = workspace.manifest(
         [{"image": workspace.image(f"p{i}.png"), "prompt": "e"} for i in range(5)]
     )
     assert (await app.run(manifest, options())).exit_code == ExitCode.OK
-    hashed: list[Path] = []
-    real = runner.manifest.digests.sha256_file
-    monkeypatch.setattr(
-        runner.manifest.digests, "sha256_file", lambda p: hashed.append(p) or real(p)
-    )
+    hashed = files_hashed(monkeypatch)
     (workspace.root / "p2.png").write_bytes((workspace.root / "p0.png").read_bytes() + b"\0")
 
     again = await app.run(manifest, options())

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import API_KEY, KEY_ENV, Workspace, options
-from helpers import invoke
+from helpers import files_hashed, invoke
 
 from runner import app
 from runner.errors import ExitCode, ManifestError
@@ -667,22 +667,13 @@ async def test_a_run_stopped_while_its_table_is_read_goes_on_next_time(
 async def test_validate_reads_a_table_in_chunks_and_the_database_for_what_is_done(
     workspace: Workspace, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runner.manifest import digests
-
     chunked(monkeypatch, 4)
     rows = [{"file": workspace.image(f"v/{i}.png"), "prompt": f"p{i}"} for i in range(20)]
     write_csv(workspace.root / "t.csv", rows[:15])
     manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
     assert (await app.run(manifest, options())).exit_code == ExitCode.OK
     write_csv(workspace.root / "t.csv", rows)
-    hashed: list[Path] = []
-    real = digests.Digester._remember  # every file hashed now, small or large
-
-    def remember(self: digests.Digester, path: Path, *rest: Any) -> str:
-        hashed.append(path)
-        return real(self, path, *rest)
-
-    monkeypatch.setattr(digests.Digester, "_remember", remember)
+    hashed = files_hashed(monkeypatch)
 
     found = await app.validate(manifest)
 

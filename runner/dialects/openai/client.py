@@ -28,7 +28,7 @@ from runner.dialects.transfer import (
 )
 from runner.errors import PermanentJobError, ProviderError, RetryableError
 from runner.files.preflight import read_image_info
-from runner.files.uploads import FileUpload, upload_body
+from runner.files.uploads import FileUpload, close_uploads, upload_body
 from runner.records import EditRequest, EditResult, ImageLimits, ReplyImage, Usage, images_asked
 from runner.redact import redact_error, redact_result
 
@@ -106,10 +106,8 @@ class OpenAIProvider:
                 limits=self._limits,
                 images=images_asked(request.params),
             )
-        finally:  # a request cut short leaves its file open otherwise
-            for _, (_, body, _) in files:
-                if isinstance(body, FileUpload):
-                    body.close()
+        finally:
+            close_uploads(files)
 
     async def _download(self, parsed: _Parsed, request_id: str | None) -> tuple[ReplyImage, ...]:
         """Fetch `data[].url` images (the provider deletes them after a while)."""

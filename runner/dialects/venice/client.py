@@ -43,7 +43,7 @@ from runner.errors import (
     Throttled,
 )
 from runner.files.preflight import read_image_info
-from runner.files.uploads import FileUpload, part_bytes, upload_body
+from runner.files.uploads import close_uploads, part_bytes, upload_body
 from runner.money import format_usd
 from runner.records import EditRequest, EditResult, ImageLimits, ReplyFacts
 from runner.redact import redact_error, redact_result
@@ -186,10 +186,8 @@ class VeniceProvider:
             return await post_streamed(
                 self._client, url, headers=self._headers(), limits=self._limits, **body
             )
-        finally:  # a request cut short leaves its files open otherwise
-            for _, (_, upload, _) in body.get("files", ()):
-                if isinstance(upload, FileUpload):
-                    upload.close()
+        finally:
+            close_uploads(body.get("files", ()))
 
 
 def _wire_value(name: str, value: Any) -> Any:
