@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from runner.app.batch_mode import BATCH_DISCOUNT
+from runner.app.checking import NOT_SENT_AGAIN, ChunkChecker, checked_chunks
 from runner.app.context import (
     Options,
     opened,
@@ -51,7 +52,6 @@ from runner.files.html_report import (
 )
 from runner.files.object_store import ObjectOutputs
 from runner.files.preflight import prepare_request
-from runner.manifest.digests import Digester
 from runner.manifest.expand import ParsedManifest
 from runner.records import (
     ExportRow,
@@ -59,11 +59,7 @@ from runner.records import (
     JobState,
     output_place,
 )
-from runner.store.engine import (
-    peek_digests,
-    peek_job_states,
-    peek_output_paths,
-)
+from runner.store.engine import peek_output_paths
 from runner.store.protocol import Store
 from runner.store.tables import utcnow
 from runner.store.threaded import ThreadedStore
@@ -243,6 +239,9 @@ class JobCheck:
     problem: str | None
     estimated_cost_usd: float | None
 
+    def __reduce__(self) -> tuple[type[JobCheck], tuple[object, ...]]:
+        return JobCheck, (self.entry, self.image, self.problem, self.estimated_cost_usd)
+
 
 @dataclass(slots=True)
 class Validation:
@@ -266,13 +265,6 @@ class Validation:
             self.unpriced += 1
         else:
             self.estimated_cost_usd += check.estimated_cost_usd
-
-
-# What validate keeps of a chunk's small inputs between hashing and checking them.
-PREREAD_BYTES = 64 * 1024 * 1024
-
-# Jobs `run` would not send again: they are finished, or set aside by hand.
-_NOT_SENT_AGAIN = frozenset({JobState.SUCCEEDED.value, JobState.CANCELLED.value})
 
 
 async def validate(path: Path, options: Options | None = None) -> Validation:
@@ -323,23 +315,23 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
         return JobCheck(spec.entry, str(spec.image), problem, estimate)
 
     def check_all() -> None:
-        # A chunk at a time, the database only read (digests cached by `run`, jobs done).
+        # A chunk at a time, the database only read (digests cached by `run`, jobs done);
+        # each chunk's files are checked in worker processes where there are cores to spare.
         resolver = parsed.resolver(known_outputs or frozenset())
-        for drafts in resolver.draft_chunks():
-            paths = {str(p) for d in drafts for p in (d.image, d.mask) if p is not None}
-            # Small files are kept as they are hashed, for the checks below to use.
-            digester = Digester(peek_digests(url, paths), keep_bytes=PREREAD_BYTES)
-            keyed = resolver.key_chunk(drafts, digester)
-            firsts = [(draft, spec) for draft, spec, first in keyed if first]
-            states = peek_job_states(url, [spec.key for _, spec in firsts])
-            for draft, spec in firsts:
+        checker = ChunkChecker(url, parsed.output_dir, check)
+        for drafts, verdict in checked_chunks(checker, resolver.draft_chunks()):
+            specs = verdict.specs(drafts, parsed.output_dir)
+            keyed = resolver.admit(drafts, specs, verdict.plans)
+            for (draft, spec, first), job in zip(keyed, verdict.checks, strict=True):
+                if not first:
+                    continue
                 found.jobs += 1
-                if states.get(spec.key) in _NOT_SENT_AGAIN:
+                if verdict.states.get(spec.key) in NOT_SENT_AGAIN:
                     found.done += 1
                 elif draft.problem is not None:  # an unusable table row: no image to name
                     found.add(JobCheck(spec.entry, "", draft.problem, None))
-                else:
-                    found.add(check(spec, digester.read))
+                elif job is not None:
+                    found.add(job)
 
     await anyio.to_thread.run_sync(check_all)
     return found

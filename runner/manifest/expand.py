@@ -14,7 +14,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from string import Formatter
 from typing import Any
@@ -23,7 +23,7 @@ from runner.dialects import dialect_named
 from runner.errors import ManifestError, shown
 from runner.manifest import tables
 from runner.manifest.digests import Digester
-from runner.manifest.output_rules import OutputCheck
+from runner.manifest.output_rules import OutputCheck, OutputPlan
 from runner.manifest.schema import (
     Document,
     JobFields,
@@ -165,20 +165,19 @@ class Resolver:
         self, drafts: Sequence[Draft], digester: Digester
     ) -> list[tuple[Draft, JobSpec, bool]]:
         """(draft, its spec, whether it is the first draft of that job) per draft."""
-        carried = {path: digest for d in drafts for path, digest in d.carried}
-        digests = digester.digest_many(
-            [
-                p
-                for d in drafts
-                if d.problem is None
-                for p in (d.image, d.mask)
-                if p is not None and p not in carried
-            ]
-        )
-        digests.update(carried)
+        return self.admit(drafts, specs_of(drafts, digester, self._parsed.output_dir))
+
+    def admit(
+        self,
+        drafts: Sequence[Draft],
+        specs: Sequence[JobSpec],
+        plans: Sequence[OutputPlan | None] | None = None,
+    ) -> list[tuple[Draft, JobSpec, bool]]:
+        """`key_chunk` for drafts already keyed (`specs_of`, maybe in another process):
+        what must see every job in order, repeats and output names. `plans`: each draft's
+        output plan where one was made already (see `OutputCheck.add`)."""
         keyed = []
-        for draft in drafts:
-            spec = draft.spec(digests, self._parsed.output_dir)
+        for draft, spec in zip(drafts, specs, strict=True):
             first = True
             if self._seen is not None:
                 raw = bytes.fromhex(spec.key)
@@ -191,13 +190,32 @@ class Resolver:
         if self._check is not None:
             usable = [d for d in drafts if d.problem is None]  # a bad row writes nothing
             inputs = {path for d in usable for path in (d.image, d.mask) if path is not None}
-            to_check = [spec for d, spec, first in keyed if first and d.problem is None]
-            checked = iter(self._check.add(to_check, inputs))  # some renamed: OutputCheck
+            wanted = [i for i, (d, _, first) in enumerate(keyed) if first and d.problem is None]
+            to_check = [keyed[i][1] for i in wanted]
+            planned = [plans[i] for i in wanted] if plans is not None else None
+            checked = iter(self._check.add(to_check, inputs, planned))  # some renamed
             keyed = [
                 (d, next(checked) if first and d.problem is None else spec, first)
                 for d, spec, first in keyed
             ]
         return keyed
+
+
+def specs_of(drafts: Sequence[Draft], digester: Digester, output_dir: OutputPlace) -> list[JobSpec]:
+    """Each draft's spec, keyed by its inputs' digests: the part of keying a chunk that
+    depends on that chunk alone."""
+    carried = {path: digest for d in drafts for path, digest in d.carried}
+    digests = digester.digest_many(
+        [
+            p
+            for d in drafts
+            if d.problem is None
+            for p in (d.image, d.mask)
+            if p is not None and p not in carried
+        ]
+    )
+    digests.update(carried)
+    return [draft.spec(digests, output_dir) for draft in drafts]
 
 
 def parse_manifest(path: Path, *, expand: bool = True) -> ParsedManifest:
@@ -287,11 +305,22 @@ class Draft:
     # (see tables.carried_locator): no file to hash.
     carried: tuple[tuple[Path, str], ...] = ()
 
+    def __reduce__(self) -> tuple[type[Draft], tuple[object, ...]]:
+        # Validate sends drafts to its worker processes; a slotted dataclass's own pickling
+        # looks its fields up per object (a tenth of the sending process's time).
+        return Draft, tuple(getattr(self, name) for name in _DRAFT_FIELDS)
+
     def spec(self, digests: Mapping[Path, str | None], output_dir: OutputPlace) -> JobSpec:
         image_sha = digests.get(self.image)
         mask_sha = digests.get(self.mask) if self.mask else None
+        return self.keyed(job_key(self, image_sha, mask_sha), image_sha, mask_sha, output_dir)
+
+    def keyed(
+        self, key: str, image_sha: str | None, mask_sha: str | None, output_dir: OutputPlace
+    ) -> JobSpec:
+        """Its spec with the key `spec` gave it (the job's identity, computed once)."""
         return JobSpec(
-            key=job_key(self, image_sha, mask_sha),
+            key=key,
             entry=self.entry,
             image=self.image,
             mask=self.mask,
@@ -304,6 +333,9 @@ class Draft:
             image_sha256=image_sha,
             mask_sha256=mask_sha,
         )
+
+
+_DRAFT_FIELDS = tuple(f.name for f in fields(Draft))
 
 
 def job_key(draft: Draft, image_sha: str | None, mask_sha: str | None) -> str:
@@ -599,11 +631,11 @@ def _table_drafts(rules: _TableRules) -> Iterator[Draft]:
     checked: dict[str, str | None] = {}  # params' JSON -> the problem with them, if any
     cells = tables.CellReader(table)
     for number, row in tables.read_rows(table, rules.needed):
-        row_id = f" (id {shown(row[source.id])})" if source.id and row.get(source.id) else ""
 
-        def bad(
-            column: str, message: str, where: str = f"row {number}{row_id}", at: int = number
-        ) -> Draft:
+        def bad(column: str, message: str, row: Mapping[str, Any] = row, at: int = number) -> Draft:
+            # The row's id only where it is told (shown() for every row was 2 % of a sync).
+            row_id = f" (id {shown(row[source.id])})" if source.id and row.get(source.id) else ""
+            where = f"row {at}{row_id}"
             problem = ManifestError(message, file=str(table), field=f"{where}, column {column!r}")
             return Draft(
                 entry=entry, image=table, mask=None, prompt="", provider=rules.provider,

@@ -11,8 +11,8 @@ The check takes a manifest's jobs a chunk at a time (`OutputCheck.add`), so a ta
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from runner.dialects import params as dialects
@@ -30,6 +30,75 @@ from runner.records import JobSpec, OutputPlace, ReplyImage, entry_label
 KEY8, KEY = "{key8}", "{key}"
 
 
+@dataclass(frozen=True, slots=True)
+class OutputPlan:
+    """What one job would write, as the check compares it with the others: hashes of the
+    paths it will write, and of each path it could write sans extension, with that
+    extension. Worked out from the job alone (`OutputNames.plan`), so validate's worker
+    processes make them; forked from this process, they hash strings as it does."""
+
+    written: tuple[int, ...]
+    possible: tuple[tuple[int, str], ...]
+
+    def __reduce__(self) -> tuple[type[OutputPlan], tuple[object, ...]]:
+        return OutputPlan, (self.written, self.possible)  # see Draft.__reduce__
+
+
+class OutputNames:
+    """The names one job would write in its output folder, and whether each is usable
+    (no escape from the folder, not too long for its filesystem): what the output check
+    needs of a job that depends on that job alone."""
+
+    def __init__(self, output_dir: OutputPlace) -> None:
+        self._limits = path_limits(output_dir)
+        self._prefixes: dict[OutputPlace, tuple[str, int]] = {}  # a folder's, and its bytes
+
+    def paths(self, place: OutputPlace, names: Iterable[str]) -> list[str]:
+        """The names in `place`, as strings: a Path per name, twice per job, was most of
+        the check's time at 100,000 jobs. A name with a folder in it goes through Path, which
+        tidies separators (`a//b` is `a/b`), so that equal paths hash the same."""
+        prefix, _ = self._place(place)
+        return [prefix + name if "/" not in name else str(Path(prefix) / name) for name in names]
+
+    def _place(self, place: OutputPlace) -> tuple[str, int]:
+        if (known := self._prefixes.get(place)) is None:
+            prefix = folder_prefix(place)
+            known = self._prefixes[place] = (prefix, len(os.fsencode(prefix)))
+        return known
+
+    def written(self, spec: JobSpec) -> list[str]:
+        """The paths it will write, for its likely reply format; OutputError if unusable."""
+        likely = ReplyImage(b"", dialects.expected_format(spec.params), 0, 0)
+        return self.paths(spec.output_dir, output_names(spec, [likely] * spec.images_asked))
+
+    def possible(self, spec: JobSpec) -> list[str]:
+        """Every path a reply of any format could take; OutputError if one is too long."""
+        name_max, path_max = self._limits
+        names = possible_names(spec, spec.images_asked)
+        _, prefix_bytes = self._place(spec.output_dir)
+        for name in names:
+            # Lengths in bytes, from the strings (the common case); near a limit, or for a
+            # name with folders in it, the full check says what is wrong.
+            plain = "/" not in name
+            name_bytes = len(name.encode()) if plain and name.isascii() else None
+            if (
+                name_bytes is None
+                or name_bytes + MAX_CLASH_SUFFIX_CHARS > name_max
+                or prefix_bytes + name_bytes + MAX_CLASH_SUFFIX_CHARS >= path_max
+            ) and (problem := length_problem(_in(spec.output_dir, name), name_max, path_max)):
+                raise OutputError(f"output name {shown(spec.output_name)} {problem}")
+        return self.paths(spec.output_dir, names)
+
+    def plan(self, spec: JobSpec) -> OutputPlan:
+        """OutputError if a name is unusable, whatever the other jobs write."""
+        written = tuple(hash(path) for path in self.written(spec))
+        possible = []
+        for path in self.possible(spec):
+            stem, ext = os.path.splitext(path)  # noqa: PTH122 (a str, per job)
+            possible.append((hash(stem), ext))
+        return OutputPlan(written, tuple(possible))
+
+
 class OutputCheck:
     """The output check of one manifest, fed its jobs and inputs chunk by chunk, in order.
 
@@ -40,39 +109,29 @@ class OutputCheck:
 
     def __init__(self, output_dir: OutputPlace, file: str) -> None:
         self._file = file
-        self._limits = path_limits(output_dir)
+        self._names = OutputNames(output_dir)
         self._written: dict[int, int] = {}  # hash of an expected output path -> job entry
         self._possible: set[int] = set()  # hashes of possible output paths, sans extension
-        # Inputs in the output folder, by path sans extension -> the extensions there.
-        self._inputs_in_output: dict[str, set[str]] = {}
-        self._folder = self._prefix(output_dir)
-        self._prefixes: dict[OutputPlace, tuple[str, int]] = {}  # a folder's, and its bytes
+        # Inputs in the output folder: hash of the path sans extension -> the extensions there.
+        self._inputs_in_output: dict[int, set[str]] = {}
+        self._folder = folder_prefix(output_dir)
 
-    @staticmethod
-    def _prefix(place: OutputPlace) -> str:
-        folder = place.absolute() if isinstance(place, Path) else place
-        return str(folder).rstrip("/") + "/"
-
-    def _paths(self, place: OutputPlace, names: Iterable[str]) -> list[str]:
-        """The names in `place`, as strings: a Path per name, twice per job, was most of
-        the check's time at 100,000 jobs. A name with a folder in it goes through Path, which
-        tidies separators (`a//b` is `a/b`), so that equal paths hash the same."""
-        prefix, _ = self._place(place)
-        return [prefix + name if "/" not in name else str(Path(prefix) / name) for name in names]
-
-    def _place(self, place: OutputPlace) -> tuple[str, int]:
-        if (known := self._prefixes.get(place)) is None:
-            prefix = self._prefix(place)
-            known = self._prefixes[place] = (prefix, len(os.fsencode(prefix)))
-        return known
-
-    def add(self, specs: Iterable[JobSpec], inputs: Iterable[Path]) -> list[JobSpec]:
+    def add(
+        self,
+        specs: Sequence[JobSpec],
+        inputs: Iterable[Path],
+        plans: Sequence[OutputPlan | None] | None = None,
+    ) -> list[JobSpec]:
         """The specs, checked; one whose `{key8}` name is an earlier job's comes back
-        named with its whole key instead (see `_add_job`)."""
+        named with its whole key instead (see `_add_job`). `plans`: theirs, made already
+        (None where making it failed: it is made again here, to say why)."""
         with folders_cached():  # every job's names, one resolve per folder
             for path in inputs:
                 self._add_input(str(path))
-            return [self._add_job(spec) for spec in specs]
+            return [
+                self._add_job(spec, plan)
+                for spec, plan in zip(specs, plans or [None] * len(specs), strict=True)
+            ]
 
     def _add_input(self, path: str) -> None:
         if not path.startswith(self._folder):
@@ -84,64 +143,52 @@ class OutputCheck:
                 f"an output may be written to {path}, which is an input of this manifest; "
                 "outputs never replace inputs: change output_dir or output_name",
             )
-        self._inputs_in_output.setdefault(stem, set()).add(ext)
+        self._inputs_in_output.setdefault(hash(stem), set()).add(ext)
 
-    def _add_job(self, spec: JobSpec) -> JobSpec:
-        count = spec.images_asked
-        likely = ReplyImage(b"", dialects.expected_format(spec.params), 0, 0)
-        try:
-            expected = self._paths(spec.output_dir, output_names(spec, [likely] * count))
-        except OutputError as exc:
-            raise self._error(spec, str(exc)) from None
-        hashes = [hash(path) for path in expected]
-        for path, hashed in zip(expected, hashes, strict=True):
+    def _add_job(self, spec: JobSpec, plan: OutputPlan | None = None) -> JobSpec:
+        if plan is None:
+            try:
+                plan = self._names.plan(spec)
+            except OutputError as exc:
+                raise self._error(spec, str(exc)) from None
+        for hashed in plan.written:
             if (other := self._written.get(hashed)) is None:
                 continue
             if KEY8 in spec.output_name:
                 # 32 bits of key: among 100,000 jobs of one image, two share them more
                 # often than not. The later job takes its whole key; two jobs never do.
                 return self._add_job(replace(spec, output_name=spec.output_name.replace(KEY8, KEY)))
+            path = next(p for p in self._names.written(spec) if hash(p) == hashed)
             raise self._error(
                 spec,
                 f"writes the same output file {path} as {entry_label(other)} (an earlier "
                 "job); add {key8} to output_name",
             )
-        self._check_possible(spec, count)
-        self._written.update(dict.fromkeys(hashes, spec.entry))
-        return spec
-
-    def _check_possible(self, spec: JobSpec, count: int) -> None:
-        """Every name a reply of any format could take: never an input, never too long."""
-        name_max, path_max = self._limits
-        try:
-            names = possible_names(spec, count)
-        except OutputError as exc:  # the template was checked when the manifest was read
-            raise self._error(spec, str(exc)) from None
-        _, prefix_bytes = self._place(spec.output_dir)
-        for name, path in zip(names, self._paths(spec.output_dir, names), strict=True):
-            stem, ext = os.path.splitext(path)  # noqa: PTH122 (a str, per job)
+        for stem, ext in plan.possible:
             if ext in self._inputs_in_output.get(stem, ()):
+                path = next(p for p in self._names.possible(spec) if _stem_hash(p) == stem)
                 raise self._error(
                     spec,
                     f"an output may be written to {path}, which is an input of this manifest; "
                     "outputs never replace inputs: change output_dir or output_name",
                 )
-            self._possible.add(hash(stem))
-            # Lengths in bytes, from the strings (the common case); near a limit, or for a
-            # name with folders in it, the full check says what is wrong.
-            plain = "/" not in name
-            name_bytes = len(name.encode()) if plain and name.isascii() else None
-            if (
-                name_bytes is None
-                or name_bytes + MAX_CLASH_SUFFIX_CHARS > name_max
-                or prefix_bytes + name_bytes + MAX_CLASH_SUFFIX_CHARS >= path_max
-            ) and (problem := length_problem(_in(spec.output_dir, name), name_max, path_max)):
-                raise self._error(spec, f"output name {shown(spec.output_name)} {problem}")
+            self._possible.add(stem)
+        self._written.update(dict.fromkeys(plan.written, spec.entry))
+        return spec
 
     def _error(self, spec: JobSpec | None, message: str) -> ManifestError:
         return ManifestError(
             message, file=self._file, job=spec.entry if spec else None, field="output_name"
         )
+
+
+def folder_prefix(place: OutputPlace) -> str:
+    folder = place.absolute() if isinstance(place, Path) else place
+    return str(folder).rstrip("/") + "/"
+
+
+def _stem_hash(path: str) -> int:
+    return hash(os.path.splitext(path)[0])  # noqa: PTH122 (a str)
 
 
 def _in(place: OutputPlace, name: str) -> OutputPlace:

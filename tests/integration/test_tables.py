@@ -19,6 +19,7 @@ from conftest import API_KEY, KEY_ENV, Workspace, options
 from helpers import files_hashed, invoke
 
 from runner import app
+from runner.app import checking
 from runner.errors import ExitCode, ManifestError
 from runner.records import RunLimits
 from runner.store.threaded import ThreadedStore
@@ -673,6 +674,7 @@ async def test_validate_reads_a_table_in_chunks_and_the_database_for_what_is_don
     manifest = table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
     assert (await app.run(manifest, options())).exit_code == ExitCode.OK
     write_csv(workspace.root / "t.csv", rows)
+    monkeypatch.setattr(checking, "_workers", lambda: 0)  # the spy sees this process only
     hashed = files_hashed(monkeypatch)
 
     found = await app.validate(manifest)
