@@ -22,6 +22,7 @@ from string import Formatter
 from typing import Any
 
 from runner.errors import OutputError, shown
+from runner.files.links import LinkLookup
 from runner.files.procs import pid_alive
 from runner.records import JobSpec, OutputPlace, OutputRef, ReplyImage
 
@@ -58,20 +59,41 @@ def output_names(spec: JobSpec, images: Sequence[ReplyImage]) -> list[str]:
     """Each image's name relative to the output folder (or prefix), in order; OutputError
     for a bad template or a name that would leave the folder."""
     template = _template_for(spec.output_name, len(images))
-    fields: dict[str, Any] = {"stem": spec.image.stem, "key": spec.key, "key8": spec.key8}
-    fields["job"] = spec.entry
+    fields = _fields(spec)
     names = []
     for index, image in enumerate(images, start=1):
         ext = _EXTENSIONS.get(image.format, image.format.lower())
-        try:
-            name = template.format(**fields, index=index, ext=ext)
-        except (ValueError, KeyError, IndexError, AttributeError) as exc:
-            raise OutputError(f"output name {shown(spec.output_name)} is unusable: {exc}") from exc
-        problem = _escape_problem(name, spec.output_dir)
-        if problem is not None:
-            raise OutputError(f"output name {shown(spec.output_name)} {problem}; nothing written")
-        names.append(name)
+        names.append(_usable(spec, _formatted(spec, template, fields, index, ext)))
     return names
+
+
+def planned_names(spec: JobSpec, likely: str) -> tuple[list[str], list[str]]:
+    """(`output_names` for a reply of `likely` format, `possible_names`), each name
+    formatted once: the output check asks both of every job of a manifest."""
+    count = spec.images_asked
+    possible = possible_names(spec, count)
+    if likely not in REPLY_FORMATS:
+        return output_names(spec, [ReplyImage(b"", likely, 0, 0)] * count), possible
+    start = REPLY_FORMATS.index(likely) * count
+    return [_usable(spec, name) for name in possible[start : start + count]], possible
+
+
+def _fields(spec: JobSpec) -> dict[str, Any]:
+    return {"stem": spec.image.stem, "key": spec.key, "key8": spec.key8, "job": spec.entry}
+
+
+def _formatted(spec: JobSpec, template: str, fields: dict[str, Any], index: int, ext: str) -> str:
+    try:
+        return template.format(**fields, index=index, ext=ext)
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise OutputError(f"output name {shown(spec.output_name)} is unusable: {exc}") from exc
+
+
+def _usable(spec: JobSpec, name: str) -> str:
+    problem = _escape_problem(name, spec.output_dir)
+    if problem is not None:
+        raise OutputError(f"output name {shown(spec.output_name)} {problem}; nothing written")
+    return name
 
 
 def output_paths(spec: JobSpec, images: Sequence[ReplyImage]) -> list[OutputPlace]:
@@ -88,10 +110,9 @@ def possible_names(spec: JobSpec, count: int) -> list[str]:
     whatever format it comes back in (the extension follows the reply, not the request):
     for manifest-time checks, without the filesystem lookups `output_names` makes."""
     template = _template_for(spec.output_name, count)
-    fields: dict[str, Any] = {"stem": spec.image.stem, "key": spec.key, "key8": spec.key8}
-    fields["job"] = spec.entry
+    fields = _fields(spec)
     return [
-        template.format(**fields, index=index, ext=_EXTENSIONS[fmt])
+        _formatted(spec, template, fields, index, _EXTENSIONS[fmt])
         for fmt in REPLY_FORMATS
         for index in range(1, count + 1)
     ]
@@ -256,9 +277,9 @@ def _escape_problem(name: str, base: OutputPlace) -> str | None:
         if not isinstance(base, Path):
             return None
         # Strings, not Paths: this runs for every job of a 100,000-row table.
-        joined = os.path.join(base, name)  # noqa: PTH118
-        linked = os.path.islink(joined)  # noqa: PTH114
-        if linked and not Path(joined).resolve().is_relative_to(_resolved(base)):
+        links = _LINKS.get()
+        linked = links.is_link(str(base), name) if links else (base / name).is_symlink()
+        if linked and not (base / name).resolve().is_relative_to(_resolved(base)):
             return f"leads out of the output folder through a link ({name})"
         return None
     if PurePath(name).is_absolute() or PurePath(name).anchor:
@@ -296,14 +317,22 @@ _FOLDERS: contextvars.ContextVar[dict[Path, Path] | None] = contextvars.ContextV
 )
 
 
+_LINKS: contextvars.ContextVar[LinkLookup | None] = contextvars.ContextVar(
+    "output_links", default=None
+)
+
+
 @contextlib.contextmanager
 def folders_cached() -> Iterator[None]:
-    """Resolve each output folder once while checking a whole manifest's names (a job's
-    write, later, resolves afresh: a link may have changed since)."""
+    """Resolve each output folder once, and look for links in it as `LinkLookup` does,
+    while checking a whole manifest's names (a job's write, later, looks afresh: a link
+    may have changed since)."""
     token = _FOLDERS.set({})
+    links = _LINKS.set(LinkLookup())
     try:
         yield
     finally:
+        _LINKS.reset(links)
         _FOLDERS.reset(token)
 
 

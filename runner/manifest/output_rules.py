@@ -23,6 +23,7 @@ from runner.files.outputs import (
     length_problem,
     output_names,
     path_limits,
+    planned_names,
     possible_names,
 )
 from runner.records import JobSpec, OutputPlace, ReplyImage, entry_label
@@ -73,8 +74,12 @@ class OutputNames:
 
     def possible(self, spec: JobSpec) -> list[str]:
         """Every path a reply of any format could take; OutputError if one is too long."""
-        name_max, path_max = self._limits
         names = possible_names(spec, spec.images_asked)
+        self._check_lengths(spec, names)
+        return self.paths(spec.output_dir, names)
+
+    def _check_lengths(self, spec: JobSpec, names: list[str]) -> None:
+        name_max, path_max = self._limits
         _, prefix_bytes = self._place(spec.output_dir)
         for name in names:
             # Lengths in bytes, from the strings (the common case); near a limit, or for a
@@ -87,16 +92,18 @@ class OutputNames:
                 or prefix_bytes + name_bytes + MAX_CLASH_SUFFIX_CHARS >= path_max
             ) and (problem := length_problem(_in(spec.output_dir, name), name_max, path_max)):
                 raise OutputError(f"output name {shown(spec.output_name)} {problem}")
-        return self.paths(spec.output_dir, names)
 
     def plan(self, spec: JobSpec) -> OutputPlan:
         """OutputError if a name is unusable, whatever the other jobs write."""
-        written = tuple(hash(path) for path in self.written(spec))
-        possible = []
-        for path in self.possible(spec):
+        written, possible = planned_names(spec, dialects.expected_format(spec.params))
+        self._check_lengths(spec, possible)
+        stems = []
+        for path in self.paths(spec.output_dir, possible):
             stem, ext = os.path.splitext(path)  # noqa: PTH122 (a str, per job)
-            possible.append((hash(stem), ext))
-        return OutputPlan(written, tuple(possible))
+            stems.append((hash(stem), ext))
+        return OutputPlan(
+            tuple(hash(path) for path in self.paths(spec.output_dir, written)), tuple(stems)
+        )
 
 
 class OutputCheck:

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from runner.errors import ManifestError, shown
+from runner.files.links import LinkLookup
 
 KINDS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 CHUNK_ROWS = 4096  # rows per Parquet batch: memory stays flat whatever the table's length
@@ -151,14 +152,16 @@ def _jsonl_rows(path: Path, needed: Sequence[str]) -> Iterator[tuple[int, dict[s
 class CellReader:
     """Turns image and mask cells into inputs. A path is taken relative to the table's
     folder with links followed, as `Path.resolve` would, but each folder is resolved once: a
-    table of 100,000 rows in one folder costs one lstat per row, not one per path component.
+    table of 100,000 rows in one folder costs one listing of it (`LinkLookup`), not an
+    lstat per path component.
     Bytes (a Parquet binary cell, an `Image` struct's) become a locator, their digest taken
     now and kept in `digests` (the caller clears it after each row)."""
 
     def __init__(self, table: Path) -> None:
         self._table = table
         self._folder = table.parent
-        self._resolved: dict[str, Path] = {}  # a cell's folder as written -> resolved
+        self._resolved: dict[str, tuple[Path, str]] = {}  # a cell's folder -> resolved
+        self._links = LinkLookup()
         self.digests: dict[Path, str] = {}  # locators of this row -> their images' sha256
 
     def image(self, value: Any, row: int, column: str) -> Path | str:
@@ -190,12 +193,12 @@ class CellReader:
         head = "/" if sep and not head else head  # `/photos.png`: the root's own file
         if not name or name in (".", "..") or os.sep != "/":
             return _absolute(self._folder / written)
-        folder = self._resolved.get(head)
-        if folder is None:
-            where = self._folder / head if head else self._folder
-            folder = self._resolved[head] = _absolute(where)
-        path = folder / name
-        return _absolute(path) if path.is_symlink() else path
+        known = self._resolved.get(head)
+        if known is None:
+            folder = _absolute(self._folder / head if head else self._folder)
+            known = self._resolved[head] = (folder, str(folder))
+        path = known[0] / name
+        return _absolute(path) if self._links.is_link(known[1], name) else path
 
 
 def carried_locator(table: Path, row: int, column: str, data: bytes) -> tuple[Path, str]:
