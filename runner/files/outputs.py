@@ -111,11 +111,26 @@ def possible_names(spec: JobSpec, count: int) -> list[str]:
     for manifest-time checks, without the filesystem lookups `output_names` makes."""
     template = _template_for(spec.output_name, count)
     fields = _fields(spec)
+    if (head := _before_ext(template)) is not None:  # formatted once per image, not per format
+        heads = [_formatted(spec, head, fields, index, "") for index in range(1, count + 1)]
+        return [name + _EXTENSIONS[fmt] for fmt in REPLY_FORMATS for name in heads]
     return [
         _formatted(spec, template, fields, index, _EXTENSIONS[fmt])
         for fmt in REPLY_FORMATS
         for index in range(1, count + 1)
     ]
+
+
+@functools.lru_cache(maxsize=64)
+def _before_ext(template: str) -> str | None:
+    """The template up to a plain `{ext}` that ends it after a "." (`{stem}-{key8}.{ext}`),
+    when that is its only `{ext}`: each format's name is then that part plus the extension."""
+    if not template.endswith(".{ext}"):
+        return None
+    parts = list(Formatter().parse(template))
+    if [field for _, field, _, _ in parts].count("ext") != 1 or parts[-1][1] != "ext":
+        return None
+    return template[: -len("{ext}")]
 
 
 def possible_paths(spec: JobSpec, count: int) -> list[OutputPlace]:

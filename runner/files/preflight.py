@@ -36,6 +36,8 @@ _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 # IEND carries no data, so its CRC is a constant; verify() stops before reading it.
 _IEND_CRC = b"\xaeB`\x82"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_ONLY = ("PNG",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +290,9 @@ def _examine(
     the whole file is there and sound, as cheaply as is sure (`decode=False`: a PNG's
     chunks only, other formats not at all). _BadImage if it is not."""
     buf = io.BytesIO(data)
-    with _pillow(buf) as im:
+    # A PNG (most datasets' format) is opened as one without Pillow trying its other
+    # formats' signatures first: a tenth of validate's time per image.
+    with _pillow(buf, _PNG_ONLY if data.startswith(_PNG_SIGNATURE) else None) as im:
         if im.format is None:
             raise _BadImage("is not an image (or a format Pillow cannot read)")
         # PNG keeps eXIf wherever it likes, so getexif() would decode every pixel to find it;
@@ -315,10 +319,10 @@ def _examine(
 
 
 @contextmanager
-def _pillow(buf: io.BytesIO) -> Iterator[Image.Image]:
+def _pillow(buf: io.BytesIO, formats: tuple[str, ...] | None = None) -> Iterator[Image.Image]:
     """Open an image, turning whatever Pillow raises for bad bytes into _BadImage."""
     try:
-        with Image.open(buf) as im:
+        with Image.open(buf, formats=formats) as im:
             yield im
     except (_BadImage, InputError):  # ours: a rule refused what the header says
         raise

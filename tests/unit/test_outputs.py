@@ -285,3 +285,33 @@ def test_the_output_check_measures_names_in_bytes(tmp_path: Path, stem: str, ref
             check.add([job], [])
     else:
         assert check.add([job], []) == [job]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{stem}-{key8}.{ext}",  # the default: formatted once, the extensions added
+        "{stem}-{index}.{ext}",
+        "{ext}/{stem}.{ext}",  # {ext} twice: formatted per format
+        "{stem}.{ext:>5}",  # a format spec on {ext}: per format
+        "{stem}_{ext}",
+    ],
+)
+@pytest.mark.parametrize("count", [1, 3])
+def test_every_possible_name_is_the_template_formatted_for_that_format(
+    tmp_path: Path, template: str, count: int
+) -> None:
+    from runner.files.outputs import REPLY_FORMATS, _template_for, possible_names
+
+    job = dataclasses.replace(spec(tmp_path, template), params={"n": count})
+    full = _template_for(template, count)
+    fields = {"stem": job.image.stem, "key": job.key, "key8": job.key8, "job": job.entry}
+    extensions = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+
+    expected = [
+        full.format(**fields, index=index, ext=extensions[fmt])
+        for fmt in REPLY_FORMATS
+        for index in range(1, count + 1)
+    ]
+
+    assert possible_names(job, count) == expected and len(set(expected)) == 3 * count
