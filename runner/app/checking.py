@@ -20,12 +20,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from runner.errors import OutputError
-from runner.files.outputs import folders_cached
+from runner.files.outputs import FolderCache, folders_cached
 from runner.manifest.digests import Digester
 from runner.manifest.expand import Draft, specs_of
 from runner.manifest.output_rules import OutputNames, OutputPlan
@@ -34,6 +34,9 @@ from runner.store.engine import peek_digests, peek_job_states
 
 # What validate keeps of a chunk's small inputs between hashing and checking them.
 PREREAD_BYTES = 64 * 1024 * 1024
+# Jobs per chunk of work: smaller than a sync's chunks, so that the workers start sooner
+# and finish together (the last chunk is the only one a core waits on).
+WORK_CHUNK_JOBS = 1024
 # Jobs `run` would not send again: they are finished, or set aside by hand.
 NOT_SENT_AGAIN = frozenset({JobState.SUCCEEDED.value, JobState.CANCELLED.value})
 _MAX_WORKERS = 8
@@ -65,6 +68,8 @@ class ChunkChecker(Generic[V]):
     url: str
     output_dir: OutputPlace
     check: Callable[[JobSpec, Mapping[Path, bytes]], V]
+    # Kept from chunk to chunk in each process (a forked worker has its own copy).
+    folders: FolderCache = field(default_factory=FolderCache)
 
     def __call__(self, drafts: Sequence[Draft]) -> ChunkVerdict[V]:
         paths = {str(p) for d in drafts for p in (d.image, d.mask) if p is not None}
@@ -76,7 +81,7 @@ class ChunkChecker(Generic[V]):
         seen: set[str] = set()
         checks: list[V | None] = []
         plans: list[OutputPlan | None] = []
-        with folders_cached():
+        with folders_cached(self.folders):
             for draft, spec in zip(drafts, specs, strict=True):
                 again = spec.key in seen or draft.problem is not None
                 seen.add(spec.key)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from runner.app import checking
 from runner.app.batch_mode import BATCH_DISCOUNT
 from runner.app.checking import NOT_SENT_AGAIN, ChunkChecker, checked_chunks
 from runner.app.context import (
@@ -52,6 +53,7 @@ from runner.files.html_report import (
 )
 from runner.files.object_store import ObjectOutputs
 from runner.files.preflight import prepare_request
+from runner.manifest import expand
 from runner.manifest.expand import ParsedManifest
 from runner.records import (
     ExportRow,
@@ -319,7 +321,8 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
         # each chunk's files are checked in worker processes where there are cores to spare.
         resolver = parsed.resolver(known_outputs or frozenset())
         checker = ChunkChecker(url, parsed.output_dir, check)
-        for drafts, verdict in checked_chunks(checker, resolver.draft_chunks()):
+        chunks = resolver.draft_chunks(min(expand.CHUNK_JOBS, checking.WORK_CHUNK_JOBS))
+        for drafts, verdict in checked_chunks(checker, chunks):
             specs = verdict.specs(drafts, parsed.output_dir)
             keyed = resolver.admit(drafts, specs, verdict.plans)
             for (draft, spec, first), job in zip(keyed, verdict.checks, strict=True):

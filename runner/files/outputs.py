@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import errno
 import functools
 import logging
@@ -292,8 +293,8 @@ def _escape_problem(name: str, base: OutputPlace) -> str | None:
         if not isinstance(base, Path):
             return None
         # Strings, not Paths: this runs for every job of a 100,000-row table.
-        links = _LINKS.get()
-        linked = links.is_link(str(base), name) if links else (base / name).is_symlink()
+        cache = _CACHE.get()
+        linked = cache.links.is_link(str(base), name) if cache else (base / name).is_symlink()
         if linked and not (base / name).resolve().is_relative_to(_resolved(base)):
             return f"leads out of the output folder through a link ({name})"
         return None
@@ -318,37 +319,39 @@ def _escape_problem(name: str, base: OutputPlace) -> str | None:
 
 def _resolved(folder: Path) -> Path:
     """`folder` with its links followed; inside `folders_cached()`, each folder once."""
-    cache = _FOLDERS.get()
+    cache = _CACHE.get()
     if cache is None:
         return folder.resolve()
-    found = cache.get(folder)
+    found = cache.resolved.get(folder)
     if found is None:
-        found = cache[folder] = folder.resolve()
+        found = cache.resolved[folder] = folder.resolve()
     return found
 
 
-_FOLDERS: contextvars.ContextVar[dict[Path, Path] | None] = contextvars.ContextVar(
-    "resolved_output_folders", default=None
-)
+@dataclasses.dataclass(frozen=True, slots=True)
+class FolderCache:
+    """What one pass over a manifest's output names learns of their folders: each
+    folder resolved, and the links in it (`LinkLookup`)."""
+
+    resolved: dict[Path, Path] = dataclasses.field(default_factory=dict)
+    links: LinkLookup = dataclasses.field(default_factory=LinkLookup)
 
 
-_LINKS: contextvars.ContextVar[LinkLookup | None] = contextvars.ContextVar(
-    "output_links", default=None
+_CACHE: contextvars.ContextVar[FolderCache | None] = contextvars.ContextVar(
+    "output_folders", default=None
 )
 
 
 @contextlib.contextmanager
-def folders_cached() -> Iterator[None]:
+def folders_cached(cache: FolderCache | None = None) -> Iterator[None]:
     """Resolve each output folder once, and look for links in it as `LinkLookup` does,
     while checking a whole manifest's names (a job's write, later, looks afresh: a link
-    may have changed since)."""
-    token = _FOLDERS.set({})
-    links = _LINKS.set(LinkLookup())
+    may have changed since). `cache`: one kept from an earlier chunk of the same pass."""
+    token = _CACHE.set(cache or FolderCache())
     try:
         yield
     finally:
-        _LINKS.reset(links)
-        _FOLDERS.reset(token)
+        _CACHE.reset(token)
 
 
 # S3 and its kin take keys of up to 1,024 bytes (UTF-8), whatever their segments' lengths.
