@@ -1,4 +1,6 @@
-"""One child process measured: wall time and its own peak RSS (shared by the benchmarks)."""
+"""One child process measured: wall time and its own peak RSS (shared by the benchmarks);
+with the processes it starts, their peak memory together (PSS: a page two of them share
+counts half to each, so forked workers are not counted twice for what they share)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class Measured:
     peak_mb: float
     code: int  # -9: killed once `stop_when()` held
     stderr: str
+    tree_peak_mb: float = 0.0  # the child and its own children, PSS summed, sampled 10x/s
 
 
 def measured(
@@ -40,8 +43,9 @@ def measured(
         started = time.monotonic()
         proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errors)
         status = Path(f"/proc/{proc.pid}/status")
-        peak_kb = 0
+        peak_kb = tree_kb = 0
         code: int | None = None
+        polls = 0
         while (code := proc.poll()) is None:
             try:
                 for line in status.read_text().splitlines():
@@ -49,6 +53,9 @@ def measured(
                         peak_kb = max(peak_kb, int(line.split()[1]))
             except (OSError, ValueError):
                 pass
+            if polls % 10 == 0:
+                tree_kb = max(tree_kb, _tree_pss_kb(proc.pid))
+            polls += 1
             if stop_when is not None and stop_when():
                 proc.kill()
                 proc.wait()
@@ -58,4 +65,21 @@ def measured(
         wall = time.monotonic() - started
         errors.seek(0)
         text = errors.read().decode(errors="replace")
-    return Measured(wall, peak_kb / 1024, code, text)
+    return Measured(wall, peak_kb / 1024, code, text, tree_kb / 1024)
+
+
+def _tree_pss_kb(pid: int) -> int:
+    """PSS of `pid` and its children (validate's forked workers), 0 for what is gone."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    total = 0
+    for one in [str(pid), *children]:
+        try:
+            for line in Path(f"/proc/{one}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return total
