@@ -5,6 +5,7 @@ counts half to each, so forked workers are not counted twice for what they share
 from __future__ import annotations
 
 import compileall
+import contextlib
 import subprocess
 import tempfile
 import time
@@ -70,10 +71,10 @@ def measured(
 
 def _tree_pss_kb(pid: int) -> int:
     """PSS of `pid` and its children (validate's forked workers), 0 for what is gone."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # whichever thread forked them
+        with contextlib.suppress(OSError):
+            children += (task / "children").read_text().split()
     total = 0
     for one in [str(pid), *children]:
         try:

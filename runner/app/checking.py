@@ -11,16 +11,17 @@ for a manifest of one chunk, the work runs here, the same function either way.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -103,53 +104,101 @@ def checked_chunks(
     checker: ChunkChecker[V], chunks: Iterable[list[Draft]]
 ) -> Iterator[tuple[list[Draft], ChunkVerdict[V]]]:
     """Each chunk with its verdict, in order. From the second chunk on, the work goes to
-    worker processes where they can be forked; if one dies (out of memory, killed), what
-    is left is done here."""
+    worker processes where they can be forked; a chunk whose worker died (out of memory,
+    killed) is checked here, and so is what is left once none is alive."""
     chunks = iter(chunks)
     head = [chunk for chunk in (next(chunks, None), next(chunks, None)) if chunk is not None]
-    workers = _workers()
-    if len(head) < 2 or workers < 2:
+    count = _workers()
+    if len(head) < 2 or count < 2:
         for drafts in (*head, *chunks):
             yield drafts, checker(drafts)
         return
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context("fork"),
-        initializer=_become_worker,
-        initargs=(checker,),  # inherited through fork, never pickled
-    )
-    pending: deque[tuple[list[Draft], Future[ChunkVerdict[V]]]] = deque()
+    context = multiprocessing.get_context("fork")
+    workers = [_Worker(context, checker) for _ in range(count)]
+    pending: deque[_Pending[V]] = deque()  # in manifest order
     try:
         for drafts in itertools.chain(head, chunks):
-            pending.append((drafts, _submit(pool, checker, drafts)))
-            # Two chunks per worker in flight: one being checked, one waiting, the rest
-            # still unread in the table (memory stays that of a few chunks).
-            if len(pending) > 2 * workers:
-                yield _settle(checker, *pending.popleft())
+            while not (idle := [w for w in workers if w.alive and w.chunk is None]):
+                if not any(w.alive for w in workers):
+                    break
+                _collect(checker, workers)
+            entry = _Pending[V](drafts)
+            if idle:
+                idle[0].give(entry, checker)
+            else:
+                entry.verdict = checker(drafts)  # no worker left
+            pending.append(entry)
+            while pending and (verdict := pending[0].verdict) is not None:
+                yield pending.popleft().drafts, verdict
         while pending:
-            yield _settle(checker, *pending.popleft())
+            if (verdict := pending[0].verdict) is None:
+                _collect(checker, workers)
+            else:
+                yield pending.popleft().drafts, verdict
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for worker in workers:
+            worker.stop()
 
 
-def _submit(
-    pool: ProcessPoolExecutor, checker: ChunkChecker[V], drafts: list[Draft]
-) -> Future[ChunkVerdict[V]]:
-    try:
-        return pool.submit(_check_chunk, drafts)
-    except BrokenProcessPool:  # a worker died: the rest is done here, in order
-        done: Future[ChunkVerdict[V]] = Future()
-        done.set_result(checker(drafts))
-        return done
+@dataclass(slots=True)
+class _Pending(Generic[V]):
+    """A chunk, and its verdict once it is back."""
+
+    drafts: list[Draft]
+    verdict: ChunkVerdict[V] | None = None
 
 
-def _settle(
-    checker: ChunkChecker[V], drafts: list[Draft], future: Future[ChunkVerdict[V]]
-) -> tuple[list[Draft], ChunkVerdict[V]]:
-    try:
-        return drafts, future.result()
-    except BrokenProcessPool:  # a worker died: its chunk is done here
-        return drafts, checker(drafts)
+class _Worker:
+    """One forked worker process, with a pipe of its own (no lock shared between workers,
+    so one killed mid-message takes nothing of the others' with it) and one chunk at a
+    time (neither side ever blocks writing while the other does)."""
+
+    def __init__(self, context: Any, checker: ChunkChecker[Any]) -> None:
+        here, there = context.Pipe()
+        # The checker is inherited through fork, never pickled.
+        self._process = context.Process(target=_serve, args=(there, here, checker), daemon=True)
+        self._process.start()
+        there.close()
+        self.conn = here
+        self.alive = True
+        self.chunk: _Pending[Any] | None = None  # what it is working on
+
+    def give(self, entry: _Pending[Any], checker: ChunkChecker[Any]) -> None:
+        try:
+            self.conn.send(entry.drafts)
+        except OSError:  # it died since it was last heard from
+            self.alive = False
+            entry.verdict = checker(entry.drafts)
+            return
+        self.chunk = entry
+
+    def take(self, checker: ChunkChecker[Any]) -> None:
+        """Its verdict, which is ready (or its death: its chunk is checked here)."""
+        assert self.chunk is not None
+        entry, self.chunk = self.chunk, None
+        try:
+            entry.verdict = self.conn.recv()
+        except (EOFError, OSError):
+            self.alive = False
+            entry.verdict = checker(entry.drafts)
+
+    def stop(self) -> None:
+        if self.alive and self.chunk is None:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)  # done: it exits
+            self._process.join(timeout=5)
+        if self._process.is_alive():  # busy with a chunk no one will read
+            self._process.terminate()
+            self._process.join(timeout=5)
+        self.conn.close()
+
+
+def _collect(checker: ChunkChecker[Any], workers: list[_Worker]) -> None:
+    """Wait for at least one busy worker's verdict, and take what is ready."""
+    busy = {w.conn: w for w in workers if w.alive and w.chunk is not None}
+    assert busy, "a chunk is out with no worker"  # else wait() would never return
+    for conn in multiprocessing.connection.wait(list(busy)):
+        busy[conn].take(checker)
 
 
 def _workers() -> int:
@@ -160,18 +209,16 @@ def _workers() -> int:
     return min(len(os.sched_getaffinity(0)), _MAX_WORKERS)
 
 
-_checker: ChunkChecker[Any] | None = None  # in a worker: the checker it was forked with
-
-
-def _become_worker(checker: ChunkChecker[Any]) -> None:
-    global _checker
-    _checker = checker
-    # Ctrl-C is the parent's to handle (it stops the pool); the parent's event loop wake-up
-    # pipe is not this process's to write to.
+def _serve(conn: Connection, parent_end: Connection, checker: ChunkChecker[Any]) -> None:
+    """A worker's life: a chunk in, its verdict out, until told to stop or the parent is
+    gone (its end of the pipe closes: EOF)."""
+    parent_end.close()  # so that the parent's exit is seen as EOF here
+    # Ctrl-C and SIGTERM are the parent's to handle (it stops the workers): not its
+    # handlers, which would report the interruption once per worker. Nor is the parent's
+    # event loop wake-up pipe this process's to write to.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
-
-
-def _check_chunk(drafts: Sequence[Draft]) -> ChunkVerdict[Any]:
-    assert _checker is not None, "called outside a worker"
-    return _checker(drafts)
+    with contextlib.suppress(EOFError, OSError):
+        while (drafts := conn.recv()) is not None:
+            conn.send(checker(drafts))

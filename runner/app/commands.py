@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -323,6 +324,8 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
         checker = ChunkChecker(url, parsed.output_dir, check)
         chunks = resolver.draft_chunks(min(expand.CHUNK_JOBS, checking.WORK_CHUNK_JOBS))
         for drafts, verdict in checked_chunks(checker, chunks):
+            if stop.is_set():  # the command is gone (see below)
+                return
             specs = verdict.specs(drafts, parsed.output_dir)
             keyed = resolver.admit(drafts, specs, verdict.plans)
             for (draft, spec, first), job in zip(keyed, verdict.checks, strict=True):
@@ -336,7 +339,13 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
                 elif job is not None:
                     found.add(job)
 
-    await anyio.to_thread.run_sync(check_all)
+    # A signal ends the command (exit 75) by tearing down its event loop: the thread is
+    # abandoned then, and stops at its next chunk instead of checking the rest unseen.
+    stop = threading.Event()
+    try:
+        await anyio.to_thread.run_sync(check_all, abandon_on_cancel=True)
+    finally:
+        stop.set()
     return found
 
 

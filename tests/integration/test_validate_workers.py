@@ -3,8 +3,12 @@ is what a check in one process finds, job for job, and a worker that dies costs 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -150,3 +154,73 @@ async def test_names_that_clash_across_chunks_checked_in_workers_are_refused(
 
     assert str(spread.value) == str(alone.value)
     assert set(log.read_text().split()) - {str(os.getpid())}  # workers did the names
+
+
+def long_table(workspace: Workspace, rows: int) -> Path:
+    """`rows` jobs over one image (a prompt each): many chunks, made in a moment."""
+    image = workspace.image("one.png")
+    write_csv(workspace.root / "t.csv", [{"file": image, "prompt": f"p{i}"} for i in range(rows)])
+    return table_manifest(workspace, {"table": "t.csv", "image": "file", "prompt": "prompt"})
+
+
+def children_of(pid: int) -> list[int]:
+    """Its child processes, whichever of its threads forked them."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(n) for n in (task / "children").read_text().split()]
+    return found
+
+
+def validating(workspace: Workspace) -> tuple[subprocess.Popen[str], list[int]]:
+    """`runner validate` on a long table, in a process group of its own, once its workers
+    are forked (a terminal's Ctrl-C reaches the whole group)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "validate", str(long_table(workspace, 60_000))],
+        env={**os.environ, "RUNNER_DB": ""},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(workers := children_of(process.pid)) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    return process, workers
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie of a dead parent is reaped by init soon after)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_validate_and_its_workers_at_once_saying_so_once(
+    workspace: Workspace, signum: signal.Signals
+) -> None:
+    process, workers = validating(workspace)
+
+    os.killpg(process.pid, signum)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 75, stderr
+    assert time.monotonic() - started < 5  # not after checking the other 59,000 rows
+    assert stderr.count("interrupted by") == 1 and "Traceback" not in stderr, stderr
+    deadline = time.monotonic() + 5
+    while not all(gone(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived validate"
+        time.sleep(0.01)
+
+
+def test_workers_exit_when_validate_is_killed(workspace: Workspace) -> None:
+    process, workers = validating(workspace)
+
+    process.kill()  # SIGKILL: nothing of it runs to stop them
+    process.communicate(timeout=30)
+
+    deadline = time.monotonic() + 10
+    while not all(gone(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived validate"
+        time.sleep(0.01)
