@@ -6,6 +6,7 @@ lives in `running`; what every command shares, in `session`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -323,21 +324,23 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
         resolver = parsed.resolver(known_outputs or frozenset())
         checker = ChunkChecker(url, parsed.output_dir, check)
         chunks = resolver.draft_chunks(min(expand.CHUNK_JOBS, checking.WORK_CHUNK_JOBS))
-        for drafts, verdict in checked_chunks(checker, chunks):
-            if stop.is_set():  # the command is gone (see below)
-                return
-            specs = verdict.specs(drafts, parsed.output_dir)
-            keyed = resolver.admit(drafts, specs, verdict.plans)
-            for (draft, spec, first), job in zip(keyed, verdict.checks, strict=True):
-                if not first:
-                    continue
-                found.jobs += 1
-                if verdict.states.get(spec.key) in NOT_SENT_AGAIN:
-                    found.done += 1
-                elif draft.problem is not None:  # an unusable table row: no image to name
-                    found.add(JobCheck(spec.entry, "", draft.problem, None))
-                elif job is not None:
-                    found.add(job)
+        # Closed as it ends, error or not: its workers stop then, not when the error is.
+        with contextlib.closing(checked_chunks(checker, chunks)) as verdicts:
+            for drafts, verdict in verdicts:
+                if stop.is_set():  # the command is gone (see below)
+                    return
+                specs = verdict.specs(drafts, parsed.output_dir)
+                keyed = resolver.admit(drafts, specs, verdict.plans)
+                for (draft, spec, first), job in zip(keyed, verdict.checks, strict=True):
+                    if not first:
+                        continue
+                    found.jobs += 1
+                    if verdict.states.get(spec.key) in NOT_SENT_AGAIN:
+                        found.done += 1
+                    elif draft.problem is not None:  # an unusable table row: no image to name
+                        found.add(JobCheck(spec.entry, "", draft.problem, None))
+                    elif job is not None:
+                        found.add(job)
 
     # A signal ends the command (exit 75) by tearing down its event loop: the thread is
     # abandoned then, and stops at its next chunk instead of checking the rest unseen.
