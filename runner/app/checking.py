@@ -19,6 +19,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,7 +180,12 @@ class _Worker:
         here, there = context.Pipe()
         # The checker is inherited through fork, never pickled.
         self._process = context.Process(target=_serve, args=(there, here, checker), daemon=True)
-        self._process.start()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of forking a process with threads: a lock another thread
+            # holds stays held in the child. Here the event loop's thread waits in epoll
+            # holding none, and the child takes only locks of its own making.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._process.start()
         there.close()
         self.conn = here
         self.alive = True
@@ -241,6 +247,10 @@ def _serve(conn: Connection, parent_end: Connection, checker: ChunkChecker[Any])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
-    with contextlib.suppress(EOFError, OSError):
+    try:
         while (drafts := conn.recv()) is not None:
             conn.send(checker(drafts))
+    except (EOFError, OSError):
+        pass  # the parent is gone
+    except BaseException:  # the parent checks the chunk again, and says what went wrong
+        os._exit(1)  # quietly: a traceback here would be the same error told twice

@@ -224,3 +224,20 @@ def test_workers_exit_when_validate_is_killed(workspace: Workspace) -> None:
     while not all(gone(pid) for pid in workers):
         assert time.monotonic() < deadline, "a worker outlived validate"
         time.sleep(0.01)
+
+
+async def test_an_error_in_a_worker_is_raised_once_by_validate_not_printed_by_the_worker(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    chunked(monkeypatch, 4)
+    manifest = mixed_table(workspace)
+    parent = os.getpid()
+
+    def broken(self: checking.ChunkChecker[Any], drafts: Sequence[Draft]) -> Any:
+        raise RuntimeError(f"checker bug in {'a worker' if os.getpid() != parent else 'here'}")
+
+    monkeypatch.setattr(checking.ChunkChecker, "__call__", broken)
+
+    with pytest.raises(RuntimeError, match="checker bug in here"):
+        await app.validate(manifest)
+    assert "Traceback" not in capfd.readouterr().err  # no worker printed its own
