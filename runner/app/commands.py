@@ -243,9 +243,6 @@ class JobCheck:
     problem: str | None
     estimated_cost_usd: float | None
 
-    def __reduce__(self) -> tuple[type[JobCheck], tuple[object, ...]]:
-        return JobCheck, (self.entry, self.image, self.problem, self.estimated_cost_usd)
-
 
 @dataclass(slots=True)
 class Validation:
@@ -302,7 +299,9 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
     }
     found = Validation(parsed.path, notes=notes)
 
-    def check(spec: JobSpec, preread: Mapping[Path, bytes]) -> JobCheck:
+    def check(spec: JobSpec, preread: Mapping[Path, bytes]) -> tuple[str | None, float | None]:
+        """(what is wrong, its estimated cost): what crosses back from a worker; the job's
+        place and image are known where the verdict arrives."""
         checker = checkers[spec.provider]
         try:
             limits = checker.limits_for(spec.model)
@@ -316,7 +315,7 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
         estimate = books[spec.provider].estimate(spec)
         if estimate is not None and parsed.providers[spec.provider].batched:
             estimate *= BATCH_DISCOUNT  # mode: batch is billed at the batch price
-        return JobCheck(spec.entry, str(spec.image), problem, estimate)
+        return problem, estimate
 
     def check_all() -> None:
         # A chunk at a time, the database only read (digests cached by `run`, jobs done);
@@ -340,7 +339,7 @@ async def validate(path: Path, options: Options | None = None) -> Validation:
                     elif draft.problem is not None:  # an unusable table row: no image to name
                         found.add(JobCheck(spec.entry, "", draft.problem, None))
                     elif job is not None:
-                        found.add(job)
+                        found.add(JobCheck(spec.entry, str(spec.image), *job))
 
     # A signal ends the command (exit 75) by tearing down its event loop: the thread is
     # abandoned then, and stops at its next chunk instead of checking the rest unseen.

@@ -47,11 +47,17 @@ def _read_small(path: Path) -> bytes:
     buffered file object (making one cost more than reading a thumbnail)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        parts = []
-        left = _INLINE_BYTES
-        while left and (part := os.read(fd, left)):  # short reads: a file still being written
+        # Its size and one byte: a file that size is read whole in one call (no second read
+        # to find its end); one that grew, or came up short, is read on to its end.
+        first = os.read(fd, min(info.st_size + 1, _INLINE_BYTES))
+        if len(first) == info.st_size:
+            return first
+        parts = [first]
+        left = _INLINE_BYTES - len(first)
+        while left and (part := os.read(fd, left)):
             parts.append(part)
             left -= len(part)
         return b"".join(parts)
