@@ -43,6 +43,7 @@ WORK_CHUNK_JOBS = 1024
 # Jobs `run` would not send again: they are finished, or set aside by hand.
 NOT_SENT_AGAIN = frozenset({JobState.SUCCEEDED.value, JobState.CANCELLED.value})
 _MAX_WORKERS = 8
+_PARENTS_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # handled by the parent (runner.signals)
 _GC_EVERY = 50_000  # allocations between collections while checking (see _fewer_collections)
 
 V = TypeVar("V")  # what checking one job found (validate's JobCheck); it crosses a pipe
@@ -180,12 +181,19 @@ class _Worker:
         here, there = context.Pipe()
         # The checker is inherited through fork, never pickled.
         self._process = context.Process(target=_serve, args=(there, here, checker), daemon=True)
-        with warnings.catch_warnings():
-            # Python 3.12+ warns of forking a process with threads: a lock another thread
-            # holds stays held in the child. Here the event loop's thread waits in epoll
-            # holding none, and the child takes only locks of its own making.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self._process.start()
+        # Held back in this thread across the fork: until the child has put its own
+        # handlers in place, a signal would run the parent's there (a second "interrupted"
+        # line). The main thread, which handles them here, still takes them meanwhile.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENTS_SIGNALS)
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns of forking a process with threads: a lock another
+                # thread holds stays held in the child. Here the event loop's thread waits
+                # in epoll holding none, and the child takes only locks of its own making.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         there.close()
         self.conn = here
         self.alive = True
@@ -247,6 +255,7 @@ def _serve(conn: Connection, parent_end: Connection, checker: ChunkChecker[Any])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENTS_SIGNALS)  # blocked across the fork
     try:
         while (drafts := conn.recv()) is not None:
             conn.send(checker(drafts))
