@@ -134,12 +134,6 @@ def _before_ext(template: str) -> str | None:
     return template[: -len("{ext}")]
 
 
-def possible_paths(spec: JobSpec, count: int) -> list[OutputPlace]:
-    """`possible_names` in the job's output folder."""
-    base = _absolute(spec.output_dir)
-    return [base / name for name in possible_names(spec, count)]
-
-
 def check_output_template(template: str, output_dir: OutputPlace) -> str | None:
     """For manifest validation: what is wrong with `template`, or None if it is usable."""
     try:

@@ -32,24 +32,32 @@ class DigestEntry:
 def open_regular(path: Path) -> BinaryIO:
     """Open a regular file for reading, never blocking: a FIFO or a device (`/dev/zero`
     reads forever) is refused with an OSError, even if one was swapped in after a stat."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    fd, _ = _regular_fd(path)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
 
 
-def _read_small(path: Path) -> bytes:
-    """Up to _INLINE_BYTES of a regular file, as `open_regular` opens it, without a
-    buffered file object (making one cost more than reading a thumbnail)."""
+def _regular_fd(path: Path) -> tuple[int, os.stat_result]:
+    """`open_regular`'s descriptor, with what fstat says of the file it opened."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def _read_small(path: Path) -> bytes:
+    """Up to _INLINE_BYTES of a regular file, as `open_regular` opens it, without a
+    buffered file object (making one cost more than reading a thumbnail)."""
+    fd, info = _regular_fd(path)
+    try:
         # Its size and one byte: a file that size is read whole in one call (no second read
         # to find its end); one that grew, or came up short, is read on to its end.
         first = os.read(fd, min(info.st_size + 1, _INLINE_BYTES))
