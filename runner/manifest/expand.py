@@ -189,7 +189,8 @@ class Resolver:
         self.jobs += len(fresh)
         if self._check is not None:
             usable = [d for d in drafts if d.problem is None]  # a bad row writes nothing
-            inputs = {path for d in usable for path in (d.image, d.mask) if path is not None}
+            # As strings: a Path's hash is worked out from its parts each time it is asked.
+            inputs = {str(path) for d in usable for path in (d.image, d.mask) if path is not None}
             wanted = [i for i, (d, _, first) in enumerate(keyed) if first and d.problem is None]
             to_check = [keyed[i][1] for i in wanted]
             planned = [plans[i] for i in wanted] if plans is not None else None
@@ -349,20 +350,55 @@ def _unpickled_draft(entry: int, image: str, mask: str | None, *rest: Any) -> Dr
 def job_key(draft: Draft, image_sha: str | None, mask_sha: str | None) -> str:
     """Content hash: the same inputs to the same provider profile are the same job.
     An unreadable file is keyed by its path, so fixing the file makes a new job; an
-    unusable table row by its problem (which names the row), so fixing it does too."""
+    unusable table row by its problem (which names the row), so fixing it does too.
+
+    The hashed text is `json.dumps(payload, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)` of {v, image, mask, prompt, provider, model, params}, written out
+    in that sorted order from pieces: the provider, model and params JSON once per params
+    object (a table's rows share one), not once per job (a tenth of keying a thumbnail)."""
     if draft.problem is not None:
         return hashlib.sha256(f"v{KEY_VERSION}\0row\0{draft.problem}".encode()).hexdigest()
-    payload = {
-        "v": KEY_VERSION,
-        "image": image_sha or f"unreadable:{draft.image}",
-        "mask": (mask_sha or f"unreadable:{draft.mask}") if draft.mask else None,
-        "prompt": draft.prompt,
-        "provider": draft.provider.name,
-        "model": draft.model,
-        "params": draft.params,
-    }
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    image = _json_str(image_sha or f"unreadable:{draft.image}")
+    mask = _json_str(mask_sha or f"unreadable:{draft.mask}") if draft.mask else "null"
+    model_and_params, provider = _KEY_PARTS.of(draft)
+    canonical = (
+        f'{{"image":{image},"mask":{mask},{model_and_params},'
+        f'"prompt":{_json_str(draft.prompt)},{provider}}}'
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# How json.dumps(..., ensure_ascii=False) writes a string, quotes included.
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+
+
+class _KeyParts:
+    """The key's JSON pieces that a table's rows share, for the last params object seen
+    (one per table, or per chunk sent to a worker). A tuple swapped in whole: a thread that
+    reads it while another replaces it sees one or the other, either right."""
+
+    def __init__(self) -> None:
+        self._last: tuple[Mapping[str, Any], str, str, str, str] | None = None
+
+    def of(self, draft: Draft) -> tuple[str, str]:
+        """(`"model":...,"params":...`, `"provider":...,"v":...`) for `draft`."""
+        last = self._last
+        name = draft.provider.name
+        if last is None or last[0] is not draft.params or last[1] != draft.model or last[2] != name:
+            params = json.dumps(
+                draft.params, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            )
+            last = self._last = (
+                draft.params,
+                draft.model,
+                name,
+                f'"model":{_json_str(draft.model)},"params":{params}',
+                f'"provider":{_json_str(name)},"v":{KEY_VERSION}',
+            )
+        return last[3], last[4]
+
+
+_KEY_PARTS = _KeyParts()
 
 
 def _expand(
@@ -433,12 +469,16 @@ def _mask_setting(merged: Mapping[str, Any]) -> tuple[str | None, bool]:
     return mask, optional
 
 
+def has_folder_fields(template: str) -> bool:
+    return "{dir}" in template or "{relpath}" in template
+
+
 def fill_folder_fields(template: str, folder: str, stem: str) -> str:
     """`template` with `{dir}` and `{relpath}` replaced by this image's folder (relative to
     its glob's root, "" at the root) and path without extension; the other fields stay for
     when the reply's format is known. An empty `{dir}` takes its following `/` with it, so
     `{dir}/{stem}.{ext}` at the root is `{stem}.{ext}`, not an absolute path."""
-    if "{dir}" not in template and "{relpath}" not in template:
+    if not has_folder_fields(template):
         return template
     values = {"dir": folder, "relpath": f"{folder}/{stem}" if folder else stem}
     pieces: list[str] = []
@@ -638,6 +678,7 @@ def _table_drafts(rules: _TableRules) -> Iterator[Draft]:
     shared_params = dict(defaults.get("params") or {})
     checked: dict[str, str | None] = {}  # params' JSON -> the problem with them, if any
     cells = tables.CellReader(table)
+    own_names = has_folder_fields(rules.output_name)  # else no row's image stem is needed
     for number, row in tables.read_rows(table, rules.needed):
 
         def bad(column: str, message: str, row: Mapping[str, Any] = row, at: int = number) -> Draft:
@@ -691,7 +732,9 @@ def _table_drafts(rules: _TableRules) -> Iterator[Draft]:
             provider=rules.provider,
             model=rules.model,
             params=params,
-            output_name=fill_folder_fields(rules.output_name, "", image.stem),
+            output_name=fill_folder_fields(rules.output_name, "", image.stem)
+            if own_names
+            else rules.output_name,
             row=(rules.index, number),
             carried=tuple(cells.digests.items()),
         )

@@ -126,7 +126,7 @@ class OutputCheck:
     def add(
         self,
         specs: Sequence[JobSpec],
-        inputs: Iterable[Path],
+        inputs: Iterable[str],
         plans: Sequence[OutputPlan | None] | None = None,
     ) -> list[JobSpec]:
         """The specs, checked; one whose `{key8}` name is an earlier job's comes back
@@ -134,7 +134,7 @@ class OutputCheck:
         (None where making it failed: it is made again here, to say why)."""
         with folders_cached():  # every job's names, one resolve per folder
             for path in inputs:
-                self._add_input(str(path))
+                self._add_input(path)
             return [
                 self._add_job(spec, plan)
                 for spec, plan in zip(specs, plans or [None] * len(specs), strict=True)

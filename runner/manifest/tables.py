@@ -123,11 +123,28 @@ def _csv_rows(
     path: Path, needed: Sequence[str], delimiter: str
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open(newline="", encoding="utf-8-sig") as stream:
-        reader = csv.DictReader(stream, delimiter=delimiter)
-        _missing(path, reader.fieldnames or [], needed, None)
-        for number, row in enumerate(reader, start=1):
+        # Rows as lists, the needed cells picked by place: as csv.DictReader reads them (a
+        # repeated header's last column; a short row's missing cells None; blank lines not
+        # rows), without a dict of every column per row.
+        reader = csv.reader(stream, delimiter=delimiter)
+        header = next(reader, [])
+        _missing(path, header, needed, None)
+        wanted = set(needed)
+        places: dict[str, int] = {}  # in the header's order, as a DictReader's rows are
+        for at, name in enumerate(header):
+            if name in wanted:
+                places[name] = at
+        number = 0
+        for cells in reader:
+            if not cells:
+                continue
+            number += 1
+            width = len(cells)
             # An empty CSV cell is no value, as a null is in Parquet and JSON.
-            yield number, {k: (v if v != "" else None) for k, v in row.items() if k in needed}
+            yield (
+                number,
+                {name: (cells[at] or None) if at < width else None for name, at in places.items()},
+            )
 
 
 def _jsonl_rows(path: Path, needed: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:

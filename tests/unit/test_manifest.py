@@ -241,6 +241,38 @@ def test_a_digester_keeps_the_small_files_it_reads_within_its_budget(tmp_path: P
     }
 
 
+def test_a_file_with_no_digest_on_record_is_opened_without_a_stat_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = [tmp_path / f"{n}.png" for n in range(3)]
+    for n, path in enumerate(small):
+        picture(path, (n, n, n))
+    missing = tmp_path / "gone.png"
+    stats: list[Path] = []
+    real_stat = Path.stat
+
+    def counted(self: Path, **kwargs: object) -> os.stat_result:
+        stats.append(self)
+        return real_stat(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "stat", counted)
+    digester = Digester()
+    digests = digester.digest_many([*small, missing])
+
+    assert stats == []  # fstat of the open file said it all
+    assert digests == {
+        **{p: hashlib.sha256(p.read_bytes()).hexdigest() for p in small},
+        missing: None,
+    }
+    # What is recorded is what a stat says, so the next run finds them unchanged.
+    recorded = {e.path: (e.size, e.mtime_ns) for e in digester.fresh}
+    assert recorded == {str(p): (real_stat(p).st_size, real_stat(p).st_mtime_ns) for p in small}
+    stats.clear()
+    again = Digester({e.path: e for e in digester.fresh})
+    assert again.digest_many(small) == {p: digests[p] for p in small}
+    assert stats == small and again.fresh == []  # on record: a stat, no read
+
+
 def test_parse_does_not_hash_but_resolve_does(tmp_path: Path) -> None:
     picture(tmp_path / "a.png")
     parsed = parse_manifest(write(tmp_path, jobs=[{"image": "a.png", "prompt": "x"}]))

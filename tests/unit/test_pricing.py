@@ -9,7 +9,12 @@ import pytest
 
 from runner.dialects import dialect_named
 from runner.dialects.openai import OPENAI
-from runner.dialects.openai.rules import TokenPrice, estimate_openai_cost, openai_cost
+from runner.dialects.openai.rules import (
+    TOKEN_PRICES,
+    TokenPrice,
+    estimate_openai_cost,
+    openai_cost,
+)
 from runner.dialects.venice import VENICE
 from runner.dialects.venice.catalogue import parse_catalogue
 from runner.engine.pricing import PriceBook
@@ -190,3 +195,23 @@ def test_estimates_learn_from_measured_costs_per_model_shrunk_toward_the_static_
 
     book.observe(job, -1.0)  # nonsense teaches nothing
     assert book.estimate(job) == pytest.approx(static * (2.5 + 1) / 11)
+
+
+@pytest.mark.parametrize("params", [{}, {"quality": "low", "n": 3}, {"size": "1536x1024"}])
+@pytest.mark.parametrize("mask", [False, True])
+def test_an_estimate_is_what_the_usage_of_such_a_reply_would_cost(
+    params: dict[str, object], mask: bool
+) -> None:
+    # Estimated without a Usage object; priced exactly as one (split input) would be.
+    price = TOKEN_PRICES["gpt-image-1"]
+    prompt = "p" * 41  # 10 tokens
+    images = int(params.get("n", 1))  # type: ignore[call-overload]
+    per_image = {"low": 272}.get(str(params.get("quality")), 4160 if "size" not in params else 6240)
+    usage = Usage(
+        input_tokens=765 * (1 + mask) + 10,
+        input_image_tokens=765 * (1 + mask),
+        input_text_tokens=10,
+        output_tokens=per_image * images,
+    )
+
+    assert estimate_openai_cost("gpt-image-1", params, prompt, mask, price) == price.cost(usage)

@@ -69,11 +69,10 @@ class TokenPrice:
         if text_in is None and image_in is None:
             # No split reported: price all input at the dearer rate rather than under-report.
             image_in, text_in = usage.input_tokens or 0, 0
-        total = (
-            (text_in or 0) * self.text_input
-            + (image_in or 0) * self.image_input
-            + (usage.output_tokens or 0) * self.image_output
-        )
+        return self.of_tokens(text_in or 0, image_in or 0, usage.output_tokens or 0)
+
+    def of_tokens(self, text_in: int, image_in: int, output: int) -> float:
+        total = text_in * self.text_input + image_in * self.image_input + output * self.image_output
         return round(total / 1_000_000, 8)
 
 
@@ -127,14 +126,10 @@ def estimate_openai_cost(
     per_size = _OUTPUT_TOKENS.get(quality, _OUTPUT_TOKENS["high"])  # auto may pick high
     size = str(params.get("size", "1024x1024"))
     shape = "square" if size in ("1024x1024", "auto") else "wide"
-    images = images_asked(params)
-    usage = Usage(
-        input_tokens=_IMAGE_INPUT_TOKENS * (2 if has_mask else 1) + len(prompt) // 4,
-        input_image_tokens=_IMAGE_INPUT_TOKENS * (2 if has_mask else 1),
-        input_text_tokens=len(prompt) // 4,
-        output_tokens=per_size[shape] * images,
-    )
-    return price.cost(usage)
+    # What the usage of such a reply would be, priced as `price.cost` prices usage (no
+    # Usage made: validate estimates every job of a manifest).
+    image_tokens = _IMAGE_INPUT_TOKENS * (2 if has_mask else 1)
+    return price.of_tokens(len(prompt) // 4, image_tokens, per_size[shape] * images_asked(params))
 
 
 class TokenPricing:
