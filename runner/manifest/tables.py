@@ -130,10 +130,8 @@ def _csv_rows(
         header = next(reader, [])
         _missing(path, header, needed, None)
         wanted = set(needed)
-        places: dict[str, int] = {}  # in the header's order, as a DictReader's rows are
-        for at, name in enumerate(header):
-            if name in wanted:
-                places[name] = at
+        # In the header's order, as a DictReader's rows are; a repeated name's last place.
+        places = {name: at for at, name in enumerate(header) if name in wanted}
         number = 0
         for cells in reader:
             if not cells:

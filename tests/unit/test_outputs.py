@@ -315,3 +315,14 @@ def test_every_possible_name_is_the_template_formatted_for_that_format(
     ]
 
     assert possible_names(job, count) == expected and len(set(expected)) == 3 * count
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/out/a-1234abcd.png", "/out/.png", "/out/..png", "/out/...", "/out/a.b/c", "/out/b.",
+     "/out/b.tar.gz", "", "/", "/out/a.png/", ".png", "a", "a.", "./x.y", "/o/.a.b", "/o/..a.b"],
+)  # fmt: skip
+def test_an_extension_is_split_off_as_os_path_splitext_does(path: str) -> None:
+    from runner.manifest.output_rules import split_ext
+
+    assert split_ext(path) == os.path.splitext(path)  # noqa: PTH122
