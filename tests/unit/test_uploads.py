@@ -18,7 +18,7 @@ from runner.dialects.openai.client import OpenAIProvider
 from runner.dialects.openai.rules import LIMITS as OPENAI_LIMITS
 from runner.errors import InputChanged
 from runner.files.preflight import prepare_request
-from runner.files.uploads import FileUpload, part_bytes
+from runner.files.uploads import SEND_CHUNK_BYTES, FileUpload, part_bytes
 from runner.records import ImagePart, JobSpec
 from runner.testing import FakeProvider
 
@@ -27,7 +27,7 @@ URL = "http://provider.test/v1/images/edits"
 
 
 def noise_png(path: Path, side: int = 200) -> Path:
-    """~120 KB: an upload of several 64 KB chunks."""
+    """~120 KB at 200 pixels a side, an upload of one chunk; ~480 KB at 400, of two."""
     Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(path, "PNG")
     return path
 
@@ -75,10 +75,11 @@ def streamed(request: httpx.Request) -> tuple[bytes, InputChanged | None]:
     return bytes(sent), None
 
 
+@pytest.mark.parametrize("side", [200, 400])
 def test_a_file_upload_sends_what_the_bytes_would_have_and_starts_over_on_a_retry(
-    tmp_path: Path,
+    tmp_path: Path, side: int
 ) -> None:
-    image = noise_png(tmp_path / "a.png")
+    image = noise_png(tmp_path / "a.png", side)
     part = checked_part(image)
     as_bytes = multipart(image.read_bytes())
     from_file = multipart(FileUpload("image", part.source))  # type: ignore[arg-type]
@@ -109,10 +110,11 @@ def _same_size_other_bytes(image: Path) -> None:
     ],
     ids=["edited", "shorter", "longer", "deleted"],
 )
+@pytest.mark.parametrize("side", [200, 400])
 def test_a_file_changed_after_its_checks_is_cut_off_before_its_last_byte(
-    tmp_path: Path, change: object, said: str
+    tmp_path: Path, change: object, said: str, side: int
 ) -> None:
-    image = noise_png(tmp_path / "a.png")
+    image = noise_png(tmp_path / "a.png", side)
     whole = image.read_bytes()
     part = checked_part(image)
     request = multipart(FileUpload("image", part.source))  # type: ignore[arg-type]
@@ -126,6 +128,21 @@ def test_a_file_changed_after_its_checks_is_cut_off_before_its_last_byte(
     assert whole[-1000:] not in sent  # the file's last chunk never left
     with pytest.raises(InputChanged, match=said):
         part_bytes("image", part)  # a JSON body or a batch upload is refused the same way
+
+
+def test_a_file_goes_out_in_chunks_larger_than_httpx_asks_for(tmp_path: Path) -> None:
+    # httpx reads 64 KB at a time, and each chunk is a turn of the event loop and a socket
+    # write: a file upload hands it SEND_CHUNK_BYTES at a time instead.
+    image = noise_png(tmp_path / "a.png", 600)  # ~1 MB
+    size = image.stat().st_size
+    request = multipart(FileUpload("image", checked_part(image).source))  # type: ignore[arg-type]
+
+    chunks = [len(chunk) for chunk in request.stream]  # type: ignore[union-attr]
+
+    whole = -(-size // SEND_CHUNK_BYTES)
+    file_chunks = [n for n in chunks if n > 1024]  # the form's headers and fields are small
+    assert file_chunks == [SEND_CHUNK_BYTES] * (whole - 1) + [size - SEND_CHUNK_BYTES * (whole - 1)]
+    assert 4 <= whole < size // 65536  # fewer than httpx's own 64 KB reads would be
 
 
 def test_bytes_held_in_memory_are_sent_as_they_are() -> None:
