@@ -321,7 +321,10 @@ def run_contender(
         manifest = write_manifest(run_dir, server.base_url, image, jobs, conc)
         env[KEY_ENV] = API_KEY
         env.pop("RUNNER_DB", None)  # fresh <stem>.db beside the manifest
-        cmd = [sys.executable, "-m", "runner", "run", str(manifest)]
+        # -P: the working directory (the repository) is not put first on sys.path, so a
+        # contender's PYTHONPATH (`--runner-env PYTHONPATH=<other checkout>`) decides which
+        # runner runs; without one, the installed (editable) package is this checkout.
+        cmd = [sys.executable, "-P", "-m", "runner", "run", str(manifest)]
     else:
         cmd = [
             c.python,
