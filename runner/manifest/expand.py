@@ -374,8 +374,9 @@ _json_str: Callable[[str], str] = json.encoder.encode_basestring
 
 class _KeyParts:
     """The key's JSON pieces that a table's rows share, for the last params object seen
-    (one per table, or per chunk sent to a worker). A tuple swapped in whole: a thread that
-    reads it while another replaces it sees one or the other, either right."""
+    (one per table, or per chunk sent to a worker): known by identity, which holds because a
+    draft's params are never changed once it has them. A tuple swapped in whole: a thread
+    that reads it while another replaces it sees one or the other, either right."""
 
     def __init__(self) -> None:
         self._last: tuple[Mapping[str, Any], str, str, str, str] | None = None
