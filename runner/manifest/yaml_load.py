@@ -9,6 +9,9 @@ lacks.
   529-byte document can stand for billions of values, and anything that walks it (a
   validator, an error message) would take minutes and gigabytes. The expanded size is
   counted on the composed node graph, each shared node once, before anything is built.
+
+A reading of the settings only (`load(text, unbuilt="jobs")`, what a re-run reads to find
+its database) takes libyaml's events and leaves the jobs' out before composing the rest.
 """
 
 from __future__ import annotations
@@ -16,7 +19,19 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.events import (
+    AliasEvent,
+    Event,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
 
 MAX_DEPTH = 64
 MAX_ALIAS_EXPANSION = 100_000  # values that aliases may add beyond the document's own
@@ -38,7 +53,9 @@ class YamlRefused(yaml.YAMLError):
 _Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Loader(_Base):  # type: ignore[misc]
+class _NoDuplicateKeys(SafeConstructor):
+    """PyYAML's safe constructor, but a mapping with a key twice is refused."""
+
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
@@ -61,14 +78,57 @@ class _Loader(_Base):  # type: ignore[misc]
         return built
 
 
+class _Loader(_Base, _NoDuplicateKeys):  # type: ignore[misc]
+    """libyaml's parser and composer (PyYAML's pure-Python ones where it has no libyaml)."""
+
+    def __init__(self, text: str) -> None:
+        _Base.__init__(self, text)
+
+
+class _Replay(Composer, _NoDuplicateKeys, Resolver):
+    """Composes and builds a document from events already parsed (`_skimmed`): PyYAML's
+    own composer, constructor and resolver, fed from a list instead of a parser."""
+
+    def __init__(self, events: list[Event]) -> None:
+        Composer.__init__(self)
+        _NoDuplicateKeys.__init__(self)
+        Resolver.__init__(self)
+        self._events = events
+        self._next = 0
+
+    def check_event(self, *choices: type[Event]) -> bool:
+        if self._next >= len(self._events):
+            return False
+        return not choices or isinstance(self._events[self._next], choices)
+
+    def peek_event(self) -> Event:
+        return self._events[self._next]
+
+    def get_event(self) -> Event:
+        event = self._events[self._next]
+        self._next += 1
+        return event
+
+    def dispose(self) -> None:
+        self._events = []
+
+
 def load(text: str, *, unbuilt: str | None = None) -> Any:
     """The document's value; yaml.YAMLError (YamlRefused included) for anything refused.
     `unbuilt`: a top-level key whose sequence is parsed (libyaml still refuses what it
-    cannot parse) but neither walked nor built: it comes back empty, for a reader that
-    needs the rest only (a manifest's settings without its 100,000 jobs)."""
-    loader = _Loader(text)
+    cannot parse) but neither composed, walked nor built: it comes back empty, for a reader
+    that needs the rest only (a manifest's settings without its 100,000 jobs)."""
+    loader: Any = _Loader(text)
     try:
         try:
+            if unbuilt is not None:
+                # libyaml's events, with that sequence's left out, composed here: composing
+                # every job's values (a Python call per scalar to find its type) was two
+                # thirds of a no-op re-run's reading of its manifest.
+                events = _skimmed(loader, unbuilt)
+                loader.dispose()
+                # None: an anchor is set inside it, which the rest may name: composed whole.
+                loader = _Replay(events) if events is not None else _Loader(text)
             node = loader.get_single_node()
         except RecursionError as exc:  # a backstop: MAX_DEPTH stops real documents first
             raise YamlRefused(f"nested more than {MAX_DEPTH} levels deep") from exc
@@ -93,6 +153,62 @@ def load(text: str, *, unbuilt: str | None = None) -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def _skimmed(parser: Any, name: str) -> list[Event] | None:
+    """The document's events with the top-level `name` key's sequence emptied (its start
+    and end kept, nothing between), or None if an anchor is set inside it: an alias
+    elsewhere could name it, so it must be composed after all. Syntax errors anywhere
+    are libyaml's, as in a full reading."""
+    events: list[Event] = []
+    open_nodes: list[list[int]] = []  # per open collection: [is a mapping, children so far]
+    value_of_name = False
+    while parser.check_event():
+        event = parser.get_event()
+        if value_of_name and isinstance(event, SequenceStartEvent):
+            events.append(event)
+            if not _skip_sequence(parser, events):
+                return None
+            open_nodes[-1][1] += 1
+            value_of_name = False
+            continue
+        value_of_name = False
+        events.append(event)
+        if isinstance(event, MappingStartEvent | SequenceStartEvent):
+            open_nodes.append([isinstance(event, MappingStartEvent), 0])
+            continue
+        if isinstance(event, MappingEndEvent | SequenceEndEvent):
+            open_nodes.pop()
+        elif not isinstance(event, ScalarEvent | AliasEvent):
+            continue  # the stream's and documents' starts and ends
+        elif (
+            len(open_nodes) == 1
+            and open_nodes[0][0]
+            and open_nodes[0][1] % 2 == 0  # a key of the top-level mapping
+            and isinstance(event, ScalarEvent)
+            and event.value == name
+            and event.tag in (None, "!", _STR)
+        ):
+            value_of_name = True
+        if open_nodes:
+            open_nodes[-1][1] += 1
+    return events
+
+
+def _skip_sequence(parser: Any, events: list[Event]) -> bool:
+    """Past the events of a sequence whose start was read, to its end (appended); False
+    if an anchor is set inside it."""
+    depth = 1
+    while depth:
+        event = parser.get_event()
+        if getattr(event, "anchor", None) is not None and not isinstance(event, AliasEvent):
+            return False
+        if isinstance(event, MappingStartEvent | SequenceStartEvent):
+            depth += 1
+        elif isinstance(event, MappingEndEvent | SequenceEndEvent):
+            depth -= 1
+    events.append(event)
+    return True
 
 
 def _names(key: Node, name: str) -> bool:
