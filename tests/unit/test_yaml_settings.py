@@ -49,7 +49,7 @@ def test_the_settings_are_what_a_whole_reading_gives(text: str) -> None:
 def test_the_jobs_values_are_never_composed(monkeypatch: pytest.MonkeyPatch) -> None:
     # Finding each scalar's type (a Python call per value) was most of the reading.
     resolved: list[str] = []
-    real = yaml.resolver.BaseResolver.resolve
+    real: Any = yaml.resolver.BaseResolver.resolve
 
     def counted(self: Any, kind: Any, value: Any, implicit: Any) -> Any:
         resolved.append(value)
@@ -73,8 +73,27 @@ def test_the_jobs_values_are_never_composed(monkeypatch: pytest.MonkeyPatch) -> 
         ("a: 1\n---\nb: 2\n", "single document"),
         ("a: " + "[" * 70 + "]" * 70 + "\njobs: [1]\n", "nested more than 64 levels"),
         ("a: " + "[" * 2000 + "]" * 2000 + "\n", "nested more than 64 levels"),
+        (
+            'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+            + "".join(
+                f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n"
+                for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+            )
+            + "jobs: [1]\n",
+            "expand to more than 100,000",
+        ),
+        ("a: &a [1, *a]\njobs: [1]\n", "contains it"),
     ],
-    ids=["duplicate jobs", "duplicate in settings", "syntax", "two documents", "deep", "deeper"],
+    ids=[
+        "duplicate jobs",
+        "duplicate in settings",
+        "syntax",
+        "two documents",
+        "deep",
+        "deeper",
+        "alias bomb",
+        "alias inside itself",
+    ],
 )
 def test_what_a_whole_reading_refuses_a_settings_reading_refuses(text: str, said: str) -> None:
     with pytest.raises(yaml.YAMLError, match=said):
@@ -102,7 +121,7 @@ def test_a_collection_as_a_key_is_counted_as_one_key() -> None:
     finally:
         parser.dispose()
     assert events is not None
-    root = yaml_load._Replay(events).get_single_node()
+    root: Any = yaml_load._Replay(events).get_single_node()
     values = {key.value: value for key, value in root.value if isinstance(key.value, str)}
     assert values["jobs"].value == [] and [n.value for n in values["after"].value] == ["2"]
     assert [n.value for n in root.value[0][0].value] == ["a", "b"]
