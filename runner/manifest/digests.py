@@ -108,7 +108,9 @@ class Digester:
         results: dict[Path, str | None] = {}
         to_hash: list[tuple[Path, os.stat_result]] = []
         for path in unique:
-            if self._fresh_small(path, results, to_hash):
+            cached = self._known.get(str(path))
+            if cached is None:
+                results[path] = self._hash_fresh(path, to_hash)
                 continue
             try:
                 info = path.stat()
@@ -118,8 +120,7 @@ class Digester:
             if not stat.S_ISREG(info.st_mode):  # a device, a FIFO, a folder: never read for a key
                 results[path] = None
                 continue
-            cached = self._known.get(str(path))
-            if cached and cached.size == info.st_size and cached.mtime_ns == info.st_mtime_ns:
+            if cached.size == info.st_size and cached.mtime_ns == info.st_mtime_ns:
                 results[path] = cached.sha256
             else:
                 to_hash.append((path, info))
@@ -134,35 +135,25 @@ class Digester:
                     results[path] = digest
         return results
 
-    def _fresh_small(
-        self,
-        path: Path,
-        results: dict[Path, str | None],
-        to_hash: list[tuple[Path, os.stat_result]],
-    ) -> bool:
-        """A file with no digest on record is opened straight away, without a stat first:
-        fstat says what stat would (a quarter of hashing a thumbnail's cost went to that
-        second call). A small one is hashed now, a large one left for the threads, and
-        one that cannot be opened as a regular file is None (pre-flight says why). False
-        for a file with a digest on record, which a stat may show still holds."""
-        if str(path) in self._known:
-            return False
+    def _hash_fresh(self, path: Path, to_hash: list[tuple[Path, os.stat_result]]) -> str | None:
+        """A file with no digest on record, opened straight away without a stat first
+        (fstat says what stat would; a quarter of hashing a thumbnail went to that second
+        call): a small one hashed now, a large one left in `to_hash` for the threads (None
+        until then). None too for one that cannot be opened as a regular file: missing,
+        unreadable, a FIFO, a device, a symlink loop (pre-flight says which)."""
         try:
             fd, info = _regular_fd(path)
-        except OSError:  # missing, unreadable, a FIFO, a device, a symlink loop
-            results[path] = None
-            return True
+        except OSError:
+            return None
         if info.st_size >= _INLINE_BYTES:
             os.close(fd)
             to_hash.append((path, info))
-            return True
+            return None
         try:
             data = _read_open(fd, info)
         except OSError:
-            results[path] = None
-            return True
-        results[path] = self._hash_read(path, info, data)
-        return True
+            return None
+        return self._hash_read(path, info, data)
 
     def _hash_small(self, item: tuple[Path, os.stat_result]) -> str | None:
         """A file under _INLINE_BYTES, read in one go; kept in `read` while there is room."""

@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from string import Formatter
 from typing import Any
 
@@ -453,7 +453,7 @@ def _expand(
                 provider=provider,
                 model=model,
                 params=params,
-                output_name=fill_folder_fields(output_name, folder, path.stem),
+                output_name=fill_folder_fields(output_name, folder, path),
                 glob=image if _is_pattern(image) else None,
             )
         )
@@ -470,17 +470,16 @@ def _mask_setting(merged: Mapping[str, Any]) -> tuple[str | None, bool]:
     return mask, optional
 
 
-def has_folder_fields(template: str) -> bool:
-    return "{dir}" in template or "{relpath}" in template
-
-
-def fill_folder_fields(template: str, folder: str, stem: str) -> str:
+def fill_folder_fields(template: str, folder: str, image: PurePath) -> str:
     """`template` with `{dir}` and `{relpath}` replaced by this image's folder (relative to
     its glob's root, "" at the root) and path without extension; the other fields stay for
     when the reply's format is known. An empty `{dir}` takes its following `/` with it, so
-    `{dir}/{stem}.{ext}` at the root is `{stem}.{ext}`, not an absolute path."""
-    if not has_folder_fields(template):
+    `{dir}/{stem}.{ext}` at the root is `{stem}.{ext}`, not an absolute path. Without those
+    fields the template is as it was (and the image's stem is not worked out: every row of
+    a table comes here)."""
+    if "{dir}" not in template and "{relpath}" not in template:
         return template
+    stem = image.stem
     values = {"dir": folder, "relpath": f"{folder}/{stem}" if folder else stem}
     pieces: list[str] = []
     drop_slash = False
@@ -679,7 +678,6 @@ def _table_drafts(rules: _TableRules) -> Iterator[Draft]:
     shared_params = dict(defaults.get("params") or {})
     checked: dict[str, str | None] = {}  # params' JSON -> the problem with them, if any
     cells = tables.CellReader(table)
-    own_names = has_folder_fields(rules.output_name)  # else no row's image stem is needed
     for number, row in tables.read_rows(table, rules.needed):
 
         def bad(column: str, message: str, row: Mapping[str, Any] = row, at: int = number) -> Draft:
@@ -733,9 +731,7 @@ def _table_drafts(rules: _TableRules) -> Iterator[Draft]:
             provider=rules.provider,
             model=rules.model,
             params=params,
-            output_name=fill_folder_fields(rules.output_name, "", image.stem)
-            if own_names
-            else rules.output_name,
+            output_name=fill_folder_fields(rules.output_name, "", image),
             row=(rules.index, number),
             carried=tuple(cells.digests.items()),
         )

@@ -337,14 +337,19 @@ def test_a_glob_with_braces_matches_every_alternative_and_a_bad_one_is_one_line(
 
 def test_fill_folder_fields_mirrors_the_tree_and_keeps_the_other_fields() -> None:
     template = "{dir}/{stem}-{key8}.{ext}"
-    assert fill_folder_fields(template, "2026-11/beach", "x") == "2026-11/beach/{stem}-{key8}.{ext}"
-    assert fill_folder_fields(template, "", "x") == "{stem}-{key8}.{ext}"  # not "/x…": absolute
-    assert fill_folder_fields("{relpath}.{ext}", "a/b", "x") == "a/b/x.{ext}"
-    assert fill_folder_fields("{relpath}.{ext}", "", "x") == "x.{ext}"
-    assert fill_folder_fields("{dir}/{{lit}}{index:02d}", "odd{name}", "x") == (
+    assert (
+        fill_folder_fields(template, "2026-11/beach", Path("x.png"))
+        == "2026-11/beach/{stem}-{key8}.{ext}"
+    )
+    assert (
+        fill_folder_fields(template, "", Path("x.png")) == "{stem}-{key8}.{ext}"
+    )  # not "/x…": absolute
+    assert fill_folder_fields("{relpath}.{ext}", "a/b", Path("x.png")) == "a/b/x.{ext}"
+    assert fill_folder_fields("{relpath}.{ext}", "", Path("x.png")) == "x.{ext}"
+    assert fill_folder_fields("{dir}/{{lit}}{index:02d}", "odd{name}", Path("x.png")) == (
         "odd{{name}}/{{lit}}{index:02d}"  # braces in folder names stay literal
     )
-    assert fill_folder_fields("{stem}.{ext}", "a", "x") == "{stem}.{ext}"  # untouched
+    assert fill_folder_fields("{stem}.{ext}", "a", Path("x.png")) == "{stem}.{ext}"  # untouched
 
 
 def test_dir_mirrors_the_folders_under_the_globs_root(tmp_path: Path) -> None:
