@@ -198,10 +198,20 @@ class ImagePart:
     content_type: str
     data: bytes
     source: InputFile | None = None
+    # With `source`: the bytes pre-flight read and checked, kept for the first send while
+    # a run-wide allowance lasts (files/uploads.py `ReadAhead`), so that send need not read
+    # and hash the file again; the first to take them lets them go.
+    held: HeldBytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def size(self) -> int:
         return self.source.size if self.source is not None else len(self.data)
+
+
+class HeldBytes(Protocol):
+    def take(self) -> bytes | None:
+        """The bytes, once; None after that (or if they were let go)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +221,13 @@ class EditRequest:
     image: ImagePart
     mask: ImagePart | None
     params: Mapping[str, Any]
+
+    def let_go(self) -> None:
+        """Drop what pre-flight held for a first send that did not take it (the job ended
+        without a request, or its request was built from the file)."""
+        for part in (self.image, self.mask):
+            if part is not None and part.held is not None:
+                part.held.take()
 
 
 @dataclass(frozen=True, slots=True)

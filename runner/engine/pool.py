@@ -22,7 +22,7 @@ from runner.cpu_work import run_cpu_work
 from runner.engine.attempt import Attempts, Sending, outage
 from runner.engine.budget import LimitGuard
 from runner.engine.pacing import ProviderGate
-from runner.engine.ports import Files, JobFeed, Lane
+from runner.engine.ports import Files, JobFeed, Lane, Provider
 from runner.engine.report import PoolReport
 from runner.engine.retry import GaveUp, RetryPolicy, Tries, let_go, retry_cause
 from runner.errors import (
@@ -42,6 +42,7 @@ from runner.errors import (
 )
 from runner.records import (
     AttemptRecord,
+    EditRequest,
     EditResult,
     FailureKind,
     Job,
@@ -246,6 +247,19 @@ class Pool:
             request = await run_cpu_work(
                 _input_bytes(spec), self._prepare, spec, provider.limits_for(spec.model)
             )
+        except InputError as exc:
+            await self._fail(spec, f"{exc} (nothing was sent)", FailureKind.INPUT)
+            return
+        try:
+            await self._check_and_send(job, gate, provider, request)
+        finally:
+            request.let_go()  # what pre-flight held for a send that never took it
+
+    async def _check_and_send(
+        self, job: Job, gate: ProviderGate, provider: Provider, request: EditRequest
+    ) -> None:
+        spec = job.spec
+        try:
             provider.check_request(request)
         except InputError as exc:
             await self._fail(spec, f"{exc} (nothing was sent)", FailureKind.INPUT)

@@ -4,6 +4,7 @@ job's `output_dir` names."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,8 @@ def local_files(
     """`watch_folders`: (what, folder) pairs, besides the outputs', that must not fill up."""
     # Pillow comes with pre-flight: loaded when a run has something to send, not before.
     from runner.files.preflight import prepare_request
+    from runner.files.uploads import ReadAhead
 
     outputs = outputs or Outputs()
-    return Files(prepare_request, outputs.write, outputs.free_space, watch_folders)
+    prepare = functools.partial(prepare_request, read_ahead=ReadAhead())
+    return Files(prepare, outputs.write, outputs.free_space, watch_folders)

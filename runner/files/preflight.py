@@ -18,6 +18,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from runner.errors import InputError
 from runner.files.carried import read_carried
+from runner.files.uploads import ReadAhead
 from runner.manifest.digests import open_regular
 from runner.manifest.tables import CarriedSource, carried_source
 from runner.records import (
@@ -63,6 +64,7 @@ def prepare_request(
     decode: bool = True,
     rehash: bool = True,
     preread: Mapping[Path, bytes] | None = None,
+    read_ahead: ReadAhead | None = None,
 ) -> EditRequest:
     """Check the job's files and prompt and build what to send; raise InputError if unusable.
 
@@ -74,20 +76,23 @@ def prepare_request(
 
     `rehash=False` (validate, which took the digests a moment ago): the files are not
     hashed again to see they are still what the job was keyed by; `preread`: files read
-    whole while they were hashed (`Digester(keep_bytes=...)`), not read again."""
+    whole while they were hashed (`Digester(keep_bytes=...)`), not read again.
+
+    `read_ahead` (run): the checked bytes are kept for the first send while its allowance
+    lasts (files/uploads.py)."""
     image_sha, mask_sha = (spec.image_sha256, spec.mask_sha256) if rehash else (None, None)
     image_data, image_file = _read_file(
         "image", spec.image, limits.max_image_bytes, image_sha, preread
     )
     info = _check_image(spec.image, image_data, limits, decode)
     _check_prompt(spec.prompt, limits.max_prompt_chars)
-    image = _part(spec.image.name, _content_type(info.format), image_data, image_file)
+    image = _part(spec.image.name, _content_type(info.format), image_data, image_file, read_ahead)
     mask = None
     if spec.mask is not None:
         mask_data, mask_file = _read_file(
             "mask", spec.mask, limits.max_mask_bytes, mask_sha, preread
         )
-        mask = _part(spec.mask.name, "image/png", mask_data, mask_file)
+        mask = _part(spec.mask.name, "image/png", mask_data, mask_file, read_ahead)
         turned = info.format != "PNG" and info.orientation in _QUARTER_TURNS
         size = (info.height, info.width) if turned else (info.width, info.height)
         _check_mask(spec.mask, mask_data, size, turned)
@@ -98,12 +103,20 @@ def prepare_request(
     return EditRequest(spec.model, spec.prompt, image, mask, spec.params)
 
 
-def _part(filename: str, content_type: str, data: bytes, file: InputFile | None) -> ImagePart:
-    """A checked file's bytes are let go: sending reads them again (files/uploads.py), and
-    checks they are still these."""
+def _part(
+    filename: str,
+    content_type: str,
+    data: bytes,
+    file: InputFile | None,
+    read_ahead: ReadAhead | None = None,
+) -> ImagePart:
+    """A checked file's bytes are let go, or held for the first send while `read_ahead`
+    has room: a send without them reads the file again (files/uploads.py), and checks it
+    is still these bytes."""
     if file is None:
         return ImagePart(filename, content_type, data)
-    return ImagePart(filename, content_type, b"", file)
+    held = read_ahead.hold(data) if read_ahead is not None else None
+    return ImagePart(filename, content_type, b"", file, held)
 
 
 def read_image_info(data: bytes) -> ReplyImage | None:

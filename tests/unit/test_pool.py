@@ -21,18 +21,21 @@ from runner.engine.pool import Pool
 from runner.engine.ports import Files, Lane
 from runner.errors import (
     InputChanged,
+    InputError,
     LeaseLost,
     PaymentRequired,
     PermanentJobError,
     ProviderPaced,
     RetryableError,
 )
+from runner.files.uploads import ReadAhead
 from runner.records import (
     AttemptRecord,
     EditRequest,
     EditResult,
     ImageLimits,
     ImagePart,
+    InputFile,
     JobSpec,
     Outcome,
     OutputRef,
@@ -113,6 +116,7 @@ async def pool_over(
     concurrency: int = 1,
     limits: LimitGuard | None = None,
     max_attempts: int = 5,
+    files: Files = FILES,
 ) -> tuple[Pool, ProviderGate, list[JobSpec]]:
     specs = [spec(n) for n in range(jobs)]
     await store.sync_manifest("m", specs)
@@ -125,7 +129,7 @@ async def pool_over(
         owner="r",
         # poll_s: how often it looks again while another runner holds a job (real time).
         settings=RunSettings(retry=RetrySettings(max_attempts=max_attempts), poll_s=0.01),
-        files=FILES,
+        files=files,
         wall_clock=lambda: NOW,
         clock=FakeClock(),
         limits=limits,
@@ -192,6 +196,39 @@ async def test_a_limit_reached_with_retries_waiting_lets_admitted_jobs_finish() 
     assert await states(store) == {
         "00": "succeeded", "01": "succeeded", "02": "pending", "03": "pending"
     }  # fmt: skip
+
+
+class Choosy(Provider):
+    """Refuses job 0's request before it is sent (a model rule, as Venice's catalogue)."""
+
+    def check_request(self, request: EditRequest) -> None:
+        if request.prompt == "job 0":
+            raise InputError("prompt", "not for this model")
+
+
+async def test_every_job_gives_back_the_bytes_pre_flight_held_for_its_send() -> None:
+    # Pre-flight's bytes wait for the first send within a run-wide allowance; a job that
+    # ends without a send taking them (refused, failed, stopped by a limit) must give them
+    # back, or the allowance would run dry and hold memory for nothing.
+    allowance = ReadAhead(100 * len(PNG))
+
+    def holding(job: JobSpec, limits: ImageLimits) -> EditRequest:
+        source = InputFile(Path("/in/i.png"), len(PNG), "00" * 32)
+        part = ImagePart("i.png", "image/png", b"", source, allowance.hold(PNG))
+        return EditRequest(job.model, job.prompt, part, None, {})
+
+    store = new_store()
+    provider = Choosy({"job 1": [PermanentJobError("refused", status_code=400)]})
+    guard = LimitGuard(ResolvedLimits(max_jobs=3), lambda: NOW)
+    files = Files(holding, write, free_space=lambda folder: 10**12)
+    pool, _, _ = await pool_over(store, provider, jobs=5, limits=guard, files=files)
+
+    with anyio.fail_after(5):
+        report = await pool.run()
+
+    assert provider.sent == ["job 1", "job 2", "job 3"]  # job 0 refused, job 4 over the limit
+    assert (report.succeeded, report.failed) == (2, 2)
+    assert allowance.room == 100 * len(PNG)
 
 
 async def steal_while_out(store: MemoryStore, key: str) -> None:

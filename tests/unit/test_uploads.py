@@ -1,5 +1,6 @@
 """Inputs read again from their files as they are sent (files/uploads.py): the same bytes
-on the wire as before, and a file changed since pre-flight never sent whole."""
+on the wire as before, and a file changed since pre-flight never sent whole; or, for a
+first send, the bytes pre-flight checked, held within a run-wide allowance."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ from runner.dialects.openai.client import OpenAIProvider
 from runner.dialects.openai.rules import LIMITS as OPENAI_LIMITS
 from runner.errors import InputChanged
 from runner.files.preflight import prepare_request
-from runner.files.uploads import SEND_CHUNK_BYTES, FileUpload, part_bytes
+from runner.files.uploads import (
+    SEND_CHUNK_BYTES,
+    FileUpload,
+    ReadAhead,
+    part_bytes,
+    upload_body,
+)
 from runner.records import ImagePart, JobSpec
 from runner.testing import FakeProvider
 
@@ -170,3 +177,63 @@ async def test_a_changed_input_never_reaches_the_provider_whole_and_the_next_job
     assert sum(paid.values()) == 1 and sum(received.values()) == 1  # only the fine one
     (reply,) = result.images
     assert Image.open(io.BytesIO(reply.data)).size == (200, 200)
+
+
+def test_a_first_send_takes_the_bytes_pre_flight_checked_and_a_resend_reads_the_file(
+    tmp_path: Path,
+) -> None:
+    image = noise_png(tmp_path / "a.png", 400)
+    whole = image.read_bytes()
+    allowance = ReadAhead(10 * 2**20)
+    part = prepare_request(queued(image), OPENAI_LIMITS, read_ahead=allowance).image
+    assert part.held is not None and allowance.room == 10 * 2**20 - len(whole)
+    request = multipart(upload_body("image", part))
+    expected, _ = streamed(multipart(whole))
+
+    # Changed after its checks: the first send does not read the file, so it sends the
+    # bytes that were checked and keyed, and lets them go.
+    _same_size_other_bytes(image)
+    assert streamed(request) == (expected, None)
+    assert allowance.room == 10 * 2**20 and part.held.take() is None
+
+    sent, error = streamed(request)  # sent again (httpx rewinds): from the file, checked
+    assert error is not None and "changed since the job was queued" in str(error)
+    assert len(sent) < len(expected)
+
+
+def test_a_send_rewound_halfway_through_held_bytes_reads_the_file_from_the_start(
+    tmp_path: Path,
+) -> None:
+    image = noise_png(tmp_path / "a.png", 600)  # several chunks
+    whole = image.read_bytes()
+    part = prepare_request(queued(image), OPENAI_LIMITS, read_ahead=ReadAhead()).image
+    upload = FileUpload("image", part.source, part.held)  # type: ignore[arg-type]
+    assert upload.read(65536) == whole[:SEND_CHUNK_BYTES]  # from memory
+    image.write_bytes(whole[:-10])
+
+    upload.seek(0)
+    with pytest.raises(InputChanged, match="is shorter than when it was checked"):
+        while upload.read(65536):
+            pass
+
+
+def test_the_allowance_holds_what_fits_and_gets_back_what_is_let_go(tmp_path: Path) -> None:
+    a, b = noise_png(tmp_path / "a.png", 400), noise_png(tmp_path / "b.png", 400)
+    full = a.stat().st_size + b.stat().st_size - 1
+    allowance = ReadAhead(full)
+    first = prepare_request(queued(a), OPENAI_LIMITS, read_ahead=allowance)
+    second = prepare_request(queued(b), OPENAI_LIMITS, read_ahead=allowance)
+
+    assert first.image.held is not None
+    assert second.image.held is None  # no room left: its send reads the file, as before
+    assert (
+        streamed(multipart(upload_body("image", second.image)))[0]
+        == streamed(multipart(b.read_bytes()))[0]
+    )
+    first.let_go()  # the job ended without sending it
+    assert allowance.room == full and first.image.held.take() is None
+
+    third = prepare_request(queued(b), OPENAI_LIMITS, read_ahead=allowance)
+    assert third.image.held is not None
+    assert part_bytes("image", third.image) == b.read_bytes()  # a JSON body takes them too
+    assert allowance.room == full
