@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import BindParameter, and_, case, func, or_, select
 
 from runner.records import (
     DIED,
@@ -26,9 +26,9 @@ from runner.store import tables as t
 from runner.store.connection import Conn
 
 
-def listed_in(manifest: str) -> Any:
+def listed_in(manifest: str | BindParameter[str]) -> Any:
     """Condition on manifest_jobs: the row is one of this manifest's (none for a manifest
-    never synced, whose number is NULL)."""
+    never synced, whose number is NULL); `manifest` may be a bound parameter."""
     number = select(t.manifests.c.id).where(t.manifests.c.path == manifest).scalar_subquery()
     return t.manifest_jobs.c.manifest_id == number
 

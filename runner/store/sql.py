@@ -100,32 +100,6 @@ class _Wait:
     seconds: float
 
 
-def _counted_attempts() -> Any:
-    """Correlated count of a job's attempts that use up its current budget (a crash's
-    abandoned attempt included: it may have been billed)."""
-    a = t.attempts.c
-    return (
-        select(func.count())
-        .where(a.job_key == t.jobs.c.key, a.counted.is_(True), a.id > t.jobs.c.attempt_floor)
-        .scalar_subquery()
-    )
-
-
-def _unanswered_attempts() -> Any:
-    """Correlated count of a job's requests that got no reply in time since the last
-    `runner retry`, in any run: the blind re-sends it has already had."""
-    a = t.attempts.c
-    return (
-        select(func.count())
-        .where(
-            a.job_key == t.jobs.c.key,
-            a.outcome == Outcome.TIMEOUT.value,
-            a.id > t.jobs.c.retry_floor,
-        )
-        .scalar_subquery()
-    )
-
-
 class _Ticket:
     """A recorded attempt, as later writes about it need it."""
 
@@ -432,44 +406,11 @@ class SqlStore:
         *,
         expired: bool,
     ) -> Sequence[Any]:
-        j = t.jobs.c
-        takeable = (
-            and_(j.status == _RUNNING, j.lease_expires_at < now)
-            if expired
-            else j.status == _PENDING
-        )
-        # A CTE, not `key IN (SELECT ... LIMIT n)`: PostgreSQL may run such a subquery more
-        # than once and then update more than n rows; a CTE is run exactly once.
-        picked = (
-            select(j.key)
-            .join(t.manifest_jobs, t.manifest_jobs.c.job_key == j.key)
-            .where(queries.listed_in(manifest), j.provider == provider, takeable)
-            .where(*([t.manifest_jobs.c.position < below] if below is not None else []))
-            .order_by(t.manifest_jobs.c.position)
-            .limit(limit)
-            # PostgreSQL: concurrent claimers skip each other's rows. SQLite ignores this and
-            # relies on BEGIN IMMEDIATE, which lets one writer in at a time.
-            .with_for_update(skip_locked=True, of=t.jobs)
-            .cte("picked")
-        )
-        statement = (
-            update(t.jobs)
-            .where(j.key == picked.c.key, takeable)
-            .values(
-                status=_RUNNING, lease_owner=owner, lease_expires_at=lease_until, updated_at=now
-            )
-            .returning(
-                t.jobs,
-                queries.output_dir(),
-                _counted_attempts().label("attempts_this_round"),
-                _unanswered_attempts().label("unanswered"),
-                select(t.manifest_jobs.c.position)
-                .where(t.manifest_jobs.c.job_key == j.key, queries.listed_in(manifest))
-                .scalar_subquery()
-                .label("position"),
-            )
-        )
-        rows = (await conn.execute(statement)).all()
+        values = {
+            "b_manifest": manifest, "b_provider": provider, "b_owner": owner,
+            "b_lease_until": lease_until, "b_now": now, "b_limit": limit, "b_below": below,
+        }  # fmt: skip
+        rows = (await conn.execute(hot.claim(expired, bounded=below is not None), values)).all()
         return sorted(rows, key=lambda row: row.position)  # RETURNING keeps no order
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> None:

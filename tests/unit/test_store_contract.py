@@ -146,6 +146,11 @@ async def scenario(store: Store) -> dict[str, Any]:
     await store.sync_manifest("other", [spec(n) for n in (2, 95, 96)])
     seen["summary, the database shared"] = asdict(await store.summary("m"))
     seen["counts, the database shared"] = dict(await store.state_counts("m"))
+    # Claims while the sync of "c" is under way take only what is synced so far (`below`): the
+    # failed row at position 0 is skipped, and nothing at position 3 or later comes.
+    below = await store.claim_many("c", "p", "r3", LEASE, 5, below=3)
+    seen["claimed below"] = [(j.spec.key[:2], j.attempts_this_round) for j in below]
+    seen["claimed on"] = [j.spec.key[:2] for j in await store.claim_many("c", "p", "r3", LEASE, 2)]
     return seen
 
 
@@ -218,6 +223,8 @@ async def test_the_memory_store_answers_every_verb_as_the_sql_store_does(
     assert expected["summary, the database shared"] == expected["summary"]
     assert expected["counts, the database shared"] == expected["counts"]
     assert sum(expected["counts"].values()) == 5
+    assert expected["claimed below"] == [("79", 0), ("78", 0)]
+    assert expected["claimed on"] == ["76", "75"]
     assert sum(expected["summary"]["counts"].values()) == 5
 
 
