@@ -21,6 +21,7 @@ from runner.records import JobSpec, JobState, Manifest, ProgressReporter, RunLim
 from runner.settings import DEFAULT_GRACE_S, Clock, RunSettings, unknown_env
 from runner.store.engine import database_exists, database_url, open_store
 from runner.store.protocol import Store
+from runner.store.sql import SqlStore
 from runner.store.tables import utcnow
 from runner.store.threaded import ThreadedStore, open_threaded
 
@@ -136,6 +137,19 @@ class SyncProgress:
         self._changed = anyio.Event()
 
 
+async def open_database(url: str, options: Options) -> ThreadedStore:
+    """The store at `url`; on SQLite, with a connection of its own for a job's verbs on
+    this loop (store/threaded.py says why)."""
+    clock = options.wall_clock
+
+    async def per_job() -> SqlStore:
+        return await open_store(url, clock, waits_on_loop=True)
+
+    return await open_threaded(
+        lambda: open_store(url, clock), per_job if url.startswith("sqlite") else None
+    )
+
+
 @asynccontextmanager
 async def opened(
     parsed: ParsedManifest, options: Options, *, behind: bool = False
@@ -145,7 +159,7 @@ async def opened(
     which sends while the rest of a long manifest is read); a sync the caller leaves
     unfinished (it stopped early) is cancelled between chunks."""
     url = resolve_db(parsed, options.db)
-    store = await open_threaded(lambda: open_store(url, options.wall_clock))
+    store = await open_database(url, options)
     try:
         await record_late_completions(store, journal.home(parsed.output_dir, parsed.path))
         if not behind:
@@ -345,7 +359,7 @@ async def synced_view(
     if late or not database_exists(url):
         yield None
         return
-    store = await open_threaded(lambda: open_store(url, options.wall_clock))
+    store = await open_database(url, options)
     try:
         synced = await store.last_sync(str(light.path))
         same = synced is not None and synced[0] == light.fingerprint

@@ -8,11 +8,18 @@ every queued write in one transaction; the writers queued behind it find theirs 
 `submit` queues a write at once and returns a `Pending` to await later: writes run in the
 order they were submitted, so a caller can queue one and carry on, knowing that its next
 write cannot overtake it.
+
+With `lock_wait_s` (a SQLite connection on a busy event loop, busy_timeout 0), a write lock
+that another connection holds is waited for here, asleep on the loop, rather than inside
+SQLite, blocking it: the batch goes back in line and is tried again, sooner at first, until
+`lock_wait_s` has gone by. The wait can be cancelled; a transaction once begun cannot.
 """
 
 from __future__ import annotations
 
 import random
+import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
@@ -29,6 +36,10 @@ Write = Callable[[Conn], Awaitable[T]]
 
 # How many times a batch the database rolled back by itself is run again.
 TRANSIENT_RETRIES = 3
+# Waiting for another connection's SQLite write lock: the first pause, and the longest (a
+# try costs microseconds; SQLite's own busy handler waits up to 100 ms between tries).
+LOCK_PAUSE_FIRST_S = 0.001
+LOCK_PAUSE_MAX_S = 0.025
 # PostgreSQL's SQLSTATEs for "try the transaction again": serialization failure, deadlock.
 _RETRY_STATES = frozenset({"40001", "40P01"})
 
@@ -37,6 +48,15 @@ def _transient(exc: Exception) -> bool:
     cause = getattr(exc, "orig", None)
     state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
     return isinstance(exc, DBAPIError) and state in _RETRY_STATES
+
+
+def _locked(exc: Exception) -> bool:
+    """SQLite's "database is locked": another connection holds the write lock."""
+    cause = getattr(exc, "orig", None)
+    return (
+        isinstance(cause, sqlite3.OperationalError)
+        and getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+    )
 
 
 def _translated(exc: Exception) -> Exception:
@@ -61,12 +81,14 @@ class Pending(Generic[T]):
     async def wait(self) -> T:
         try:
             async with self._owner._lock:
-                if not self.done:
+                while not self.done:
                     # A batch takes milliseconds; cancelled halfway, its rollback would be
                     # cancelled too and the connection never handed back to the pool. So it
                     # runs to its end and a cancellation lands just after.
                     with anyio.CancelScope(shield=True):
-                        await self._owner._run_batch()
+                        pause = await self._owner._run_batch()
+                    if pause is not None:  # the database was locked: back in line, asleep
+                        await anyio.sleep(pause)
         except BaseException:
             self._owner._withdraw(self)
             raise
@@ -76,10 +98,17 @@ class Pending(Generic[T]):
 
 
 class GroupCommit:
-    def __init__(self, begin: Callable[[], AbstractAsyncContextManager[Conn]]) -> None:
+    def __init__(
+        self,
+        begin: Callable[[], AbstractAsyncContextManager[Conn]],
+        lock_wait_s: float | None = None,
+    ) -> None:
         self._begin = begin
         self._lock = anyio.Lock()
         self._queue: list[Pending[Any]] = []
+        self._lock_wait_s = lock_wait_s
+        self._locked_since: float | None = None  # when the current wait for the lock began
+        self._lock_pause = LOCK_PAUSE_FIRST_S
 
     def submit(self, write: Write[T]) -> Pending[T]:
         pending = Pending(self, write)
@@ -94,7 +123,9 @@ class GroupCommit:
         if not pending.done and pending in self._queue:
             self._queue.remove(pending)
 
-    async def _run_batch(self) -> None:
+    async def _run_batch(self) -> float | None:
+        """Run every queued write in one transaction; or, with `lock_wait_s`, put them back
+        in line and return how long to sleep when another connection holds the lock."""
         batch, self._queue = self._queue, []
         current: Pending[Any] | None = None
         try:
@@ -105,19 +136,26 @@ class GroupCommit:
                             current.result = await current.write(conn)
                     break
                 except Exception as exc:
+                    if self._should_wait_for_lock(exc):
+                        self._queue[:0] = batch
+                        pause = self._lock_pause
+                        self._lock_pause = min(pause * 2, LOCK_PAUSE_MAX_S)
+                        return pause
                     # The database undid the whole transaction to break a deadlock between
                     # runners (or a serialization conflict): run it again, from the start.
                     if not tries_left or not _transient(exc):
                         raise
                     await anyio.sleep(random.uniform(0.005, 0.05))
+            self._locked_since, self._lock_pause = None, LOCK_PAUSE_FIRST_S
         except Exception as exc:
+            self._locked_since, self._lock_pause = None, LOCK_PAUSE_FIRST_S
             # The write that failed gets its own error; the others learn that theirs was
             # rolled back with it.
             error = _translated(exc)
             for pending in batch:
                 pending.error = (
                     error
-                    if pending is current
+                    if pending is current or current is None  # None: before any write ran
                     else WriteFailed(f"rolled back with another write that failed: {error}")
                 )
         except BaseException:
@@ -127,3 +165,12 @@ class GroupCommit:
             raise
         for pending in batch:
             pending.done = True
+        return None
+
+    def _should_wait_for_lock(self, exc: Exception) -> bool:
+        if self._lock_wait_s is None or not _locked(exc):
+            return False
+        now = time.monotonic()
+        if self._locked_since is None:
+            self._locked_since = now
+        return now - self._locked_since < self._lock_wait_s

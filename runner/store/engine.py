@@ -4,7 +4,9 @@ SQLite settings, and why:
 - WAL lets readers (`runner status`) work while a run writes.
 - Every transaction starts with BEGIN IMMEDIATE: a deferred transaction that later tries
   to write can fail at once with "database is locked" instead of waiting for the lock.
-- A long busy timeout makes a second process (an overlapping cron run) wait its turn.
+- A long busy timeout makes a second process (an overlapping cron run) wait its turn. A
+  connection used on a busy event loop (`waits_on_loop`) has none: SQLite answers "locked"
+  at once, and the wait is a sleep on the loop (batching.py), not a blocked loop.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -88,14 +91,14 @@ def upgrade_to_head(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
         for pragma in (
             "journal_mode=WAL",
-            f"busy_timeout={BUSY_TIMEOUT_MS}",
+            f"busy_timeout={busy_timeout_ms}",
             "synchronous=NORMAL",  # durable at each checkpoint; WAL keeps the file consistent
             "foreign_keys=ON",
         ):
@@ -107,7 +110,10 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-_OPEN_TRIES = 10
+# Opening waits this long for another process's hold on a SQLite file (a migration, the
+# switch to WAL, a long transaction), between tries of OPEN_PAUSE_S.
+OPEN_WAIT_S = BUSY_TIMEOUT_MS / 1000
+OPEN_PAUSE_S = 0.05
 
 
 async def _migrate(engine: Database, is_sqlite: bool) -> None:
@@ -123,8 +129,11 @@ async def _migrate(engine: Database, is_sqlite: bool) -> None:
                 await conn.run_sync(upgrade_to_head)
 
 
-async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlStore:
-    """Open (creating if needed) and migrate the database at `url`."""
+async def open_store(
+    url: str, clock: Callable[[], datetime] = t.utcnow, *, waits_on_loop: bool = False
+) -> SqlStore:
+    """Open (creating if needed) and migrate the database at `url`. `waits_on_loop`: the
+    store is used on an event loop that must not block (SQLite; see the module's notes)."""
     is_sqlite = url.startswith("sqlite")
     if is_sqlite:
         path = url.split(":///", 1)[1]
@@ -133,16 +142,17 @@ async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlS
         except OSError as exc:
             raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from exc
     engine: Database
+    busy_timeout_ms = 0 if waits_on_loop else BUSY_TIMEOUT_MS
     try:
         if is_sqlite:
             sqlite_engine = create_engine(
                 database_url(url, Path.cwd()),  # a sqlite+aiosqlite URL runs on sqlite3 too
                 # The store's thread opens it; a test may close it from another.
-                connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+                connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
                 pool_size=1,
                 max_overflow=0,
             )
-            _configure_sqlite(sqlite_engine)
+            _configure_sqlite(sqlite_engine, busy_timeout_ms)
             engine = InlineEngine(sqlite_engine)
         else:
             # Only a server needs the asyncio layer (and the ORM it imports: 0.1 s).
@@ -160,25 +170,28 @@ async def open_store(url: str, clock: Callable[[], datetime] = t.utcnow) -> SqlS
             f"{redact_url(url)}: not a database URL the runner knows ({exc})"
         ) from None
     try:
-        for tries_left in reversed(range(_OPEN_TRIES)):
+        deadline = time.monotonic() + OPEN_WAIT_S
+        while True:
             try:
                 await _migrate(engine, is_sqlite)
                 break
             except OperationalError as exc:
                 # Two runners opening a fresh SQLite file at once: switching it to WAL
                 # takes a lock that SQLite refuses at once ("database is locked") rather
-                # than waiting out busy_timeout. The other one is done in milliseconds.
-                if not is_sqlite or "locked" not in str(exc) or not tries_left:
+                # than waiting out busy_timeout; so does every lock without one. The
+                # other one is done in milliseconds.
+                if not is_sqlite or "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 await engine.dispose()
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(OPEN_PAUSE_S)
     except NewerSchema as exc:
         await engine.dispose()
         raise NewerSchema(f"{redact_url(url)}: {exc}") from None
     except (SQLAlchemyError, OSError) as exc:
         await engine.dispose()
         raise StoreError(f"cannot open database {redact_url(url)}: {exc}") from exc
-    return SqlStore(engine, clock)
+    lock_wait_s = BUSY_TIMEOUT_MS / 1000 if is_sqlite and waits_on_loop else None
+    return SqlStore(engine, clock, lock_wait_s=lock_wait_s)
 
 
 def redact_url(url: str) -> str:

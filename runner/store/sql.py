@@ -115,12 +115,19 @@ def _attempt_id(ticket: AttemptTicket) -> int:
 
 
 class SqlStore:
-    def __init__(self, engine: Database, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        engine: Database,
+        clock: Callable[[], datetime],
+        *,
+        lock_wait_s: float | None = None,
+    ) -> None:
         self._engine = engine
         self._now = clock
         # Reads queue with the writes: on SQLite there is one connection, and a read in a
-        # batch's transaction sees everything committed before it.
-        self._db = GroupCommit(engine.begin)
+        # batch's transaction sees everything committed before it. `lock_wait_s`: how long
+        # to wait, asleep on the loop, for another connection's write lock (batching.py).
+        self._db = GroupCommit(engine.begin, lock_wait_s)
         self.batches = SqlBatchStore(self._db, clock)  # batch mode's own verbs
 
     async def close(self) -> None:

@@ -1,4 +1,5 @@
-"""The store on an event loop of its own, in a thread of its own.
+"""The store on an event loop of its own, in a thread of its own; on SQLite, a job's own
+verbs on the caller's loop.
 
 On the loop that also streams a pool's uploads and 2 MB replies, a store call waits its turn
 behind that traffic: measured, a claim took 250 ms at 32 requests in flight (through
@@ -7,11 +8,21 @@ the call runs at once. SQLite's statements run right there, blocking only this l
 (connection.py); PostgreSQL's are awaited on it. A store call costs one hop between the
 loops each way.
 
-`ThreadedStore` forwards each Store call to the SqlStore living on that loop."""
+Those hops, and two threads taking turns at the GIL, cost more than the SQL itself for the
+verbs every request makes (claim, attempt, answer, success: ~2 ms of a job's CPU at 16
+requests at once, bench/README.md). On SQLite those verbs run inline on the caller's loop,
+through a second connection of their own that never blocks it: a statement takes
+microseconds, and a write lock another connection holds is waited for asleep on the loop
+(batching.py). A bulk verb (syncing a manifest, a report, an export) can take a second, so
+it stays on the store's thread, where it holds up no upload. Each call commits before it
+returns, so the two connections see each other's writes in the order they were awaited.
+
+`ThreadedStore` forwards each Store call to the SqlStore that serves it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
@@ -59,7 +70,19 @@ class StoreLoop:
         self._loop.close()
 
 
-async def open_threaded(opener: Callable[[], Awaitable[SqlStore]]) -> ThreadedStore:
+class CallerLoop:
+    """The caller's own loop: a call is simply awaited."""
+
+    async def call(self, function: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        return await function(*args)
+
+
+async def open_threaded(
+    opener: Callable[[], Awaitable[SqlStore]],
+    per_job_opener: Callable[[], Awaitable[SqlStore]] | None = None,
+) -> ThreadedStore:
+    """The store `opener` opens, on a thread; with `per_job_opener`, a job's own verbs go to
+    the store that one opens, on the caller's loop (SQLite)."""
     loop = StoreLoop()
 
     async def open_it() -> SqlStore:
@@ -70,7 +93,16 @@ async def open_threaded(opener: Callable[[], Awaitable[SqlStore]]) -> ThreadedSt
     except BaseException:
         loop.stop()
         raise
-    return ThreadedStore(inner, loop)
+    per_job = None
+    if per_job_opener is not None:
+        try:
+            per_job = await per_job_opener()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await loop.call(inner.close)
+            loop.stop()
+            raise
+    return ThreadedStore(inner, loop, per_job)
 
 
 class ThreadedBatches:
@@ -145,16 +177,24 @@ class ThreadedBatches:
 
 
 class ThreadedStore:
-    def __init__(self, inner: SqlStore, loop: StoreLoop) -> None:
+    def __init__(self, inner: SqlStore, loop: StoreLoop, per_job: SqlStore | None = None) -> None:
         self._inner = inner
         self._loop = loop
         self.batches = ThreadedBatches(inner.batches, loop)
+        # Where a job's own verbs go: `per_job` on the caller's loop, else the thread's.
+        self._per_job = per_job
+        self._job: SqlStore = per_job or inner
+        self._job_loop: StoreLoop | CallerLoop = CallerLoop() if per_job else loop
 
     async def close(self) -> None:
         try:
-            await self._loop.call(self._inner.close)
+            if self._per_job is not None:
+                await self._per_job.close()
         finally:
-            self._loop.stop()
+            try:
+                await self._loop.call(self._inner.close)
+            finally:
+                self._loop.stop()
 
     async def sync_manifest(
         self, manifest: str, specs: Sequence[JobSpec], *, start: int = 0, final: bool = True
@@ -228,15 +268,15 @@ class ThreadedStore:
         limit: int,
         below: int | None = None,
     ) -> Sequence[Job]:
-        return await self._loop.call(
-            self._inner.claim_many, manifest, provider, owner, lease_until, limit, below
+        return await self._job_loop.call(
+            self._job.claim_many, manifest, provider, owner, lease_until, limit, below
         )
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> None:
-        await self._loop.call(self._inner.renew_leases, owner, lease_until)
+        await self._job_loop.call(self._job.renew_leases, owner, lease_until)
 
     async def held_elsewhere(self, manifest: str, provider: str, owner: str) -> int:
-        return await self._loop.call(self._inner.held_elsewhere, manifest, provider, owner)
+        return await self._job_loop.call(self._job.held_elsewhere, manifest, provider, owner)
 
     async def begin_attempt(
         self,
@@ -251,7 +291,7 @@ class ThreadedStore:
         interval_s: float | None = None,
     ) -> AttemptTicket:
         async def begin() -> AttemptTicket:
-            return await self._inner.begin_attempt(
+            return await self._job.begin_attempt(
                 key,
                 owner,
                 provider,
@@ -262,27 +302,27 @@ class ThreadedStore:
                 interval_s=interval_s,
             )
 
-        return await self._loop.call(begin)
+        return await self._job_loop.call(begin)
 
     async def reserve_budget(
         self, run_id: str, manifest: str, estimate: float, cap: float
     ) -> tuple[bool, float]:
-        return await self._loop.call(self._inner.reserve_budget, run_id, manifest, estimate, cap)
+        return await self._job_loop.call(self._job.reserve_budget, run_id, manifest, estimate, cap)
 
     async def release_budget(self, run_id: str, estimate: float) -> None:
-        await self._loop.call(self._inner.release_budget, run_id, estimate)
+        await self._job_loop.call(self._job.release_budget, run_id, estimate)
 
     async def pause_provider(self, provider: str, seconds: float, run_id: str) -> None:
-        await self._loop.call(self._inner.pause_provider, provider, seconds, run_id)
+        await self._job_loop.call(self._job.pause_provider, provider, seconds, run_id)
 
     async def stop_provider(self, notice: StopNotice, run_id: str) -> None:
-        await self._loop.call(self._inner.stop_provider, notice, run_id)
+        await self._job_loop.call(self._job.stop_provider, notice, run_id)
 
     async def clear_provider_stops(self, providers: Collection[str]) -> None:
         await self._loop.call(self._inner.clear_provider_stops, list(providers))
 
     async def finish_attempt(self, ticket: AttemptTicket, record: AttemptRecord) -> None:
-        await self._loop.call(self._inner.finish_attempt, ticket, record)
+        await self._job_loop.call(self._job.finish_attempt, ticket, record)
 
     async def complete(
         self,
@@ -295,26 +335,26 @@ class ThreadedStore:
         release_usd: float = 0.0,
     ) -> bool:
         async def complete() -> bool:
-            return await self._inner.complete(
+            return await self._job.complete(
                 key, owner, ticket, record, outputs, release_usd=release_usd
             )
 
-        return await self._loop.call(complete)
+        return await self._job_loop.call(complete)
 
     async def holds(self, key: str, owner: str) -> bool:
-        return await self._loop.call(self._inner.holds, key, owner)
+        return await self._job_loop.call(self._job.holds, key, owner)
 
     async def fail(self, key: str, owner: str, reason: str, kind: FailureKind) -> None:
-        await self._loop.call(self._inner.fail, key, owner, reason, kind)
+        await self._job_loop.call(self._job.fail, key, owner, reason, kind)
 
     async def release(self, key: str, owner: str, *, fresh_attempts: bool = False) -> None:
         async def release() -> None:
-            await self._inner.release(key, owner, fresh_attempts=fresh_attempts)
+            await self._job.release(key, owner, fresh_attempts=fresh_attempts)
 
-        await self._loop.call(release)
+        await self._job_loop.call(release)
 
     async def renew_attempts(self, key: str, owner: str) -> None:
-        await self._loop.call(self._inner.renew_attempts, key, owner)
+        await self._job_loop.call(self._job.renew_attempts, key, owner)
 
     async def record_late(
         self, key: str, attempt_id: int, record: AttemptRecord, outputs: Sequence[OutputRef]

@@ -9,7 +9,8 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from conftest import COUNTED_ATTEMPTS, Workspace, options
 from helpers import FakeClock
+from sqlalchemy import Engine, event
 
 import runner.testing.openai_http
 from runner import app
@@ -173,22 +175,36 @@ async def test_the_fault_storm_fails_no_job(workspace: Workspace) -> None:
 # --- item 7: the database's disk fills ------------------------------------------------------
 
 
-def cap_the_database_after_start(monkeypatch: pytest.MonkeyPatch, spare_pages: int) -> Any:
-    """Real SQLite 'database or disk is full' once the run has started: the store's one
-    connection may grow the file by only `spare_pages` more pages."""
+@contextmanager
+def database_capped_after_start(
+    monkeypatch: pytest.MonkeyPatch, spare_pages: int
+) -> Iterator[None]:
+    """Real SQLite 'database or disk is full' once the run has started: from then on,
+    each of the run's connections may grow the file by only `spare_pages` more pages
+    (the limit is a connection's own setting: it is set at each transaction's start)."""
     original = SqlStore.start_run
+    cap: dict[str, int] = {}
 
     async def start_run(self: SqlStore, run: RunInfo) -> None:
         await original(self, run)
 
-        async def cap(conn: Any) -> None:
+        async def size(conn: Any) -> None:
             pages = (await conn.exec_driver_sql("PRAGMA page_count")).scalar()
-            await conn.exec_driver_sql(f"PRAGMA max_page_count = {pages + spare_pages}")
+            cap["pages"] = pages + spare_pages
 
-        await self._db.run(cap)
+        await self._db.run(size)
+
+    def capped(connection: Any) -> None:
+        if "pages" in cap:
+            connection.exec_driver_sql(f"PRAGMA max_page_count = {cap['pages']}")
 
     monkeypatch.setattr(SqlStore, "start_run", start_run)
-    return original
+    event.listen(Engine, "begin", capped)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "begin", capped)
+        monkeypatch.setattr(SqlStore, "start_run", original)
 
 
 async def test_a_full_database_stops_sending_and_nothing_is_paid_twice(
@@ -196,16 +212,15 @@ async def test_a_full_database_stops_sending_and_nothing_is_paid_twice(
 ) -> None:
     jobs = [{"image": workspace.image(f"d{i}.png"), "prompt": f"e{i} " * 40} for i in range(40)]
     manifest = workspace.manifest(jobs, profile={"concurrency": 4})
-    uncapped = cap_the_database_after_start(monkeypatch, spare_pages=2)
-
-    first = await app.run(manifest, options())
+    with database_capped_after_start(monkeypatch, spare_pages=2):
+        first = await app.run(manifest, options())
 
     assert first.exit_code == ExitCode.EARLY  # no traceback: a clean stop
     assert any(stop.kind == "database" for stop in first.stops)
     sent_first = fake.requests_total
     assert 0 < sent_first < 40  # it stopped sending once a write failed
 
-    monkeypatch.setattr(SqlStore, "start_run", uncapped)  # space freed
+    # Space freed (the next run's connections are new).
     later = datetime.now(UTC) + timedelta(minutes=10)  # past the first run's leases
     second = await app.run(manifest, app.Options(clock=FakeClock(), wall_clock=lambda: later))
 
