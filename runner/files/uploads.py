@@ -37,8 +37,9 @@ SEND_CHUNK_BYTES = 256 * 1024
 
 
 # What pre-flight may keep in memory across a run for first sends (`ReadAhead`): at 16
-# requests of 1.5 MB images, 24 MB; beyond it, a send reads its file again.
-READ_AHEAD_BYTES = 64 * 1024 * 1024
+# requests of 1.5 MB images, 24 MB; beyond it, a send reads its file again. (At 128
+# requests out, 64 MB held added ~35 MB to the peak and saved no time: bench/README.md.)
+READ_AHEAD_BYTES = 32 * 1024 * 1024
 
 
 class ReadAhead:
