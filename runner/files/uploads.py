@@ -38,7 +38,8 @@ SEND_CHUNK_BYTES = 256 * 1024
 
 # What pre-flight may keep in memory across a run for first sends (`ReadAhead`): at 16
 # requests of 1.5 MB images, 24 MB; beyond it, a send reads its file again. (At 128
-# requests out, 64 MB held added ~35 MB to the peak and saved no time: bench/README.md.)
+# requests out, 64 MB kept the run 36 MB larger throughout and saved no time:
+# bench/README.md.)
 READ_AHEAD_BYTES = 32 * 1024 * 1024
 
 
@@ -122,8 +123,9 @@ class FileUpload:
         target = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._source.size}
         position = target[whence] + offset
         if position == 0:
-            self.close()  # read from the start again: a new pass, a new hash
-            self._memory = None  # a pass begun from memory starts over from the file
+            # Read from the start again: a new pass, a new hash; a pass begun from held
+            # bytes starts over from the file.
+            self.close()
             self._hash = hashlib.sha256()
         elif position != self._position and position != self._source.size:
             raise io.UnsupportedOperation("an upload is read from its start, in order")
@@ -138,7 +140,7 @@ class FileUpload:
         if self._position == 0 and self._held is not None:
             self._memory, self._held = self._held.take(), None
         if self._memory is not None:
-            return self._read_memory(want)
+            return self._read_memory(self._memory, want)
         if self._file is None:
             self._file = self._open()
         data = self._file.read(want)
@@ -156,16 +158,16 @@ class FileUpload:
             self.close()
         return data
 
-    def _read_memory(self, want: int) -> bytes:
-        assert self._memory is not None
+    def _read_memory(self, memory: bytes, want: int) -> bytes:
         start = self._position
         self._position += want
         if self._position == self._source.size:
-            data, self._memory = self._memory[start:], None  # sent: let go at once
-            return data
-        return self._memory[start : self._position]
+            self._memory = None  # sent: let go at once
+            return memory[start:]
+        return memory[start : self._position]
 
     def close(self) -> None:
+        self._memory = None  # a request cut short lets its held bytes go too
         if self._file is not None:
             self._file.close()
             self._file = None
