@@ -243,27 +243,26 @@ class Pool:
     async def _process(self, job: Job, gate: ProviderGate) -> None:
         spec = job.spec
         provider = self._providers[spec.provider]
+        request: EditRequest | None = None
         try:
             request = await run_cpu_work(
                 _input_bytes(spec), self._prepare, spec, provider.limits_for(spec.model)
             )
+            provider.check_request(request)
         except InputError as exc:
+            if request is not None:
+                request.let_go()  # refused by the model's rules: what pre-flight held goes
             await self._fail(spec, f"{exc} (nothing was sent)", FailureKind.INPUT)
             return
         try:
-            await self._check_and_send(job, gate, provider, request)
+            await self._admit_and_send(job, gate, provider, request)
         finally:
             request.let_go()  # what pre-flight held for a send that never took it
 
-    async def _check_and_send(
+    async def _admit_and_send(
         self, job: Job, gate: ProviderGate, provider: Provider, request: EditRequest
     ) -> None:
         spec = job.spec
-        try:
-            provider.check_request(request)
-        except InputError as exc:
-            await self._fail(spec, f"{exc} (nothing was sent)", FailureKind.INPUT)
-            return
         estimate = self._attempts.estimate(spec)
         if self._limits is not None and (reason := self._limits.admit(estimate)):
             self.close_intake("limit", reason)

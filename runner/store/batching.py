@@ -36,8 +36,9 @@ Write = Callable[[Conn], Awaitable[T]]
 
 # How many times a batch the database rolled back by itself is run again.
 TRANSIENT_RETRIES = 3
-# Waiting for another connection's SQLite write lock: the first pause, and the longest (a
-# try costs microseconds; SQLite's own busy handler waits up to 100 ms between tries).
+# Waiting for another connection's SQLite write lock, each pause as long as the wait so
+# far, between these (a try costs microseconds; SQLite's own busy handler waits up to
+# 100 ms between tries).
 LOCK_PAUSE_FIRST_S = 0.001
 LOCK_PAUSE_MAX_S = 0.025
 # PostgreSQL's SQLSTATEs for "try the transaction again": serialization failure, deadlock.
@@ -50,7 +51,7 @@ def _transient(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and state in _RETRY_STATES
 
 
-def _locked(exc: Exception) -> bool:
+def sqlite_locked(exc: Exception) -> bool:
     """SQLite's "database is locked": another connection holds the write lock."""
     cause = getattr(exc, "orig", None)
     return (
@@ -108,7 +109,6 @@ class GroupCommit:
         self._queue: list[Pending[Any]] = []
         self._lock_wait_s = lock_wait_s
         self._locked_since: float | None = None  # when the current wait for the lock began
-        self._lock_pause = LOCK_PAUSE_FIRST_S
 
     def submit(self, write: Write[T]) -> Pending[T]:
         pending = Pending(self, write)
@@ -136,19 +136,15 @@ class GroupCommit:
                             current.result = await current.write(conn)
                     break
                 except Exception as exc:
-                    if self._should_wait_for_lock(exc):
+                    if (pause := self._lock_pause(exc)) is not None:
                         self._queue[:0] = batch
-                        pause = self._lock_pause
-                        self._lock_pause = min(pause * 2, LOCK_PAUSE_MAX_S)
                         return pause
                     # The database undid the whole transaction to break a deadlock between
                     # runners (or a serialization conflict): run it again, from the start.
                     if not tries_left or not _transient(exc):
                         raise
                     await anyio.sleep(random.uniform(0.005, 0.05))
-            self._locked_since, self._lock_pause = None, LOCK_PAUSE_FIRST_S
         except Exception as exc:
-            self._locked_since, self._lock_pause = None, LOCK_PAUSE_FIRST_S
             # The write that failed gets its own error; the others learn that theirs was
             # rolled back with it.
             error = _translated(exc)
@@ -163,14 +159,20 @@ class GroupCommit:
             # writers get back in line for the next holder of the lock.
             self._queue[:0] = batch
             raise
+        self._locked_since = None  # the batch ran (or failed): any wait for the lock is over
         for pending in batch:
             pending.done = True
         return None
 
-    def _should_wait_for_lock(self, exc: Exception) -> bool:
-        if self._lock_wait_s is None or not _locked(exc):
-            return False
+    def _lock_pause(self, exc: Exception) -> float | None:
+        """How long to sleep before trying again, if `exc` is another connection's lock
+        and the wait for it has not run out; else None."""
+        if self._lock_wait_s is None or not sqlite_locked(exc):
+            return None
         now = time.monotonic()
         if self._locked_since is None:
             self._locked_since = now
-        return now - self._locked_since < self._lock_wait_s
+        waited = now - self._locked_since
+        if waited >= self._lock_wait_s:
+            return None
+        return min(max(waited, LOCK_PAUSE_FIRST_S), LOCK_PAUSE_MAX_S)

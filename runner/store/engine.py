@@ -28,6 +28,7 @@ from runner.errors import MissingDriver, NewerSchema, StoreError
 from runner.manifest.digests import DigestEntry
 from runner.store import fresh
 from runner.store import tables as t
+from runner.store.batching import sqlite_locked
 from runner.store.connection import Database, InlineEngine
 from runner.store.sql import SqlStore
 
@@ -180,7 +181,7 @@ async def open_store(
                 # takes a lock that SQLite refuses at once ("database is locked") rather
                 # than waiting out busy_timeout; so does every lock without one. The
                 # other one is done in milliseconds.
-                if not is_sqlite or "locked" not in str(exc) or time.monotonic() > deadline:
+                if not is_sqlite or not sqlite_locked(exc) or time.monotonic() > deadline:
                     raise
                 await engine.dispose()
                 await asyncio.sleep(OPEN_PAUSE_S)
