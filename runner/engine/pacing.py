@@ -149,8 +149,14 @@ class ProviderGate:
         counted yet; when none are left, everyone waits for the reset."""
         if remaining is None or reset_in_s is None or reset_in_s <= 0:
             return
-        self._window_left = remaining - self._outstanding
-        self._window_ends = self._clock.monotonic() + reset_in_s
+        left, now = remaining - self._outstanding, self._clock.monotonic()
+        if self._window_left is not None and now < self._window_ends:
+            # Within a window the count only goes down; an answer the provider sent before
+            # another, but read after it, must not give back the requests sent since. (A
+            # window that reset early is read afresh once this one's end has passed.)
+            self._window_left = min(self._window_left, left)
+            return
+        self._window_left, self._window_ends = left, now + reset_in_s
 
     def pause_for(self, seconds: float) -> None:
         """Hold every request to this provider for `seconds` (a server's wait hint)."""

@@ -127,6 +127,21 @@ async def test_concurrent_turns_are_spaced_by_the_interval() -> None:
 # --- pause_for ------------------------------------------------------------------------------
 
 
+async def test_an_answer_read_late_gives_no_requests_back_to_the_window() -> None:
+    # Three requests out; the provider's newer count (1 left) is read before an older one
+    # (3 left) that was held up on its way: only the newer may be believed.
+    clock = FakeClock(start=1000.0)
+    gate = ProviderGate("venice", clock)
+    gate.observe_rate(remaining=1, reset_in_s=30)
+    gate.observe_rate(remaining=3, reset_in_s=31)
+
+    await gate.wait_turn()
+    gate.answered()
+    await gate.wait_turn()
+
+    assert clock.sleeps == [30.0]  # the second turn waits for the window to reset
+
+
 async def test_pause_for_holds_the_next_turn() -> None:
     clock = FakeClock(start=1000.0)
     gate = ProviderGate("comet", clock)
